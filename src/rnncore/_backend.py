@@ -1,0 +1,110 @@
+"""Backend selection and thread count.
+
+A backend is a module with `layer_forward` and `layer_backward` (the contract is written
+at the end of `_reference.py`). The default is the fastest one that imports here:
+cython when the extension was compiled, else numba, else the NumPy reference.
+"""
+import importlib
+import os
+import warnings
+
+_MODULES = {
+    "cython": "rnncore._cython.backend",
+    "numba": "rnncore._numba.backend",
+    "numpy": "rnncore._reference",
+}
+_PREFERENCE = ("cython", "numba", "numpy")
+
+_loaded = {}
+_import_errors = {}
+_selected = None
+_num_threads = None
+
+
+def _load(name):
+    if name not in _loaded and name not in _import_errors:
+        try:
+            _loaded[name] = importlib.import_module(_MODULES[name])
+        except ImportError as exc:  # not compiled here, or numba not installed
+            _import_errors[name] = exc
+    return _loaded.get(name)
+
+
+def backends():
+    """Names of the backends available here, fastest first."""
+    return [name for name in _PREFERENCE if _load(name) is not None]
+
+
+def _check_name(name):
+    if name not in _MODULES:
+        raise ValueError(f"backend: expected one of {list(_MODULES)}, got {name!r}")
+    if _load(name) is None:
+        raise ValueError(f"backend: {name!r} is not available here ({_import_errors[name]})")
+
+
+def set_backend(name):
+    """Select the backend used by layers and functions that were not given one."""
+    global _selected
+    _check_name(name)
+    _selected = name
+
+
+def _default():
+    global _selected
+    requested = os.environ.get("RNNCORE_BACKEND")
+    if requested:
+        _check_name(requested)
+        _selected = requested
+        return
+    available = backends()
+    _selected = available[0]
+    if _selected != _PREFERENCE[0]:
+        skipped = "; ".join(f"{n}: {_import_errors[n]}" for n in _PREFERENCE[:_PREFERENCE.index(_selected)])
+        warnings.warn(f"rnncore is using the {_selected!r} backend because faster ones are "
+                      f"unavailable ({skipped})", RuntimeWarning, stacklevel=3)
+
+
+def get_backend():
+    """Name of the backend in use."""
+    if _selected is None:
+        _default()
+    return _selected
+
+
+def resolve(name=None):
+    """The backend module for `name`, or for the current selection when None."""
+    if name is None:
+        name = get_backend()
+    else:
+        _check_name(name)
+    return _loaded[name]
+
+
+def set_num_threads(n):
+    """Threads used by the kernels and by BLAS."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
+    _num_threads = n
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=n, user_api="blas")
+    for module in _loaded.values():
+        hook = getattr(module, "set_num_threads", None)
+        if hook is not None:
+            hook(n)
+
+
+def get_num_threads():
+    if _num_threads is None:
+        return int(os.environ.get("RNNCORE_NUM_THREADS", 0)) or os.cpu_count() or 1
+    return _num_threads
+
+
+def _init_threads_from_env():
+    value = os.environ.get("RNNCORE_NUM_THREADS")
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"RNNCORE_NUM_THREADS: expected a positive int, got {value!r}") from None
+        set_num_threads(n)

@@ -1,0 +1,74 @@
+"""Checks made once, at the edge, before any compute. Each error names the argument,
+what was expected and what came."""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_dtype(dtype, name="dtype"):
+    """The numpy dtype for a user's `dtype` argument; only float32 and float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
+    return dt
+
+
+def to_numpy(value):
+    """An array from an array-like, converting a torch tensor without importing torch."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def array(name, value, dtype):
+    """`value` as an array of exactly `dtype` (the layer's), else a TypeError."""
+    arr = to_numpy(value)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {arr.dtype}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the layer's dtype), got {arr.dtype}")
+    return arr
+
+
+def shape(name, arr, expected):
+    if arr.shape != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {arr.shape}")
+
+
+def finite(name, arr):
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: expected finite values, got NaN or Inf "
+                         f"(pass check_finite=False to skip this check)")
+
+
+def positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def choice(name, value, options):
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
+    return value
+
+
+def lengths(value, batch, steps):
+    """Sequence lengths as int64 (batch,), each in [1, steps]."""
+    arr = to_numpy(value)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            pass  # integral floats are taken as ints
+        else:
+            raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"lengths: expected shape ({batch},), got {arr.shape}")
+    if arr.size and (arr.min() < 1 or arr.max() > steps):
+        raise ValueError(f"lengths: expected values in [1, {steps}] (the sequence length), "
+                         f"got min {arr.min()}, max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)

@@ -1,0 +1,129 @@
+"""Single-step cells with PyTorch's semantics and names: a sequence of length one run
+through the same backend kernels as the layers."""
+import numpy as np
+
+from . import _backend, _validate
+from ._spec import ACTIVATIONS, CellSpec
+from .layers import _Parametrised, _pair
+
+__all__ = ["RNNCell", "LSTMCell", "GRUCell"]
+
+
+class _Cell(_Parametrised):
+    _state_names = ("h0",)
+
+    def __init__(self, kind, input_size, hidden_size, bias, dtype, seed, backend, **variant):
+        self.input_size = _validate.positive_int("input_size", input_size)
+        self.hidden_size = _validate.positive_int("hidden_size", hidden_size)
+        self.dtype = _validate.float_dtype(dtype)
+        if backend is not None:
+            _backend._check_name(backend)
+        self._backend_name = backend
+        self.bias = bool(bias)
+        self.spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
+        self._init_params(self.spec.param_shapes(), self.hidden_size, seed)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}, dtype={self.dtype})"
+
+    def _step(self, x, states, check_finite):
+        x = _validate.array("x", x, self.dtype)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected shape (B, {self.input_size}) or ({self.input_size},), got {x.shape}")
+        batched = x.ndim == 2
+        x = x if batched else x[None]
+        B = x.shape[0]
+        if B < 1:
+            raise ValueError(f"x: expected at least one row, got shape {x.shape}")
+        if check_finite:
+            _validate.finite("x", x)
+        states = self._check_states(states, self._state_names, B, batched, check_finite)
+        backend = self._backend()
+        _, (states_n,), ctx = backend.layer_forward(self.spec, [self._params], np.ascontiguousarray(x[None]),
+                                                     [states], None, self.training, (False,))
+        self._saved = dict(backend=backend, ctx=ctx, batched=batched, B=B) if self.training else None
+        return tuple(s if batched else s[0] for s in states_n)
+
+    def _check_states(self, given, names, B, batched, check_finite):
+        out = []
+        for name, width, value in zip(names, self.spec.state_sizes, given):
+            if value is None:
+                out.append(np.zeros((B, width), dtype=self.dtype))
+                continue
+            arr = _validate.array(name, value, self.dtype)
+            _validate.shape(name, arr, (B, width) if batched else (width,))
+            if check_finite:
+                _validate.finite(name, arr)
+            out.append(np.ascontiguousarray(arr if batched else arr[None]))
+        return tuple(out)
+
+    def _step_back(self, dstates):
+        saved = self._saved
+        if saved is None:
+            raise RuntimeError("backward: there is no training-mode call to back-propagate through "
+                               "(call the cell in train() mode first)")
+        names = tuple("d" + n.replace("0", "1") for n in self._state_names)
+        dstates = self._check_states(dstates, names, saved["B"], saved["batched"], check_finite=True)
+        dy = np.zeros((1, saved["B"], self.spec.out_size), dtype=self.dtype)
+        dx, (dstates0,), (grads,) = saved["backend"].layer_backward(saved["ctx"], dy, [dstates])
+        for name, value in grads.items():
+            self.grads[name] += value
+        if saved["batched"]:
+            return dx[0], dstates0
+        return dx[0, 0], tuple(d[0] for d in dstates0)
+
+
+class RNNCell(_Cell):
+    """h1 = cell(x, h0): h1 = act(W_ih x + b_ih + W_hh h0 + b_hh)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=np.float32,
+                 seed=None, backend=None):
+        _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+        super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, backend, nonlinearity=nonlinearity)
+        self.nonlinearity = nonlinearity
+
+    def __call__(self, x, h0=None, check_finite=True):
+        (h1,) = self._step(x, (h0,), check_finite)
+        return h1
+
+    forward = __call__
+
+    def backward(self, dh1):
+        """dx, dh0 = cell.backward(dh1)"""
+        dx, (dh0,) = self._step_back((dh1,))
+        return dx, dh0
+
+
+class GRUCell(RNNCell):
+    """h1 = cell(x, h0), gates r, z, n (reset_after selects the form, as in GRU)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32, seed=None,
+                 backend=None):
+        _Cell.__init__(self, "gru", input_size, hidden_size, bias, dtype, seed, backend,
+                       reset_after=bool(reset_after))
+        self.reset_after = bool(reset_after)
+
+
+class LSTMCell(_Cell):
+    """(h1, c1) = cell(x, (h0, c0)), gates i, f, g, o; peephole and coupled_input_forget
+    as in LSTM."""
+
+    _state_names = ("h0", "c0")
+
+    def __init__(self, input_size, hidden_size, bias=True, peephole=False, coupled_input_forget=False,
+                 dtype=np.float32, seed=None, backend=None):
+        super().__init__("lstm", input_size, hidden_size, bias, dtype, seed, backend, peephole=bool(peephole),
+                         coupled_input_forget=bool(coupled_input_forget))
+        self.peephole = bool(peephole)
+        self.coupled_input_forget = bool(coupled_input_forget)
+
+    def __call__(self, x, hx=None, check_finite=True):
+        h1, c1 = self._step(x, _pair("hx", hx), check_finite)
+        return h1, c1
+
+    forward = __call__
+
+    def backward(self, dhx1):
+        """dx, (dh0, dc0) = cell.backward((dh1, dc1))"""
+        dx, (dh0, dc0) = self._step_back(_pair("dhx1", dhx1))
+        return dx, (dh0, dc0)

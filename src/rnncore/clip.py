@@ -1,0 +1,61 @@
+"""Gradient clipping with PyTorch's semantics, over dicts of gradient arrays, layers,
+or lists of either. Both work in place and leave the arrays' identities alone."""
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["clip_grad_norm_", "clip_grad_value_"]
+
+
+def _gradient_arrays(grads):
+    if isinstance(grads, dict):
+        return list(grads.values())
+    if hasattr(grads, "grads") and isinstance(grads.grads, dict):
+        return list(grads.grads.values())
+    if isinstance(grads, (list, tuple)):
+        return [g for item in grads for g in _gradient_arrays(item)]
+    raise TypeError(f"grads: expected a dict of arrays, a layer, or a list of either, got {type(grads).__name__}")
+
+
+def _number(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise ValueError(f"{name}: expected a real number, got {value!r}")
+    return float(value)
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scale all gradients so that their joint `norm_type` norm is at most `max_norm`.
+
+    The total norm is the norm of the per-array norms (inf: the largest |g|); every
+    array is multiplied by min(1, max_norm / (total + 1e-6)). Returns the total norm
+    before clipping, as a float."""
+    arrays = _gradient_arrays(grads)
+    max_norm = _number("max_norm", max_norm)
+    norm_type = _number("norm_type", norm_type)
+    if norm_type <= 0:
+        raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
+    if not arrays:
+        return 0.0
+    if math.isinf(norm_type):
+        total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in arrays)
+    else:
+        norms = [np.linalg.norm(g.ravel().astype(np.float64), norm_type) for g in arrays]
+        total = float(np.linalg.norm(np.asarray(norms), norm_type))
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is {total}; "
+                           "pass error_if_nonfinite=False to clip anyway")
+    coef = min(max_norm / (total + 1e-6), 1.0)
+    for g in arrays:
+        g *= g.dtype.type(coef)
+    return total
+
+
+def clip_grad_value_(grads, clip_value):
+    """Clamp every gradient element into [-clip_value, clip_value]."""
+    arrays = _gradient_arrays(grads)
+    clip_value = _number("clip_value", clip_value)
+    if clip_value < 0:
+        raise ValueError(f"clip_value: expected a number >= 0, got {clip_value}")
+    for g in arrays:
+        np.clip(g, -clip_value, clip_value, out=g)

@@ -1,0 +1,162 @@
+"""Stateless forward and backward of every cell type over a sequence: arrays in,
+arrays out, no objects, for embedding in other numeric code.
+
+Shapes are time-major: x (T, B, I), states (B, n). `*_forward(..., training=True)`
+returns a context as its last value; the matching `*_backward(ctx, dy, ...)` takes it
+and returns the input gradient, the initial-state gradient and a dict of parameter
+gradients keyed by the parameter names of the forward call. With training=False the
+context is None and nothing is kept.
+"""
+import numpy as np
+
+from . import _backend, _validate
+from ._spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
+
+__all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+           "jordan_forward", "jordan_backward"]
+
+
+class _Context:
+    """What a training-mode forward keeps for its backward. Opaque to users."""
+    __slots__ = ("backend", "inner", "spec", "shape", "dtype")
+
+    def __init__(self, backend, inner, spec, shape, dtype):
+        self.backend, self.inner, self.spec, self.shape, self.dtype = backend, inner, spec, shape, dtype
+
+
+def _forward(spec, params, x, states, lengths, reverse, training, check_finite, backend):
+    """Validate everything against `spec`, then run one direction."""
+    x = _validate.to_numpy(x)
+    dtype = _validate.float_dtype(x.dtype, "x")
+    if x.ndim != 3 or x.shape[2] != spec.input_size or 0 in x.shape:
+        raise ValueError(f"x: expected shape (T, B, {spec.input_size}) with T, B >= 1, got {x.shape}")
+    T, B, _ = x.shape
+    unused = [name for name, value in params.items() if value is not None and name not in spec.param_shapes()]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: expected None for this variant, got an array")
+    arrays = {}
+    for name, shape in spec.param_shapes().items():
+        value = params.get(name)
+        if value is None:
+            raise ValueError(f"{name}: expected an array of shape {shape}, got None")
+        arr = _validate.array(name, value, dtype)
+        _validate.shape(name, arr, shape)
+        arrays[name] = np.ascontiguousarray(arr)
+    state_arrays = []
+    for (name, value), width in zip(states, spec.state_sizes):
+        if value is None:
+            state_arrays.append(np.zeros((B, width), dtype=dtype))
+            continue
+        arr = _validate.array(name, value, dtype)
+        _validate.shape(name, arr, (B, width))
+        state_arrays.append(np.ascontiguousarray(arr))
+    if lengths is not None:
+        lengths = _validate.lengths(lengths, B, T)
+    if check_finite:
+        for name, arr in [("x", x)] + list(zip([n for n, _ in states], state_arrays)) + list(arrays.items()):
+            _validate.finite(name, arr)
+    module = _backend.resolve(backend)
+    y, (state_n,), inner = module.layer_forward(spec, [arrays], np.ascontiguousarray(x), [tuple(state_arrays)],
+                                               lengths, training, (bool(reverse),))
+    ctx = _Context(module, inner, spec, (T, B), dtype) if training else None
+    return y, state_n, ctx
+
+
+def _backward(ctx, dy, dstates_n, names):
+    if not isinstance(ctx, _Context):
+        raise TypeError(f"ctx: expected the context of a training-mode forward, got {type(ctx).__name__}")
+    T, B = ctx.shape
+    dy = _validate.array("dy", dy, ctx.dtype)
+    _validate.shape("dy", dy, (T, B, ctx.spec.out_size))
+    arrays = []
+    for name, width, value in zip(names, ctx.spec.state_sizes, dstates_n):
+        if value is None:
+            arrays.append(np.zeros((B, width), dtype=ctx.dtype))
+            continue
+        arr = _validate.array(name, value, ctx.dtype)
+        _validate.shape(name, arr, (B, width))
+        arrays.append(np.ascontiguousarray(arr))
+    dx, (dstate0,), (grads,) = ctx.backend.layer_backward(ctx.inner, np.ascontiguousarray(dy), [tuple(arrays)])
+    return dx, dstate0, grads
+
+
+def _biases(bias_ih, bias_hh):
+    if (bias_ih is None) != (bias_hh is None):
+        raise ValueError("bias_ih, bias_hh: expected both or neither, got one")
+    return bias_ih is not None
+
+
+def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh",
+                lengths=None, reverse=False, training=False, check_finite=True, backend=None):
+    """Elman RNN over a sequence. Returns y (T, B, H), h_n (B, H), ctx."""
+    _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+    spec = CellSpec("rnn", np.shape(weight_ih)[-1], np.shape(weight_hh)[0], _biases(bias_ih, bias_hh),
+                    nonlinearity=nonlinearity)
+    params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    y, (h_n,), ctx = _forward(spec, params, x, [("h0", h0)], lengths, reverse, training, check_finite, backend)
+    return y, h_n, ctx
+
+
+def rnn_backward(ctx, dy, dh_n=None):
+    """Returns dx (T, B, I), dh0 (B, H), grads."""
+    dx, (dh0,), grads = _backward(ctx, dy, (dh_n,), ("dh_n",))
+    return dx, dh0, grads
+
+
+def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, reset_after=True, lengths=None,
+                reverse=False, training=False, check_finite=True, backend=None):
+    """GRU over a sequence (gates r, z, n). Returns y (T, B, H), h_n (B, H), ctx."""
+    spec = CellSpec("gru", np.shape(weight_ih)[-1], np.shape(weight_ih)[0] // 3, _biases(bias_ih, bias_hh),
+                    reset_after=bool(reset_after))
+    params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    y, (h_n,), ctx = _forward(spec, params, x, [("h0", h0)], lengths, reverse, training, check_finite, backend)
+    return y, h_n, ctx
+
+
+gru_backward = rnn_backward
+
+
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
+                 weight_ci=None, weight_cf=None, weight_co=None, coupled_input_forget=False, lengths=None,
+                 reverse=False, training=False, check_finite=True, backend=None):
+    """LSTM over a sequence (gates i, f, g, o; i, g, o when coupled). Peepholes are on
+    when weight_ci is given, the projection when weight_hr is given.
+    Returns y (T, B, P or H), h_n, c_n (B, H), ctx."""
+    gates = 3 if coupled_input_forget else 4
+    spec = CellSpec("lstm", np.shape(weight_ih)[-1], np.shape(weight_ih)[0] // gates, _biases(bias_ih, bias_hh),
+                    proj_size=0 if weight_hr is None else np.shape(weight_hr)[0], peephole=weight_ci is not None,
+                    coupled_input_forget=bool(coupled_input_forget))
+    params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr,
+                  weight_ci=weight_ci, weight_cf=weight_cf, weight_co=weight_co)
+    y, (h_n, c_n), ctx = _forward(spec, params, x, [("h0", h0), ("c0", c0)], lengths, reverse, training,
+                                  check_finite, backend)
+    return y, h_n, c_n, ctx
+
+
+def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+    """Returns dx, dh0, dc0, grads."""
+    dx, (dh0, dc0), grads = _backward(ctx, dy, (dh_n, dc_n), ("dh_n", "dc_n"))
+    return dx, dh0, dc0, grads
+
+
+def jordan_forward(x, y0, weight_ih, weight_hh, weight_ho, bias_ih=None, bias_hh=None, bias_ho=None, *,
+                   nonlinearity="tanh", output_activation="identity", lengths=None, reverse=False,
+                   training=False, check_finite=True, backend=None):
+    """Jordan RNN over a sequence. Returns y (T, B, O), y_n (B, O), ctx."""
+    _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+    _validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+    bias = _biases(bias_ih, bias_hh)
+    if bias != (bias_ho is not None):
+        raise ValueError("bias_ho: expected it exactly when bias_ih and bias_hh are given")
+    spec = CellSpec("jordan", np.shape(weight_ih)[-1], np.shape(weight_ih)[0], bias, nonlinearity=nonlinearity,
+                    output_size=np.shape(weight_ho)[0], output_activation=output_activation)
+    params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_ho=weight_ho,
+                  bias_ho=bias_ho)
+    y, (y_n,), ctx = _forward(spec, params, x, [("y0", y0)], lengths, reverse, training, check_finite, backend)
+    return y, y_n, ctx
+
+
+def jordan_backward(ctx, dy, dy_n=None):
+    """Returns dx, dy0, grads."""
+    dx, (dy0,), grads = _backward(ctx, dy, (dy_n,), ("dy_n",))
+    return dx, dy0, grads

@@ -1,0 +1,364 @@
+"""The layers: parameters, validation, stacking, directions, dropout.
+
+A layer owns PyTorch-named parameters and runs its stack one layer at a time through a
+backend's `layer_forward` (one or two directions), feeding each layer's concatenated
+output to the next. Everything a user can get wrong is checked here, once, before any
+compute; the backends trust what they are given.
+"""
+import math
+import warnings
+
+import numpy as np
+
+from . import _backend, _validate
+from ._spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
+
+__all__ = ["RNN", "LSTM", "GRU", "JordanRNN"]
+
+
+def _param_name(base, layer, direction):
+    return f"{base}_l{layer}" + ("_reverse" if direction else "")
+
+
+class _Parametrised:
+    """Parameters by name, their gradients, state_dict, train/eval: shared by layers
+    and cells. Subclasses fill `self._params` in `_init_params` order."""
+
+    def _init_params(self, shapes, hidden_size, seed):
+        # every parameter U(-1/sqrt(H), 1/sqrt(H)), as PyTorch; drawn in float64 so that
+        # float32 and float64 layers with the same seed hold the same values
+        bound = 1.0 / math.sqrt(hidden_size)
+        self._rng = np.random.default_rng(seed)
+        self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+                        for name, shape in shapes.items()}
+        self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
+        self.training = True
+        self._saved = None
+
+    def parameters(self):
+        """The live parameter arrays by name (updating them updates the layer)."""
+        return dict(self._params)
+
+    def state_dict(self):
+        """Copies of the parameters, with PyTorch's names, shapes and gate orders."""
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, mapping, strict=True):
+        """Copy parameters in from any mapping of name to array-like (a PyTorch
+        state_dict as it is). Wrong names or shapes leave the layer unchanged."""
+        given = {name: _validate.to_numpy(value) for name, value in mapping.items()}
+        if strict:
+            missing = [n for n in self._params if n not in given]
+            unexpected = [n for n in given if n not in self._params]
+            if missing or unexpected:
+                raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        wrong = [f"{n}: expected shape {self._params[n].shape}, got {v.shape}"
+                 for n, v in given.items() if n in self._params and v.shape != self._params[n].shape]
+        if wrong:
+            raise ValueError("load_state_dict: " + "; ".join(wrong))
+        bad_type = [f"{n}: expected a real number array, got dtype {v.dtype}"
+                    for n, v in given.items() if n in self._params and v.dtype.kind not in "iuf"]
+        if bad_type:
+            raise TypeError("load_state_dict: " + "; ".join(bad_type))
+        for name, value in given.items():
+            if name in self._params:
+                self._params[name][...] = value  # in place: live references stay valid
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g.fill(0)
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _backend(self):
+        return _backend.resolve(self._backend_name)
+
+
+class _Recurrent(_Parametrised):
+    """A stack of `num_layers` layers of one cell type, one or two directions each."""
+
+    _state_names = ("h0",)
+
+    def __init__(self, kind, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, backend=None,
+                 **variant):
+        self.input_size = _validate.positive_int("input_size", input_size)
+        self.hidden_size = _validate.positive_int("hidden_size", hidden_size)
+        self.num_layers = _validate.positive_int("num_layers", num_layers)
+        self.dtype = _validate.float_dtype(dtype)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout acts between layers; with num_layers=1 it does nothing", UserWarning,
+                          stacklevel=3)
+        if backend is not None:
+            _backend._check_name(backend)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if bidirectional else 1
+        self._backend_name = backend
+
+        self.specs = []
+        width = self.input_size
+        for _ in range(self.num_layers):
+            spec = CellSpec(kind, width, self.hidden_size, self.bias, **variant)
+            self.specs.append(spec)
+            width = self.num_directions * spec.out_size
+        self.output_width = width
+        shapes = {_param_name(base, k, d): shape
+                  for k, spec in enumerate(self.specs)
+                  for d in range(self.num_directions)
+                  for base, shape in spec.param_shapes().items()}
+        self._init_params(shapes, self.hidden_size, seed)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, dtype={self.dtype})")
+
+    def _direction_params(self, layer):
+        return [{base: self._params[_param_name(base, layer, d)] for base in self.specs[layer].param_shapes()}
+                for d in range(self.num_directions)]
+
+    # -- input handling --------------------------------------------------------------
+
+    def _input(self, x, check_finite):
+        """x as C-contiguous time-major (T, B, I), and whether it had a batch axis."""
+        x = _validate.array("x", x, self.dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"x: expected 3 dimensions (T, B, I), or 2 (T, I) unbatched, got shape {x.shape}")
+        batched = x.ndim == 3
+        if not batched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"x: expected input_size {self.input_size} on the last axis, got shape "
+                             f"{x.shape if batched else x.shape[::2]}")
+        if T < 1 or B < 1:
+            raise ValueError(f"x: expected at least one step and one sequence, got shape {x.shape}")
+        if check_finite:
+            _validate.finite("x", x)
+        return np.ascontiguousarray(x), batched
+
+    def _state_shape(self, i, B, batched):
+        rows = self.num_directions * self.num_layers
+        width = self.specs[0].state_sizes[i]
+        return (rows, B, width) if batched else (rows, width)
+
+    def _states(self, given, names, B, batched, check_finite):
+        """The initial (or final-gradient) states as (D*L, B, n) arrays, zeros for None."""
+        out = []
+        for i, (name, value) in enumerate(zip(names, given)):
+            expected = self._state_shape(i, B, batched)
+            if value is None:
+                out.append(np.zeros(self._state_shape(i, B, True), dtype=self.dtype))
+                continue
+            arr = _validate.array(name, value, self.dtype)
+            _validate.shape(name, arr, expected)
+            if check_finite:
+                _validate.finite(name, arr)
+            out.append(arr if batched else arr[:, None, :])
+        return out
+
+    def _output(self, y, batched):
+        if not batched:
+            return y[:, 0, :]
+        return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
+
+    # -- forward and backward through the stack ----------------------------------------
+
+    def _forward(self, x, states, lengths, check_finite):
+        x, batched = self._input(x, check_finite)
+        T, B, _ = x.shape
+        if lengths is not None:
+            if not batched:
+                raise ValueError("lengths: expected None for unbatched input (slice x instead), got an array")
+            lengths = _validate.lengths(lengths, B, T)
+        states = self._states(states, self._state_names, B, batched, check_finite)
+
+        backend = self._backend()
+        D = self.num_directions
+        reverse = (False, True)[:D]
+        finals = [np.empty_like(s) for s in states]
+        contexts, masks = [], []
+        layer_input = x
+        for k, spec in enumerate(self.specs):
+            rows = range(k * D, (k + 1) * D)
+            states_k = [tuple(np.ascontiguousarray(s[r]) for s in states) for r in rows]
+            y, states_n, ctx = backend.layer_forward(spec, self._direction_params(k), layer_input, states_k,
+                                                     lengths, self.training, reverse)
+            for r, state in zip(rows, states_n):
+                for final, value in zip(finals, state):
+                    final[r] = value
+            mask = None
+            if self.training and self.dropout > 0 and k < self.num_layers - 1:
+                # inverted dropout on the outputs of every layer but the last
+                keep = 1.0 - self.dropout
+                mask = (self._rng.random(y.shape) < keep).astype(self.dtype)
+                if keep > 0:
+                    mask /= self.dtype.type(keep)
+                y = y * mask
+            contexts.append(ctx)
+            masks.append(mask)
+            layer_input = y
+        self._saved = dict(backend=backend, contexts=contexts, masks=masks, batched=batched,
+                           y_shape=(T, B, self.output_width)) if self.training else None
+        finals = [f if batched else f[:, 0, :] for f in finals]
+        return self._output(layer_input, batched), finals
+
+    def _backward(self, dy, dstates_n):
+        saved = self._saved
+        if saved is None:
+            raise RuntimeError("backward: there is no training-mode forward to back-propagate through "
+                               "(call the layer in train() mode first)")
+        batched = saved["batched"]
+        T, B, W = saved["y_shape"]
+        expected = (T, B, W) if not self.batch_first else (B, T, W)
+        dy = _validate.array("dy", dy, self.dtype)
+        _validate.shape("dy", dy, expected if batched else (T, W))
+        _validate.finite("dy", dy)
+        names = tuple("d" + n.replace("0", "_n") for n in self._state_names)
+        dstates = self._states(dstates_n, names, B, batched, check_finite=True)
+        if not batched:
+            dy = dy[:, None, :]
+        elif self.batch_first:
+            dy = dy.transpose(1, 0, 2)
+        dy = np.ascontiguousarray(dy)
+
+        backend, D = saved["backend"], self.num_directions
+        dstates0 = [np.empty_like(s) for s in dstates]
+        new_grads = []
+        for k in reversed(range(self.num_layers)):
+            rows = range(k * D, (k + 1) * D)
+            dstates_k = [tuple(np.ascontiguousarray(s[r]) for s in dstates) for r in rows]
+            dx, ds0, grads = backend.layer_backward(saved["contexts"][k], dy, dstates_k)
+            for r, state in zip(rows, ds0):
+                for d0, value in zip(dstates0, state):
+                    d0[r] = value
+            for d, g in enumerate(grads):
+                new_grads += [(_param_name(base, k, d), value) for base, value in g.items()]
+            if k > 0 and saved["masks"][k - 1] is not None:
+                dx = dx * saved["masks"][k - 1]
+            dy = np.ascontiguousarray(dx)
+        for name, value in new_grads:
+            self.grads[name] += value
+        dx = dy[:, 0, :] if not batched else (dy.transpose(1, 0, 2) if self.batch_first else dy)
+        return dx, [d if batched else d[:, 0, :] for d in dstates0]
+
+
+class RNN(_Recurrent):
+    """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32, seed=None,
+                 backend=None):
+        _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+        super().__init__("rnn", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, backend, nonlinearity=nonlinearity)
+        self.nonlinearity = nonlinearity
+
+    def __call__(self, x, h0=None, lengths=None, check_finite=True):
+        """y, h_n = rnn(x, h0=None, lengths=None)"""
+        y, (h_n,) = self._forward(x, (h0,), lengths, check_finite)
+        return y, h_n
+
+    forward = __call__
+
+    def backward(self, dy, dh_n=None):
+        """dx, dh0 = rnn.backward(dy, dh_n=None)"""
+        dx, (dh0,) = self._backward(dy, (dh_n,))
+        return dx, dh0
+
+
+class GRU(RNN):
+    """GRU, gates r, z, n. reset_after=True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    (PyTorch, cuDNN); False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, seed=None,
+                 backend=None):
+        _Recurrent.__init__(self, "gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                            bidirectional, dtype, seed, backend, reset_after=bool(reset_after))
+        self.reset_after = bool(reset_after)
+
+
+class LSTM(_Recurrent):
+    """LSTM, gates i, f, g, o; optional projection (proj_size), peepholes and coupled
+    input-forget gate (then the weights hold i, g, o and f = 1 - i)."""
+
+    _state_names = ("h0", "c0")
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, peephole=False,
+                 coupled_input_forget=False, dtype=np.float32, seed=None, backend=None):
+        _validate.positive_int("proj_size", proj_size, minimum=0)
+        if proj_size >= _validate.positive_int("hidden_size", hidden_size):
+            raise ValueError(f"proj_size: expected 0 or less than hidden_size ({hidden_size}), got {proj_size}")
+        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, backend, proj_size=int(proj_size),
+                         peephole=bool(peephole), coupled_input_forget=bool(coupled_input_forget))
+        self.proj_size = int(proj_size)
+        self.peephole = bool(peephole)
+        self.coupled_input_forget = bool(coupled_input_forget)
+
+    def __call__(self, x, hx=None, lengths=None, check_finite=True):
+        """y, (h_n, c_n) = lstm(x, hx=None, lengths=None), hx = (h0, c0)"""
+        y, (h_n, c_n) = self._forward(x, _pair("hx", hx), lengths, check_finite)
+        return y, (h_n, c_n)
+
+    forward = __call__
+
+    def backward(self, dy, dh_n=None):
+        """dx, (dh0, dc0) = lstm.backward(dy, dh_n=None), dh_n = (dh_n, dc_n)"""
+        dx, (dh0, dc0) = self._backward(dy, _pair("dh_n", dh_n))
+        return dx, (dh0, dc0)
+
+
+def _pair(name, value):
+    if value is None:
+        return (None, None)
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name}: expected a pair (h, c) or None, got {type(value).__name__}")
+    return tuple(value)
+
+
+class JordanRNN(_Recurrent):
+    """Jordan RNN, fed back from the previous output:
+    h_t = act(W_ih x_t + b_ih + W_hh y_{t-1} + b_hh),  y_t = act_o(W_ho h_t + b_ho).
+
+    One layer, one direction. `y, y_n = jordan(x, y0=None, lengths=None)` with y (T, B,
+    output_size) and y0, y_n of shape (1, B, output_size), as a one-layer h0/h_n.
+    """
+
+    def __init__(self, input_size, hidden_size, output_size, nonlinearity="tanh",
+                 output_activation="identity", bias=True, batch_first=False, dtype=np.float32,
+                 seed=None, backend=None):
+        _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+        _validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        super().__init__("jordan", input_size, hidden_size, 1, bias, batch_first, 0.0, False, dtype, seed,
+                         backend, nonlinearity=nonlinearity, output_activation=output_activation,
+                         output_size=_validate.positive_int("output_size", output_size))
+        self.output_size = int(output_size)
+        self.nonlinearity = nonlinearity
+        self.output_activation = output_activation
+
+    _state_names = ("y0",)
+
+    def __call__(self, x, y0=None, lengths=None, check_finite=True):
+        y, (y_n,) = self._forward(x, (y0,), lengths, check_finite)
+        return y, y_n
+
+    forward = __call__
+
+    def backward(self, dy, dy_n=None):
+        """dx, dy0 = jordan.backward(dy, dy_n=None)"""
+        dx, (dy0,) = self._backward(dy, (dy_n,))
+        return dx, dy0
