@@ -5,6 +5,7 @@ backend's `layer_forward` (one or two directions), feeding each layer's concaten
 output to the next. Everything a user can get wrong is checked here, once, before any
 compute; the backends trust what they are given.
 """
+import inspect
 import math
 import warnings
 
@@ -77,6 +78,13 @@ class _Parametrised:
 
     def _backend(self):
         return _backend.resolve(self._backend_name)
+
+    def get_config(self):
+        """The constructor arguments that rebuild this object (seed excepted), by name."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "seed")]
+        config = {n: getattr(self, n if n != "backend" else "_backend_name") for n in names}
+        config["dtype"] = self.dtype.name
+        return config
 
 
 class _Recurrent(_Parametrised):
