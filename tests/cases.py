@@ -1,0 +1,64 @@
+"""Layer configurations and random data shared by the test files."""
+import numpy as np
+
+import rnncore as rc
+
+# (name, class, constructor kwargs): every cell type and variant of the reference
+VARIANTS = [
+    ("rnn_tanh", rc.RNN, dict(nonlinearity="tanh")),
+    ("rnn_relu", rc.RNN, dict(nonlinearity="relu")),
+    ("lstm", rc.LSTM, dict()),
+    ("lstm_proj", rc.LSTM, dict(proj_size=2)),
+    ("lstm_peephole", rc.LSTM, dict(peephole=True)),
+    ("lstm_cifg", rc.LSTM, dict(coupled_input_forget=True)),
+    ("lstm_all", rc.LSTM, dict(proj_size=2, peephole=True, coupled_input_forget=True)),
+    ("gru", rc.GRU, dict(reset_after=True)),
+    ("gru_cho", rc.GRU, dict(reset_after=False)),
+    ("jordan_identity", rc.JordanRNN, dict(output_size=2, output_activation="identity")),
+    ("jordan_tanh", rc.JordanRNN, dict(output_size=3, output_activation="tanh", nonlinearity="relu")),
+    ("jordan_sigmoid", rc.JordanRNN, dict(output_size=2, output_activation="sigmoid")),
+]
+VARIANT_IDS = [v[0] for v in VARIANTS]
+
+
+def build(cls, kwargs, input_size, hidden_size, dtype=np.float64, seed=0, backend="numpy", **more):
+    kwargs = dict(kwargs, **more)
+    if kwargs.get("proj_size", 0) >= hidden_size:
+        kwargs["proj_size"] = hidden_size - 1 if hidden_size > 1 else 0
+    if cls is rc.JordanRNN:
+        for key in ("num_layers", "bidirectional", "dropout"):
+            kwargs.pop(key, None)
+    return cls(input_size, hidden_size, dtype=dtype, seed=seed, backend=backend, **kwargs)
+
+
+def is_lstm(layer):
+    return isinstance(layer, rc.LSTM)
+
+
+def state_shapes(layer, batch):
+    """Shapes of the initial states a layer takes, batched."""
+    rows = getattr(layer, "num_directions", 1) * getattr(layer, "num_layers", 1)
+    spec = layer.specs[0]
+    return [(rows, batch, width) for width in spec.state_sizes]
+
+
+def random_states(layer, batch, rng, dtype=np.float64):
+    return [rng.standard_normal(shape).astype(dtype) for shape in state_shapes(layer, batch)]
+
+
+def call(layer, x, states=None, lengths=None, **kw):
+    """Run any layer; returns y and the list of final states."""
+    if is_lstm(layer):
+        y, (h, c) = layer(x, None if states is None else tuple(states), lengths=lengths, **kw)
+        return y, [h, c]
+    y, h = layer(x, None if states is None else states[0], lengths=lengths, **kw)
+    return y, [h]
+
+
+def back(layer, dy, dstates=None):
+    """Backward for any layer; returns dx and the list of initial-state gradients."""
+    if is_lstm(layer):
+        dx, (dh, dc) = layer.backward(dy, None if dstates is None else tuple(dstates))
+        return dx, [dh, dc]
+    dx, dh = layer.backward(dy, None if dstates is None else dstates[0])
+    return dx, [dh]
