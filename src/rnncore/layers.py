@@ -130,6 +130,13 @@ class _Recurrent(_Parametrised):
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, dtype={self.dtype})")
 
+    def load_keras_weights(self, *weights):
+        """Copy in the weights of the equivalent Keras layer, Bidirectional or stack:
+        `(kernel, recurrent_kernel, bias)` or the list Keras' get_weights() returns
+        (see rnncore.keras.load_weights)."""
+        from . import keras  # lazily: rnncore.keras imports this module
+        keras.load_weights(self, *weights)
+
     def _direction_params(self, layer):
         return [{base: self._params[_param_name(base, layer, d)] for base in self.specs[layer].param_shapes()}
                 for d in range(self.num_directions)]
