@@ -35,14 +35,13 @@ def is_lstm(obj):
 
 
 def good_inputs(layer, dtype, seed=0):
-    """Valid x, states (h0[, c0]), lengths and upstream gradients for `layer`."""
+    """Valid x, states (h0[, c0]) and upstream gradients for `layer`."""
     rng = np.random.default_rng(seed)
     rows = getattr(layer, "num_directions", 1) * layer.num_layers
     widths = layer.specs[0].state_sizes
     g = types.SimpleNamespace()
     g.x = rng.standard_normal((T, B, I)).astype(dtype)
     g.states = [rng.standard_normal((rows, B, w)).astype(dtype) for w in widths]
-    g.lengths = np.array([T, 2])
     g.dy = rng.standard_normal((T, B, layer.output_width)).astype(dtype)
     g.dstates = [rng.standard_normal(s.shape).astype(dtype) for s in g.states]
     return g
@@ -236,11 +235,10 @@ def test_backward_without_training_forward(backend, kind):
     assert_rejected(layer, lambda: backward(layer, g.dy), RuntimeError, "forward")
 
 
-def cell_inputs(cell, dtype, batched=True, seed=0):
+def cell_inputs(cell, dtype, seed=0):
     rng = np.random.default_rng(seed)
-    lead = (B,) if batched else ()
-    x = rng.standard_normal(lead + (I,)).astype(dtype)
-    states = [rng.standard_normal(lead + (w,)).astype(dtype) for w in cell.spec.state_sizes]
+    x = rng.standard_normal((B, I)).astype(dtype)
+    states = [rng.standard_normal((B, w)).astype(dtype) for w in cell.spec.state_sizes]
     return x, states
 
 
