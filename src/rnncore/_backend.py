@@ -53,7 +53,10 @@ def _default():
     global _selected
     requested = os.environ.get("RNNCORE_BACKEND")
     if requested:
-        _check_name(requested)
+        try:
+            _check_name(requested)
+        except ValueError as exc:
+            raise ValueError(f"RNNCORE_BACKEND: {exc}") from None
         _selected = requested
         return
     available = backends()

@@ -32,6 +32,8 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     before clipping, as a float."""
     arrays = _gradient_arrays(grads)
     max_norm = _number("max_norm", max_norm)
+    if isinstance(norm_type, str) and norm_type.lower() in ("inf", "infinity"):
+        norm_type = math.inf  # torch accepts the string too
     norm_type = _number("norm_type", norm_type)
     if norm_type <= 0:
         raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
@@ -46,8 +48,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} is {total}; "
                            "pass error_if_nonfinite=False to clip anyway")
     coef = min(max_norm / (total + 1e-6), 1.0)
-    for g in arrays:
-        g *= g.dtype.type(coef)
+    with np.errstate(invalid="ignore"):  # a NaN/Inf total scales to NaN, as torch, without a warning
+        for g in arrays:
+            g *= g.dtype.type(coef)
     return total
 
 
