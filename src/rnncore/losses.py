@@ -1,0 +1,112 @@
+"""Losses with forward and backward: `loss = loss_fn(input, target)` returns a float and
+keeps what `loss_fn.backward()` needs to return d loss / d input."""
+import numpy as np
+
+from . import _validate
+
+__all__ = ["MSELoss", "CrossEntropyLoss"]
+
+_REDUCTIONS = ("mean", "sum")
+
+
+def _float_array(name, value):
+    arr = _validate.to_numpy(value)
+    _validate.float_dtype(arr.dtype, name)
+    _validate.finite(name, arr)
+    return arr
+
+
+class _Loss:
+    def __init__(self, reduction="mean"):
+        self.reduction = _validate.choice("reduction", reduction, _REDUCTIONS)
+        self._saved = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+    def _saved_or_raise(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: call the loss on an input first")
+        return self._saved
+
+
+class MSELoss(_Loss):
+    """Mean (or sum) of (input - target)**2 over all elements, as torch.nn.MSELoss.
+
+    `mask` (optional, broadcastable to input, 0/1 or weights) restricts the loss to the
+    marked elements; "mean" then divides by the mask's sum, so masked-out elements such as
+    padding or missing values neither count nor dilute the mean."""
+
+    def __call__(self, input, target, mask=None):
+        input = _float_array("input", input)
+        target = _float_array("target", target)
+        _validate.shape("target", target, input.shape)
+        diff = input - target.astype(input.dtype)
+        if mask is None:
+            weights, count = input.dtype.type(1), diff.size
+        else:
+            weights = _float_array("mask", mask).astype(input.dtype)
+            try:
+                weights = np.broadcast_to(weights, input.shape)
+            except ValueError:
+                raise ValueError(f"mask: expected a shape broadcastable to {input.shape}, got {weights.shape}") from None
+            count = float(weights.sum())
+            if count <= 0:
+                raise ValueError("mask: expected at least one marked element, got none")
+        scale = input.dtype.type(1.0 / count if self.reduction == "mean" else 1.0)
+        weighted = weights * diff
+        self._saved = weighted * scale
+        return float(np.sum(weighted * diff, dtype=np.float64) * scale)
+
+    forward = __call__
+
+    def backward(self):
+        return 2 * self._saved_or_raise()
+
+
+class CrossEntropyLoss(_Loss):
+    """Softmax cross-entropy of logits (..., C), classes on the LAST axis, against integer
+    targets (...): (B, C) with (B,) for one label per sequence (the last step), (T, B, C)
+    with (T, B) for one per step. Targets equal to `ignore_index` count for nothing, and
+    "mean" averages over the rest, as torch.nn.CrossEntropyLoss (whose classes are on
+    axis 1 instead)."""
+
+    def __init__(self, reduction="mean", ignore_index=-100):
+        super().__init__(reduction)
+        self.ignore_index = int(ignore_index)
+
+    def __call__(self, logits, target):
+        logits = _float_array("logits", logits)
+        target = _validate.to_numpy(target)
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"target: expected integer class indices, got dtype {target.dtype}")
+        if logits.ndim < 1 or target.shape != logits.shape[:-1]:
+            raise ValueError(f"target: expected shape {logits.shape[:-1]} (logits' shape without the class "
+                             f"axis), got {target.shape}")
+        classes = logits.shape[-1]
+        keep = target != self.ignore_index
+        if np.any((target[keep] < 0) | (target[keep] >= classes)):
+            raise ValueError(f"target: expected class indices in [0, {classes - 1}] or ignore_index "
+                             f"{self.ignore_index}, got min {target[keep].min()}, max {target[keep].max()}")
+        count = int(keep.sum())
+        if count == 0:
+            raise ValueError("target: expected at least one target not equal to ignore_index, got none")
+        # log-softmax after subtracting the row maximum: exp never overflows
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        safe_target = np.where(keep, target, 0)
+        picked = np.take_along_axis(log_probs, safe_target[..., None], axis=-1)[..., 0]
+        scale = 1.0 / count if self.reduction == "mean" else 1.0
+        self._saved = (log_probs, safe_target, keep, logits.dtype.type(scale))
+        return float(-np.sum(picked[keep], dtype=np.float64) * scale)
+
+    forward = __call__
+
+    def backward(self):
+        log_probs, target, keep, scale = self._saved_or_raise()
+        # d/dz -log softmax(z)[t] = softmax(z) - onehot(t)
+        grad = np.exp(log_probs)
+        np.put_along_axis(grad, target[..., None], np.take_along_axis(grad, target[..., None], axis=-1) - 1,
+                          axis=-1)
+        grad *= (keep * scale).astype(grad.dtype)[..., None]
+        return grad

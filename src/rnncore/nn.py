@@ -1,0 +1,363 @@
+"""Feed-forward pieces that sit around the recurrent layers, and `Sequential` to chain
+them. Each has `forward` (calling it) and `backward`, and the layers' conventions:
+`parameters()`, `grads`, `zero_grad()`, `state_dict()`, `load_state_dict()`,
+`train()/eval()`. `backward` adds parameter gradients into `grads` and returns the
+gradient of the input of the last training-mode forward.
+"""
+import math
+
+import numpy as np
+
+from . import _validate
+from .layers import _Parametrised, _Recurrent
+
+__all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential"]
+
+
+def _saved_or_raise(module):
+    if module._saved is None:
+        raise RuntimeError(f"{type(module).__name__}.backward: there is no training-mode forward to "
+                           "back-propagate through (call it in train() mode first)")
+    return module._saved
+
+
+def _gradient(name, dy, like):
+    """`dy` checked against the output `like` of the forward it belongs to."""
+    dy = _validate.array(name, dy, like.dtype)
+    _validate.shape(name, dy, like.shape)
+    _validate.finite(name, dy)
+    return dy
+
+
+class Linear(_Parametrised):
+    """y = x @ weight.T + bias over the last axis of x (..., in_features), as torch.nn.Linear:
+    weight (out_features, in_features), bias (out_features,), both U(-1/sqrt(in), 1/sqrt(in))."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
+        self.in_features = _validate.positive_int("in_features", in_features)
+        self.out_features = _validate.positive_int("out_features", out_features)
+        self.dtype = _validate.float_dtype(dtype)
+        self.bias = bool(bias)
+        shapes = {"weight": (self.out_features, self.in_features)}
+        if self.bias:
+            shapes["bias"] = (self.out_features,)
+        self._init_params(shapes, self.in_features, seed)
+
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, dtype={self.dtype})"
+
+    def __call__(self, x):
+        x = _validate.array("x", x, self.dtype)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
+        _validate.finite("x", x)
+        y = x @ self._params["weight"].T
+        if self.bias:
+            y += self._params["bias"]
+        self._saved = (x, y) if self.training else None
+        return y
+
+    forward = __call__
+
+    def backward(self, dy):
+        """dx = linear.backward(dy); adds into grads["weight"], grads["bias"]."""
+        x, y = _saved_or_raise(self)
+        dy = _gradient("dy", dy, y)
+        rows_dy = dy.reshape(-1, self.out_features)
+        # dW += dy.T @ x    (out, in) += (out, N) x (N, in), N = all leading axes
+        self.grads["weight"] += rows_dy.T @ x.reshape(-1, self.in_features)
+        if self.bias:
+            self.grads["bias"] += rows_dy.sum(axis=0)
+        return dy @ self._params["weight"]
+
+
+class Embedding(_Parametrised):
+    """Row lookup: integer indices (...) -> weight[indices] (..., embedding_dim), as
+    torch.nn.Embedding, weight (num_embeddings, embedding_dim) drawn N(0, 1)."""
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None):
+        self.num_embeddings = _validate.positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = _validate.positive_int("embedding_dim", embedding_dim)
+        self.dtype = _validate.float_dtype(dtype)
+        self._init_params({"weight": (self.num_embeddings, self.embedding_dim)}, 1, seed)
+        # PyTorch draws embeddings from N(0, 1), not the recurrent layers' uniform
+        self._params["weight"][...] = self._rng.standard_normal(self._params["weight"].shape)
+
+    def __repr__(self):
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim}, dtype={self.dtype})"
+
+    def __call__(self, indices):
+        indices = _validate.to_numpy(indices)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"indices: expected integers, got dtype {indices.dtype}")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_embeddings):
+            raise ValueError(f"indices: expected values in [0, {self.num_embeddings - 1}], "
+                             f"got min {indices.min()}, max {indices.max()}")
+        y = self._params["weight"][indices]
+        self._saved = (indices, y) if self.training else None
+        return y
+
+    forward = __call__
+
+    def backward(self, dy):
+        """Adds into grads["weight"]; returns None (integer inputs have no gradient)."""
+        indices, y = _saved_or_raise(self)
+        dy = _gradient("dy", dy, y)
+        # repeated indices accumulate, which plain fancy-index assignment would not do
+        np.add.at(self.grads["weight"], indices.ravel(), dy.reshape(-1, self.embedding_dim))
+        return None
+
+
+class _Stateless:
+    """The conventions of a module without parameters."""
+
+    def __init__(self):
+        self.grads = {}
+        self.training = True
+        self._saved = None
+
+    def parameters(self):
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, mapping, strict=True):
+        if strict and len(mapping):
+            raise KeyError(f"load_state_dict: missing keys [], unexpected keys {list(mapping)}")
+
+    def zero_grad(self):
+        pass
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def get_config(self):
+        return {}
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def _float_input(x):
+    x = _validate.to_numpy(x)
+    _validate.float_dtype(x.dtype, "x")
+    return x
+
+
+class _Activation(_Stateless):
+    """Element-wise y = f(x) whose derivative is a function of y alone."""
+
+    def __call__(self, x):
+        y = self._function(_float_input(x))
+        self._saved = y if self.training else None
+        return y
+
+    forward = __call__
+
+    def backward(self, dy):
+        y = _saved_or_raise(self)
+        return _gradient("dy", dy, y) * self._derivative(y)
+
+
+class Tanh(_Activation):
+    @staticmethod
+    def _function(x):
+        return np.tanh(x)
+
+    @staticmethod
+    def _derivative(y):
+        return 1 - y * y
+
+
+class Sigmoid(_Activation):
+    @staticmethod
+    def _function(x):
+        # written via tanh: exact sigmoid without overflow in exp for large |x|
+        return 0.5 * (np.tanh(0.5 * x) + 1)
+
+    @staticmethod
+    def _derivative(y):
+        return y * (1 - y)
+
+
+class ReLU(_Activation):
+    @staticmethod
+    def _function(x):
+        return np.maximum(x, 0)
+
+    @staticmethod
+    def _derivative(y):
+        return (y > 0).astype(y.dtype)
+
+
+class LastStep(_Stateless):
+    """The output of each sequence's last valid step: (T, B, H) -> (B, H), or with
+    `lengths`, y[lengths[b] - 1, b]. `batch_first=True` takes (B, T, H)."""
+
+    def __init__(self, batch_first=False):
+        super().__init__()
+        self.batch_first = bool(batch_first)
+
+    def __repr__(self):
+        return f"LastStep(batch_first={self.batch_first})"
+
+    def get_config(self):
+        return {"batch_first": self.batch_first}
+
+    def __call__(self, y, lengths=None):
+        y = _float_input(y)
+        if y.ndim != 3:
+            raise ValueError(f"y: expected 3 dimensions ({'B, T' if self.batch_first else 'T, B'}, H), "
+                             f"got shape {y.shape}")
+        time_major = y.transpose(1, 0, 2) if self.batch_first else y
+        T, B, _ = time_major.shape
+        last = (np.full(B, T - 1, dtype=np.int64) if lengths is None
+                else _validate.lengths(lengths, B, T) - 1)
+        self._saved = (time_major.shape, time_major.dtype, last) if self.training else None
+        return time_major[last, np.arange(B)]
+
+    forward = __call__
+
+    def backward(self, dlast):
+        shape, dtype, last = _saved_or_raise(self)
+        dlast = _validate.array("dlast", dlast, dtype)
+        _validate.shape("dlast", dlast, (shape[1], shape[2]))
+        dy = np.zeros(shape, dtype=dtype)
+        dy[last, np.arange(shape[1])] = dlast
+        return dy.transpose(1, 0, 2) if self.batch_first else dy
+
+
+class Sequential:
+    """Modules applied in order, with forward and backward through all of them.
+
+        y, states = model(x, states=None, lengths=None)
+        dx, dstates0 = model.backward(dy, dstates=None)
+
+    `states` has one entry per recurrent layer in the chain, in order: its initial state
+    as the layer takes it (h0, or (h0, c0) for an LSTM), or None for zeros; the returned
+    `states` are the final ones in the same form, ready to carry into the next chunk of a
+    long series (truncated BPTT). `lengths` goes to the recurrent layers and to LastStep.
+    Parameters and gradients are named "<index>.<name>", as in a torch.nn.Sequential's
+    state_dict."""
+
+    def __init__(self, *modules):
+        for i, module in enumerate(modules):
+            missing = [a for a in ("parameters", "grads", "backward", "train") if not hasattr(module, a)]
+            if missing:
+                raise TypeError(f"modules[{i}]: expected a module with forward and backward, got "
+                                f"{type(module).__name__} (lacks {', '.join(missing)})")
+        self.modules = list(modules)
+        self._recurrent = [i for i, m in enumerate(self.modules) if isinstance(m, _Recurrent)]
+        self.training = True
+
+    def __repr__(self):
+        inner = ",\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.modules))
+        return f"Sequential(\n{inner}\n)"
+
+    def __len__(self):
+        return len(self.modules)
+
+    def __getitem__(self, index):
+        return self.modules[index]
+
+    def _state_list(self, name, states):
+        if states is None:
+            return [None] * len(self._recurrent)
+        if not isinstance(states, (list, tuple)) or len(states) != len(self._recurrent):
+            raise ValueError(f"{name}: expected a list of {len(self._recurrent)} states (one per recurrent "
+                             f"layer) or None, got {type(states).__name__} of length "
+                             f"{len(states) if hasattr(states, '__len__') else '?'}")
+        return list(states)
+
+    def __call__(self, x, states=None, lengths=None):
+        states = iter(self._state_list("states", states))
+        finals = []
+        for module in self.modules:
+            if isinstance(module, _Recurrent):
+                x, final = module(x, next(states), lengths)
+                finals.append(final)
+            elif isinstance(module, LastStep):
+                x = module(x, lengths)
+            else:
+                x = module(x)
+        return x, finals
+
+    forward = __call__
+
+    def backward(self, dy, dstates=None):
+        """Back through every module; returns the input gradient (None when the first
+        module takes integers) and the initial-state gradients, one per recurrent layer."""
+        dstates = self._state_list("dstates", dstates)
+        dstates0 = [None] * len(self._recurrent)
+        for index in reversed(range(len(self.modules))):
+            module = self.modules[index]
+            if dy is None:
+                raise ValueError(f"modules[{index}]: expected the integer-input module to come first, "
+                                 f"got {type(self.modules[index + 1]).__name__} after it")
+            if isinstance(module, _Recurrent):
+                k = self._recurrent.index(index)
+                dy, dstates0[k] = module.backward(dy, dstates[k])
+            else:
+                dy = module.backward(dy)
+        return dy, dstates0
+
+    def _named(self, attribute):
+        return {f"{i}.{name}": value for i, module in enumerate(self.modules)
+                for name, value in attribute(module).items()}
+
+    def parameters(self):
+        """The live parameter arrays of every module, named "<index>.<name>"."""
+        return self._named(lambda m: m.parameters())
+
+    @property
+    def grads(self):
+        """The live gradient arrays, with the names of parameters()."""
+        return self._named(lambda m: m.grads)
+
+    def state_dict(self):
+        return self._named(lambda m: m.state_dict())
+
+    def load_state_dict(self, mapping, strict=True):
+        """Split "<index>.<name>" keys among the modules; all are checked before any is
+        loaded, so a bad mapping leaves every module unchanged."""
+        per_module = [{} for _ in self.modules]
+        unexpected = []
+        for key, value in mapping.items():
+            index, _, name = str(key).partition(".")
+            if index.isdigit() and int(index) < len(self.modules):
+                per_module[int(index)][name] = value
+            else:
+                unexpected.append(key)
+        missing = [f"{i}.{n}" for i, m in enumerate(self.modules) for n in m.parameters() if n not in per_module[i]]
+        unexpected += [f"{i}.{n}" for i, m in enumerate(self.modules) for n in per_module[i]
+                       if n not in m.parameters()]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        wrong = [f"{i}.{n}: expected shape {m.parameters()[n].shape}, got {np.shape(_validate.to_numpy(v))}"
+                 for i, m in enumerate(self.modules) for n, v in per_module[i].items()
+                 if n in m.parameters() and np.shape(_validate.to_numpy(v)) != m.parameters()[n].shape]
+        if wrong:
+            raise ValueError("load_state_dict: " + "; ".join(wrong))
+        for module, given in zip(self.modules, per_module):
+            module.load_state_dict({n: v for n, v in given.items() if n in module.parameters()}, strict=False)
+
+    def zero_grad(self):
+        for module in self.modules:
+            module.zero_grad()
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for module in self.modules:
+            module.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def num_parameters(self):
+        return sum(int(math.prod(p.shape)) for p in self.parameters().values())
