@@ -197,8 +197,8 @@ def _read_members(path):
         # whatever the zip or .npy reader trips over in damaged bytes (BadZipFile, a bad
         # CRC-32, EOFError, ValueError, even NotImplementedError for a mangled
         # compression field) means the same thing here
-        raise CheckpointError(f"{where} is not a readable rnncore checkpoint: it is truncated or corrupt "
-                              f"({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{where} is not a readable rnncore checkpoint: it is truncated, corrupt or "
+                              f"not written by rnncore ({type(exc).__name__}: {exc})") from None
 
 
 def _header(members, where):
