@@ -26,6 +26,9 @@ OBJECTS = {
     "rnn-cell": lambda: rc.RNNCell(3, 4, nonlinearity="relu", dtype=np.float64, seed=5),
     "lstm-cell": lambda: rc.LSTMCell(3, 4, peephole=True, seed=6),
     "gru-cell": lambda: rc.GRUCell(3, 4, reset_after=False, seed=7),
+    "linear": lambda: rc.Linear(3, 2, bias=False, dtype=np.float64, seed=8),
+    "embedding": lambda: rc.Embedding(10, 3, seed=9),
+    "last-step": lambda: rc.LastStep(batch_first=True),
 }
 
 
@@ -43,18 +46,20 @@ def test_round_trip_is_bit_exact(tmp_path, kind):
     obj.eval()
     path = tmp_path / "model.ckpt"
     rc.save(path, obj)
+    assert os.listdir(tmp_path) == ["model.ckpt"]  # no temporary file left behind
     loaded = rc.load(path)
     assert type(loaded) is type(obj)
     assert loaded.get_config() == obj.get_config()
     assert loaded.training is False
     assert_same_state(loaded, obj)
+    if not hasattr(obj, "hidden_size"):
+        return  # the toolkit's modules: state and configuration are all there is
     x = np.random.default_rng(0).standard_normal((4, 2, 3) if hasattr(obj, "num_layers") else (2, 3))
     x = x.astype(obj.dtype)
     out, again = obj(x), loaded(x)
     for a, b in zip(np.atleast_1d(out[0] if isinstance(out, tuple) else out),
                     np.atleast_1d(again[0] if isinstance(again, tuple) else again)):
         np.testing.assert_array_equal(a, b)
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
 class StandInOptimizer:

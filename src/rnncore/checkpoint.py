@@ -29,6 +29,7 @@ import numpy as np
 from . import _backend, _validate
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN, JordanRNN
+from .nn import Embedding, LastStep, Linear, ReLU, Sigmoid, Tanh
 
 __all__ = ["save", "load", "read", "register", "registered", "Checkpoint", "CheckpointError", "FORMAT_VERSION"]
 
@@ -70,7 +71,8 @@ def registered():
     return dict(_REGISTRY)
 
 
-for _cls in (RNN, LSTM, GRU, JordanRNN, RNNCell, LSTMCell, GRUCell):
+for _cls in (RNN, LSTM, GRU, JordanRNN, RNNCell, LSTMCell, GRUCell,
+             Linear, Embedding, Tanh, ReLU, Sigmoid, LastStep):
     register(_cls)
 
 
