@@ -202,6 +202,7 @@ def test_wrong_count_shape_dtype_and_kind():
 
 # -- Keras itself, where it installs (a torch backend needs no TensorFlow) ----------------
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras' own NumPy 2 copy= notices
 @pytest.mark.parametrize("kind,reset_after", [("rnn", True), ("lstm", True), ("gru", True), ("gru", False)])
 def test_matches_keras_itself(kind, reset_after):
     pytest.importorskip("torch")

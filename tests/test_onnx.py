@@ -97,9 +97,10 @@ def test_export_runs_in_onnxruntime_like_rnncore(tmp_path, variant, structure):
 @pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_export_then_load_gives_identical_weights(tmp_path, variant, structure, dtype):
-    layer = make(variant, dtype=dtype, **STRUCTURES[structure][0])
+    options, export_options = STRUCTURES[structure]
+    layer = make(variant, dtype=dtype, **options)
     path = tmp_path / "model.onnx"
-    rc.onnx.export(layer, path)
+    rc.onnx.export(layer, path, **export_options)
     loaded = rc.onnx.load(path)
     assert type(loaded) is type(layer)
     assert loaded.get_config() == layer.get_config()
