@@ -313,3 +313,13 @@ def test_killing_a_saver_mid_save_leaves_a_loadable_checkpoint(tmp_path):
     # a kill mid-write leaves its temporary file behind, never the target half-written
     assert all(name.startswith(".model.ckpt.") and name.endswith(".tmp")
                for name in os.listdir(tmp_path) if name != "model.ckpt")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_a_checkpoint_gets_the_mode_a_plain_open_gives(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        rc.save(tmp_path / "model.ckpt", rc.GRU(3, 4))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "model.ckpt").stat().st_mode & 0o777 == 0o644

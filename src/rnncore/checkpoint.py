@@ -19,7 +19,7 @@ against the header, and relies on the zip's CRC-32 to refuse corrupted bytes.
 import io
 import json
 import os
-import tempfile
+import secrets
 import warnings
 from collections import namedtuple
 from collections.abc import Mapping
@@ -160,7 +160,10 @@ def save(path, obj, optimizer=None):
 
 def _write_atomically(path, arrays):
     directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: never another file's name; mode 0o666 less the umask, as a plain open() gives
+    # (mkstemp's 0o600 would make every checkpoint private)
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             np.savez(file, **arrays)
