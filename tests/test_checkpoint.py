@@ -302,11 +302,13 @@ def test_killing_a_saver_mid_save_leaves_a_loadable_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     for trial in range(6):
         saver = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, env=env)
-        assert saver.stdout.readline() == b"saving\n"
-        time.sleep(rng.uniform(0.0, 0.3))
-        os.kill(saver.pid, signal.SIGKILL)
-        saver.wait()
-        saver.stdout.close()
+        try:
+            assert saver.stdout.readline() == b"saving\n"
+            time.sleep(rng.uniform(0.0, 0.3))
+        finally:
+            saver.send_signal(signal.SIGKILL)
+            saver.wait()
+            saver.stdout.close()
         loaded = rc.load(path).state_dict()
         matches = [all(np.array_equal(loaded[k], v[k]) for k in v) for v in versions]
         assert any(matches), f"trial {trial}: the checkpoint holds neither complete version"
