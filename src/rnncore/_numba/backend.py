@@ -1,0 +1,330 @@
+"""The numba backend: the backend contract (written at the end of rnncore._reference)
+over the compiled loops of `kernels`.
+
+This module does the layout work the kernels trust. Per direction it puts the batch in
+*work order* (rows sorted by length, longest first; each row's steps in the order its
+direction visits them), so that at every step the running rows are a contiguous prefix;
+it allocates every buffer once per call, hands the kernel C-contiguous writable arrays
+of one dtype (a read-only or strided array would be a new numba signature, that is a
+new compilation), and puts the results back in the caller's order.
+
+Importing it without numba installed raises ImportError, which marks the backend
+unavailable.
+"""
+import numba
+import numpy as np
+
+from . import kernels
+
+ACTIVATION_CODES = {"tanh": kernels.TANH, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID,
+                    "identity": kernels.IDENTITY}
+
+
+def set_num_threads(n):
+    """Threads for the kernels' batch chunks (numba's setting, for the calling thread),
+    capped at the pool numba started with (NUMBA_NUM_THREADS)."""
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _apply_thread_setting():
+    # rc.set_num_threads may have run (or RNNCORE_NUM_THREADS been read) before this
+    # backend was first imported; its hook only reaches modules already loaded
+    from .. import _backend
+    if _backend._num_threads is not None:
+        set_num_threads(_backend._num_threads)
+
+
+_apply_thread_setting()
+
+
+def rows_per_chunk(batch):
+    """Rows each parallel task runs. A function of the batch size alone, so that the
+    numbers do not depend on the thread count; at least 8 rows keep each step's GEMM
+    efficient, and up to 32 chunks leave work for 32 threads."""
+    return max(8, -(-batch // 32))
+
+
+def _writable(a):
+    """`a` itself when C-contiguous and writable, else a copy that is."""
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C")
+
+
+class _WorkOrder:
+    """Which (time, sequence) of the caller's arrays step t of work row j is.
+
+    Without lengths (or with every length T) the rows keep their order and the time
+    axis is the identity, or flipped for the reverse direction; with lengths, the rows
+    are sorted by length, longest first, and the reverse direction of row j visits
+    L_j - 1, ..., 0 and then its padded tail in increasing order (each column of
+    `time` is a permutation of range(T), as in the reference).
+    """
+
+    def __init__(self, T, B, lengths, reverse):
+        self.batch = np.arange(B)
+        if lengths is None or np.all(lengths == T):
+            self.perm = None
+            self.flip = bool(reverse)
+            self.lengths = np.full(B, T, dtype=np.int64)
+            self.active = np.full(T, B, dtype=np.int64)
+            return
+        self.perm = np.argsort(-lengths, kind="stable")
+        self.lengths = np.ascontiguousarray(lengths[self.perm], dtype=np.int64)
+        steps = np.arange(T)[:, None]
+        self.active = np.ascontiguousarray((self.lengths[None, :] > steps).sum(axis=1), dtype=np.int64)
+        if reverse:
+            self.time = np.where(steps < self.lengths[None, :], self.lengths[None, :] - 1 - steps, steps)
+        else:
+            self.time = np.broadcast_to(steps, (T, B))
+
+    def gather(self, a):
+        """(T, B, n) caller's order -> work order, C-contiguous and writable."""
+        if self.perm is None:
+            return _writable(a[::-1] if self.flip else a)
+        return a[self.time, self.perm]
+
+    def scatter(self, work, out, add):
+        """Work order -> caller's order, into (or added into) `out` (T, B, n)."""
+        if self.perm is None:
+            work = work[::-1] if self.flip else work
+            if add:
+                out += work
+            else:
+                out[...] = work
+        elif add:
+            out[self.time, self.perm] += work  # (time, perm) pairs are distinct: no lost adds
+        else:
+            out[self.time, self.perm] = work
+
+    def rows(self, a):
+        """(B, n) caller's order -> a work-order copy the kernel may overwrite."""
+        return np.array(a if self.perm is None else a[self.perm], order="C")
+
+    def unrows(self, work):
+        """(B, n) work order -> a new array in the caller's order."""
+        if self.perm is None:
+            return np.array(work, order="C")
+        out = np.empty_like(work)
+        out[self.perm] = work
+        return out
+
+    def final(self, buffer):
+        """Each row's value after its own last step, in the caller's order, from a
+        buffer kept per step ((T+1, B, n), step t at t+1) or only running ((1, B, n))."""
+        if buffer.shape[0] == 1:
+            return self.unrows(buffer[0])
+        return self.unrows(buffer[self.lengths, self.batch])
+
+
+def _dummy(dtype, ndim):
+    """Stands in for an array a variant does not use: the kernels never read it, and one
+    shape for every variant keeps one compiled signature."""
+    return np.zeros((1,) * ndim, dtype=dtype)
+
+
+def _per_step(training, T, B, width, dtype):
+    """A buffer kept for every step in training (zeros: rows that have ended enter the
+    weight-gradient GEMMs), only the running value in inference."""
+    return np.zeros((T, B, width), dtype) if training else np.empty((1, B, width), dtype)
+
+
+def _grads_dict(spec, values):
+    return {name: values[name] for name in spec.param_shapes()}
+
+
+# -- Elman and Jordan ------------------------------------------------------------------
+
+def _simple_forward(spec, p, x, state0, order, training):
+    T, B, _ = x.shape
+    H, S, dtype = spec.hidden_size, spec.out_size, x.dtype
+    jordan = spec.kind == "jordan"
+    bias = p["bias_ih"] + p["bias_hh"] if spec.bias else np.zeros(H, dtype)
+    x_proj = np.empty((T, B, H), dtype)
+    states = np.zeros((T + 1, B, S), dtype)
+    states[0] = state0[0]
+    if jordan:
+        hidden = _per_step(training, T, B, H, dtype)
+        w_ho = p["weight_ho"]
+        b_ho = p["bias_ho"] if spec.bias else np.zeros(S, dtype)
+    else:
+        hidden = states[1:]  # Elman's hidden state is its output
+        w_ho, b_ho = _dummy(dtype, 2), _dummy(dtype, 1)
+    act, out_act = ACTIVATION_CODES[spec.nonlinearity], ACTIVATION_CODES[spec.output_activation]
+    chunk = rows_per_chunk(B)
+    kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, order.active, chunk, act, out_act,
+                           jordan, x_proj, states, hidden)
+    saved = dict(x=x, states=states, hidden=hidden, w_ho=w_ho, act=act, out_act=out_act, jordan=jordan, chunk=chunk)
+    return states, (order.final(states),), saved
+
+
+def _simple_backward(spec, p, s, dy, d_states, order):
+    x = s["x"]
+    T, B, I = x.shape
+    H, S, dtype = spec.hidden_size, spec.out_size, x.dtype
+    jordan = s["jordan"]
+    (d_state,) = d_states
+    d_pre = np.zeros((T, B, H), dtype)
+    d_out = np.zeros((T, B, S), dtype) if jordan else _dummy(dtype, 3)
+    d_hidden = np.empty((B, H), dtype) if jordan else _dummy(dtype, 2)
+    dx = np.empty((T, B, I), dtype)
+    g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
+    g.setdefault("weight_ho", _dummy(dtype, 2))
+    bias_grad = np.empty(H, dtype)
+    bias_ho_grad = np.empty(S, dtype)
+    kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
+                            s["out_act"], jordan, s["states"], s["hidden"], dy, d_state, d_pre, d_out, d_hidden, dx,
+                            g["weight_ih"], g["weight_hh"], g["weight_ho"], bias_grad, bias_ho_grad)
+    g.update(bias_ih=bias_grad, bias_hh=bias_grad.copy(), bias_ho=bias_ho_grad)
+    return dx, (d_state,), _grads_dict(spec, g)
+
+
+# -- LSTM ----------------------------------------------------------------------------
+
+def _lstm_forward(spec, p, x, state0, order, training):
+    T, B, _ = x.shape
+    H, S, G, dtype = spec.hidden_size, spec.out_size, spec.num_gates, x.dtype
+    projected, peephole, coupled = bool(spec.proj_size), spec.peephole, spec.coupled_input_forget
+    bias = p["bias_ih"] + p["bias_hh"] if spec.bias else np.zeros(G * H, dtype)
+    x_proj = np.empty((T, B, G * H), dtype)
+    states = np.zeros((T + 1, B, S), dtype)
+    states[0] = state0[0]
+    cells = np.zeros((T + 1, B, H), dtype) if training else np.empty((1, B, H), dtype)
+    cells[0] = state0[1]
+    m = _per_step(training, T, B, H, dtype) if projected else _dummy(dtype, 3)
+    w_hr = p["weight_hr"] if projected else _dummy(dtype, 2)
+    w_ci = p["weight_ci"] if peephole else _dummy(dtype, 1)
+    w_cf = p["weight_cf"] if peephole and not coupled else _dummy(dtype, 1)
+    w_co = p["weight_co"] if peephole else _dummy(dtype, 1)
+    chunk = rows_per_chunk(B)
+    kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], w_hr, w_ci, w_cf, w_co, order.active, chunk,
+                         peephole, coupled, projected, x_proj, states, cells, m)
+    saved = dict(x=x, x_proj=x_proj, states=states, cells=cells, m=m, w_hr=w_hr, w_ci=w_ci, w_cf=w_cf, w_co=w_co,
+                 chunk=chunk)
+    return states, (order.final(states), order.final(cells)), saved
+
+
+def _lstm_backward(spec, p, s, dy, d_states, order):
+    x = s["x"]
+    T, B, I = x.shape
+    H, S, G, dtype = spec.hidden_size, spec.out_size, spec.num_gates, x.dtype
+    projected, peephole, coupled = bool(spec.proj_size), spec.peephole, spec.coupled_input_forget
+    d_state, d_cell = d_states
+    chunk = s["chunk"]
+    d_gates = np.zeros((T, B, G * H), dtype)
+    d_h = np.zeros((T, B, S), dtype) if projected else _dummy(dtype, 3)
+    d_m = np.empty((B, H), dtype) if projected else _dummy(dtype, 2)
+    peephole_sums = np.zeros((-(-B // chunk), 3, H), np.float64)
+    dx = np.empty((T, B, I), dtype)
+    g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
+    g.setdefault("weight_hr", _dummy(dtype, 2))
+    bias_grad = np.empty(G * H, dtype)
+    peephole_grad = np.empty((3, H), dtype)
+    kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], s["w_hr"], s["w_ci"], s["w_cf"], s["w_co"],
+                          order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
+                          s["m"], dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, g["weight_ih"],
+                          g["weight_hh"], g["weight_hr"], bias_grad, peephole_grad)
+    g.update(bias_ih=bias_grad, bias_hh=bias_grad.copy(), weight_ci=peephole_grad[0], weight_cf=peephole_grad[1],
+             weight_co=peephole_grad[2])
+    return dx, (d_state, d_cell), _grads_dict(spec, g)
+
+
+# -- GRU -------------------------------------------------------------------------------
+
+def _gru_forward(spec, p, x, state0, order, training):
+    T, B, _ = x.shape
+    H, dtype = spec.hidden_size, x.dtype
+    reset_after = spec.reset_after
+    if not spec.bias:
+        bias, b_hn = np.zeros(3 * H, dtype), np.zeros(H, dtype)
+    elif reset_after:  # b_hn stays inside r * (W_hn h + b_hn); b_hr, b_hz fold into x_proj
+        bias = p["bias_ih"] + np.concatenate([p["bias_hh"][:2 * H], np.zeros(H, dtype)])
+        b_hn = np.ascontiguousarray(p["bias_hh"][2 * H:])
+    else:
+        bias, b_hn = p["bias_ih"] + p["bias_hh"], _dummy(dtype, 1)
+    x_proj = np.empty((T, B, 3 * H), dtype)
+    states = np.zeros((T + 1, B, H), dtype)
+    states[0] = state0[0]
+    aux = _per_step(training, T, B, H, dtype)
+    hh = np.empty((B, 3 * H), dtype) if reset_after else _dummy(dtype, 2)
+    chunk = rows_per_chunk(B)
+    kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, order.active, chunk, reset_after, x_proj,
+                        states, aux, hh)
+    saved = dict(x=x, x_proj=x_proj, states=states, aux=aux, chunk=chunk)
+    return states, (order.final(states),), saved
+
+
+def _gru_backward(spec, p, s, dy, d_states, order):
+    x = s["x"]
+    T, B, I = x.shape
+    H, dtype = spec.hidden_size, x.dtype
+    reset_after = spec.reset_after
+    (d_state,) = d_states
+    d_direct = np.zeros((B, H), dtype)
+    d_x_proj = np.zeros((T, B, 3 * H), dtype)
+    d_hh = np.zeros((T, B, 3 * H), dtype) if reset_after else _dummy(dtype, 3)
+    d_rh = _dummy(dtype, 2) if reset_after else np.empty((B, H), dtype)
+    dx = np.empty((T, B, I), dtype)
+    g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
+    bias_ih_grad, bias_hh_grad = np.empty(3 * H, dtype), np.empty(3 * H, dtype)
+    kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
+                         s["states"], s["aux"], dy, d_state, d_direct, d_x_proj, d_hh, d_rh, dx, g["weight_ih"],
+                         g["weight_hh"], bias_ih_grad, bias_hh_grad)
+    g.update(bias_ih=bias_ih_grad, bias_hh=bias_hh_grad)
+    return dx, (d_state,), _grads_dict(spec, g)
+
+
+_FAMILIES = {
+    "rnn": (_simple_forward, _simple_backward),
+    "jordan": (_simple_forward, _simple_backward),
+    "lstm": (_lstm_forward, _lstm_backward),
+    "gru": (_gru_forward, _gru_backward),
+}
+
+
+# -- the contract ----------------------------------------------------------------------
+
+def layer_forward(spec, params, x, states, lengths, training, reverse):
+    """(y, states_n, ctx): see rnncore._reference.layer_forward."""
+    forward, _ = _FAMILIES[spec.kind]
+    T, B, _ = x.shape
+    D, S = len(params), spec.out_size
+    y = None if D == 1 else np.empty((T, B, D * S), x.dtype)
+    states_n, ctx = [], []
+    for d, (p, state0, rev) in enumerate(zip(params, states, reverse)):
+        order = _WorkOrder(T, B, lengths, rev)
+        p = {name: _writable(value) for name, value in p.items()}
+        states_seq, finals, saved = forward(spec, p, order.gather(x), [order.rows(s) for s in state0], order,
+                                            training)
+        y_work = states_seq[1:]
+        if D == 1 and order.perm is None and not order.flip:
+            # training keeps states_seq for the backward: a caller's in-place edit of y
+            # must not reach it
+            y = y_work.copy() if training else y_work
+        else:
+            if y is None:
+                y = np.zeros((T, B, S), x.dtype)
+            order.scatter(y_work, y[:, :, d * S:(d + 1) * S], add=False)
+        states_n.append(finals)
+        ctx.append(dict(spec=spec, params=p, order=order, saved=saved))
+    return y, states_n, (ctx if training else None)
+
+
+def layer_backward(ctx, dy, dstates_n):
+    """(dx, dstates0, grads): see rnncore._reference.layer_backward."""
+    width = dy.shape[2] // len(ctx)
+    dx, dstates0, grads = None, [], []
+    for d, (c, d_states_n) in enumerate(zip(ctx, dstates_n)):
+        spec, order = c["spec"], c["order"]
+        _, backward = _FAMILIES[spec.kind]
+        dy_work = order.gather(dy[:, :, d * width:(d + 1) * width])
+        d_states = [order.rows(s) for s in d_states_n]
+        dx_work, d_states0, g = backward(spec, c["params"], c["saved"], dy_work, d_states, order)
+        if dx is None:
+            dx = np.empty_like(dx_work)
+            order.scatter(dx_work, dx, add=False)
+        else:
+            order.scatter(dx_work, dx, add=True)
+        dstates0.append(tuple(order.unrows(s) for s in d_states0))
+        grads.append(g)
+    return dx, dstates0, grads

@@ -1,0 +1,487 @@
+"""The sequence loops, one forward and one backward per cell family, compiled by numba.
+
+Every array is in *work order*, prepared by `backend.py`: step t of work row j is the
+t-th step that sequence visits (for the reverse direction, counted from its own last
+valid step), and the rows are sorted by length, longest first. So at step t the rows
+still running are exactly the prefix `[:active[t]]`, and each step works on
+contiguous row ranges with no masks. The batch is cut into fixed chunks of `chunk`
+rows (fixed by the batch size, never by the thread count); each chunk runs its own
+recurrence in a `prange`, so threads synchronise once per call, not once per step,
+and any thread count gives bitwise the same numbers.
+
+Shapes (one direction): T steps, B rows, I inputs, H hidden, G gates, S = width of
+the fed-back state (H; P for a projected LSTM; O for Jordan).
+
+- `x` (T, B, I); `x_proj` (T, B, G*H): x @ W_ih.T plus the biases that can be folded
+  there, computed for all steps by one GEMM, then each step's recurrent product is
+  added into its slice (beta = 1) and the fused pass overwrites it with the activated
+  gates, which the backward reads.
+- `states` (T+1, B, S): states[0] the initial state, states[t+1] the state after step
+  t, zero where a row has ended; states[1:] is the output y.
+- Buffers with a leading axis of T (or T+1) in training and 1 in inference
+  (`cells`, `m`, `hidden`, `aux`): training keeps every step for the backward,
+  inference keeps only the running value, updated in place.
+
+Variants are runtime flags, so a cell family costs one compilation per dtype and
+direction of pass, whatever the variant.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._blas import column_sums, gemm
+
+# activation codes (backend.ACTIVATION_CODES maps names to these)
+TANH, RELU, SIGMOID, IDENTITY = 0, 1, 2, 3
+
+_ENTRY = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+_ROWS = dict(fastmath=False, nogil=True)
+
+
+@njit
+def _sigmoid(a):
+    return 1.0 / (1.0 + math.exp(-a))
+
+
+@njit
+def _activate(code, a):
+    if code == TANH:
+        return math.tanh(a)
+    if code == RELU:
+        return max(a, 0.0)
+    if code == SIGMOID:
+        return _sigmoid(a)
+    return a + 0.0
+
+
+@njit
+def _activation_grad(code, out):
+    """d act(a) / da, written in terms of out = act(a)."""
+    if code == TANH:
+        return 1.0 - out * out
+    if code == RELU:
+        return 1.0 if out > 0 else 0.0
+    if code == SIGMOID:
+        return out * (1.0 - out)
+    return 1.0
+
+
+@njit
+def _slot(buffer, t):
+    """Where step t lives in a buffer kept per step in training, once in inference."""
+    return t if buffer.shape[0] > 1 else 0
+
+
+@njit
+def _running(active, t, lo, hi):
+    """Rows of chunk [lo, hi) still running at step t, counted from lo."""
+    return min(hi, active[t]) - lo
+
+
+@njit
+def _scalars_like(x):
+    scalars = np.zeros(2, x.dtype)
+    scalars[1] = 1
+    return scalars
+
+
+@njit
+def _chunk_bounds(chunk, index, batch):
+    lo = index * chunk
+    return lo, min(batch, lo + chunk)
+
+
+# -- input projection, shared by every forward entry -------------------------------
+
+@njit(**_ROWS)
+def _project_input(x, w_ih, bias, x_proj, scalars):
+    T, B, I = x.shape
+    rows = x_proj.reshape(T * B, x_proj.shape[2])
+    for r in range(T * B):
+        rows[r, :] = bias
+    # x_proj += x @ W_ih.T    (T*B, G*H) += (T*B, I) x (I, G*H)
+    gemm(x.reshape(T * B, I), False, w_ih, True, rows, True, scalars)
+
+
+@njit(**_ROWS)
+def _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, grad_b_ih, scalars):
+    T, B, I = x.shape
+    d_rows = d_x_proj.reshape(T * B, d_x_proj.shape[2])
+    # dW_ih = d_x_proj.T @ x    (G*H, I) = (G*H, T*B) x (T*B, I)
+    gemm(d_rows, True, x.reshape(T * B, I), False, grad_w_ih, False, scalars)
+    # dx = d_x_proj @ W_ih    (T*B, I) = (T*B, G*H) x (G*H, I)
+    gemm(d_rows, False, w_ih, False, dx.reshape(T * B, I), False, scalars)
+    column_sums(d_rows, grad_b_ih)
+
+
+# -- Elman and Jordan ----------------------------------------------------------------
+# Elman: h_t = act(x_proj_t + h_{t-1} @ W_hh.T), the state is h.
+# Jordan: h_t = act(x_proj_t + y_{t-1} @ W_hh.T), y_t = act_o(h_t @ W_ho.T + b_ho), the
+# state is y. For Elman `hidden` is states[1:] itself, so h lands in the state directly.
+
+@njit(**_ROWS)
+def _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_ho, b_ho, act, out_act, jordan,
+                         scalars):
+    H = hidden.shape[2]
+    O = states.shape[2]
+    for t in range(x_proj.shape[0]):
+        n = _running(active, t, lo, hi)
+        if n <= 0:
+            break  # rows are sorted by length: this chunk has no later steps
+        pre = x_proj[t, lo:lo + n]
+        # pre += s_{t-1} @ W_hh.T    (n, H) += (n, S) x (S, H)
+        gemm(states[t, lo:lo + n], False, w_hh, True, pre, True, scalars)
+        h = hidden[_slot(hidden, t), lo:lo + n]
+        for j in range(n):
+            for k in range(H):
+                h[j, k] = _activate(act, pre[j, k])
+        if jordan:
+            y = states[t + 1, lo:lo + n]
+            # y = h @ W_ho.T    (n, O) = (n, H) x (H, O)
+            gemm(h, False, w_ho, True, y, False, scalars)
+            for j in range(n):
+                for k in range(O):
+                    y[j, k] = _activate(out_act, y[j, k] + b_ho[k])
+
+
+@njit(**_ENTRY)
+def simple_forward(x, w_ih, bias, w_hh, w_ho, b_ho, active, chunk, act, out_act, jordan, x_proj, states, hidden):
+    _project_input(x, w_ih, bias, x_proj, _scalars_like(x))
+    B = x.shape[1]
+    for c in prange((B + chunk - 1) // chunk):
+        lo, hi = _chunk_bounds(chunk, c, B)
+        _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_ho, b_ho, act, out_act, jordan,
+                             _scalars_like(x))
+
+
+@njit(**_ROWS)
+def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
+                          d_hidden, d_state, scalars):
+    H = hidden.shape[2]
+    O = states.shape[2]
+    for t in range(dy.shape[0] - 1, -1, -1):
+        n = _running(active, t, lo, hi)
+        if n <= 0:
+            continue
+        h = hidden[t, lo:lo + n]
+        dp = d_pre[t, lo:lo + n]
+        if jordan:
+            y = states[t + 1, lo:lo + n]
+            do = d_out[t, lo:lo + n]
+            for j in range(n):
+                for k in range(O):
+                    do[j, k] = (dy[t, lo + j, k] + d_state[lo + j, k]) * _activation_grad(out_act, y[j, k])
+            dh = d_hidden[lo:lo + n]
+            # dh = d_out @ W_ho    (n, H) = (n, O) x (O, H)
+            gemm(do, False, w_ho, False, dh, False, scalars)
+            for j in range(n):
+                for k in range(H):
+                    dp[j, k] = dh[j, k] * _activation_grad(act, h[j, k])
+        else:
+            for j in range(n):
+                for k in range(H):
+                    dp[j, k] = (dy[t, lo + j, k] + d_state[lo + j, k]) * _activation_grad(act, h[j, k])
+        # d s_{t-1} = d_pre @ W_hh    (n, S) = (n, H) x (H, S)
+        gemm(dp, False, w_hh, False, d_state[lo:lo + n], False, scalars)
+
+
+@njit(**_ENTRY)
+def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, states, hidden, dy, d_state,
+                    d_pre, d_out, d_hidden, dx, grad_w_ih, grad_w_hh, grad_w_ho, grad_b, grad_b_ho):
+    T, B, _ = x.shape
+    for c in prange((B + chunk - 1) // chunk):
+        lo, hi = _chunk_bounds(chunk, c, B)
+        _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
+                              d_hidden, d_state, _scalars_like(x))
+    scalars = _scalars_like(x)
+    _input_gradients(d_pre, x, w_ih, dx, grad_w_ih, grad_b, scalars)
+    S, H = states.shape[2], d_pre.shape[2]
+    # dW_hh = d_pre.T @ s_{t-1}    (H, S) = (H, T*B) x (T*B, S)
+    gemm(d_pre.reshape(T * B, H), True, states[:T].reshape(T * B, S), False, grad_w_hh, False, scalars)
+    if jordan:
+        d_out_rows = d_out.reshape(T * B, S)
+        # dW_ho = d_out.T @ h    (O, H) = (O, T*B) x (T*B, H)
+        gemm(d_out_rows, True, hidden.reshape(T * B, H), False, grad_w_ho, False, scalars)
+        column_sums(d_out_rows, grad_b_ho)
+
+
+# -- LSTM ------------------------------------------------------------------------------
+# Gate columns i, f, g, o (i, g, o when coupled, f = 1 - i). Peepholes: i and f see
+# c_{t-1}, o sees c_t. With a projection, h_t = m_t @ W_hr.T where m_t = o * tanh(c_t);
+# without, h_t = m_t is written straight into the state.
+
+@njit(**_ROWS)
+def _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
+                       projected, scalars):
+    H = cells.shape[2]
+    g_col = H if coupled else 2 * H
+    o_col = g_col + H
+    for t in range(x_proj.shape[0]):
+        n = _running(active, t, lo, hi)
+        if n <= 0:
+            break
+        gates = x_proj[t, lo:lo + n]
+        # gates += h_{t-1} @ W_hh.T    (n, G*H) += (n, S) x (S, G*H)
+        gemm(states[t, lo:lo + n], False, w_hh, True, gates, True, scalars)
+        per_step = cells.shape[0] > 1
+        c_prev = cells[t if per_step else 0, lo:lo + n]
+        c_new = cells[t + 1 if per_step else 0, lo:lo + n]
+        out = m[_slot(m, t), lo:lo + n] if projected else states[t + 1, lo:lo + n]
+        for j in range(n):
+            for k in range(H):
+                cp = c_prev[j, k]
+                a_i = gates[j, k] + (w_ci[k] * cp if peephole else 0.0)
+                i = _sigmoid(a_i)
+                if coupled:
+                    f = 1.0 - i
+                else:
+                    f = _sigmoid(gates[j, H + k] + (w_cf[k] * cp if peephole else 0.0))
+                    gates[j, H + k] = f
+                g = math.tanh(gates[j, g_col + k])
+                c = f * cp + i * g
+                o = _sigmoid(gates[j, o_col + k] + (w_co[k] * c if peephole else 0.0))
+                gates[j, k] = i
+                gates[j, g_col + k] = g
+                gates[j, o_col + k] = o
+                c_new[j, k] = c
+                out[j, k] = o * math.tanh(c)
+        if projected:
+            # h = m @ W_hr.T    (n, P) = (n, H) x (H, P)
+            gemm(out, False, w_hr, True, states[t + 1, lo:lo + n], False, scalars)
+
+
+@njit(**_ENTRY)
+def lstm_forward(x, w_ih, bias, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole, coupled, projected,
+                 x_proj, states, cells, m):
+    _project_input(x, w_ih, bias, x_proj, _scalars_like(x))
+    B = x.shape[1]
+    for c in prange((B + chunk - 1) // chunk):
+        lo, hi = _chunk_bounds(chunk, c, B)
+        _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_ci, w_cf, w_co, peephole,
+                           coupled, projected, _scalars_like(x))
+
+
+@njit(**_ROWS)
+def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
+                        projected, d_gates, d_h, d_m, d_state, d_cell, peephole_sums):
+    H = cells.shape[2]
+    P = dy.shape[2]
+    g_col = H if coupled else 2 * H
+    o_col = g_col + H
+    scalars = _scalars_like(dy)
+    for t in range(dy.shape[0] - 1, -1, -1):
+        n = _running(active, t, lo, hi)
+        if n <= 0:
+            continue
+        if projected:
+            dh = d_h[t, lo:lo + n]
+            for j in range(n):
+                for k in range(P):
+                    dh[j, k] = dy[t, lo + j, k] + d_state[lo + j, k]
+            # dm = dh @ W_hr    (n, H) = (n, P) x (P, H)
+            gemm(dh, False, w_hr, False, d_m[lo:lo + n], False, scalars)
+        gates = gates_seq[t, lo:lo + n]
+        c_prev = cells[t, lo:lo + n]
+        c_now = cells[t + 1, lo:lo + n]
+        da = d_gates[t, lo:lo + n]
+        for j in range(n):
+            for k in range(H):
+                dm = d_m[lo + j, k] if projected else dy[t, lo + j, k] + d_state[lo + j, k]
+                i = gates[j, k]
+                f = 1.0 - i if coupled else gates[j, H + k] + 0.0
+                g = gates[j, g_col + k]
+                o = gates[j, o_col + k]
+                cp = c_prev[j, k]
+                c = c_now[j, k]
+                tanh_c = math.tanh(c)
+                dc = d_cell[lo + j, k] + dm * o * (1.0 - tanh_c * tanh_c)
+                da_o = dm * tanh_c * o * (1.0 - o)
+                if peephole:
+                    dc += da_o * w_co[k]
+                    peephole_sums[2, k] += da_o * c
+                di = dc * g
+                df = dc * cp
+                if coupled:
+                    di -= df  # f = 1 - i
+                da_i = di * i * (1.0 - i)
+                dc_prev = dc * f
+                if not coupled:
+                    da_f = df * f * (1.0 - f)
+                    da[j, H + k] = da_f
+                    if peephole:
+                        dc_prev += da_f * w_cf[k]
+                        peephole_sums[1, k] += da_f * cp
+                if peephole:
+                    dc_prev += da_i * w_ci[k]
+                    peephole_sums[0, k] += da_i * cp
+                da[j, k] = da_i
+                da[j, g_col + k] = dc * i * (1.0 - g * g)
+                da[j, o_col + k] = da_o
+                d_cell[lo + j, k] = dc_prev
+        # dh_{t-1} = d_gates @ W_hh    (n, S) = (n, G*H) x (G*H, S)
+        gemm(da, False, w_hh, False, d_state[lo:lo + n], False, scalars)
+
+
+@njit(**_ENTRY)
+def lstm_backward(x, w_ih, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole, coupled, projected, x_proj,
+                  states, cells, m, dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, grad_w_ih, grad_w_hh,
+                  grad_w_hr, grad_b, grad_peephole):
+    T, B, _ = x.shape
+    for c in prange((B + chunk - 1) // chunk):
+        lo, hi = _chunk_bounds(chunk, c, B)
+        _lstm_backward_rows(lo, hi, active, dy, x_proj, cells, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
+                            projected, d_gates, d_h, d_m, d_state, d_cell, peephole_sums[c])
+    scalars = _scalars_like(x)
+    _input_gradients(d_gates, x, w_ih, dx, grad_w_ih, grad_b, scalars)
+    S, GH, H = states.shape[2], d_gates.shape[2], cells.shape[2]
+    # dW_hh = d_gates.T @ h_{t-1}    (G*H, S) = (G*H, T*B) x (T*B, S)
+    gemm(d_gates.reshape(T * B, GH), True, states[:T].reshape(T * B, S), False, grad_w_hh, False, scalars)
+    if projected:
+        # dW_hr = dh.T @ m    (P, H) = (P, T*B) x (T*B, H)
+        gemm(d_h.reshape(T * B, S), True, m.reshape(T * B, H), False, grad_w_hr, False, scalars)
+    # per-chunk peephole sums, added in chunk order
+    for row in range(3):
+        for k in range(H):
+            total = 0.0
+            for c in range(peephole_sums.shape[0]):
+                total += peephole_sums[c, row, k]
+            grad_peephole[row, k] = total
+
+
+# -- GRU -------------------------------------------------------------------------------
+# Gate columns r, z, n. reset_after: n = tanh(x_n + r * (h_{t-1} @ W_hn.T + b_hn)); the
+# recurrent product goes to `hh` whole (its n block must stay apart from x_n) and `aux`
+# keeps h_{t-1} @ W_hn.T + b_hn. Cho et al.: n = tanh(x_n + (r * h_{t-1}) @ W_hn.T),
+# b_hn folded into x_proj; the r, z and n products are added into x_proj in two GEMMs
+# and `aux` keeps r * h_{t-1}, the operand of the second.
+
+@njit(**_ROWS)
+def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset_after, scalars):
+    H = states.shape[2]
+    for t in range(x_proj.shape[0]):
+        n = _running(active, t, lo, hi)
+        if n <= 0:
+            break
+        gates = x_proj[t, lo:lo + n]
+        h_prev = states[t, lo:lo + n]
+        h = states[t + 1, lo:lo + n]
+        kept = aux[_slot(aux, t), lo:lo + n]
+        if reset_after:
+            rec = hh[lo:lo + n]
+            # hh = h_{t-1} @ W_hh.T    (n, 3H) = (n, H) x (H, 3H)
+            gemm(h_prev, False, w_hh, True, rec, False, scalars)
+            for j in range(n):
+                for k in range(H):
+                    r = _sigmoid(gates[j, k] + rec[j, k])
+                    z = _sigmoid(gates[j, H + k] + rec[j, H + k])
+                    h_n = rec[j, 2 * H + k] + b_hn[k]
+                    new = math.tanh(gates[j, 2 * H + k] + r * h_n)
+                    gates[j, k] = r
+                    gates[j, H + k] = z
+                    gates[j, 2 * H + k] = new
+                    kept[j, k] = h_n
+                    h[j, k] = (1.0 - z) * new + z * h_prev[j, k]
+        else:
+            # gates[:, :2H] += h_{t-1} @ W_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
+            gemm(h_prev, False, w_hh[:2 * H], True, gates[:, :2 * H], True, scalars)
+            for j in range(n):
+                for k in range(H):
+                    r = _sigmoid(gates[j, k])
+                    gates[j, k] = r
+                    gates[j, H + k] = _sigmoid(gates[j, H + k])
+                    kept[j, k] = r * h_prev[j, k]
+            # gates[:, 2H:] += (r * h_{t-1}) @ W_hh[2H:].T    (n, H) += (n, H) x (H, H)
+            gemm(kept, False, w_hh[2 * H:], True, gates[:, 2 * H:], True, scalars)
+            for j in range(n):
+                for k in range(H):
+                    z = gates[j, H + k]
+                    new = math.tanh(gates[j, 2 * H + k])
+                    gates[j, 2 * H + k] = new
+                    h[j, k] = (1.0 - z) * new + z * h_prev[j, k]
+
+
+@njit(**_ENTRY)
+def gru_forward(x, w_ih, bias, w_hh, b_hn, active, chunk, reset_after, x_proj, states, aux, hh):
+    _project_input(x, w_ih, bias, x_proj, _scalars_like(x))
+    B = x.shape[1]
+    for c in prange((B + chunk - 1) // chunk):
+        lo, hi = _chunk_bounds(chunk, c, B)
+        _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset_after, _scalars_like(x))
+
+
+@njit(**_ROWS)
+def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
+                       d_state, d_direct, scalars):
+    H = states.shape[2]
+    for t in range(dy.shape[0] - 1, -1, -1):
+        n = _running(active, t, lo, hi)
+        if n <= 0:
+            continue
+        gates = gates_seq[t, lo:lo + n]
+        h_prev = states[t, lo:lo + n]
+        kept = aux[t, lo:lo + n]
+        dxp = d_x_proj[t, lo:lo + n]
+        for j in range(n):
+            for k in range(H):
+                # the state gradient arrives by three paths: the output, the recurrent
+                # product of step t+1 and the direct z * h_{t-1} term of step t+1
+                dh = dy[t, lo + j, k] + d_state[lo + j, k] + d_direct[lo + j, k]
+                r = gates[j, k]
+                z = gates[j, H + k]
+                new = gates[j, 2 * H + k]
+                da_n = dh * (1.0 - z) * (1.0 - new * new)
+                da_z = dh * (h_prev[j, k] - new) * z * (1.0 - z)
+                d_direct[lo + j, k] = dh * z
+                dxp[j, H + k] = da_z
+                dxp[j, 2 * H + k] = da_n
+                if reset_after:
+                    da_r = da_n * kept[j, k] * r * (1.0 - r)
+                    dxp[j, k] = da_r
+                    d_hh[t, lo + j, k] = da_r
+                    d_hh[t, lo + j, H + k] = da_z
+                    d_hh[t, lo + j, 2 * H + k] = da_n * r
+        if reset_after:
+            # dh_{t-1} = d_hh @ W_hh    (n, H) = (n, 3H) x (3H, H)
+            gemm(d_hh[t, lo:lo + n], False, w_hh, False, d_state[lo:lo + n], False, scalars)
+        else:
+            d_kept = d_rh[lo:lo + n]
+            # d(r * h_{t-1}) = da_n @ W_hn    (n, H) = (n, H) x (H, H)
+            gemm(dxp[:, 2 * H:], False, w_hh[2 * H:], False, d_kept, False, scalars)
+            for j in range(n):
+                for k in range(H):
+                    r = gates[j, k]
+                    dxp[j, k] = d_kept[j, k] * h_prev[j, k] * r * (1.0 - r)
+                    d_direct[lo + j, k] += d_kept[j, k] * r
+            # dh_{t-1} += [da_r, da_z] @ W_hh[:2H]    (n, H) = (n, 2H) x (2H, H)
+            gemm(dxp[:, :2 * H], False, w_hh[:2 * H], False, d_state[lo:lo + n], False, scalars)
+
+
+@njit(**_ENTRY)
+def gru_backward(x, w_ih, w_hh, active, chunk, reset_after, x_proj, states, aux, dy, d_state, d_direct, d_x_proj,
+                 d_hh, d_rh, dx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh):
+    T, B, _ = x.shape
+    for c in prange((B + chunk - 1) // chunk):
+        lo, hi = _chunk_bounds(chunk, c, B)
+        _gru_backward_rows(lo, hi, active, dy, x_proj, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
+                           d_state, d_direct, _scalars_like(x))
+    # the initial state's gradient: the recurrent and the direct path of step 0
+    for b in range(B):
+        for k in range(d_state.shape[1]):
+            d_state[b, k] += d_direct[b, k]
+    scalars = _scalars_like(x)
+    _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, grad_b_ih, scalars)
+    H = states.shape[2]
+    h_prev = states[:T].reshape(T * B, H)
+    if reset_after:
+        d_rec = d_hh.reshape(T * B, 3 * H)
+        # dW_hh = d_hh.T @ h_{t-1}    (3H, H) = (3H, T*B) x (T*B, H)
+        gemm(d_rec, True, h_prev, False, grad_w_hh, False, scalars)
+        column_sums(d_rec, grad_b_hh)
+    else:
+        d_rows = d_x_proj.reshape(T * B, 3 * H)
+        # dW_hh[:2H] = [da_r, da_z].T @ h_{t-1}    (2H, H) = (2H, T*B) x (T*B, H)
+        gemm(d_rows[:, :2 * H], True, h_prev, False, grad_w_hh[:2 * H], False, scalars)
+        # dW_hh[2H:] = da_n.T @ (r * h_{t-1})    (H, H) = (H, T*B) x (T*B, H)
+        gemm(d_rows[:, 2 * H:], True, aux.reshape(T * B, H), False, grad_w_hh[2 * H:], False, scalars)
+        grad_b_hh[:] = grad_b_ih  # b_hn sits beside x_n: every bias sees the same gradient
