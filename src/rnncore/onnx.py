@@ -227,7 +227,8 @@ def _variant(node, attributes, num_directions):
                {"LSTM": "input_forget", "GRU": "linear_before_reset"}.get(node.op_type, "")}
     unknown = sorted(set(attributes) - allowed)
     if unknown:
-        raise ValueError(f"{where} has attributes {unknown}, which the {node.op_type} operator rnncore reads does not have")
+        raise ValueError(f"{where} has attributes {unknown}, which the {node.op_type} operator rnncore reads "
+                         f"does not have")
     for name in ("clip", "activation_alpha", "activation_beta"):
         if name in attributes:
             raise ValueError(f"{where} has {name}={attributes[name]!r}; rnncore layers have no {name} "
@@ -284,8 +285,8 @@ def _check_initial_state(graph, node, index, role):
     else:
         zero = origin in graph.inputs
     if not zero:
-        raise ValueError(f"rnncore.onnx.load: {role} of {_describe(node)} is neither zero nor a graph input; an rnncore "
-                         f"layer takes its initial state when called and stores none")
+        raise ValueError(f"rnncore.onnx.load: {role} of {_describe(node)} is neither zero nor a graph input; "
+                         f"an rnncore layer takes its initial state when called and stores none")
 
 
 def load(source, *, backend=None):
@@ -376,7 +377,8 @@ def _build(layers, batch_first, backend):
             if value.shape != shape:
                 raise ValueError(f"{where}: expected {role} of shape {shape}, got {value.shape}")
             if value.dtype != dtype:
-                raise TypeError(f"{where}: expected {role} of dtype {dtype} (as W of the first node), got {value.dtype}")
+                raise TypeError(f"{where}: expected {role} of dtype {dtype} (as W of the first node), "
+                                f"got {value.dtype}")
         differ = [f"{what} {mine!r} (first node: {theirs!r})"
                   for (what, mine), theirs in zip(_signature(found).items(), _signature(first).values())
                   if mine != theirs]
