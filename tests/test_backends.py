@@ -20,8 +20,8 @@ import pytest
 import rnncore as rc
 from rnncore import _backend, _reference
 from rnncore._spec import CellSpec
-from cases import VARIANTS, back, build, call, is_lstm, random_states
-from conftest import RTOL, assert_close
+from cases import VARIANTS, back, build, call, random_states
+from conftest import assert_close
 
 FAST_BACKENDS = [name for name in rc.backends() if name != "numpy"]
 VARIANT = {name: (cls, kwargs) for name, cls, kwargs in VARIANTS}
