@@ -1,0 +1,43 @@
+/* The fused element-wise cell kernels, for float (suffix _f) and double (suffix _d).
+ *
+ * The body is written once in rnncore_cells.inc and instantiated here for each
+ * precision; Cython picks the instance through its fused types. Every kernel works on
+ * `n` rows of a batch (the rows still active at this step), each row a contiguous run
+ * of the given widths, and is a plain loop over the hidden units that GCC vectorises.
+ * The matrix products between these passes are BLAS calls made by the sequence loops.
+ */
+#ifndef RNNCORE_CELLS_H
+#define RNNCORE_CELLS_H
+
+#include "rnncore_math.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define RC_RESTRICT __restrict__
+#elif defined(_MSC_VER)
+#define RC_RESTRICT __restrict
+#else
+#define RC_RESTRICT
+#endif
+
+enum { RC_IDENTITY = 0, RC_TANH = 1, RC_RELU = 2, RC_SIGMOID = 3 };
+
+#define RC_CONCAT_(a, b) a##b
+#define RC_CONCAT(a, b) RC_CONCAT_(a, b)
+
+RC_FAST_MATH_BEGIN
+
+#define real float
+#define RC_FN(name) RC_CONCAT(name, _f)
+#include "rnncore_cells.inc"
+#undef real
+#undef RC_FN
+
+#define real double
+#define RC_FN(name) RC_CONCAT(name, _d)
+#include "rnncore_cells.inc"
+#undef real
+#undef RC_FN
+
+RC_FAST_MATH_END
+
+#endif

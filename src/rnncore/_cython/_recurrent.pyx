@@ -1,0 +1,561 @@
+# The sequence loops of one recurrent layer: BLAS for every product, the fused C cell
+# kernels of csrc/ for everything element-wise, the whole time loop in one nogil call.
+#
+# Layout. All per-step arrays are "slot" arrays: the rows of step s are the `active[s]`
+# rows starting at `step_row[s]`. Without lengths a step's slot block is the time index
+# it visits times B (so x and dx are used in place, in either direction); with lengths
+# the batch is sorted by length, descending, and the blocks are packed one after the
+# other (PyTorch's PackedSequence order), so the rows active at step s are always the
+# first active[s] rows of the batch and the state of step s-1 feeds step s as it lies.
+# The backend module (backend.py) builds the schedule, sorts and gathers, allocates
+# every buffer once per call, and fills one `Direction` per direction; this module only
+# computes.
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
+from ._blas cimport gemm
+
+cnp.import_array()
+
+cdef extern from "rnncore_cells.h" nogil:
+    void rc_activate_rows_f(int n, int width, int act, const float *bias, float *io)
+    void rc_activate_rows_d(int n, int width, int act, const double *bias, double *io)
+    void rc_activation_grad_rows_f(size_t count, int act, const float *out, float *grad)
+    void rc_activation_grad_rows_d(size_t count, int act, const double *out, double *grad)
+    void rc_add_rows_f(int n, int width, const float *src, size_t ld_src, float *dst)
+    void rc_add_rows_d(int n, int width, const double *src, size_t ld_src, double *dst)
+    void rc_column_sums_f(size_t rows, int width, size_t ld, const float *m, float *sums)
+    void rc_column_sums_d(size_t rows, int width, size_t ld, const double *m, double *sums)
+    void rc_lstm_forward_f(int n, int H, int coupled, const float *w_ci, const float *w_cf,
+                           const float *w_co, float *gates, const float *c_prev, float *c, float *m)
+    void rc_lstm_forward_d(int n, int H, int coupled, const double *w_ci, const double *w_cf,
+                           const double *w_co, double *gates, const double *c_prev, double *c, double *m)
+    void rc_lstm_backward_f(int n, int H, int coupled, const float *w_ci, const float *w_cf,
+                            const float *w_co, const float *gates, const float *c_prev, const float *c,
+                            const float *dm, float *dc, float *dgates, float *g_ci, float *g_cf, float *g_co)
+    void rc_lstm_backward_d(int n, int H, int coupled, const double *w_ci, const double *w_cf,
+                            const double *w_co, const double *gates, const double *c_prev, const double *c,
+                            const double *dm, double *dc, double *dgates, double *g_ci, double *g_cf,
+                            double *g_co)
+    void rc_gru_forward_after_f(int n, int H, const float *b_hn, float *gates, const float *hh,
+                                const float *h_prev, float *h, float *kept)
+    void rc_gru_forward_after_d(int n, int H, const double *b_hn, double *gates, const double *hh,
+                                const double *h_prev, double *h, double *kept)
+    void rc_gru_backward_after_f(int n, int H, const float *gates, const float *kept, const float *h_prev,
+                                 float *dh, float *dgates_x, float *dgates_h)
+    void rc_gru_backward_after_d(int n, int H, const double *gates, const double *kept, const double *h_prev,
+                                 double *dh, double *dgates_x, double *dgates_h)
+    void rc_gru_forward_before_rz_f(int n, int H, float *gates, const float *h_prev, float *kept)
+    void rc_gru_forward_before_rz_d(int n, int H, double *gates, const double *h_prev, double *kept)
+    void rc_gru_forward_before_n_f(int n, int H, float *gates, const float *h_prev, float *h)
+    void rc_gru_forward_before_n_d(int n, int H, double *gates, const double *h_prev, double *h)
+    void rc_gru_backward_before_zn_f(int n, int H, const float *gates, const float *h_prev, float *dh,
+                                     float *dgates)
+    void rc_gru_backward_before_zn_d(int n, int H, const double *gates, const double *h_prev, double *dh,
+                                     double *dgates)
+    void rc_gru_backward_before_r_f(int n, int H, const float *gates, const float *h_prev,
+                                    const float *d_kept, float *dh, float *dgates)
+    void rc_gru_backward_before_r_d(int n, int H, const double *gates, const double *h_prev,
+                                    const double *d_kept, double *dh, double *dgates)
+    float rc_tanh_f(float x)
+    double rc_tanh_d(double x)
+    float rc_sigmoid_f(float x)
+    double rc_sigmoid_d(double x)
+
+DEF RNN = 0
+DEF JORDAN = 1
+DEF LSTM = 2
+DEF GRU = 3
+
+
+cdef struct Direction:
+    # what to compute
+    int kind, act, out_act, coupled, reset_after, training
+    int B, S, H, GH, P, O          # P: width of the fed-back state; O: Jordan output
+    int input_size                 # I (a bare `I` is a macro of complex.h)
+    Py_ssize_t N                   # slot rows in all
+    const Py_ssize_t *step_row     # (S,) first slot row of each step
+    const int *active              # (S,) rows active at each step, non-increasing
+    # parameters; NULL when the variant has none
+    void *w_ih
+    void *w_hh
+    void *bias_x                   # folded into the input projection
+    void *b_hn                     # GRU reset_after: stays inside r * (.)
+    void *w_hr
+    void *w_ci
+    void *w_cf
+    void *w_co
+    void *w_ho
+    void *b_ho
+    # forward
+    void *x                        # slot rows of the input, ldx apart
+    Py_ssize_t ldx
+    void *xp                       # (N, GH) input projection, then the activated gates
+    void *hs                       # (N, P) the state after each step (Elman: same as xp)
+    void *h0                       # (B, P), sorted
+    void *c0                       # (B, H), sorted
+    void *c_buf                    # LSTM c: (N, H) slots in training, a (2, B, H) ring otherwise
+    void *m_buf                    # LSTM-proj o * tanh(c): (N, H) in training, else (B, H)
+    void *kept                     # GRU: W_hn h + b_hn or r * h; (N, H) in training, else (B, H)
+    void *hh                       # GRU reset_after: (B, 3H) recurrent product of a step
+    # backward
+    void *dy                       # slot rows of dL/dy, ldy apart
+    Py_ssize_t ldy
+    void *dgx                      # (N, GH) gradient of the input-side pre-activations
+    void *dgh                      # (N, GH) gradient of the recurrent product (== dgx but GRU-after)
+    void *dh                       # (B, P) carried dL/dh, sorted; out: dL/dh0
+    void *dc                       # (B, H) carried dL/dc, sorted; out: dL/dc0
+    void *dm                       # (B, H) scratch: dL/dm (proj) or dL/d(r * h) (GRU-before)
+    void *dhtot                    # (N, P) LSTM-proj: dL/dh of every step, for dW_hr
+    void *dypre                    # (N, O) Jordan: gradient of the output pre-activation
+    void *hprev                    # (N, P) the state each step started from
+    void *g_w_ih
+    void *g_w_hh
+    void *g_b_ih
+    void *g_b_hh
+    void *g_w_hr
+    void *g_ci
+    void *g_cf
+    void *g_co
+    void *g_w_ho
+    void *g_b_ho
+    void *dx                       # slot rows of dL/dx, ldx_out apart
+    Py_ssize_t ldx_out
+    int dx_accumulate
+
+
+# -- fused-type doors to the C kernels --------------------------------------------------
+
+cdef inline void activate_rows(int n, int width, int act, const floating *bias, floating *io) noexcept nogil:
+    if floating is float:
+        rc_activate_rows_f(n, width, act, bias, io)
+    else:
+        rc_activate_rows_d(n, width, act, bias, io)
+
+
+cdef inline void activation_grad_rows(size_t count, int act, const floating *out, floating *grad) noexcept nogil:
+    if floating is float:
+        rc_activation_grad_rows_f(count, act, out, grad)
+    else:
+        rc_activation_grad_rows_d(count, act, out, grad)
+
+
+cdef inline void add_rows(int n, int width, const floating *src, size_t ld_src, floating *dst) noexcept nogil:
+    if floating is float:
+        rc_add_rows_f(n, width, src, ld_src, dst)
+    else:
+        rc_add_rows_d(n, width, src, ld_src, dst)
+
+
+cdef inline void column_sums(size_t rows, int width, size_t ld, const floating *m, floating *sums) noexcept nogil:
+    if floating is float:
+        rc_column_sums_f(rows, width, ld, m, sums)
+    else:
+        rc_column_sums_d(rows, width, ld, m, sums)
+
+
+cdef inline void lstm_forward(int n, int H, int coupled, const floating *w_ci, const floating *w_cf,
+                              const floating *w_co, floating *gates, const floating *c_prev, floating *c,
+                              floating *m) noexcept nogil:
+    if floating is float:
+        rc_lstm_forward_f(n, H, coupled, w_ci, w_cf, w_co, gates, c_prev, c, m)
+    else:
+        rc_lstm_forward_d(n, H, coupled, w_ci, w_cf, w_co, gates, c_prev, c, m)
+
+
+cdef inline void lstm_backward(int n, int H, int coupled, const floating *w_ci, const floating *w_cf,
+                               const floating *w_co, const floating *gates, const floating *c_prev,
+                               const floating *c, const floating *dm, floating *dc, floating *dgates,
+                               floating *g_ci, floating *g_cf, floating *g_co) noexcept nogil:
+    if floating is float:
+        rc_lstm_backward_f(n, H, coupled, w_ci, w_cf, w_co, gates, c_prev, c, dm, dc, dgates, g_ci, g_cf, g_co)
+    else:
+        rc_lstm_backward_d(n, H, coupled, w_ci, w_cf, w_co, gates, c_prev, c, dm, dc, dgates, g_ci, g_cf, g_co)
+
+
+cdef inline void gru_forward_after(int n, int H, const floating *b_hn, floating *gates, const floating *hh,
+                                   const floating *h_prev, floating *h, floating *kept) noexcept nogil:
+    if floating is float:
+        rc_gru_forward_after_f(n, H, b_hn, gates, hh, h_prev, h, kept)
+    else:
+        rc_gru_forward_after_d(n, H, b_hn, gates, hh, h_prev, h, kept)
+
+
+cdef inline void gru_backward_after(int n, int H, const floating *gates, const floating *kept,
+                                    const floating *h_prev, floating *dh, floating *dgates_x,
+                                    floating *dgates_h) noexcept nogil:
+    if floating is float:
+        rc_gru_backward_after_f(n, H, gates, kept, h_prev, dh, dgates_x, dgates_h)
+    else:
+        rc_gru_backward_after_d(n, H, gates, kept, h_prev, dh, dgates_x, dgates_h)
+
+
+cdef inline void gru_forward_before_rz(int n, int H, floating *gates, const floating *h_prev,
+                                       floating *kept) noexcept nogil:
+    if floating is float:
+        rc_gru_forward_before_rz_f(n, H, gates, h_prev, kept)
+    else:
+        rc_gru_forward_before_rz_d(n, H, gates, h_prev, kept)
+
+
+cdef inline void gru_forward_before_n(int n, int H, floating *gates, const floating *h_prev,
+                                      floating *h) noexcept nogil:
+    if floating is float:
+        rc_gru_forward_before_n_f(n, H, gates, h_prev, h)
+    else:
+        rc_gru_forward_before_n_d(n, H, gates, h_prev, h)
+
+
+cdef inline void gru_backward_before_zn(int n, int H, const floating *gates, const floating *h_prev,
+                                        floating *dh, floating *dgates) noexcept nogil:
+    if floating is float:
+        rc_gru_backward_before_zn_f(n, H, gates, h_prev, dh, dgates)
+    else:
+        rc_gru_backward_before_zn_d(n, H, gates, h_prev, dh, dgates)
+
+
+cdef inline void gru_backward_before_r(int n, int H, const floating *gates, const floating *h_prev,
+                                       const floating *d_kept, floating *dh, floating *dgates) noexcept nogil:
+    if floating is float:
+        rc_gru_backward_before_r_f(n, H, gates, h_prev, d_kept, dh, dgates)
+    else:
+        rc_gru_backward_before_r_d(n, H, gates, h_prev, d_kept, dh, dgates)
+
+
+# -- where a step's state lives -----------------------------------------------------------
+
+cdef inline floating *state_before(Direction *d, floating *hs, Py_ssize_t s) noexcept nogil:
+    """The state step s starts from: h0, or the rows of step s-1 (already in sorted order)."""
+    if s == 0:
+        return <floating *>d.h0
+    return hs + d.step_row[s - 1] * d.P
+
+
+cdef inline floating *cell_at(Direction *d, floating *tag, Py_ssize_t s) noexcept nogil:
+    """LSTM c after step s (c0 for s = -1): training keeps every step, inference two."""
+    if s < 0:
+        return <floating *>d.c0
+    if d.training:
+        return <floating *>d.c_buf + d.step_row[s] * d.H
+    return <floating *>d.c_buf + (s & 1) * d.B * d.H
+
+
+cdef inline floating *per_step(Direction *d, void *buf, floating *tag, Py_ssize_t s) noexcept nogil:
+    """A (B, H) scratch in inference, the slot rows of step s of an (N, H) store in training."""
+    if d.training:
+        return <floating *>buf + d.step_row[s] * d.H
+    return <floating *>buf
+
+
+# -- forward ----------------------------------------------------------------------------
+
+cdef void input_projection(Direction *d, floating *tag) noexcept nogil:
+    cdef floating *xp = <floating *>d.xp
+    cdef const floating *bias = <const floating *>d.bias_x
+    cdef Py_ssize_t row
+    cdef floating beta = 0
+    if bias != NULL:
+        for row in range(d.N):
+            memcpy(xp + row * d.GH, bias, d.GH * sizeof(floating))
+        beta = 1
+    # xp = x @ w_ih.T + bias    (N, GH) = (N, I) x (I, GH)
+    gemm(False, True, <int>d.N, d.GH, d.input_size, <floating>1, <floating *>d.x, <int>d.ldx,
+         <floating *>d.w_ih, d.input_size, beta, xp, d.GH)
+
+
+cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
+    cdef int H = d.H, GH = d.GH, P = d.P, O = d.O, n
+    cdef Py_ssize_t s
+    cdef floating *xp = <floating *>d.xp
+    cdef floating *hs = <floating *>d.hs
+    cdef floating *w_hh = <floating *>d.w_hh
+    cdef floating *gates
+    cdef floating *h
+    cdef floating *h_prev
+    cdef floating *m
+    cdef floating *kept
+    cdef floating one = 1, zero = 0
+    for s in range(d.S):
+        n = d.active[s]
+        gates = xp + d.step_row[s] * GH
+        h = hs + d.step_row[s] * P
+        h_prev = state_before(d, hs, s)
+        if d.kind == RNN:
+            # h[s] = act(xp[s] + h[s-1] @ w_hh.T); xp and hs are one buffer    (n, H) += (n, H) x (H, H)
+            gemm(False, True, n, H, H, one, h_prev, H, w_hh, H, one, gates, H)
+            activate_rows(n, H, d.act, <floating *>NULL, gates)
+        elif d.kind == JORDAN:
+            # gates[s] += y[s-1] @ w_hh.T    (n, H) += (n, O) x (O, H)
+            gemm(False, True, n, H, O, one, h_prev, O, w_hh, O, one, gates, H)
+            activate_rows(n, H, d.act, <floating *>NULL, gates)
+            # y[s] = act_o(h[s] @ w_ho.T + b_ho)    (n, O) = (n, H) x (H, O)
+            gemm(False, True, n, O, H, one, gates, H, <floating *>d.w_ho, H, zero, h, O)
+            activate_rows(n, O, d.out_act, <floating *>d.b_ho, h)
+        elif d.kind == LSTM:
+            # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
+            gemm(False, True, n, GH, P, one, h_prev, P, w_hh, P, one, gates, GH)
+            m = per_step(d, d.m_buf, tag, s) if d.w_hr != NULL else h
+            lstm_forward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
+                         gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), m)
+            if d.w_hr != NULL:
+                # h[s] = m[s] @ w_hr.T    (n, P) = (n, H) x (H, P)
+                gemm(False, True, n, P, H, one, m, H, <floating *>d.w_hr, H, zero, h, P)
+        else:
+            kept = per_step(d, d.kept, tag, s)
+            if d.reset_after:
+                # hh = h[s-1] @ w_hh.T    (n, 3H) = (n, H) x (H, 3H)
+                gemm(False, True, n, GH, H, one, h_prev, H, w_hh, H, zero, <floating *>d.hh, GH)
+                gru_forward_after(n, H, <floating *>d.b_hn, gates, <floating *>d.hh, h_prev, h, kept)
+            else:
+                # gates[s][:, :2H] += h[s-1] @ w_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
+                gemm(False, True, n, 2 * H, H, one, h_prev, H, w_hh, H, one, gates, GH)
+                gru_forward_before_rz(n, H, gates, h_prev, kept)
+                # gates[s][:, 2H:] += (r * h[s-1]) @ w_hh[2H:].T    (n, H) += (n, H) x (H, H)
+                gemm(False, True, n, H, H, one, kept, H, w_hh + 2 * H * H, H, one, gates + 2 * H, GH)
+                gru_forward_before_n(n, H, gates, h_prev, h)
+
+
+# -- backward ---------------------------------------------------------------------------
+
+cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
+    cdef int H = d.H, GH = d.GH, P = d.P, O = d.O, n
+    cdef Py_ssize_t s, row
+    cdef floating *xp = <floating *>d.xp
+    cdef floating *hs = <floating *>d.hs
+    cdef floating *w_hh = <floating *>d.w_hh
+    cdef floating *dh = <floating *>d.dh
+    cdef floating *dm = <floating *>d.dm
+    cdef floating *gates
+    cdef floating *dgates
+    cdef floating *dgates_h
+    cdef floating *h_prev
+    cdef floating *dmj
+    cdef floating *dypre
+    cdef floating one = 1, zero = 0
+    for s in range(d.S - 1, -1, -1):
+        n = d.active[s]
+        row = d.step_row[s]
+        gates = xp + row * GH
+        dgates = <floating *>d.dgx + row * GH
+        h_prev = state_before(d, hs, s)
+        # rows past their sequence's end carry dh unchanged; the active ones add dy[s]
+        add_rows(n, P, <floating *>d.dy + row * d.ldy, d.ldy, dh)
+        if d.kind == RNN:
+            memcpy(dgates, dh, n * H * sizeof(floating))
+            activation_grad_rows(n * H, d.act, hs + row * P, dgates)
+            # dh[s-1] = da @ w_hh    (n, H) = (n, H) x (H, H)
+            gemm(False, False, n, H, H, one, dgates, H, w_hh, H, zero, dh, H)
+        elif d.kind == JORDAN:
+            dypre = <floating *>d.dypre + row * O
+            memcpy(dypre, dh, n * O * sizeof(floating))
+            activation_grad_rows(n * O, d.out_act, hs + row * P, dypre)
+            # dL/dh[s] = dypre @ w_ho    (n, H) = (n, O) x (O, H)
+            gemm(False, False, n, H, O, one, dypre, O, <floating *>d.w_ho, H, zero, dgates, H)
+            activation_grad_rows(n * H, d.act, gates, dgates)
+            # dy[s-1] = da @ w_hh    (n, O) = (n, H) x (H, O)
+            gemm(False, False, n, O, H, one, dgates, H, w_hh, O, zero, dh, O)
+        elif d.kind == LSTM:
+            dmj = dh
+            if d.w_hr != NULL:
+                memcpy(<floating *>d.dhtot + row * P, dh, n * P * sizeof(floating))
+                # dm = dh @ w_hr    (n, H) = (n, P) x (P, H)
+                gemm(False, False, n, H, P, one, dh, P, <floating *>d.w_hr, H, zero, dm, H)
+                dmj = dm
+            lstm_backward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
+                          gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), dmj, <floating *>d.dc, dgates,
+                          <floating *>d.g_ci, <floating *>d.g_cf, <floating *>d.g_co)
+            # dh[s-1] = dgates @ w_hh    (n, P) = (n, GH) x (GH, P)
+            gemm(False, False, n, P, GH, one, dgates, GH, w_hh, P, zero, dh, P)
+        elif d.reset_after:
+            dgates_h = <floating *>d.dgh + row * GH
+            gru_backward_after(n, H, gates, per_step(d, d.kept, tag, s), h_prev, dh, dgates, dgates_h)
+            # dh[s-1] += dgates_h @ w_hh    (n, H) += (n, 3H) x (3H, H)
+            gemm(False, False, n, H, GH, one, dgates_h, GH, w_hh, H, one, dh, H)
+        else:
+            gru_backward_before_zn(n, H, gates, h_prev, dh, dgates)
+            # d(r * h[s-1]) = da_n @ w_hh[2H:]    (n, H) = (n, H) x (H, H)
+            gemm(False, False, n, H, H, one, dgates + 2 * H, GH, w_hh + 2 * H * H, H, zero, dm, H)
+            gru_backward_before_r(n, H, gates, h_prev, dm, dh, dgates)
+            # dh[s-1] += da_rz @ w_hh[:2H]    (n, H) += (n, 2H) x (2H, H)
+            gemm(False, False, n, H, 2 * H, one, dgates, GH, w_hh, H, one, dh, H)
+
+
+cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
+    """The products over all steps at once, after the time loop."""
+    cdef int H = d.H, GH = d.GH, P = d.P, O = d.O, I = d.input_size, N = <int>d.N
+    cdef Py_ssize_t s
+    cdef floating *hs = <floating *>d.hs
+    cdef floating *hprev = <floating *>d.hprev
+    cdef floating *dgx = <floating *>d.dgx
+    cdef floating *dgh = <floating *>d.dgh
+    cdef floating one = 1, zero = 0
+    for s in range(d.S):
+        memcpy(hprev + d.step_row[s] * P, state_before(d, hs, s), d.active[s] * P * sizeof(floating))
+    # dW_ih = dgates_x.T @ x    (GH, I) = (GH, N) x (N, I)
+    gemm(True, False, GH, I, N, one, dgx, GH, <floating *>d.x, <int>d.ldx, zero, <floating *>d.g_w_ih, I)
+    if d.kind == GRU and not d.reset_after:
+        # dW_hh[:2H] = da_rz.T @ h_prev    (2H, H) = (2H, N) x (N, H)
+        gemm(True, False, 2 * H, H, N, one, dgx, GH, hprev, H, zero, <floating *>d.g_w_hh, H)
+        # dW_hh[2H:] = da_n.T @ (r * h_prev)    (H, H) = (H, N) x (N, H)
+        gemm(True, False, H, H, N, one, dgx + 2 * H, GH, <floating *>d.kept, H, zero,
+             <floating *>d.g_w_hh + 2 * H * H, H)
+    else:
+        # dW_hh = dgates_h.T @ h_prev    (GH, P) = (GH, N) x (N, P)
+        gemm(True, False, GH, P, N, one, dgh, GH, hprev, P, zero, <floating *>d.g_w_hh, P)
+    if d.g_b_ih != NULL:
+        column_sums(d.N, GH, GH, dgx, <floating *>d.g_b_ih)
+        column_sums(d.N, GH, GH, dgh, <floating *>d.g_b_hh)
+    if d.kind == LSTM and d.w_hr != NULL:
+        # dW_hr = dh.T @ m    (P, H) = (P, N) x (N, H)
+        gemm(True, False, P, H, N, one, <floating *>d.dhtot, P, <floating *>d.m_buf, H, zero,
+             <floating *>d.g_w_hr, H)
+    if d.kind == JORDAN:
+        # dW_ho = dypre.T @ h    (O, H) = (O, N) x (N, H)
+        gemm(True, False, O, H, N, one, <floating *>d.dypre, O, <floating *>d.xp, H, zero,
+             <floating *>d.g_w_ho, H)
+        if d.g_b_ho != NULL:
+            column_sums(d.N, O, O, <floating *>d.dypre, <floating *>d.g_b_ho)
+    # dx = dgates_x @ w_ih    (N, I) = (N, GH) x (GH, I)
+    gemm(False, False, N, I, GH, one, dgx, GH, <floating *>d.w_ih, I,
+         one if d.dx_accumulate else zero, <floating *>d.dx, <int>d.ldx_out)
+
+
+# -- Python entry points: fill the plans, release the GIL, run ------------------------------
+
+cdef void *_data(dict plan, str key) except? NULL:
+    value = plan.get(key)
+    if value is None:
+        return NULL
+    return cnp.PyArray_DATA(<cnp.ndarray>value)
+
+
+cdef int _fill(Direction *d, dict plan) except -1:
+    cdef Py_ssize_t offset
+    d.kind = plan["kind"]
+    d.act = plan["act"]
+    d.out_act = plan["out_act"]
+    d.coupled = plan["coupled"]
+    d.reset_after = plan["reset_after"]
+    d.training = plan["training"]
+    d.B, d.S, d.input_size, d.H = plan["B"], plan["S"], plan["I"], plan["H"]
+    d.GH, d.P, d.O, d.N = plan["GH"], plan["P"], plan["O"], plan["N"]
+    d.step_row = <const Py_ssize_t *>_data(plan, "step_row")
+    d.active = <const int *>_data(plan, "active")
+    d.w_ih = _data(plan, "w_ih")
+    d.w_hh = _data(plan, "w_hh")
+    d.bias_x = _data(plan, "bias_x")
+    d.b_hn = _data(plan, "b_hn")
+    d.w_hr = _data(plan, "w_hr")
+    d.w_ci = _data(plan, "w_ci")
+    d.w_cf = _data(plan, "w_cf")
+    d.w_co = _data(plan, "w_co")
+    d.w_ho = _data(plan, "w_ho")
+    d.b_ho = _data(plan, "b_ho")
+    d.x = _data(plan, "x")
+    d.ldx = plan["ldx"]
+    d.xp = _data(plan, "xp")
+    d.hs = _data(plan, "hs")
+    d.h0 = _data(plan, "h0")
+    d.c0 = _data(plan, "c0")
+    d.c_buf = _data(plan, "c_buf")
+    d.m_buf = _data(plan, "m_buf")
+    d.kept = _data(plan, "kept")
+    d.hh = _data(plan, "hh")
+    d.dy = _data(plan, "dy")
+    if d.dy != NULL:
+        # dy's rows hold both directions side by side: start at this direction's columns
+        offset = plan["dy_offset"] * (<cnp.ndarray>plan["dy"]).itemsize
+        d.dy = <char *>d.dy + offset
+    d.ldy = plan.get("ldy", 0)
+    d.dgx = _data(plan, "dgx")
+    d.dgh = _data(plan, "dgh")
+    d.dh = _data(plan, "dh")
+    d.dc = _data(plan, "dc")
+    d.dm = _data(plan, "dm")
+    d.dhtot = _data(plan, "dhtot")
+    d.dypre = _data(plan, "dypre")
+    d.hprev = _data(plan, "hprev")
+    d.g_w_ih = _data(plan, "g_w_ih")
+    d.g_w_hh = _data(plan, "g_w_hh")
+    d.g_b_ih = _data(plan, "g_b_ih")
+    d.g_b_hh = _data(plan, "g_b_hh")
+    d.g_w_hr = _data(plan, "g_w_hr")
+    d.g_ci = _data(plan, "g_ci")
+    d.g_cf = _data(plan, "g_cf")
+    d.g_co = _data(plan, "g_co")
+    d.g_w_ho = _data(plan, "g_w_ho")
+    d.g_b_ho = _data(plan, "g_b_ho")
+    d.dx = _data(plan, "dx")
+    d.ldx_out = plan.get("ldx_out", 0)
+    d.dx_accumulate = plan.get("dx_accumulate", 0)
+    return 0
+
+
+DEF INPUT_PROJECTION = 0
+DEF FORWARD_STEPS = 1
+DEF BACKWARD_STEPS = 2
+DEF WEIGHT_GRADIENTS = 3
+
+
+cdef void _run_one(Direction *d, int stage, bint is_double) noexcept nogil:
+    if is_double:
+        _run_typed(d, stage, <double *>NULL)
+    else:
+        _run_typed(d, stage, <float *>NULL)
+
+
+cdef void _run_typed(Direction *d, int stage, floating *tag) noexcept nogil:
+    if stage == INPUT_PROJECTION:
+        input_projection(d, tag)
+    elif stage == FORWARD_STEPS:
+        forward_steps(d, tag)
+    elif stage == BACKWARD_STEPS:
+        backward_steps(d, tag)
+    else:
+        weight_gradients(d, tag)
+
+
+def _run(list plans, int stage, bint is_double, int num_threads):
+    """Run one stage for each direction's plan; concurrently when num_threads > 1."""
+    cdef Direction directions[2]
+    cdef int count = len(plans), i
+    for i in range(count):
+        _fill(&directions[i], plans[i])
+    if num_threads > 1 and count > 1:
+        for i in prange(count, nogil=True, num_threads=count, schedule="static", chunksize=1):
+            _run_one(&directions[i], stage, is_double)
+    else:
+        with nogil:
+            for i in range(count):
+                _run_one(&directions[i], stage, is_double)
+
+
+def input_projection_all(list plans, bint is_double):
+    _run(plans, INPUT_PROJECTION, is_double, 1)
+
+
+def forward_all(list plans, bint is_double, int num_threads):
+    _run(plans, FORWARD_STEPS, is_double, num_threads)
+
+
+def backward_all(list plans, bint is_double, int num_threads):
+    _run(plans, BACKWARD_STEPS, is_double, num_threads)
+
+
+def weight_gradients_all(list plans, bint is_double):
+    # sequential: the second direction may accumulate into the first one's dx
+    _run(plans, WEIGHT_GRADIENTS, is_double, 1)
+
+
+def activation(str name, floating[::1] values):
+    """Apply the kernels' own tanh or sigmoid to `values` in place (for the tests)."""
+    cdef Py_ssize_t k
+    cdef bint use_tanh = name == "tanh"
+    with nogil:
+        for k in range(values.shape[0]):
+            if floating is float:
+                values[k] = rc_tanh_f(values[k]) if use_tanh else rc_sigmoid_f(values[k])
+            else:
+                values[k] = rc_tanh_d(values[k]) if use_tanh else rc_sigmoid_d(values[k])

@@ -1,0 +1,254 @@
+"""The compiled backend: the contract of `_reference.layer_forward/layer_backward`.
+
+This module owns shapes and buffers; `_recurrent` (Cython) owns the loops. Per call it
+builds a schedule (which slot rows each step uses; with lengths, the batch sorted by
+length and packed step after step, so finished sequences cost nothing), gathers what the
+schedule needs, allocates every buffer once, and hands one plan per direction to the
+compiled stages: the input projection, the time loop, and (backward) the products over
+all steps. Importing it fails with ImportError when the extension was not compiled, so
+the registry falls back to another backend.
+"""
+import os
+
+import numpy as np
+
+from . import _recurrent
+
+_KINDS = {"rnn": 0, "jordan": 1, "lstm": 2, "gru": 3}
+_ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
+
+_num_threads = None
+_blas_controller = None
+
+
+def set_num_threads(n):
+    """Threads for running the two directions of a layer concurrently."""
+    global _num_threads
+    _num_threads = int(n)
+
+
+def _threads():
+    if _num_threads is not None:
+        return _num_threads
+    return int(os.environ.get("RNNCORE_NUM_THREADS", 0)) or os.cpu_count() or 1
+
+
+class _SingleThreadedBlas:
+    """BLAS at one thread while the directions run side by side, to avoid
+    oversubscription; the controller is built once, since building it scans the loaded
+    libraries."""
+
+    def __enter__(self):
+        global _blas_controller
+        if _blas_controller is None:
+            from threadpoolctl import ThreadpoolController
+            _blas_controller = ThreadpoolController()
+        self._limit = _blas_controller.limit(limits=1, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        self._limit.restore_original_limits()
+
+
+class _Schedule:
+    """Which slot rows each loop step uses, shared by the directions of a layer.
+
+    Without lengths (or all equal to T) step s of a direction uses the B rows of the time
+    index it visits, so x, y, dy and dx are used where they lie. With lengths the batch is
+    sorted by length, descending (`order`), and steps are packed: step s owns
+    `active[s]` rows starting at `offsets[s]`, the sequences still running."""
+
+    def __init__(self, T, B, lengths):
+        self.T, self.B = T, B
+        self.packed = lengths is not None and int(lengths.min()) < T
+        if not self.packed:
+            self.S, self.N = T, T * B
+            self.active = np.full(T, B, dtype=np.intc)
+            self.order = None
+            self.sorted_lengths = np.full(B, T, dtype=np.intp)
+            return
+        self.order = np.argsort(-lengths, kind="stable")
+        self.sorted_lengths = lengths[self.order].astype(np.intp)
+        self.S = int(self.sorted_lengths[0])
+        steps = np.arange(self.S)
+        self.active = np.count_nonzero(self.sorted_lengths[None, :] > steps[:, None], axis=1).astype(np.intc)
+        self.offsets = np.zeros(self.S, dtype=np.intp)
+        np.cumsum(self.active[:-1], out=self.offsets[1:])
+        self.N = int(self.active.sum())
+        self.step_of = np.repeat(steps, self.active)            # step of each packed row
+        self.row_of = np.arange(self.N) - self.offsets[self.step_of]
+        self.batch_of = self.order[self.row_of]                  # original batch index
+
+    def step_rows(self, reverse):
+        if self.packed:
+            return self.offsets
+        times = np.arange(self.T - 1, -1, -1) if reverse else np.arange(self.T)
+        return times * self.B
+
+    def times(self, reverse):
+        """Time index of each packed row."""
+        if reverse:
+            return self.sorted_lengths[self.row_of] - 1 - self.step_of
+        return self.step_of
+
+    def last_rows(self, step_row):
+        """Slot row of each sorted sequence's last valid step."""
+        return step_row[self.sorted_lengths - 1] + np.arange(self.B)
+
+    def sort(self, a):
+        return np.array(a) if self.order is None else a[self.order]
+
+    def unsort(self, a):
+        if self.order is None:
+            return a
+        out = np.empty_like(a)
+        out[self.order] = a
+        return out
+
+
+def _plan(spec, p, x, state, schedule, reverse, training, dtype):
+    T, B, I = x.shape
+    H, G, P = spec.hidden_size, spec.num_gates, spec.out_size
+    GH = G * H
+    N, S = schedule.N, schedule.S
+    p = {name: np.ascontiguousarray(value) for name, value in p.items()}
+    plan = dict(kind=_KINDS[spec.kind], act=_ACTIVATIONS[spec.nonlinearity],
+                out_act=_ACTIVATIONS[spec.output_activation], coupled=int(spec.coupled_input_forget),
+                reset_after=int(spec.reset_after), training=int(training),
+                B=B, S=S, I=I, H=H, GH=GH, P=P, O=spec.output_size, N=N,
+                step_row=np.ascontiguousarray(schedule.step_rows(reverse), dtype=np.intp),
+                active=schedule.active, params=p,
+                w_ih=p["weight_ih"], w_hh=p["weight_hh"], w_hr=p.get("weight_hr"),
+                w_ci=p.get("weight_ci"), w_cf=p.get("weight_cf"), w_co=p.get("weight_co"),
+                w_ho=p.get("weight_ho"), b_ho=p.get("bias_ho"))
+    if spec.bias:
+        b_hh = p["bias_hh"]
+        if spec.kind == "gru" and spec.reset_after:
+            # b_hn is multiplied by r with W_hn h, so only b_hr, b_hz fold into x's projection
+            plan["bias_x"] = p["bias_ih"] + np.concatenate([b_hh[:2 * H], np.zeros(H, dtype)])
+            plan["b_hn"] = np.ascontiguousarray(b_hh[2 * H:])
+        else:
+            plan["bias_x"] = p["bias_ih"] + b_hh
+    if schedule.packed:
+        plan["x"] = x[schedule.times(reverse), schedule.batch_of]
+    else:
+        plan["x"] = x.reshape(T * B, I)
+    plan["ldx"] = I
+    plan["hs"] = np.empty((N, P), dtype)
+    # Elman: the input projection, pre-activation and state are one buffer, updated in place
+    plan["xp"] = plan["hs"] if spec.kind == "rnn" else np.empty((N, GH), dtype)
+    plan["h0"] = schedule.sort(state[0])
+    per_step = (N, H) if training else (B, H)
+    if spec.kind == "lstm":
+        plan["c0"] = schedule.sort(state[1])
+        plan["c_buf"] = np.empty((N, H) if training else (2, B, H), dtype)
+        if spec.proj_size:
+            plan["m_buf"] = np.empty(per_step, dtype)
+    if spec.kind == "gru":
+        plan["kept"] = np.empty(per_step, dtype)
+        if spec.reset_after:
+            plan["hh"] = np.empty((B, GH), dtype)
+    return plan
+
+
+def _final_states(spec, plan, schedule):
+    last = schedule.last_rows(plan["step_row"])
+    h_n = schedule.unsort(plan["hs"][last])
+    if spec.kind != "lstm":
+        return (h_n,)
+    if plan["training"]:
+        c_last = plan["c_buf"][last]
+    else:
+        # inference keeps c in a two-slot ring: step s wrote slot s % 2
+        c_last = plan["c_buf"][(schedule.sorted_lengths - 1) % 2, np.arange(schedule.B)]
+    return h_n, schedule.unsort(c_last)
+
+
+def layer_forward(spec, params, x, states, lengths, training, reverse):
+    T, B, _ = x.shape
+    dtype = x.dtype
+    is_double = dtype == np.float64
+    schedule = _Schedule(T, B, lengths)
+    plans = [_plan(spec, p, x, s, schedule, rev, training, dtype)
+             for p, s, rev in zip(params, states, reverse)]
+    _recurrent.input_projection_all(plans, is_double)
+    threads = _threads()
+    if threads > 1 and len(plans) > 1:
+        with _SingleThreadedBlas():
+            _recurrent.forward_all(plans, is_double, threads)
+    else:
+        _recurrent.forward_all(plans, is_double, 1)
+
+    D, P = len(plans), spec.out_size
+    y = (np.zeros if schedule.packed else np.empty)((T, B, D * P), dtype)
+    for d, plan in enumerate(plans):
+        if schedule.packed:
+            y[schedule.times(reverse[d]), schedule.batch_of, d * P:(d + 1) * P] = plan["hs"]
+        else:
+            # a reverse direction's slots are already in time order
+            y[:, :, d * P:(d + 1) * P] = plan["hs"].reshape(T, B, P)
+    states_n = [_final_states(spec, plan, schedule) for plan in plans]
+    ctx = None
+    if training:
+        ctx = dict(spec=spec, plans=plans, schedule=schedule, reverse=tuple(reverse), x_shape=x.shape,
+                   dtype=dtype)
+    return y, states_n, ctx
+
+
+def layer_backward(ctx, dy, dstates_n):
+    spec, plans, schedule = ctx["spec"], ctx["plans"], ctx["schedule"]
+    T, B, I = ctx["x_shape"]
+    dtype = ctx["dtype"]
+    is_double = dtype == np.float64
+    D, P, H, N = len(plans), spec.out_size, spec.hidden_size, schedule.N
+    dx = np.empty((T, B, I), dtype) if not schedule.packed else np.zeros((T, B, I), dtype)
+    grads = []
+    for d, (plan, dstate) in enumerate(zip(plans, dstates_n)):
+        GH = plan["GH"]
+        g = {name: np.zeros_like(value) for name, value in plan["params"].items()}
+        grads.append(g)
+        if schedule.packed:
+            plan["dy"] = np.ascontiguousarray(dy[schedule.times(ctx["reverse"][d]), schedule.batch_of,
+                                                 d * P:(d + 1) * P])
+            plan["dy_offset"], plan["ldy"] = 0, P
+            plan["dx"], plan["ldx_out"], plan["dx_accumulate"] = np.empty((N, I), dtype), I, 0
+        else:
+            plan["dy"], plan["dy_offset"], plan["ldy"] = dy, d * P, D * P
+            plan["dx"], plan["ldx_out"], plan["dx_accumulate"] = dx, I, int(d > 0)
+        plan["dgx"] = np.empty((N, GH), dtype)
+        plan["dgh"] = np.empty((N, GH), dtype) if spec.kind == "gru" and spec.reset_after else plan["dgx"]
+        plan["dh"] = schedule.sort(dstate[0])
+        if spec.kind == "lstm":
+            plan["dc"] = schedule.sort(dstate[1])
+        if (spec.kind == "lstm" and spec.proj_size) or (spec.kind == "gru" and not spec.reset_after):
+            plan["dm"] = np.empty((B, H), dtype)
+        if spec.kind == "lstm" and spec.proj_size:
+            plan["dhtot"] = np.empty((N, P), dtype)
+        if spec.kind == "jordan":
+            plan["dypre"] = np.empty((N, P), dtype)
+        plan["hprev"] = np.empty((N, P), dtype)
+        for key, name in (("g_w_ih", "weight_ih"), ("g_w_hh", "weight_hh"), ("g_b_ih", "bias_ih"),
+                          ("g_b_hh", "bias_hh"), ("g_w_hr", "weight_hr"), ("g_ci", "weight_ci"),
+                          ("g_cf", "weight_cf"), ("g_co", "weight_co"), ("g_w_ho", "weight_ho"),
+                          ("g_b_ho", "bias_ho")):
+            plan[key] = g.get(name)
+
+    threads = _threads()
+    if threads > 1 and D > 1:
+        with _SingleThreadedBlas():
+            _recurrent.backward_all(plans, is_double, threads)
+    else:
+        _recurrent.backward_all(plans, is_double, 1)
+    _recurrent.weight_gradients_all(plans, is_double)
+
+    dstates0 = []
+    for d, plan in enumerate(plans):
+        if schedule.packed:
+            dx[schedule.times(ctx["reverse"][d]), schedule.batch_of] += plan["dx"]
+        ds = [schedule.unsort(plan["dh"])]
+        if spec.kind == "lstm":
+            ds.append(schedule.unsort(plan["dc"]))
+        dstates0.append(tuple(ds))
+        for key in ("dy", "dx", "dgx", "dgh", "dh", "dc", "dm", "dhtot", "dypre", "hprev"):
+            plan.pop(key, None)   # the context may be back-propagated again
+    return dx, dstates0, grads
