@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._backend import get_backend
+from ._backend import get_backend, set_num_threads
 from .layers import GRU, LSTM, RNN
 from .losses import MSELoss
 from .nn import Linear, Sequential
@@ -179,12 +179,15 @@ def build_parser():
     parser.add_argument("--plot", metavar="PATH", default="rnncore_demo.png",
                         help="where to write the PNG plot (default rnncore_demo.png)")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS and kernel threads (default 1: the model is small enough that more only add "
+                             "overhead)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def _check_options(args, parser):
-    for name in ("season", "horizon", "hidden_size", "epochs"):
+    for name in ("season", "horizon", "hidden_size", "epochs", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
@@ -260,6 +263,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_options(args, parser)
+    set_num_threads(args.threads)
     try:
         run(args)
     except DemoError as error:
