@@ -55,6 +55,8 @@ CASES = [
     case("lstm_proj", 20, 9, 13, 33, layers=2, lengths=[20, 5, 1, 20, 9, 14, 1, 20, 3]),
     case("lstm_peephole", 6, 3, 4, 7, layers=2, lengths=[2, 6, 1], layout="strided"),
     case("lstm_peephole", 3, 1, 1, 1, bidirectional=True, states=False),
+    # no sequence reaches T: every step of the last ones is padding
+    case("lstm_peephole", 6, 5, 3, 7, bidirectional=True, lengths=[4, 1, 5, 2, 4]),
     case("lstm_cifg", 5, 2, 3, 7, bidirectional=True, states=False, layout="batch_first"),
     case("lstm_cifg", 20, 9, 13, 33, layers=2, bidirectional=True, lengths=[20, 1, 20, 8, 2, 1, 15, 11, 4]),
     case("lstm_all", 8, 4, 13, 7, layers=3, bidirectional=True, lengths=[8, 3, 1, 8]),
