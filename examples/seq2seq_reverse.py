@@ -48,7 +48,7 @@ def main(quick=False, seed=0, out=print):
                             rc.Linear(hidden, DIGITS, seed=seed + 4))
     optimizer = rc.optim.Adam([encoder, decoder], lr=0.01)
     loss_fn = rc.CrossEntropyLoss()
-    steps = 400 if quick else 1200
+    steps = 300 if quick else 600
     for _ in range(steps):
         source, decoder_input, target = make_batch(rng, 64)
         encoder.zero_grad(), decoder.zero_grad()
