@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from . import _recurrent
+from .. import _backend
 
 _KINDS = {"rnn": 0, "jordan": 1, "lstm": 2, "gru": 3}
 _ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
@@ -25,6 +26,17 @@ def set_num_threads(n):
     """Threads for running the two directions of a layer concurrently."""
     global _num_threads
     _num_threads = int(n)
+
+
+def _apply_thread_setting():
+    """Importing this module loads scipy's BLAS, which an earlier rc.set_num_threads
+    could not reach: give it the setting now."""
+    if _backend._num_threads is not None:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=_backend._num_threads, user_api="blas")
+
+
+_apply_thread_setting()
 
 
 def _threads():
