@@ -40,31 +40,31 @@ _ROWS = dict(fastmath=False, nogil=True)
 
 
 @njit
-def _sigmoid(a):
-    return 1.0 / (1.0 + math.exp(-a))
+def _sigmoid(a, one):
+    return one / (one + math.exp(-a))
 
 
 @njit
-def _activate(code, a):
+def _activate(code, a, zero, one):
     if code == TANH:
         return math.tanh(a)
     if code == RELU:
-        return max(a, 0.0)
+        return max(a, zero)
     if code == SIGMOID:
-        return _sigmoid(a)
-    return a + 0.0
+        return _sigmoid(a, one)
+    return a
 
 
 @njit
-def _activation_grad(code, out):
+def _activation_grad(code, out, zero, one):
     """d act(a) / da, written in terms of out = act(a)."""
     if code == TANH:
-        return 1.0 - out * out
+        return one - out * out
     if code == RELU:
-        return 1.0 if out > 0 else 0.0
+        return one if out > 0 else zero
     if code == SIGMOID:
-        return out * (1.0 - out)
-    return 1.0
+        return out * (one - out)
+    return one
 
 
 @njit
@@ -123,6 +123,7 @@ def _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, grad_b_ih, scalars):
 @njit(**_ROWS)
 def _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_ho, b_ho, act, out_act, jordan,
                          scalars):
+    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = hidden.shape[2]
     O = states.shape[2]
     for t in range(x_proj.shape[0]):
@@ -135,14 +136,14 @@ def _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_ho, b_h
         h = hidden[_slot(hidden, t), lo:lo + n]
         for j in range(n):
             for k in range(H):
-                h[j, k] = _activate(act, pre[j, k])
+                h[j, k] = _activate(act, pre[j, k], zero, one)
         if jordan:
             y = states[t + 1, lo:lo + n]
             # y = h @ W_ho.T    (n, O) = (n, H) x (H, O)
             gemm(h, False, w_ho, True, y, False, scalars)
             for j in range(n):
                 for k in range(O):
-                    y[j, k] = _activate(out_act, y[j, k] + b_ho[k])
+                    y[j, k] = _activate(out_act, y[j, k] + b_ho[k], zero, one)
 
 
 @njit(**_ENTRY)
@@ -158,6 +159,7 @@ def simple_forward(x, w_ih, bias, w_hh, w_ho, b_ho, active, chunk, act, out_act,
 @njit(**_ROWS)
 def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
                           d_hidden, d_state, scalars):
+    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = hidden.shape[2]
     O = states.shape[2]
     for t in range(dy.shape[0] - 1, -1, -1):
@@ -171,17 +173,18 @@ def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, o
             do = d_out[t, lo:lo + n]
             for j in range(n):
                 for k in range(O):
-                    do[j, k] = (dy[t, lo + j, k] + d_state[lo + j, k]) * _activation_grad(out_act, y[j, k])
+                    d_y = dy[t, lo + j, k] + d_state[lo + j, k]
+                    do[j, k] = d_y * _activation_grad(out_act, y[j, k], zero, one)
             dh = d_hidden[lo:lo + n]
             # dh = d_out @ W_ho    (n, H) = (n, O) x (O, H)
             gemm(do, False, w_ho, False, dh, False, scalars)
             for j in range(n):
                 for k in range(H):
-                    dp[j, k] = dh[j, k] * _activation_grad(act, h[j, k])
+                    dp[j, k] = dh[j, k] * _activation_grad(act, h[j, k], zero, one)
         else:
             for j in range(n):
                 for k in range(H):
-                    dp[j, k] = (dy[t, lo + j, k] + d_state[lo + j, k]) * _activation_grad(act, h[j, k])
+                    dp[j, k] = (dy[t, lo + j, k] + d_state[lo + j, k]) * _activation_grad(act, h[j, k], zero, one)
         # d s_{t-1} = d_pre @ W_hh    (n, S) = (n, H) x (H, S)
         gemm(dp, False, w_hh, False, d_state[lo:lo + n], False, scalars)
 
@@ -214,6 +217,7 @@ def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, st
 @njit(**_ROWS)
 def _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
                        projected, scalars):
+    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = cells.shape[2]
     g_col = H if coupled else 2 * H
     o_col = g_col + H
@@ -231,16 +235,16 @@ def _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_c
         for j in range(n):
             for k in range(H):
                 cp = c_prev[j, k]
-                a_i = gates[j, k] + (w_ci[k] * cp if peephole else 0.0)
-                i = _sigmoid(a_i)
+                a_i = gates[j, k] + (w_ci[k] * cp if peephole else zero)
+                i = _sigmoid(a_i, one)
                 if coupled:
-                    f = 1.0 - i
+                    f = one - i
                 else:
-                    f = _sigmoid(gates[j, H + k] + (w_cf[k] * cp if peephole else 0.0))
+                    f = _sigmoid(gates[j, H + k] + (w_cf[k] * cp if peephole else zero), one)
                     gates[j, H + k] = f
                 g = math.tanh(gates[j, g_col + k])
                 c = f * cp + i * g
-                o = _sigmoid(gates[j, o_col + k] + (w_co[k] * c if peephole else 0.0))
+                o = _sigmoid(gates[j, o_col + k] + (w_co[k] * c if peephole else zero), one)
                 gates[j, k] = i
                 gates[j, g_col + k] = g
                 gates[j, o_col + k] = o
@@ -270,6 +274,7 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
     g_col = H if coupled else 2 * H
     o_col = g_col + H
     scalars = _scalars_like(dy)
+    zero, one = scalars[0], scalars[1]
     for t in range(dy.shape[0] - 1, -1, -1):
         n = _running(active, t, lo, hi)
         if n <= 0:
@@ -289,14 +294,14 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
             for k in range(H):
                 dm = d_m[lo + j, k] if projected else dy[t, lo + j, k] + d_state[lo + j, k]
                 i = gates[j, k]
-                f = 1.0 - i if coupled else gates[j, H + k] + 0.0
+                f = one - i if coupled else gates[j, H + k]
                 g = gates[j, g_col + k]
                 o = gates[j, o_col + k]
                 cp = c_prev[j, k]
                 c = c_now[j, k]
                 tanh_c = math.tanh(c)
-                dc = d_cell[lo + j, k] + dm * o * (1.0 - tanh_c * tanh_c)
-                da_o = dm * tanh_c * o * (1.0 - o)
+                dc = d_cell[lo + j, k] + dm * o * (one - tanh_c * tanh_c)
+                da_o = dm * tanh_c * o * (one - o)
                 if peephole:
                     dc += da_o * w_co[k]
                     peephole_sums[2, k] += da_o * c
@@ -304,10 +309,10 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
                 df = dc * cp
                 if coupled:
                     di -= df  # f = 1 - i
-                da_i = di * i * (1.0 - i)
+                da_i = di * i * (one - i)
                 dc_prev = dc * f
                 if not coupled:
-                    da_f = df * f * (1.0 - f)
+                    da_f = df * f * (one - f)
                     da[j, H + k] = da_f
                     if peephole:
                         dc_prev += da_f * w_cf[k]
@@ -316,7 +321,7 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
                     dc_prev += da_i * w_ci[k]
                     peephole_sums[0, k] += da_i * cp
                 da[j, k] = da_i
-                da[j, g_col + k] = dc * i * (1.0 - g * g)
+                da[j, g_col + k] = dc * i * (one - g * g)
                 da[j, o_col + k] = da_o
                 d_cell[lo + j, k] = dc_prev
         # dh_{t-1} = d_gates @ W_hh    (n, S) = (n, G*H) x (G*H, S)
@@ -358,6 +363,7 @@ def lstm_backward(x, w_ih, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole
 
 @njit(**_ROWS)
 def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset_after, scalars):
+    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = states.shape[2]
     for t in range(x_proj.shape[0]):
         n = _running(active, t, lo, hi)
@@ -373,23 +379,23 @@ def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset
             gemm(h_prev, False, w_hh, True, rec, False, scalars)
             for j in range(n):
                 for k in range(H):
-                    r = _sigmoid(gates[j, k] + rec[j, k])
-                    z = _sigmoid(gates[j, H + k] + rec[j, H + k])
+                    r = _sigmoid(gates[j, k] + rec[j, k], one)
+                    z = _sigmoid(gates[j, H + k] + rec[j, H + k], one)
                     h_n = rec[j, 2 * H + k] + b_hn[k]
                     new = math.tanh(gates[j, 2 * H + k] + r * h_n)
                     gates[j, k] = r
                     gates[j, H + k] = z
                     gates[j, 2 * H + k] = new
                     kept[j, k] = h_n
-                    h[j, k] = (1.0 - z) * new + z * h_prev[j, k]
+                    h[j, k] = (one - z) * new + z * h_prev[j, k]
         else:
             # gates[:, :2H] += h_{t-1} @ W_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
             gemm(h_prev, False, w_hh[:2 * H], True, gates[:, :2 * H], True, scalars)
             for j in range(n):
                 for k in range(H):
-                    r = _sigmoid(gates[j, k])
+                    r = _sigmoid(gates[j, k], one)
                     gates[j, k] = r
-                    gates[j, H + k] = _sigmoid(gates[j, H + k])
+                    gates[j, H + k] = _sigmoid(gates[j, H + k], one)
                     kept[j, k] = r * h_prev[j, k]
             # gates[:, 2H:] += (r * h_{t-1}) @ W_hh[2H:].T    (n, H) += (n, H) x (H, H)
             gemm(kept, False, w_hh[2 * H:], True, gates[:, 2 * H:], True, scalars)
@@ -398,7 +404,7 @@ def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset
                     z = gates[j, H + k]
                     new = math.tanh(gates[j, 2 * H + k])
                     gates[j, 2 * H + k] = new
-                    h[j, k] = (1.0 - z) * new + z * h_prev[j, k]
+                    h[j, k] = (one - z) * new + z * h_prev[j, k]
 
 
 @njit(**_ENTRY)
@@ -413,6 +419,7 @@ def gru_forward(x, w_ih, bias, w_hh, b_hn, active, chunk, reset_after, x_proj, s
 @njit(**_ROWS)
 def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
                        d_state, d_direct, scalars):
+    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = states.shape[2]
     for t in range(dy.shape[0] - 1, -1, -1):
         n = _running(active, t, lo, hi)
@@ -430,13 +437,13 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
                 r = gates[j, k]
                 z = gates[j, H + k]
                 new = gates[j, 2 * H + k]
-                da_n = dh * (1.0 - z) * (1.0 - new * new)
-                da_z = dh * (h_prev[j, k] - new) * z * (1.0 - z)
+                da_n = dh * (one - z) * (one - new * new)
+                da_z = dh * (h_prev[j, k] - new) * z * (one - z)
                 d_direct[lo + j, k] = dh * z
                 dxp[j, H + k] = da_z
                 dxp[j, 2 * H + k] = da_n
                 if reset_after:
-                    da_r = da_n * kept[j, k] * r * (1.0 - r)
+                    da_r = da_n * kept[j, k] * r * (one - r)
                     dxp[j, k] = da_r
                     d_hh[t, lo + j, k] = da_r
                     d_hh[t, lo + j, H + k] = da_z
@@ -451,7 +458,7 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
             for j in range(n):
                 for k in range(H):
                     r = gates[j, k]
-                    dxp[j, k] = d_kept[j, k] * h_prev[j, k] * r * (1.0 - r)
+                    dxp[j, k] = d_kept[j, k] * h_prev[j, k] * r * (one - r)
                     d_direct[lo + j, k] += d_kept[j, k] * r
             # dh_{t-1} += [da_r, da_z] @ W_hh[:2H]    (n, H) = (n, 2H) x (2H, H)
             gemm(dxp[:, :2 * H], False, w_hh[:2 * H], False, d_state[lo:lo + n], False, scalars)

@@ -1,0 +1,182 @@
+"""What only the numba backend can get wrong; its numbers against the reference are
+tests/test_backends.py's job.
+
+- The on-disk cache: a build cached by one process must load, not recompile, and give
+  the same numbers in a fresh process started with another thread count (numba issues
+  7518 and 10184 are about exactly this with parallel=True).
+- Threads: the batch is cut in chunks fixed by the batch size, so one thread and two
+  give bitwise the same numbers, with several chunks and packed lengths.
+- Compile cost: variants, lengths, directions and modes are runtime flags, so one cell
+  family compiles once per dtype, and awkward input layouts do not add signatures.
+- The inference path keeps nothing per step.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import rnncore as rc
+from conftest import assert_close
+
+pytestmark = pytest.mark.skipif("numba" not in rc.backends(), reason="numba is not installed here")
+
+SRC = os.path.dirname(os.path.dirname(rc.__file__))
+
+# One process: run a bidirectional peephole-projected LSTM with lengths, forward and
+# backward, and report the numbers and whether the kernels came from the disk cache.
+_CHILD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import rnncore as rc
+    from rnncore._numba import kernels
+    layer = rc.LSTM(5, 7, proj_size=3, peephole=True, bidirectional=True, dtype=np.float64, seed=1,
+                    backend="numba")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 20, 5))
+    lengths = rng.integers(1, 7, 20)
+    y, (h, c) = layer(x, lengths=lengths)
+    dx, (dh0, dc0) = layer.backward(rng.standard_normal(y.shape))
+    entries = (kernels.lstm_forward, kernels.lstm_backward)
+    json.dump(dict(
+        numbers=[a.tolist() for a in (y, h, c, dx, dh0, dc0, layer.grads["weight_hh_l0_reverse"])],
+        hits=sum(sum(e.stats.cache_hits.values()) for e in entries),
+        misses=sum(sum(e.stats.cache_misses.values()) for e in entries),
+        threads=rc.get_num_threads()), sys.stdout)
+""")
+
+
+def _run_child(threads):
+    env = dict(os.environ, PYTHONPATH=SRC, NUMBA_NUM_THREADS=str(threads), RNNCORE_NUM_THREADS=str(threads))
+    env.pop("RNNCORE_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_cached_build_reloads_in_a_fresh_process_with_another_thread_count():
+    first = _run_child(threads=2)  # compiles and writes the cache, or loads it if warm
+    second = _run_child(threads=1)
+    assert (first["threads"], second["threads"]) == (2, 1)
+    assert second["misses"] == 0 and second["hits"] == 2, second
+    # bitwise: a fresh process, a cached build and another thread count change nothing
+    assert first["numbers"] == second["numbers"]
+
+
+@pytest.fixture
+def restore_threads():
+    before = rc.get_num_threads()
+    yield
+    rc.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_cho", "jordan"])
+def test_two_threads_give_bitwise_the_numbers_of_one(kind, restore_threads):
+    from rnncore._numba.backend import rows_per_chunk
+    T, B = 7, 41
+    assert -(-B // rows_per_chunk(B)) >= 3, "the case must cut the batch in several chunks"
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((T, B, 4)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, B)
+    results = []
+    for threads in (1, 2):
+        rc.set_num_threads(threads)
+        if kind == "jordan":
+            layer = rc.JordanRNN(4, 6, 3, output_activation="tanh", seed=0, backend="numba")
+        elif kind == "lstm":
+            layer = rc.LSTM(4, 6, bidirectional=True, peephole=True, seed=0, backend="numba")
+        else:
+            layer = rc.GRU(4, 6, bidirectional=True, reset_after=kind == "gru", seed=0, backend="numba")
+        y, _ = layer(x, lengths=lengths)
+        dx, _ = layer.backward(np.ones_like(y))
+        results.append([y, dx] + [layer.grads[name] for name in sorted(layer.grads)])
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(two, one)
+
+
+def test_each_family_compiles_once_per_dtype_whatever_the_variant():
+    from rnncore._numba import kernels
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3, 5))
+    for options in [dict(), dict(proj_size=2), dict(peephole=True, coupled_input_forget=True),
+                    dict(bias=False, bidirectional=True), dict(proj_size=3, peephole=True, bidirectional=True)]:
+        layer = rc.LSTM(5, 4, dtype=np.float64, seed=0, backend="numba", **options)
+        for lengths in (None, [4, 1, 2]):
+            for training in (True, False):
+                layer.train(training)
+                y, _ = layer(x, lengths=lengths)
+                if training:
+                    layer.backward(np.ones_like(y))
+    # awkward layouts are made C-contiguous and writable before the kernel sees them
+    read_only = np.asfortranarray(x)
+    read_only.flags.writeable = False
+    layer.eval()
+    layer(read_only)
+    layer(x[:, ::-1])
+    for entry in (kernels.lstm_forward, kernels.lstm_backward):
+        float64_signatures = [sig for sig in entry.signatures if str(sig[0].dtype) == "float64"]
+        assert len(float64_signatures) == 1, float64_signatures
+
+
+def _peak_bytes(run):
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_inference_keeps_nothing_per_step():
+    T, B, I, H, P = 64, 8, 4, 32, 5
+    layer = rc.LSTM(I, H, proj_size=P, dtype=np.float64, seed=0, backend="numba")
+    x = np.random.default_rng(5).standard_normal((T, B, I))
+    layer.eval()
+    layer(x)  # compiled (or loaded) outside the measurement
+    layer.train()
+    layer(x)
+    per_step = T * B * 8
+    # inference: the input projection (4H wide), the outputs with the initial state and
+    # the running state copies; training adds c_t and m_t for every step, 2H wide
+    unavoidable = per_step * (4 * H + 2 * P)
+    eval_peak = _peak_bytes(lambda: layer.eval()(x))
+    train_peak = _peak_bytes(lambda: layer.train()(x))
+    assert eval_peak < unavoidable + per_step * H // 2, (eval_peak, unavoidable)
+    assert train_peak > unavoidable + per_step * 2 * H, (train_peak, unavoidable)
+    layer.eval()(x)
+    assert layer._saved is None
+
+
+def test_eval_and_training_forward_agree():
+    layer = rc.GRU(3, 5, reset_after=False, bidirectional=True, dtype=np.float64, seed=0, backend="numba")
+    x = np.random.default_rng(6).standard_normal((6, 4, 3))
+    lengths = [6, 2, 5, 1]
+    y_train, h_train = layer.train()(x, lengths=lengths)
+    y_eval, h_eval = layer.eval()(x, lengths=lengths)
+    np.testing.assert_array_equal(y_eval, y_train)
+    np.testing.assert_array_equal(h_eval, h_train)
+
+
+def test_thread_setting_is_capped_at_the_pool(restore_threads):
+    import numba
+    rc.set_num_threads(10_000)
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    rc.set_num_threads(1)
+    assert numba.get_num_threads() == 1
+
+
+def test_training_output_is_not_the_saved_state():
+    # y aliases nothing the backward reads: editing it in place changes no gradient
+    layer = rc.RNN(3, 4, dtype=np.float64, seed=0, backend="numba")
+    x = np.random.default_rng(7).standard_normal((5, 2, 3))
+    dy = np.ones((5, 2, 4))
+    y, _ = layer(x)
+    expected, _ = layer.backward(dy)
+    y, _ = layer(x)
+    y *= 100.0
+    dx, _ = layer.backward(dy)
+    assert_close(dx, expected, what="dx after an in-place edit of y")
