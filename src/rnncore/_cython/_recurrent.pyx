@@ -59,6 +59,10 @@ cdef extern from "rnncore_cells.h" nogil:
                                     const float *d_kept, float *dh, float *dgates)
     void rc_gru_backward_before_r_d(int n, int H, const double *gates, const double *h_prev,
                                     const double *d_kept, double *dh, double *dgates)
+    void rc_small_gemm_f(int m, int n, int k, const float *A, int lda, const float *B, int ldb,
+                         int accumulate, float *C, int ldc)
+    void rc_small_gemm_d(int m, int n, int k, const double *A, int lda, const double *B, int ldb,
+                         int accumulate, double *C, int ldc)
     float rc_tanh_f(float x)
     double rc_tanh_d(double x)
     float rc_sigmoid_f(float x)
@@ -89,6 +93,11 @@ cdef struct Direction:
     void *w_co
     void *w_ho
     void *b_ho
+    # the same matrices transposed, (in, out), for the small-batch product; NULL above it
+    void *w_hh_t
+    void *w_hr_t
+    void *w_ho_t
+    int small_rows                 # at most this many rows: rc_small_gemm, not BLAS
     # forward
     void *x                        # slot rows of the input, ldx apart
     Py_ssize_t ldx
@@ -224,6 +233,31 @@ cdef inline void gru_backward_before_r(int n, int H, const floating *gates, cons
         rc_gru_backward_before_r_d(n, H, gates, h_prev, d_kept, dh, dgates)
 
 
+cdef inline void product_nt(Direction *d, int m, int n, int k, const floating *a, int lda,
+                            const floating *w, int ldw, const floating *w_t, int ldw_t, bint accumulate,
+                            floating *c, int ldc) noexcept nogil:
+    """c (m, n) (+)= a (m, k) @ w.T, w (n, k); w_t = w.T (k, n) serves small batches."""
+    if m <= d.small_rows and w_t != NULL:
+        if floating is float:
+            rc_small_gemm_f(m, n, k, a, lda, w_t, ldw_t, accumulate, c, ldc)
+        else:
+            rc_small_gemm_d(m, n, k, a, lda, w_t, ldw_t, accumulate, c, ldc)
+    else:
+        gemm(False, True, m, n, k, <floating>1, a, lda, w, ldw, <floating>accumulate, c, ldc)
+
+
+cdef inline void product_nn(Direction *d, int m, int n, int k, const floating *a, int lda,
+                            const floating *b, int ldb, bint accumulate, floating *c, int ldc) noexcept nogil:
+    """c (m, n) (+)= a (m, k) @ b, b (k, n)."""
+    if m <= d.small_rows:
+        if floating is float:
+            rc_small_gemm_f(m, n, k, a, lda, b, ldb, accumulate, c, ldc)
+        else:
+            rc_small_gemm_d(m, n, k, a, lda, b, ldb, accumulate, c, ldc)
+    else:
+        gemm(False, False, m, n, k, <floating>1, a, lda, b, ldb, <floating>accumulate, c, ldc)
+
+
 # -- where a step's state lives -----------------------------------------------------------
 
 cdef inline floating *state_before(Direction *d, floating *hs, Py_ssize_t s) noexcept nogil:
@@ -271,6 +305,7 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef floating *xp = <floating *>d.xp
     cdef floating *hs = <floating *>d.hs
     cdef floating *w_hh = <floating *>d.w_hh
+    cdef floating *w_hh_t = <floating *>d.w_hh_t
     cdef floating *gates
     cdef floating *h
     cdef floating *h_prev
@@ -284,36 +319,37 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
         h_prev = state_before(d, hs, s)
         if d.kind == RNN:
             # h[s] = act(xp[s] + h[s-1] @ w_hh.T); xp and hs are one buffer    (n, H) += (n, H) x (H, H)
-            gemm(False, True, n, H, H, one, h_prev, H, w_hh, H, one, gates, H)
+            product_nt(d, n, H, H, h_prev, H, w_hh, H, w_hh_t, H, True, gates, H)
             activate_rows(n, H, d.act, <floating *>NULL, gates)
         elif d.kind == JORDAN:
             # gates[s] += y[s-1] @ w_hh.T    (n, H) += (n, O) x (O, H)
-            gemm(False, True, n, H, O, one, h_prev, O, w_hh, O, one, gates, H)
+            product_nt(d, n, H, O, h_prev, O, w_hh, O, w_hh_t, H, True, gates, H)
             activate_rows(n, H, d.act, <floating *>NULL, gates)
             # y[s] = act_o(h[s] @ w_ho.T + b_ho)    (n, O) = (n, H) x (H, O)
-            gemm(False, True, n, O, H, one, gates, H, <floating *>d.w_ho, H, zero, h, O)
+            product_nt(d, n, O, H, gates, H, <floating *>d.w_ho, H, <floating *>d.w_ho_t, O, False, h, O)
             activate_rows(n, O, d.out_act, <floating *>d.b_ho, h)
         elif d.kind == LSTM:
             # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
-            gemm(False, True, n, GH, P, one, h_prev, P, w_hh, P, one, gates, GH)
+            product_nt(d, n, GH, P, h_prev, P, w_hh, P, w_hh_t, GH, True, gates, GH)
             m = per_step(d, d.m_buf, tag, s) if d.w_hr != NULL else h
             lstm_forward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
                          gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), m)
             if d.w_hr != NULL:
                 # h[s] = m[s] @ w_hr.T    (n, P) = (n, H) x (H, P)
-                gemm(False, True, n, P, H, one, m, H, <floating *>d.w_hr, H, zero, h, P)
+                product_nt(d, n, P, H, m, H, <floating *>d.w_hr, H, <floating *>d.w_hr_t, P, False, h, P)
         else:
             kept = per_step(d, d.kept, tag, s)
             if d.reset_after:
                 # hh = h[s-1] @ w_hh.T    (n, 3H) = (n, H) x (H, 3H)
-                gemm(False, True, n, GH, H, one, h_prev, H, w_hh, H, zero, <floating *>d.hh, GH)
+                product_nt(d, n, GH, H, h_prev, H, w_hh, H, w_hh_t, GH, False, <floating *>d.hh, GH)
                 gru_forward_after(n, H, <floating *>d.b_hn, gates, <floating *>d.hh, h_prev, h, kept)
             else:
                 # gates[s][:, :2H] += h[s-1] @ w_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
-                gemm(False, True, n, 2 * H, H, one, h_prev, H, w_hh, H, one, gates, GH)
+                product_nt(d, n, 2 * H, H, h_prev, H, w_hh, H, w_hh_t, GH, True, gates, GH)
                 gru_forward_before_rz(n, H, gates, h_prev, kept)
                 # gates[s][:, 2H:] += (r * h[s-1]) @ w_hh[2H:].T    (n, H) += (n, H) x (H, H)
-                gemm(False, True, n, H, H, one, kept, H, w_hh + 2 * H * H, H, one, gates + 2 * H, GH)
+                product_nt(d, n, H, H, kept, H, w_hh + 2 * H * H, H, w_hh_t + 2 * H if w_hh_t != NULL else NULL,
+                           GH, True, gates + 2 * H, GH)
                 gru_forward_before_n(n, H, gates, h_prev, h)
 
 
@@ -346,40 +382,40 @@ cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
             memcpy(dgates, dh, n * H * sizeof(floating))
             activation_grad_rows(n * H, d.act, hs + row * P, dgates)
             # dh[s-1] = da @ w_hh    (n, H) = (n, H) x (H, H)
-            gemm(False, False, n, H, H, one, dgates, H, w_hh, H, zero, dh, H)
+            product_nn(d, n, H, H, dgates, H, w_hh, H, False, dh, H)
         elif d.kind == JORDAN:
             dypre = <floating *>d.dypre + row * O
             memcpy(dypre, dh, n * O * sizeof(floating))
             activation_grad_rows(n * O, d.out_act, hs + row * P, dypre)
             # dL/dh[s] = dypre @ w_ho    (n, H) = (n, O) x (O, H)
-            gemm(False, False, n, H, O, one, dypre, O, <floating *>d.w_ho, H, zero, dgates, H)
+            product_nn(d, n, H, O, dypre, O, <floating *>d.w_ho, H, False, dgates, H)
             activation_grad_rows(n * H, d.act, gates, dgates)
             # dy[s-1] = da @ w_hh    (n, O) = (n, H) x (H, O)
-            gemm(False, False, n, O, H, one, dgates, H, w_hh, O, zero, dh, O)
+            product_nn(d, n, O, H, dgates, H, w_hh, O, False, dh, O)
         elif d.kind == LSTM:
             dmj = dh
             if d.w_hr != NULL:
                 memcpy(<floating *>d.dhtot + row * P, dh, n * P * sizeof(floating))
                 # dm = dh @ w_hr    (n, H) = (n, P) x (P, H)
-                gemm(False, False, n, H, P, one, dh, P, <floating *>d.w_hr, H, zero, dm, H)
+                product_nn(d, n, H, P, dh, P, <floating *>d.w_hr, H, False, dm, H)
                 dmj = dm
             lstm_backward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
                           gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), dmj, <floating *>d.dc, dgates,
                           <floating *>d.g_ci, <floating *>d.g_cf, <floating *>d.g_co)
             # dh[s-1] = dgates @ w_hh    (n, P) = (n, GH) x (GH, P)
-            gemm(False, False, n, P, GH, one, dgates, GH, w_hh, P, zero, dh, P)
+            product_nn(d, n, P, GH, dgates, GH, w_hh, P, False, dh, P)
         elif d.reset_after:
             dgates_h = <floating *>d.dgh + row * GH
             gru_backward_after(n, H, gates, per_step(d, d.kept, tag, s), h_prev, dh, dgates, dgates_h)
             # dh[s-1] += dgates_h @ w_hh    (n, H) += (n, 3H) x (3H, H)
-            gemm(False, False, n, H, GH, one, dgates_h, GH, w_hh, H, one, dh, H)
+            product_nn(d, n, H, GH, dgates_h, GH, w_hh, H, True, dh, H)
         else:
             gru_backward_before_zn(n, H, gates, h_prev, dh, dgates)
             # d(r * h[s-1]) = da_n @ w_hh[2H:]    (n, H) = (n, H) x (H, H)
-            gemm(False, False, n, H, H, one, dgates + 2 * H, GH, w_hh + 2 * H * H, H, zero, dm, H)
+            product_nn(d, n, H, H, dgates + 2 * H, GH, w_hh + 2 * H * H, H, False, dm, H)
             gru_backward_before_r(n, H, gates, h_prev, dm, dh, dgates)
             # dh[s-1] += da_rz @ w_hh[:2H]    (n, H) += (n, 2H) x (2H, H)
-            gemm(False, False, n, H, 2 * H, one, dgates, GH, w_hh, H, one, dh, H)
+            product_nn(d, n, H, 2 * H, dgates, GH, w_hh, H, True, dh, H)
 
 
 cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
@@ -453,6 +489,10 @@ cdef int _fill(Direction *d, dict plan) except -1:
     d.w_co = _data(plan, "w_co")
     d.w_ho = _data(plan, "w_ho")
     d.b_ho = _data(plan, "b_ho")
+    d.w_hh_t = _data(plan, "w_hh_t")
+    d.w_hr_t = _data(plan, "w_hr_t")
+    d.w_ho_t = _data(plan, "w_ho_t")
+    d.small_rows = plan["small_rows"]
     d.x = _data(plan, "x")
     d.ldx = plan["ldx"]
     d.xp = _data(plan, "xp")
