@@ -11,8 +11,12 @@ new compilation), and puts the results back in the caller's order.
 Importing it without numba installed raises ImportError, which marks the backend
 unavailable.
 """
+import contextlib
+import functools
+
 import numba
 import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  the BLAS the kernels call, loaded for _blas_threads
 
 from . import kernels
 
@@ -42,6 +46,21 @@ def rows_per_chunk(batch):
     numbers do not depend on the thread count; at least 8 rows keep each step's GEMM
     efficient, and up to 32 chunks leave work for 32 threads."""
     return max(8, -(-batch // 32))
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_threads():
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController().select(user_api="blas")
+
+
+def _threads_for(batch, chunk):
+    """The BLAS setting for one kernel call. When several chunks run at once, each
+    chunk's GEMMs run on one BLAS thread: BLAS threads beside numba's would oversubscribe
+    the cores (and spinning BLAS threads cost whole scheduler slices, milliseconds)."""
+    if -(-batch // chunk) > 1 and numba.get_num_threads() > 1:
+        return _blas_threads().limit(limits=1)
+    return contextlib.nullcontext()
 
 
 def _writable(a):
@@ -152,8 +171,9 @@ def _simple_forward(spec, p, x, state0, order, training):
         w_ho, b_ho = _dummy(dtype, 2), _dummy(dtype, 1)
     act, out_act = ACTIVATION_CODES[spec.nonlinearity], ACTIVATION_CODES[spec.output_activation]
     chunk = rows_per_chunk(B)
-    kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, order.active, chunk, act, out_act,
-                           jordan, x_proj, states, hidden)
+    with _threads_for(B, chunk):
+        kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, order.active, chunk, act, out_act,
+                               jordan, x_proj, states, hidden)
     saved = dict(x=x, states=states, hidden=hidden, w_ho=w_ho, act=act, out_act=out_act, jordan=jordan, chunk=chunk)
     return states, (order.final(states),), saved
 
@@ -172,9 +192,10 @@ def _simple_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_ho", _dummy(dtype, 2))
     bias_grad = np.empty(H, dtype)
     bias_ho_grad = np.empty(S, dtype)
-    kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
-                            s["out_act"], jordan, s["states"], s["hidden"], dy, d_state, d_pre, d_out, d_hidden, dx,
-                            g["weight_ih"], g["weight_hh"], g["weight_ho"], bias_grad, bias_ho_grad)
+    with _threads_for(B, s["chunk"]):
+        kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
+                                s["out_act"], jordan, s["states"], s["hidden"], dy, d_state, d_pre, d_out, d_hidden, dx,
+                                g["weight_ih"], g["weight_hh"], g["weight_ho"], bias_grad, bias_ho_grad)
     g.update(bias_ih=bias_grad, bias_hh=bias_grad.copy(), bias_ho=bias_ho_grad)
     return dx, (d_state,), _grads_dict(spec, g)
 
@@ -197,8 +218,9 @@ def _lstm_forward(spec, p, x, state0, order, training):
     w_cf = p["weight_cf"] if peephole and not coupled else _dummy(dtype, 1)
     w_co = p["weight_co"] if peephole else _dummy(dtype, 1)
     chunk = rows_per_chunk(B)
-    kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], w_hr, w_ci, w_cf, w_co, order.active, chunk,
-                         peephole, coupled, projected, x_proj, states, cells, m)
+    with _threads_for(B, chunk):
+        kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], w_hr, w_ci, w_cf, w_co, order.active, chunk,
+                             peephole, coupled, projected, x_proj, states, cells, m)
     saved = dict(x=x, x_proj=x_proj, states=states, cells=cells, m=m, w_hr=w_hr, w_ci=w_ci, w_cf=w_cf, w_co=w_co,
                  chunk=chunk)
     return states, (order.final(states), order.final(cells)), saved
@@ -220,10 +242,11 @@ def _lstm_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_hr", _dummy(dtype, 2))
     bias_grad = np.empty(G * H, dtype)
     peephole_grad = np.empty((3, H), dtype)
-    kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], s["w_hr"], s["w_ci"], s["w_cf"], s["w_co"],
-                          order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
-                          s["m"], dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, g["weight_ih"],
-                          g["weight_hh"], g["weight_hr"], bias_grad, peephole_grad)
+    with _threads_for(B, s["chunk"]):
+        kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], s["w_hr"], s["w_ci"], s["w_cf"], s["w_co"],
+                              order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
+                              s["m"], dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, g["weight_ih"],
+                              g["weight_hh"], g["weight_hr"], bias_grad, peephole_grad)
     g.update(bias_ih=bias_grad, bias_hh=bias_grad.copy(), weight_ci=peephole_grad[0], weight_cf=peephole_grad[1],
              weight_co=peephole_grad[2])
     return dx, (d_state, d_cell), _grads_dict(spec, g)
@@ -248,8 +271,9 @@ def _gru_forward(spec, p, x, state0, order, training):
     aux = _per_step(training, T, B, H, dtype)
     hh = np.empty((B, 3 * H), dtype) if reset_after else _dummy(dtype, 2)
     chunk = rows_per_chunk(B)
-    kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, order.active, chunk, reset_after, x_proj,
-                        states, aux, hh)
+    with _threads_for(B, chunk):
+        kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, order.active, chunk, reset_after, x_proj,
+                            states, aux, hh)
     saved = dict(x=x, x_proj=x_proj, states=states, aux=aux, chunk=chunk)
     return states, (order.final(states),), saved
 
@@ -267,9 +291,10 @@ def _gru_backward(spec, p, s, dy, d_states, order):
     dx = np.empty((T, B, I), dtype)
     g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
     bias_ih_grad, bias_hh_grad = np.empty(3 * H, dtype), np.empty(3 * H, dtype)
-    kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
-                         s["states"], s["aux"], dy, d_state, d_direct, d_x_proj, d_hh, d_rh, dx, g["weight_ih"],
-                         g["weight_hh"], bias_ih_grad, bias_hh_grad)
+    with _threads_for(B, s["chunk"]):
+        kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
+                             s["states"], s["aux"], dy, d_state, d_direct, d_x_proj, d_hh, d_rh, dx, g["weight_ih"],
+                             g["weight_hh"], bias_ih_grad, bias_hh_grad)
     g.update(bias_ih=bias_ih_grad, bias_hh=bias_hh_grad)
     return dx, (d_state,), _grads_dict(spec, g)
 

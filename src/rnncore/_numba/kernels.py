@@ -150,10 +150,15 @@ def _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_ho, b_h
 def simple_forward(x, w_ih, bias, w_hh, w_ho, b_ho, active, chunk, act, out_act, jordan, x_proj, states, hidden):
     _project_input(x, w_ih, bias, x_proj, _scalars_like(x))
     B = x.shape[1]
-    for c in prange((B + chunk - 1) // chunk):
-        lo, hi = _chunk_bounds(chunk, c, B)
-        _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_ho, b_ho, act, out_act, jordan,
-                             _scalars_like(x))
+    if (B + chunk - 1) // chunk == 1:
+        # one chunk: run it on the calling thread, not on a woken worker
+        _simple_forward_rows(0, B, active, x_proj, states, hidden, w_hh, w_ho, b_ho, act, out_act, jordan,
+                         _scalars_like(x))
+    else:
+        for c in prange((B + chunk - 1) // chunk):
+            lo, hi = _chunk_bounds(chunk, c, B)
+            _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_ho, b_ho, act, out_act, jordan,
+                                 _scalars_like(x))
 
 
 @njit(**_ROWS)
@@ -193,10 +198,15 @@ def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, o
 def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, states, hidden, dy, d_state,
                     d_pre, d_out, d_hidden, dx, grad_w_ih, grad_w_hh, grad_w_ho, grad_b, grad_b_ho):
     T, B, _ = x.shape
-    for c in prange((B + chunk - 1) // chunk):
-        lo, hi = _chunk_bounds(chunk, c, B)
-        _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
+    if (B + chunk - 1) // chunk == 1:
+        # one chunk: run it on the calling thread, not on a woken worker
+        _simple_backward_rows(0, B, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
                               d_hidden, d_state, _scalars_like(x))
+    else:
+        for c in prange((B + chunk - 1) // chunk):
+            lo, hi = _chunk_bounds(chunk, c, B)
+            _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
+                                  d_hidden, d_state, _scalars_like(x))
     scalars = _scalars_like(x)
     _input_gradients(d_pre, x, w_ih, dx, grad_w_ih, grad_b, scalars)
     S, H = states.shape[2], d_pre.shape[2]
@@ -260,10 +270,15 @@ def lstm_forward(x, w_ih, bias, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, pee
                  x_proj, states, cells, m):
     _project_input(x, w_ih, bias, x_proj, _scalars_like(x))
     B = x.shape[1]
-    for c in prange((B + chunk - 1) // chunk):
-        lo, hi = _chunk_bounds(chunk, c, B)
-        _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_ci, w_cf, w_co, peephole,
+    if (B + chunk - 1) // chunk == 1:
+        # one chunk: run it on the calling thread, not on a woken worker
+        _lstm_forward_rows(0, B, active, x_proj, states, cells, m, w_hh, w_hr, w_ci, w_cf, w_co, peephole,
                            coupled, projected, _scalars_like(x))
+    else:
+        for c in prange((B + chunk - 1) // chunk):
+            lo, hi = _chunk_bounds(chunk, c, B)
+            _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_ci, w_cf, w_co, peephole,
+                               coupled, projected, _scalars_like(x))
 
 
 @njit(**_ROWS)
@@ -333,10 +348,15 @@ def lstm_backward(x, w_ih, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole
                   states, cells, m, dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, grad_w_ih, grad_w_hh,
                   grad_w_hr, grad_b, grad_peephole):
     T, B, _ = x.shape
-    for c in prange((B + chunk - 1) // chunk):
-        lo, hi = _chunk_bounds(chunk, c, B)
-        _lstm_backward_rows(lo, hi, active, dy, x_proj, cells, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
-                            projected, d_gates, d_h, d_m, d_state, d_cell, peephole_sums[c])
+    if (B + chunk - 1) // chunk == 1:
+        # one chunk: run it on the calling thread, not on a woken worker
+        _lstm_backward_rows(0, B, active, dy, x_proj, cells, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
+                            projected, d_gates, d_h, d_m, d_state, d_cell, peephole_sums[0])
+    else:
+        for c in prange((B + chunk - 1) // chunk):
+            lo, hi = _chunk_bounds(chunk, c, B)
+            _lstm_backward_rows(lo, hi, active, dy, x_proj, cells, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
+                                projected, d_gates, d_h, d_m, d_state, d_cell, peephole_sums[c])
     scalars = _scalars_like(x)
     _input_gradients(d_gates, x, w_ih, dx, grad_w_ih, grad_b, scalars)
     S, GH, H = states.shape[2], d_gates.shape[2], cells.shape[2]
@@ -411,9 +431,13 @@ def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset
 def gru_forward(x, w_ih, bias, w_hh, b_hn, active, chunk, reset_after, x_proj, states, aux, hh):
     _project_input(x, w_ih, bias, x_proj, _scalars_like(x))
     B = x.shape[1]
-    for c in prange((B + chunk - 1) // chunk):
-        lo, hi = _chunk_bounds(chunk, c, B)
-        _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset_after, _scalars_like(x))
+    if (B + chunk - 1) // chunk == 1:
+        # one chunk: run it on the calling thread, not on a woken worker
+        _gru_forward_rows(0, B, active, x_proj, states, aux, hh, w_hh, b_hn, reset_after, _scalars_like(x))
+    else:
+        for c in prange((B + chunk - 1) // chunk):
+            lo, hi = _chunk_bounds(chunk, c, B)
+            _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset_after, _scalars_like(x))
 
 
 @njit(**_ROWS)
@@ -468,10 +492,15 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
 def gru_backward(x, w_ih, w_hh, active, chunk, reset_after, x_proj, states, aux, dy, d_state, d_direct, d_x_proj,
                  d_hh, d_rh, dx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh):
     T, B, _ = x.shape
-    for c in prange((B + chunk - 1) // chunk):
-        lo, hi = _chunk_bounds(chunk, c, B)
-        _gru_backward_rows(lo, hi, active, dy, x_proj, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
+    if (B + chunk - 1) // chunk == 1:
+        # one chunk: run it on the calling thread, not on a woken worker
+        _gru_backward_rows(0, B, active, dy, x_proj, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
                            d_state, d_direct, _scalars_like(x))
+    else:
+        for c in prange((B + chunk - 1) // chunk):
+            lo, hi = _chunk_bounds(chunk, c, B)
+            _gru_backward_rows(lo, hi, active, dy, x_proj, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
+                               d_state, d_direct, _scalars_like(x))
     # the initial state's gradient: the recurrent and the direct path of step 0
     for b in range(B):
         for k in range(d_state.shape[1]):
