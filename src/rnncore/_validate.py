@@ -46,6 +46,22 @@ def finite(name, arr):
                          f"(pass check_finite=False to skip this check)")
 
 
+def states(given, names, widths, dtype, lead, check_finite=True):
+    """Validated state arrays, each of shape lead + (width,); zeros where None is given."""
+    out = []
+    for name, width, value in zip(names, widths, given):
+        expected = tuple(lead) + (width,)
+        if value is None:
+            out.append(np.zeros(expected, dtype=dtype))
+            continue
+        arr = array(name, value, dtype)
+        shape(name, arr, expected)
+        if check_finite:
+            finite(name, arr)
+        out.append(arr)
+    return out
+
+
 def positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")

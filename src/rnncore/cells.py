@@ -45,17 +45,9 @@ class _Cell(_Parametrised):
         return tuple(s if batched else s[0] for s in states_n)
 
     def _check_states(self, given, names, B, batched, check_finite):
-        out = []
-        for name, width, value in zip(names, self.spec.state_sizes, given):
-            if value is None:
-                out.append(np.zeros((B, width), dtype=self.dtype))
-                continue
-            arr = _validate.array(name, value, self.dtype)
-            _validate.shape(name, arr, (B, width) if batched else (width,))
-            if check_finite:
-                _validate.finite(name, arr)
-            out.append(np.ascontiguousarray(arr if batched else arr[None]))
-        return tuple(out)
+        lead = (B,) if batched else ()
+        out = _validate.states(given, names, self.spec.state_sizes, self.dtype, lead, check_finite)
+        return tuple(np.ascontiguousarray(s if batched else s[None]) for s in out)
 
     def _step_back(self, dstates):
         saved = self._saved

@@ -42,18 +42,13 @@ def _forward(spec, params, x, states, lengths, reverse, training, check_finite, 
         arr = _validate.array(name, value, dtype)
         _validate.shape(name, arr, shape)
         arrays[name] = np.ascontiguousarray(arr)
-    state_arrays = []
-    for (name, value), width in zip(states, spec.state_sizes):
-        if value is None:
-            state_arrays.append(np.zeros((B, width), dtype=dtype))
-            continue
-        arr = _validate.array(name, value, dtype)
-        _validate.shape(name, arr, (B, width))
-        state_arrays.append(np.ascontiguousarray(arr))
+    state_arrays = _validate.states([v for _, v in states], [n for n, _ in states], spec.state_sizes, dtype, (B,),
+                                    check_finite)
+    state_arrays = [np.ascontiguousarray(s) for s in state_arrays]
     if lengths is not None:
         lengths = _validate.lengths(lengths, B, T)
     if check_finite:
-        for name, arr in [("x", x)] + list(zip([n for n, _ in states], state_arrays)) + list(arrays.items()):
+        for name, arr in [("x", x)] + list(arrays.items()):
             _validate.finite(name, arr)
     module = _backend.resolve(backend)
     y, (state_n,), inner = module.layer_forward(spec, [arrays], np.ascontiguousarray(x), [tuple(state_arrays)],
@@ -68,14 +63,8 @@ def _backward(ctx, dy, dstates_n, names):
     T, B = ctx.shape
     dy = _validate.array("dy", dy, ctx.dtype)
     _validate.shape("dy", dy, (T, B, ctx.spec.out_size))
-    arrays = []
-    for name, width, value in zip(names, ctx.spec.state_sizes, dstates_n):
-        if value is None:
-            arrays.append(np.zeros((B, width), dtype=ctx.dtype))
-            continue
-        arr = _validate.array(name, value, ctx.dtype)
-        _validate.shape(name, arr, (B, width))
-        arrays.append(np.ascontiguousarray(arr))
+    arrays = [np.ascontiguousarray(a) for a in
+              _validate.states(dstates_n, names, ctx.spec.state_sizes, ctx.dtype, (B,), check_finite=False)]
     dx, (dstate0,), (grads,) = ctx.backend.layer_backward(ctx.inner, np.ascontiguousarray(dy), [tuple(arrays)])
     return dx, dstate0, grads
 

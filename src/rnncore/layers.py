@@ -163,25 +163,12 @@ class _Recurrent(_Parametrised):
             _validate.finite("x", x)
         return np.ascontiguousarray(x), batched
 
-    def _state_shape(self, i, B, batched):
-        rows = self.num_directions * self.num_layers
-        width = self.specs[0].state_sizes[i]
-        return (rows, B, width) if batched else (rows, width)
-
     def _states(self, given, names, B, batched, check_finite):
         """The initial (or final-gradient) states as (D*L, B, n) arrays, zeros for None."""
-        out = []
-        for i, (name, value) in enumerate(zip(names, given)):
-            expected = self._state_shape(i, B, batched)
-            if value is None:
-                out.append(np.zeros(self._state_shape(i, B, True), dtype=self.dtype))
-                continue
-            arr = _validate.array(name, value, self.dtype)
-            _validate.shape(name, arr, expected)
-            if check_finite:
-                _validate.finite(name, arr)
-            out.append(arr if batched else arr[:, None, :])
-        return out
+        rows = self.num_directions * self.num_layers
+        lead = (rows, B) if batched else (rows,)
+        out = _validate.states(given, names, self.specs[0].state_sizes, self.dtype, lead, check_finite)
+        return out if batched else [s[:, None, :] for s in out]
 
     def _output(self, y, batched):
         if not batched:
