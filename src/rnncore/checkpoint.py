@@ -29,7 +29,7 @@ import numpy as np
 from . import _backend, _validate
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN, JordanRNN
-from .nn import Embedding, LastStep, Linear, ReLU, Sigmoid, Tanh
+from .nn import Embedding, LastStep, Linear, ReLU, Sequential, Sigmoid, Tanh
 
 __all__ = ["save", "load", "read", "register", "registered", "Checkpoint", "CheckpointError", "FORMAT_VERSION"]
 
@@ -72,7 +72,7 @@ def registered():
 
 
 for _cls in (RNN, LSTM, GRU, JordanRNN, RNNCell, LSTMCell, GRUCell,
-             Linear, Embedding, Tanh, ReLU, Sigmoid, LastStep):
+             Linear, Embedding, Tanh, ReLU, Sigmoid, LastStep, Sequential):
     register(_cls)
 
 

@@ -5,10 +5,12 @@ them. Each has `forward` (calling it) and `backward`, and the layers' convention
 gradient of the input of the last training-mode forward.
 """
 import math
+import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
-from . import _validate
+from . import _backend, _validate
 from .layers import _Parametrised, _Recurrent
 
 __all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential"]
@@ -243,7 +245,8 @@ class Sequential:
     `states` are the final ones in the same form, ready to carry into the next chunk of a
     long series (truncated BPTT). `lengths` goes to the recurrent layers and to LastStep.
     Parameters and gradients are named "<index>.<name>", as in a torch.nn.Sequential's
-    state_dict."""
+    state_dict. A Sequential of registered modules is a registered checkpoint class itself:
+    rnncore.save/load round-trip it whole, configuration and weights."""
 
     def __init__(self, *modules):
         for i, module in enumerate(modules):
@@ -254,6 +257,47 @@ class Sequential:
         self.modules = list(modules)
         self._recurrent = [i for i, m in enumerate(self.modules) if isinstance(m, _Recurrent)]
         self.training = True
+
+    def get_config(self):
+        """{"modules": [{"class": registered name, "config": its get_config()}, ...]}: what
+        from_config needs to rebuild the chain (weights travel in state_dict)."""
+        from .checkpoint import registered  # checkpoint imports this module, so not at the top
+        names = {}
+        for name, cls in registered().items():
+            # the first name of a class registered twice, the one rnncore.save records
+            names.setdefault(cls, name)
+        unregistered = [f"modules[{i}] ({type(m).__name__})" for i, m in enumerate(self.modules)
+                        if type(m) not in names]
+        if unregistered:
+            raise TypeError(f"Sequential.get_config: {', '.join(unregistered)} not registered checkpoint "
+                            f"classes; register them with rnncore.checkpoint.register")
+        return {"modules": [{"class": names[type(m)], "config": m.get_config()} for m in self.modules]}
+
+    @classmethod
+    def from_config(cls, config):
+        """A Sequential of freshly built modules, each from its registered class and config."""
+        from .checkpoint import registered
+        classes = registered()
+        entries = config.get("modules") if isinstance(config, Mapping) else None
+        if not isinstance(entries, (list, tuple)):
+            raise ValueError(f"Sequential.from_config: expected {{'modules': [...]}}, got {config!r}")
+        modules = []
+        for i, entry in enumerate(entries):
+            if not (isinstance(entry, Mapping) and isinstance(entry.get("config"), Mapping)
+                    and entry.get("class") in classes):
+                raise ValueError(f"Sequential.from_config: modules[{i}]: expected {{'class': a registered name, "
+                                 f"'config': {{...}}}} (registered: {sorted(classes)}), got {entry!r}")
+            module_class, module_config = classes[entry["class"]], dict(entry["config"])
+            # the same fallback a checkpointed layer gets at the top level: a backend this
+            # machine lacks must not make the whole model unloadable
+            if module_config.get("backend") is not None and module_config["backend"] not in _backend.backends():
+                warnings.warn(f"Sequential.from_config: modules[{i}] was configured with backend="
+                              f"{module_config['backend']!r}, which is not available here; using the default "
+                              f"backend", RuntimeWarning, stacklevel=2)
+                module_config["backend"] = None
+            build = getattr(module_class, "from_config", None)
+            modules.append(build(module_config) if callable(build) else module_class(**module_config))
+        return cls(*modules)
 
     def __repr__(self):
         inner = ",\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.modules))

@@ -1,11 +1,18 @@
 """Optimizers with torch.optim's update rules, over the parameters and gradients of one
 or several modules (anything with `parameters()` and `grads`: layers, Linear,
 Sequential). `step()` updates the live parameter arrays in place from the gradients
-accumulated by `backward`; `zero_grad()` clears those gradients."""
+accumulated by `backward`; `zero_grad()` clears those gradients.
+
+`state_dict()` / `load_state_dict(state)` save and restore an optimizer as torch.optim
+does, except that parameters are named rather than numbered: the module's own names for
+one module, "<index>.<name>" for a list of several (the numbering of a Sequential)."""
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
+
+from . import _validate
 
 __all__ = ["SGD", "Adam"]
 
@@ -18,21 +25,36 @@ def _number(name, value, minimum=0.0, below=None):
     return float(value)
 
 
+def _count(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    return int(value)
+
+
 class _Optimizer:
-    def __init__(self, modules, lr):
+    # the constructor's hyper-parameters, in order; the entries of a parameter's state once
+    # it has been stepped; and those of them kept only while a hyper-parameter is true
+    _hyper_names = ()
+    _state_keys = ()
+    _conditional_keys = {}
+
+    def __init__(self, modules, **hyperparameters):
         if not isinstance(modules, (list, tuple)):
             modules = [modules]
         if not modules:
             raise ValueError("modules: expected a module or a non-empty list of modules, got an empty list")
-        self._pairs = []
+        self._pairs, self._names = [], []
         for i, module in enumerate(modules):
             if not (hasattr(module, "parameters") and isinstance(getattr(module, "grads", None), dict)):
                 raise TypeError(f"modules[{i}]: expected an object with parameters() and grads, "
                                 f"got {type(module).__name__}")
             grads = module.grads
-            self._pairs += [(param, grads[name]) for name, param in module.parameters().items()]
+            for name, param in module.parameters().items():
+                self._pairs.append((param, grads[name]))
+                # several modules may each have a "weight": the index keeps the names apart
+                self._names.append(f"{i}.{name}" if len(modules) > 1 else name)
         self._modules = list(modules)
-        self.lr = _number("lr", lr)
+        self.__dict__.update(self._checked(**hyperparameters))
         self.state = [{} for _ in self._pairs]
         self.steps = 0
 
@@ -46,21 +68,116 @@ class _Optimizer:
         for (param, grad), state in zip(self._pairs, self.state):
             self._update(param, grad, state)
 
+    def _hyperparameters(self):
+        return {name: getattr(self, name) for name in self._hyper_names}
+
+    def state_dict(self):
+        """{"type", "steps", "param_groups": [hyper-parameters and "params" (the names)],
+        "state": {name: that parameter's buffers}}, every array a copy."""
+        group = {**self._hyperparameters(), "params": list(self._names)}
+        state = {name: {key: value.copy() if isinstance(value, np.ndarray) else value
+                        for key, value in entries.items()}
+                 for name, entries in zip(self._names, self.state) if entries}
+        return {"type": type(self).__name__, "steps": self.steps, "param_groups": [group], "state": state}
+
+    def load_state_dict(self, state_dict):
+        """Restore what state_dict() returned (copying its arrays), so that stepping goes on
+        exactly as it would have from the saved optimizer. Missing or unexpected names raise
+        KeyError, wrong types, shapes or values ValueError, each listing every problem; on
+        error nothing is changed."""
+        where = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{where}: expected a mapping from state_dict(), got {type(state_dict).__name__}")
+        missing = [key for key in ("type", "steps", "param_groups", "state") if key not in state_dict]
+        if missing:
+            raise KeyError(f"{where}: the state lacks {missing}")
+        groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if state_dict["type"] != type(self).__name__:
+            raise ValueError(f"{where}: the state is of a {state_dict['type']!r} optimizer, not a "
+                             f"{type(self).__name__!r}")
+        if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(groups[0], Mapping) \
+                or not isinstance(saved_state, Mapping):
+            raise ValueError(f"{where}: expected one parameter group (a mapping) and a mapping of state, got "
+                             f"param_groups {groups!r}")
+        group = dict(groups[0])
+        names = list(group.pop("params", []))
+        listed = {
+            "parameters missing": [n for n in self._names if n not in names],
+            "unexpected parameters": [n for n in names if n not in self._names],
+            "hyper-parameters missing": [h for h in self._hyper_names if h not in group],
+            "unexpected hyper-parameters": [h for h in group if h not in self._hyper_names],
+            "state for unknown parameters": [n for n in saved_state if n not in self._names],
+        }
+        if any(listed.values()):
+            raise KeyError(f"{where}: " + "; ".join(f"{what} {found}" for what, found in listed.items() if found))
+
+        problems = []
+        try:
+            hyperparameters = self._checked(**group)
+        except ValueError as exc:
+            problems.append(str(exc))
+            hyperparameters = None
+        try:
+            steps = _count("steps", state_dict["steps"])
+        except ValueError as exc:
+            problems.append(str(exc))
+        # which conditional entries to expect follows the saved hyper-parameters, even
+        # when another of them is invalid, so that every problem is listed at once
+        flags = hyperparameters or group
+        expected_keys = sorted(k for k in self._state_keys
+                               if k not in self._conditional_keys or flags[self._conditional_keys[k]])
+        state = []
+        for name, (param, _) in zip(self._names, self._pairs):
+            given = saved_state.get(name) or {}
+            if not isinstance(given, Mapping) or (given and sorted(map(str, given)) != expected_keys):
+                problems.append(f"{name}: expected state entries {expected_keys} (or none), got "
+                                f"{sorted(map(str, given)) if isinstance(given, Mapping) else given!r}")
+                continue
+            entries = {}
+            for key, value in given.items():
+                if key == "step":
+                    try:
+                        entries[key] = _count(f"{name}.step", value)
+                    except ValueError as exc:
+                        problems.append(str(exc))
+                    continue
+                array = _validate.to_numpy(value)
+                if array.shape != param.shape or array.dtype.kind not in "fiu":
+                    problems.append(f"{name}.{key}: expected a numeric array of shape {param.shape}, got "
+                                    f"{array.dtype}{array.shape}")
+                    continue
+                # a copy, so that the caller's arrays and ours never alias; in the
+                # parameter's dtype, as torch casts state to its parameter's
+                entries[key] = np.array(array, dtype=param.dtype, copy=True)
+            state.append(entries)
+        if problems:
+            raise ValueError(f"{where}: " + "; ".join(problems))
+        self.__dict__.update(hyperparameters)
+        self.steps = steps
+        self.state = state
+
 
 class SGD(_Optimizer):
     """Stochastic gradient descent as torch.optim.SGD:
     g = grad + weight_decay * p; b = momentum * b + (1 - dampening) * g (b = g at the
     first step); g = g + momentum * b if nesterov else b; p -= lr * g."""
 
+    _hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    _state_keys = ("momentum_buffer",)
+
     def __init__(self, modules, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
-        super().__init__(modules, lr)
-        self.momentum = _number("momentum", momentum)
-        self.dampening = _number("dampening", dampening)
-        self.weight_decay = _number("weight_decay", weight_decay)
-        self.nesterov = bool(nesterov)
-        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
+        super().__init__(modules, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                         nesterov=nesterov)
+
+    @staticmethod
+    def _checked(lr, momentum, dampening, weight_decay, nesterov):
+        values = {"lr": _number("lr", lr), "momentum": _number("momentum", momentum),
+                  "dampening": _number("dampening", dampening),
+                  "weight_decay": _number("weight_decay", weight_decay), "nesterov": bool(nesterov)}
+        if values["nesterov"] and (values["momentum"] == 0 or values["dampening"] != 0):
             raise ValueError(f"nesterov: expected momentum > 0 and dampening == 0, got momentum "
-                             f"{self.momentum}, dampening {self.dampening}")
+                             f"{values['momentum']}, dampening {values['dampening']}")
+        return values
 
     def _update(self, param, grad, state):
         g = grad + param * self.weight_decay if self.weight_decay else grad
@@ -80,23 +197,34 @@ class Adam(_Optimizer):
     moments, eps added after the square root; amsgrad keeps the running maximum of the
     second moment)."""
 
+    _hyper_names = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+    _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _conditional_keys = {"max_exp_avg_sq": "amsgrad"}
+
     def __init__(self, modules, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
-        super().__init__(modules, lr)
+        super().__init__(modules, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+    @staticmethod
+    def _checked(lr, betas, eps, weight_decay, amsgrad):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas: expected a pair of numbers in [0, 1), got {betas!r}")
-        self.betas = (_number("betas[0]", betas[0], below=1.0), _number("betas[1]", betas[1], below=1.0))
-        self.eps = _number("eps", eps)
-        self.weight_decay = _number("weight_decay", weight_decay)
-        self.amsgrad = bool(amsgrad)
+        return {"lr": _number("lr", lr),
+                "betas": (_number("betas[0]", betas[0], below=1.0), _number("betas[1]", betas[1], below=1.0)),
+                "eps": _number("eps", eps), "weight_decay": _number("weight_decay", weight_decay),
+                "amsgrad": bool(amsgrad)}
 
     def _update(self, param, grad, state):
         beta1, beta2 = self.betas
         g = grad + param * self.weight_decay if self.weight_decay else grad
         if not state:
+            state["step"] = 0
             state["exp_avg"] = np.zeros_like(param)
             state["exp_avg_sq"] = np.zeros_like(param)
             if self.amsgrad:
                 state["max_exp_avg_sq"] = np.zeros_like(param)
+        # counted per parameter, as torch does, so that a restored state carries its own
+        # bias correction whatever the optimizer's step() count
+        state["step"] += 1
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg *= beta1
         exp_avg += (1 - beta1) * g
@@ -105,8 +233,8 @@ class Adam(_Optimizer):
         if self.amsgrad:
             np.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
             exp_avg_sq = state["max_exp_avg_sq"]
-        bias_correction1 = 1 - beta1 ** self.steps
-        bias_correction2_sqrt = math.sqrt(1 - beta2 ** self.steps)
+        bias_correction1 = 1 - beta1 ** state["step"]
+        bias_correction2_sqrt = math.sqrt(1 - beta2 ** state["step"])
         # the order of torch's single-tensor Adam: denominator first, then one scaled step
         denom = np.sqrt(exp_avg_sq) / param.dtype.type(bias_correction2_sqrt) + param.dtype.type(self.eps)
         param -= param.dtype.type(self.lr / bias_correction1) * (exp_avg / denom)
