@@ -45,10 +45,17 @@ def _apply_thread_setting():
 _apply_thread_setting()
 
 
+_default_threads = None
+
+
 def _threads():
+    global _default_threads
     if _num_threads is not None:
         return _num_threads
-    return int(os.environ.get("RNNCORE_NUM_THREADS", 0)) or os.cpu_count() or 1
+    if _default_threads is None:
+        # read once: os.cpu_count() costs a system call, a per-call cost in step-by-step decoding
+        _default_threads = int(os.environ.get("RNNCORE_NUM_THREADS", 0)) or os.cpu_count() or 1
+    return _default_threads
 
 
 class _SingleThreadedBlas:
@@ -139,9 +146,10 @@ def _plan(spec, p, x, state, schedule, reverse, training, dtype):
                 w_ih=p["weight_ih"], w_hh=p["weight_hh"], w_hr=p.get("weight_hr"),
                 w_ci=p.get("weight_ci"), w_cf=p.get("weight_cf"), w_co=p.get("weight_co"),
                 w_ho=p.get("weight_ho"), b_ho=p.get("bias_ho"), small_rows=SMALL_ROWS)
-    # transposed once per call (with lengths, late steps may have few rows left)
+    # transposed once per call, only where some step has few enough rows for the small
+    # product (with lengths, late steps may have few rows left)
     for key in ("w_hh", "w_hr", "w_ho"):
-        if plan[key] is not None:
+        if plan[key] is not None and int(schedule.active[-1]) <= SMALL_ROWS:
             plan[key + "_t"] = np.ascontiguousarray(plan[key].T)
     if spec.bias:
         b_hh = p["bias_hh"]
