@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+import rnncore as rc
+
+SRC = Path(rc.__file__).resolve().parents[1]  # where the rnncore under test is installed
 
 
 def run(*args, cwd):

@@ -22,7 +22,7 @@ from scipy import stats
 import rnncore as rc
 from conftest import assert_close
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+SRC = os.path.dirname(os.path.dirname(rc.__file__))  # where the rnncore under test is installed
 
 # every configuration torch has: (class name in both libraries, kwargs)
 TORCH_CONFIGS = [
