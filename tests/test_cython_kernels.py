@@ -227,10 +227,11 @@ _TILED_SPECS = [
 @pytest.mark.parametrize("spec", _TILED_SPECS, ids=lambda s: f"{s.kind}-{s.proj_size}-{s.reset_after}")
 def test_register_tiled_products_match_reference(spec, dtype):
     """Widths of 18..96 columns and 1..9 active rows: rc_small_gemm's register tiles
-    (16 floats or 8 doubles wide, 4 rows high), their 3-, 2- and 1-row remainders and
+    (16 floats or 8 doubles wide, up to 6 rows high, 7 or 8 rows as two halves) and
     the row loop for the columns past the last tile, forward and backward."""
-    params, x, states, rng = _random_case(spec, 6, 9, 2, dtype, 8)
-    lengths = np.array([6, 1, 3, 6, 2, 4, 5, 6, 2])
+    params, x, states, rng = _random_case(spec, 8, 9, 2, dtype, 8)
+    # active rows per step: 9, 8, 6, 5, 4, 3, 2, 1
+    lengths = np.array([8, 1, 3, 6, 2, 4, 5, 7, 2])
     reverse = (False, True)
     y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse)
     y_ref, sn_ref, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, reverse)
