@@ -85,6 +85,7 @@ class _Schedule:
 
     def __init__(self, T, B, lengths):
         self.T, self.B = T, B
+        self._rows = {}
         self.packed = lengths is not None and int(lengths.min()) < T
         if not self.packed:
             self.S, self.N = T, T * B
@@ -110,6 +111,15 @@ class _Schedule:
         times = np.arange(self.T - 1, -1, -1) if reverse else np.arange(self.T)
         return times * self.B
 
+    def last_rows_of(self, reverse):
+        """`last_rows(step_rows(reverse))`, and both computed once per schedule: the
+        schedule without lengths is reused across calls (see `_schedule`)."""
+        key = bool(reverse)
+        if key not in self._rows:
+            step_row = np.ascontiguousarray(self.step_rows(reverse), dtype=np.intp)
+            self._rows[key] = (step_row, self.last_rows(step_row))
+        return self._rows[key]
+
     def times(self, reverse):
         """Time index of each packed row."""
         if reverse:
@@ -131,6 +141,23 @@ class _Schedule:
         return out
 
 
+_schedules = {}
+
+
+def _schedule(T, B, lengths):
+    """A schedule without lengths depends on (T, B) only, and nothing in it is written
+    after construction: keep the last few, so step-by-step decoding does not rebuild
+    its arrays every call."""
+    if lengths is not None and int(lengths.min()) < T:
+        return _Schedule(T, B, lengths)
+    schedule = _schedules.get((T, B))
+    if schedule is None:
+        if len(_schedules) >= 16:
+            _schedules.clear()
+        schedule = _schedules[(T, B)] = _Schedule(T, B, None)
+    return schedule
+
+
 def _plan(spec, p, x, state, schedule, reverse, training, dtype):
     T, B, I = x.shape
     H, G, P = spec.hidden_size, spec.num_gates, spec.out_size
@@ -141,7 +168,7 @@ def _plan(spec, p, x, state, schedule, reverse, training, dtype):
                 out_act=_ACTIVATIONS[spec.output_activation], coupled=int(spec.coupled_input_forget),
                 reset_after=int(spec.reset_after), training=int(training),
                 B=B, S=S, I=I, H=H, GH=GH, P=P, O=spec.output_size, N=N,
-                step_row=np.ascontiguousarray(schedule.step_rows(reverse), dtype=np.intp),
+                step_row=schedule.last_rows_of(reverse)[0], last_rows=schedule.last_rows_of(reverse)[1],
                 active=schedule.active, params=p,
                 w_ih=p["weight_ih"], w_hh=p["weight_hh"], w_hr=p.get("weight_hr"),
                 w_ci=p.get("weight_ci"), w_cf=p.get("weight_cf"), w_co=p.get("weight_co"),
@@ -182,7 +209,7 @@ def _plan(spec, p, x, state, schedule, reverse, training, dtype):
 
 
 def _final_states(spec, plan, schedule):
-    last = schedule.last_rows(plan["step_row"])
+    last = plan["last_rows"]
     h_n = schedule.unsort(plan["hs"][last])
     if spec.kind != "lstm":
         return (h_n,)
@@ -198,7 +225,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
     T, B, _ = x.shape
     dtype = x.dtype
     is_double = dtype == np.float64
-    schedule = _Schedule(T, B, lengths)
+    schedule = _schedule(T, B, lengths)
     plans = [_plan(spec, p, x, s, schedule, rev, training, dtype)
              for p, s, rev in zip(params, states, reverse)]
     _recurrent.input_projection_all(plans, is_double)
