@@ -242,6 +242,11 @@ DEF TINY_ROWS = 4
 DEF SMALL_PANEL = 16384
 
 
+# for backend.py, which transposes a weight only where some product can use it
+TINY_ROWS_LIMIT = TINY_ROWS
+SMALL_PANEL_LIMIT = SMALL_PANEL
+
+
 cdef inline bint is_small(Direction *d, int m, int n, int k) noexcept nogil:
     return m <= d.small_rows and (m <= TINY_ROWS or <Py_ssize_t>n * k <= SMALL_PANEL)
 

@@ -173,11 +173,17 @@ def _plan(spec, p, x, state, schedule, reverse, training, dtype):
                 w_ih=p["weight_ih"], w_hh=p["weight_hh"], w_hr=p.get("weight_hr"),
                 w_ci=p.get("weight_ci"), w_cf=p.get("weight_cf"), w_co=p.get("weight_co"),
                 w_ho=p.get("weight_ho"), b_ho=p.get("bias_ho"), small_rows=SMALL_ROWS)
-    # transposed once per call, only where some step has few enough rows for the small
-    # product (with lengths, late steps may have few rows left)
+    # transposed once per call, only where some step can take the small product for it
+    # (with lengths, late steps may have few rows left; a (2048, 512) transpose costs
+    # 5 ms that BLAS-only shapes never repay)
+    min_rows = int(schedule.active[-1])
     for key in ("w_hh", "w_hr", "w_ho"):
-        if plan[key] is not None and int(schedule.active[-1]) <= SMALL_ROWS:
-            plan[key + "_t"] = np.ascontiguousarray(plan[key].T)
+        w = plan[key]
+        # GRU-before's smallest product uses the (H, H) block of w_hh
+        smallest = min(w.size, H * H) if w is not None else 0
+        if w is not None and min_rows <= SMALL_ROWS and (
+                min_rows <= _recurrent.TINY_ROWS_LIMIT or smallest <= _recurrent.SMALL_PANEL_LIMIT):
+            plan[key + "_t"] = np.ascontiguousarray(w.T)
     if spec.bias:
         b_hh = p["bias_hh"]
         if spec.kind == "gru" and spec.reset_after:
