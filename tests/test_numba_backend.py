@@ -182,3 +182,64 @@ def test_training_output_is_not_the_saved_state():
     y *= 100.0
     dx, _ = layer.backward(dy)
     assert_close(dx, expected, what="dx after an in-place edit of y")
+
+
+def _ulp_errors(fast, exact, x, dtype):
+    """|fast(x) - exact(x)| in units of the last place of `dtype` at the exact value,
+    `exact` evaluated in extended precision (float64 libm for float32)."""
+    got = np.empty_like(x)
+    fast(x, got)
+    wide = x.astype(np.longdouble) if dtype == np.float64 else x.astype(np.float64)
+    want = exact(wide).astype(np.longdouble)
+    return np.abs(got.astype(np.longdouble) - want) / np.spacing(np.abs(want.astype(dtype)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectorised_activations_are_a_few_ulp_from_libm(dtype):
+    from numba import njit
+    from rnncore._numba import kernels
+
+    @njit(error_model="numpy")
+    def tanh(x, out):
+        for i in range(x.size):
+            out[i] = kernels.tanh(x[i])
+
+    @njit(error_model="numpy")
+    def sigmoid(x, out):
+        for i in range(x.size):
+            out[i] = kernels.sigmoid(x[i])
+
+    # dense where the functions bend, tiny and huge magnitudes, the cut-offs near 0.625
+    # and the underflow of sigmoid towards -100 (float32) and -745 (float64)
+    magnitudes = np.logspace(-30, 3, 20001)
+    x = np.concatenate([np.linspace(-20, 20, 400_001), np.linspace(-1e-3, 1e-3, 20_001),
+                        np.linspace(0.62, 0.63, 10_001), np.linspace(-800, 800, 40_001),
+                        magnitudes, -magnitudes, [0.0, -0.0, 1e30, -1e30]]).astype(dtype)
+    with np.errstate(over="ignore"):
+        tanh_ulp = _ulp_errors(tanh, np.tanh, x, dtype)
+        sigmoid_ulp = _ulp_errors(sigmoid, lambda v: 1 / (1 + np.exp(-v)), x, dtype)
+    assert tanh_ulp.max() <= 3, x[np.argmax(tanh_ulp)]
+    assert sigmoid_ulp.max() <= 4, x[np.argmax(sigmoid_ulp)]
+    limits = np.array([np.inf, -np.inf, np.nan], dtype)
+    out = np.empty_like(limits)
+    tanh(limits, out)
+    np.testing.assert_array_equal(out, [1, -1, np.nan])
+    sigmoid(limits, out)
+    np.testing.assert_array_equal(out, [1, 0, np.nan])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_long_float64_sequence_stays_with_the_reference(kind):
+    # 300 steps feed every activation's error back through the state: the float64
+    # activations must be accurate enough not to drift from libm's
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((300, 3, 4))
+    results = []
+    for backend in ("numba", "numpy"):
+        cls = rc.LSTM if kind == "lstm" else rc.GRU
+        layer = cls(4, 16, dtype=np.float64, seed=3, backend=backend)
+        y, _ = layer(x)
+        dx, _ = layer.backward(np.ones_like(y))
+        results.append((y, dx, layer.grads["weight_hh_l0"]))
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())

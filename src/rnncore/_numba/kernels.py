@@ -25,46 +25,199 @@ the fed-back state (H; P for a projected LSTM; O for Jordan).
 Variants are runtime flags, so a cell family costs one compilation per dtype and
 direction of pass, whatever the variant.
 """
-import math
-
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 from ._blas import column_sums, gemm
 
 # activation codes (backend.ACTIVATION_CODES maps names to these)
 TANH, RELU, SIGMOID, IDENTITY = 0, 1, 2, 3
 
-_ENTRY = dict(parallel=True, cache=True, fastmath=False, nogil=True)
-_ROWS = dict(fastmath=False, nogil=True)
+# error_model="numpy": a float division is then a plain division, not a test for a zero
+# divisor with a Python exception behind it, a branch that stops loops from vectorising
+_ENTRY = dict(parallel=True, cache=True, fastmath=False, nogil=True, error_model="numpy")
+_ROWS = dict(fastmath=False, nogil=True, error_model="numpy")
 
 
-@njit
-def _sigmoid(a, one):
-    return one / (one + math.exp(-a))
+# -- activations -----------------------------------------------------------------------
+# tanh and sigmoid from plain arithmetic, not libm: a libm call is a scalar call LLVM
+# cannot vectorise, and the element-wise passes are mostly these two functions. Every
+# path is straight-line (both halves computed, one selected), so the loops calling them
+# vectorise. Each dtype has its own constants and polynomials (the Cephes tanhf/expf and
+# tanh/exp ones), so float32 math stays float32. Accuracy, tested over a dense grid in
+# tests/test_numba_backend.py: a few ulp of the float64 libm result in either dtype.
+# These live in this file, beside the cached entries, because numba's on-disk cache
+# checks only the entry's own source file for changes.
+
+@intrinsic
+def _pow2_f32(typingctx, n):
+    """2.0**n as float32 for an int32 n in [-126, 127], built from its exponent bits."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        bits = builder.shl(builder.add(args[0], ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
+    return types.float32(types.int32), codegen
 
 
-@njit
-def _activate(code, a, zero, one):
+@intrinsic
+def _pow2_f64(typingctx, n):
+    """2.0**n as float64 for an int64 n in [-1022, 1023], built from its exponent bits."""
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        bits = builder.shl(builder.add(args[0], ir.Constant(i64, 1023)), ir.Constant(i64, 52))
+        return builder.bitcast(bits, ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@njit(inline="always")
+def _exp_neg_f32(x):
+    """exp(x) for x <= 0 (NaN stays NaN; below -150 the result is 0, as in float32)."""
+    x = np.float32(-150.0) if x < np.float32(-150.0) else x
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    # r = x - n ln 2 in two parts (the first exact in float32 for |n| < 2**15)
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    z = r * r
+    p = ((((((np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)) * r + np.float32(8.3334519073e-3)) * r
+             + np.float32(4.1665795894e-2)) * r + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)) * z
+         + r + np.float32(1.0))
+    # 2**n in two factors so that results below the normal range underflow gracefully
+    k = np.int32(n)
+    half = k >> 1
+    return p * _pow2_f32(half) * _pow2_f32(k - half)
+
+
+@njit(inline="always")
+def _exp_neg_f64(x):
+    """exp(x) for x <= 0 (NaN stays NaN; below -1000 the result is 0, as in float64)."""
+    x = -1000.0 if x < -1000.0 else x
+    n = np.floor(x * 1.4426950408889634073599 + 0.5)
+    r = x - n * 6.93145751953125e-1 - n * 1.42860682030941723212e-6
+    z = r * r
+    # the Cephes rational form: exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2))
+    p = r * ((1.26177193074810590878e-4 * z + 3.02994407707441961300e-2) * z + 9.99999999999999999910e-1)
+    q = ((3.00198505138664455042e-6 * z + 2.52448340349684104192e-3) * z + 2.27265548208155028766e-1) * z + 2.0
+    e = 1.0 + 2.0 * (p / (q - p))
+    # through int32: AVX2 converts doubles to int32 lanes, not to int64 ones
+    k = np.int32(n)
+    half = k >> 1
+    return e * _pow2_f64(np.int64(half)) * _pow2_f64(np.int64(k - half))
+
+
+@njit(inline="always")
+def _tanh_f32(x):
+    a = -x if x < np.float32(0.0) else x
+    # near 0 an odd polynomial keeps the relative accuracy 1 - 2/(e^2a + 1) would lose
+    z = x * x
+    small = ((((np.float32(-5.70498872745e-3) * z + np.float32(2.06390887954e-2)) * z
+               + np.float32(-5.37397155531e-2)) * z + np.float32(1.33314422036e-1)) * z
+             + np.float32(-3.33332819422e-1)) * z * x + x
+    e = _exp_neg_f32(np.float32(-2.0) * a)
+    large = (np.float32(1.0) - e) / (np.float32(1.0) + e)
+    large = -large if x < np.float32(0.0) else large
+    return small if a < np.float32(0.625) else large
+
+
+@njit(inline="always")
+def _tanh_f64(x):
+    a = -x if x < 0.0 else x
+    z = x * x
+    small = x + x * z * (((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
+                          - 1.61468768441708447952e3)
+                         / (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
+                            + 4.84406305325125486048e3))
+    e = _exp_neg_f64(-2.0 * a)
+    large = (1.0 - e) / (1.0 + e)
+    large = -large if x < 0.0 else large
+    return small if a < 0.625 else large
+
+
+@njit(inline="always")
+def _sigmoid_f32(x):
+    # exp of -|x| only: it never overflows, and for x < 0 e / (1 + e) keeps the tiny
+    # results relative-accurate where 1 - 1 / (1 + e) would cancel
+    e = _exp_neg_f32(x if x < np.float32(0.0) else -x)
+    s = np.float32(1.0) / (np.float32(1.0) + e)
+    return e * s if x < np.float32(0.0) else s
+
+
+@njit(inline="always")
+def _sigmoid_f64(x):
+    e = _exp_neg_f64(x if x < 0.0 else -x)
+    s = 1.0 / (1.0 + e)
+    return e * s if x < 0.0 else s
+
+
+def tanh(x):
+    """tanh in the dtype of x (float32 or float64), vectorisable; callable from jitted code."""
+    return np.tanh(x)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)) in the dtype of x, vectorisable; callable from jitted code."""
+    return 1 / (1 + np.exp(-x))
+
+
+@overload(tanh, inline="always")
+def _tanh_typed(x):
+    if x == types.float32:
+        return lambda x: _tanh_f32(x)
+    if x == types.float64:
+        return lambda x: _tanh_f64(x)
+
+
+@overload(sigmoid, inline="always")
+def _sigmoid_typed(x):
+    if x == types.float32:
+        return lambda x: _sigmoid_f32(x)
+    if x == types.float64:
+        return lambda x: _sigmoid_f64(x)
+
+
+@njit(inline="always")
+def _activate_rows(code, values, shift, out):
+    """out = act(values + shift), shift along the last axis. The code is tested once,
+    outside the loops, so each inner loop is one straight-line, vectorisable body."""
+    n, width = out.shape
     if code == TANH:
-        return math.tanh(a)
-    if code == RELU:
-        return max(a, zero)
-    if code == SIGMOID:
-        return _sigmoid(a, one)
-    return a
+        for j in range(n):
+            for k in range(width):
+                out[j, k] = tanh(values[j, k] + shift[k])
+    elif code == RELU:
+        zero = out.dtype.type(0)
+        for j in range(n):
+            for k in range(width):
+                v = values[j, k] + shift[k]
+                out[j, k] = v if v > zero else zero
+    elif code == SIGMOID:
+        for j in range(n):
+            for k in range(width):
+                out[j, k] = sigmoid(values[j, k] + shift[k])
+    else:
+        for j in range(n):
+            for k in range(width):
+                out[j, k] = values[j, k] + shift[k]
 
 
-@njit
-def _activation_grad(code, out, zero, one):
-    """d act(a) / da, written in terms of out = act(a)."""
+@njit(inline="always")
+def _times_activation_grad(code, out, grad):
+    """grad *= d act(a) / da, written in terms of out = act(a); the code tested once."""
+    n, width = grad.shape
+    one = grad.dtype.type(1)
+    zero = grad.dtype.type(0)
     if code == TANH:
-        return one - out * out
-    if code == RELU:
-        return one if out > 0 else zero
-    if code == SIGMOID:
-        return out * (one - out)
-    return one
+        for j in range(n):
+            for k in range(width):
+                grad[j, k] *= one - out[j, k] * out[j, k]
+    elif code == RELU:
+        for j in range(n):
+            for k in range(width):
+                grad[j, k] *= one if out[j, k] > zero else zero
+    elif code == SIGMOID:
+        for j in range(n):
+            for k in range(width):
+                grad[j, k] *= out[j, k] * (one - out[j, k])
 
 
 @njit
@@ -123,9 +276,8 @@ def _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, grad_b_ih, scalars):
 @njit(**_ROWS)
 def _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_ho, b_ho, act, out_act, jordan,
                          scalars):
-    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = hidden.shape[2]
-    O = states.shape[2]
+    no_shift = np.zeros(H, hidden.dtype)
     for t in range(x_proj.shape[0]):
         n = _running(active, t, lo, hi)
         if n <= 0:
@@ -134,16 +286,12 @@ def _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_ho, b_h
         # pre += s_{t-1} @ W_hh.T    (n, H) += (n, S) x (S, H)
         gemm(states[t, lo:lo + n], False, w_hh, True, pre, True, scalars)
         h = hidden[_slot(hidden, t), lo:lo + n]
-        for j in range(n):
-            for k in range(H):
-                h[j, k] = _activate(act, pre[j, k], zero, one)
+        _activate_rows(act, pre, no_shift, h)
         if jordan:
             y = states[t + 1, lo:lo + n]
             # y = h @ W_ho.T    (n, O) = (n, H) x (H, O)
             gemm(h, False, w_ho, True, y, False, scalars)
-            for j in range(n):
-                for k in range(O):
-                    y[j, k] = _activate(out_act, y[j, k] + b_ho[k], zero, one)
+            _activate_rows(out_act, y, b_ho, y)
 
 
 @njit(**_ENTRY)
@@ -164,7 +312,6 @@ def simple_forward(x, w_ih, bias, w_hh, w_ho, b_ho, active, chunk, act, out_act,
 @njit(**_ROWS)
 def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
                           d_hidden, d_state, scalars):
-    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = hidden.shape[2]
     O = states.shape[2]
     for t in range(dy.shape[0] - 1, -1, -1):
@@ -178,18 +325,17 @@ def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, o
             do = d_out[t, lo:lo + n]
             for j in range(n):
                 for k in range(O):
-                    d_y = dy[t, lo + j, k] + d_state[lo + j, k]
-                    do[j, k] = d_y * _activation_grad(out_act, y[j, k], zero, one)
+                    do[j, k] = dy[t, lo + j, k] + d_state[lo + j, k]
+            _times_activation_grad(out_act, y, do)
             dh = d_hidden[lo:lo + n]
             # dh = d_out @ W_ho    (n, H) = (n, O) x (O, H)
             gemm(do, False, w_ho, False, dh, False, scalars)
-            for j in range(n):
-                for k in range(H):
-                    dp[j, k] = dh[j, k] * _activation_grad(act, h[j, k], zero, one)
+            dp[:, :] = dh
         else:
             for j in range(n):
                 for k in range(H):
-                    dp[j, k] = (dy[t, lo + j, k] + d_state[lo + j, k]) * _activation_grad(act, h[j, k], zero, one)
+                    dp[j, k] = dy[t, lo + j, k] + d_state[lo + j, k]
+        _times_activation_grad(act, h, dp)
         # d s_{t-1} = d_pre @ W_hh    (n, S) = (n, H) x (H, S)
         gemm(dp, False, w_hh, False, d_state[lo:lo + n], False, scalars)
 
@@ -227,10 +373,13 @@ def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, st
 @njit(**_ROWS)
 def _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
                        projected, scalars):
-    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
+    one = scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = cells.shape[2]
     g_col = H if coupled else 2 * H
     o_col = g_col + H
+    # without peepholes, zero weights: adding 0 * c (c is finite) leaves the sums as they
+    # are, and the inner loop has no branch on the variant
+    p_i, p_f, p_o = _peephole_weights(w_ci, w_cf, w_co, peephole, coupled, H)
     for t in range(x_proj.shape[0]):
         n = _running(active, t, lo, hi)
         if n <= 0:
@@ -245,24 +394,32 @@ def _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_c
         for j in range(n):
             for k in range(H):
                 cp = c_prev[j, k]
-                a_i = gates[j, k] + (w_ci[k] * cp if peephole else zero)
-                i = _sigmoid(a_i, one)
-                if coupled:
-                    f = one - i
-                else:
-                    f = _sigmoid(gates[j, H + k] + (w_cf[k] * cp if peephole else zero), one)
-                    gates[j, H + k] = f
-                g = math.tanh(gates[j, g_col + k])
+                i = sigmoid(gates[j, k] + p_i[k] * cp)
+                # coupled: column H is g's, so the f computed from it is discarded, and
+                # the f stored there is overwritten by g below
+                f = sigmoid(gates[j, H + k] + p_f[k] * cp)
+                f = one - i if coupled else f
+                g = tanh(gates[j, g_col + k])
                 c = f * cp + i * g
-                o = _sigmoid(gates[j, o_col + k] + (w_co[k] * c if peephole else zero), one)
+                o = sigmoid(gates[j, o_col + k] + p_o[k] * c)
                 gates[j, k] = i
+                gates[j, H + k] = f
                 gates[j, g_col + k] = g
                 gates[j, o_col + k] = o
                 c_new[j, k] = c
-                out[j, k] = o * math.tanh(c)
+                out[j, k] = o * tanh(c)
         if projected:
             # h = m @ W_hr.T    (n, P) = (n, H) x (H, P)
             gemm(out, False, w_hr, True, states[t + 1, lo:lo + n], False, scalars)
+
+
+@njit(inline="always")
+def _peephole_weights(w_ci, w_cf, w_co, peephole, coupled, H):
+    """The peephole weights of i, f, o, zeros where the variant has none."""
+    none = np.zeros(H, w_ci.dtype)
+    if not peephole:
+        return none, none, none
+    return w_ci, none if coupled else w_cf, w_co
 
 
 @njit(**_ENTRY)
@@ -290,6 +447,8 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
     o_col = g_col + H
     scalars = _scalars_like(dy)
     zero, one = scalars[0], scalars[1]
+    p_i, p_f, p_o = _peephole_weights(w_ci, w_cf, w_co, peephole, coupled, H)
+    d_m_direct = np.empty((hi - lo if not projected else 0, H), cells.dtype)
     for t in range(dy.shape[0] - 1, -1, -1):
         n = _running(active, t, lo, hi)
         if n <= 0:
@@ -305,40 +464,51 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
         c_prev = cells[t, lo:lo + n]
         c_now = cells[t + 1, lo:lo + n]
         da = d_gates[t, lo:lo + n]
+        if not projected:
+            # dm: the state gradient, in d_m's rows so that the fused loop reads one array
+            dm_rows = d_m_direct[:n]
+            for j in range(n):
+                for k in range(H):
+                    dm_rows[j, k] = dy[t, lo + j, k] + d_state[lo + j, k]
+        else:
+            dm_rows = d_m[lo:lo + n]
         for j in range(n):
             for k in range(H):
-                dm = d_m[lo + j, k] if projected else dy[t, lo + j, k] + d_state[lo + j, k]
+                dm = dm_rows[j, k]
                 i = gates[j, k]
+                # coupled: column H is g's and f = 1 - i; the da_f stored there is
+                # overwritten by g's gradient below
                 f = one - i if coupled else gates[j, H + k]
                 g = gates[j, g_col + k]
                 o = gates[j, o_col + k]
                 cp = c_prev[j, k]
                 c = c_now[j, k]
-                tanh_c = math.tanh(c)
+                tanh_c = tanh(c)
                 dc = d_cell[lo + j, k] + dm * o * (one - tanh_c * tanh_c)
                 da_o = dm * tanh_c * o * (one - o)
-                if peephole:
-                    dc += da_o * w_co[k]
-                    peephole_sums[2, k] += da_o * c
+                dc += da_o * p_o[k]
                 di = dc * g
                 df = dc * cp
-                if coupled:
-                    di -= df  # f = 1 - i
+                di = di - df if coupled else di  # f = 1 - i
                 da_i = di * i * (one - i)
+                da_f = df * f * (one - f)
+                da_f = zero if coupled else da_f
                 dc_prev = dc * f
-                if not coupled:
-                    da_f = df * f * (one - f)
-                    da[j, H + k] = da_f
-                    if peephole:
-                        dc_prev += da_f * w_cf[k]
-                        peephole_sums[1, k] += da_f * cp
-                if peephole:
-                    dc_prev += da_i * w_ci[k]
-                    peephole_sums[0, k] += da_i * cp
+                dc_prev += da_f * p_f[k]
+                dc_prev += da_i * p_i[k]
+                da[j, H + k] = da_f
                 da[j, k] = da_i
                 da[j, g_col + k] = dc * i * (one - g * g)
                 da[j, o_col + k] = da_o
                 d_cell[lo + j, k] = dc_prev
+        if peephole:
+            # kept out of the fused loop: float64 sums the variants without peepholes skip
+            for j in range(n):
+                for k in range(H):
+                    peephole_sums[2, k] += da[j, o_col + k] * c_now[j, k]
+                    if not coupled:
+                        peephole_sums[1, k] += da[j, H + k] * c_prev[j, k]
+                    peephole_sums[0, k] += da[j, k] * c_prev[j, k]
         # dh_{t-1} = d_gates @ W_hh    (n, S) = (n, G*H) x (G*H, S)
         gemm(da, False, w_hh, False, d_state[lo:lo + n], False, scalars)
 
@@ -383,7 +553,7 @@ def lstm_backward(x, w_ih, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole
 
 @njit(**_ROWS)
 def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset_after, scalars):
-    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
+    one = scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = states.shape[2]
     for t in range(x_proj.shape[0]):
         n = _running(active, t, lo, hi)
@@ -399,10 +569,10 @@ def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset
             gemm(h_prev, False, w_hh, True, rec, False, scalars)
             for j in range(n):
                 for k in range(H):
-                    r = _sigmoid(gates[j, k] + rec[j, k], one)
-                    z = _sigmoid(gates[j, H + k] + rec[j, H + k], one)
+                    r = sigmoid(gates[j, k] + rec[j, k])
+                    z = sigmoid(gates[j, H + k] + rec[j, H + k])
                     h_n = rec[j, 2 * H + k] + b_hn[k]
-                    new = math.tanh(gates[j, 2 * H + k] + r * h_n)
+                    new = tanh(gates[j, 2 * H + k] + r * h_n)
                     gates[j, k] = r
                     gates[j, H + k] = z
                     gates[j, 2 * H + k] = new
@@ -413,16 +583,16 @@ def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset
             gemm(h_prev, False, w_hh[:2 * H], True, gates[:, :2 * H], True, scalars)
             for j in range(n):
                 for k in range(H):
-                    r = _sigmoid(gates[j, k], one)
+                    r = sigmoid(gates[j, k])
                     gates[j, k] = r
-                    gates[j, H + k] = _sigmoid(gates[j, H + k], one)
+                    gates[j, H + k] = sigmoid(gates[j, H + k])
                     kept[j, k] = r * h_prev[j, k]
             # gates[:, 2H:] += (r * h_{t-1}) @ W_hh[2H:].T    (n, H) += (n, H) x (H, H)
             gemm(kept, False, w_hh[2 * H:], True, gates[:, 2 * H:], True, scalars)
             for j in range(n):
                 for k in range(H):
                     z = gates[j, H + k]
-                    new = math.tanh(gates[j, 2 * H + k])
+                    new = tanh(gates[j, 2 * H + k])
                     gates[j, 2 * H + k] = new
                     h[j, k] = (one - z) * new + z * h_prev[j, k]
 
@@ -443,7 +613,7 @@ def gru_forward(x, w_ih, bias, w_hh, b_hn, active, chunk, reset_after, x_proj, s
 @njit(**_ROWS)
 def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
                        d_state, d_direct, scalars):
-    zero, one = scalars[0], scalars[1]  # in the arrays' dtype: float32 math stays float32
+    one = scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = states.shape[2]
     for t in range(dy.shape[0] - 1, -1, -1):
         n = _running(active, t, lo, hi)
@@ -458,7 +628,6 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
                 # the state gradient arrives by three paths: the output, the recurrent
                 # product of step t+1 and the direct z * h_{t-1} term of step t+1
                 dh = dy[t, lo + j, k] + d_state[lo + j, k] + d_direct[lo + j, k]
-                r = gates[j, k]
                 z = gates[j, H + k]
                 new = gates[j, 2 * H + k]
                 da_n = dh * (one - z) * (one - new * new)
@@ -466,13 +635,16 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
                 d_direct[lo + j, k] = dh * z
                 dxp[j, H + k] = da_z
                 dxp[j, 2 * H + k] = da_n
-                if reset_after:
-                    da_r = da_n * kept[j, k] * r * (one - r)
+        if reset_after:
+            # a loop of its own, so that the one above has no branch on the variant
+            for j in range(n):
+                for k in range(H):
+                    r = gates[j, k]
+                    da_r = dxp[j, 2 * H + k] * kept[j, k] * r * (one - r)
                     dxp[j, k] = da_r
                     d_hh[t, lo + j, k] = da_r
-                    d_hh[t, lo + j, H + k] = da_z
-                    d_hh[t, lo + j, 2 * H + k] = da_n * r
-        if reset_after:
+                    d_hh[t, lo + j, H + k] = dxp[j, H + k]
+                    d_hh[t, lo + j, 2 * H + k] = dxp[j, 2 * H + k] * r
             # dh_{t-1} = d_hh @ W_hh    (n, H) = (n, 3H) x (3H, H)
             gemm(d_hh[t, lo:lo + n], False, w_hh, False, d_state[lo:lo + n], False, scalars)
         else:
