@@ -1,4 +1,4 @@
-"""Layer configurations and random data shared by the test files."""
+"""Layer configurations, random data and checking helpers shared by the test files."""
 import numpy as np
 
 import rnncore as rc
@@ -62,3 +62,37 @@ def back(layer, dy, dstates=None):
         return dx, [dh, dc]
     dx, dh = layer.backward(dy, None if dstates is None else dstates[0])
     return dx, [dh]
+
+
+def finite_difference(loss, array, step=1e-6):
+    """d loss / d array by central differences, perturbing `array` in place."""
+    grad = np.empty_like(array)
+    flat, grad_flat = array.reshape(-1), grad.reshape(-1)
+    assert np.shares_memory(flat, array), "the array must be perturbed in place"
+    for i in range(flat.size):
+        saved = flat[i]
+        flat[i] = saved + step
+        up = loss()
+        flat[i] = saved - step
+        down = loss()
+        flat[i] = saved
+        grad_flat[i] = (up - down) / (2 * step)
+    return grad
+
+
+def assert_same_tree(a, b):
+    """Nested dicts/lists/tuples of arrays and scalars equal bit for bit, types and dtypes included."""
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            assert_same_tree(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_tree(x, y)
+    elif isinstance(a, (np.ndarray, np.generic)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    else:
+        assert a == b

@@ -14,6 +14,7 @@ import pytest
 
 import rnncore as rc
 from rnncore.checkpoint import CheckpointError
+from cases import assert_same_tree
 
 
 OBJECTS = {
@@ -77,23 +78,6 @@ class StandInOptimizer:
 
     def load_state_dict(self, state):
         self.state = state
-
-
-def assert_same_tree(a, b):
-    assert type(a) is type(b), (a, b)
-    if isinstance(a, dict):
-        assert list(a) == list(b)
-        for key in a:
-            assert_same_tree(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same_tree(x, y)
-    elif isinstance(a, (np.ndarray, np.generic)):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
-    else:
-        assert a == b
 
 
 def test_optimizer_state_round_trip(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 import rnncore as rc
 from rnncore.checkpoint import CheckpointError
+from cases import assert_same_tree
 
 
 def make_model(dtype=np.float32, seed=0):
@@ -31,23 +32,6 @@ def assert_same_params(a, b):
     for name in pa:
         assert pa[name].dtype == pb[name].dtype, name
         np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
-
-
-def assert_same_tree(a, b):
-    assert type(a) is type(b), (a, b)
-    if isinstance(a, dict):
-        assert list(a) == list(b)
-        for key in a:
-            assert_same_tree(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same_tree(x, y)
-    elif isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
-    else:
-        assert a == b
 
 
 OPTIMIZERS = {

@@ -21,7 +21,7 @@ import pytest
 
 import rnncore as rc
 from rnncore import functional as F
-from cases import VARIANTS, back, build, call, random_states
+from cases import VARIANTS, back, build, call, finite_difference, random_states
 
 EPS = 1e-6
 RTOL = 1e-6
@@ -29,27 +29,11 @@ SCALE_FLOOR = 1e-2
 VARIANT = {name: (cls, kwargs) for name, cls, kwargs in VARIANTS}
 
 
-def finite_difference(loss, array):
-    """dL/d array by central differences, perturbing `array` in place."""
-    grad = np.empty_like(array)
-    flat, grad_flat = array.reshape(-1), grad.reshape(-1)
-    assert np.shares_memory(flat, array), "the array must be perturbed in place"
-    for i in range(flat.size):
-        saved = flat[i]
-        flat[i] = saved + EPS
-        up = loss()
-        flat[i] = saved - EPS
-        down = loss()
-        flat[i] = saved
-        grad_flat[i] = (up - down) / (2 * EPS)
-    return grad
-
-
 def check(loss, analytic, arrays):
     """Each analytic gradient against the finite difference of `loss` in its array."""
     assert sorted(analytic) == sorted(arrays)
     for name, array in arrays.items():
-        numeric = finite_difference(loss, array)
+        numeric = finite_difference(loss, array, EPS)
         assert analytic[name].shape == numeric.shape, name
         scale = max(float(np.max(np.abs(numeric))), SCALE_FLOOR)
         err = float(np.max(np.abs(analytic[name] - numeric)))

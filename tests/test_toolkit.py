@@ -4,27 +4,14 @@ import numpy as np
 import pytest
 
 import rnncore as rc
+from cases import finite_difference
 from conftest import assert_close
 
 F64 = np.float64
 # Central differences in float64 with step 1e-6: truncation error ~ h^2 * f''' ~ 1e-12,
 # rounding ~ 1e-16 / 1e-6 = 1e-10 relative; 1e-6 relative to the largest gradient is
 # far above both and far below any real error (a wrong term is O(1) relative).
-FD_STEP = 1e-6
-FD_RTOL = 1e-6
-
-
-def numeric_gradient(f, array):
-    grad = np.zeros_like(array)
-    for index in np.ndindex(array.shape):
-        old = array[index]
-        array[index] = old + FD_STEP
-        up = f()
-        array[index] = old - FD_STEP
-        down = f()
-        array[index] = old
-        grad[index] = (up - down) / (2 * FD_STEP)
-    return grad
+FD_RTOL = 1e-6  # with finite_difference's default step of 1e-6
 
 
 def check_module(module, x, extra_params=()):
@@ -45,9 +32,9 @@ def check_module(module, x, extra_params=()):
     dx = module.backward(weights)
     dx = dx[0] if isinstance(dx, tuple) else dx
     if x.dtype.kind == "f":
-        assert_close(dx, numeric_gradient(objective, x), rtol=FD_RTOL, what="dx")
+        assert_close(dx, finite_difference(objective, x), rtol=FD_RTOL, what="dx")
     for name, param in module.parameters().items():
-        assert_close(module.grads[name], numeric_gradient(objective, param), rtol=FD_RTOL, what=name)
+        assert_close(module.grads[name], finite_difference(objective, param), rtol=FD_RTOL, what=name)
 
 
 @pytest.mark.parametrize("shape", [(4, 3), (5, 2, 3), (3,)])
@@ -84,7 +71,7 @@ def test_last_step_gradient_with_lengths(batch_first):
 def loss_gradient_check(loss_fn, x, *args, **kwargs):
     loss_fn(x, *args, **kwargs)
     analytic = loss_fn.backward()
-    assert_close(analytic, numeric_gradient(lambda: loss_fn(x, *args, **kwargs), x), rtol=FD_RTOL, what="dloss")
+    assert_close(analytic, finite_difference(lambda: loss_fn(x, *args, **kwargs), x), rtol=FD_RTOL, what="dloss")
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -151,8 +138,8 @@ def test_sequential_gradients_through_embedding_lstm_linear():
     dx, (dh0,) = model.backward(loss_fn.backward())
     assert dx is None  # integer inputs
     for name, param in model.parameters().items():
-        assert_close(model.grads[name], numeric_gradient(objective, param), rtol=FD_RTOL, what=name)
-    assert_close(dh0[1], numeric_gradient(objective, h0[1]), rtol=FD_RTOL, what="dc0")
+        assert_close(model.grads[name], finite_difference(objective, param), rtol=FD_RTOL, what=name)
+    assert_close(dh0[1], finite_difference(objective, h0[1]), rtol=FD_RTOL, what="dc0")
 
 
 def test_sequential_lengths_reach_recurrent_layer_and_last_step():
