@@ -243,6 +243,11 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
         _recurrent.forward_all(plans, is_double, 1)
 
     D, P = len(plans), spec.out_size
+    if D == 1 and not schedule.packed and not training:
+        # one direction in time order: hs already is y, and in inference nothing else
+        # keeps it (training keeps hs for the backward pass, so y must be a copy there)
+        y = plans[0]["hs"].reshape(T, B, P)
+        return y, [_final_states(spec, plans[0], schedule)], None
     y = (np.zeros if schedule.packed else np.empty)((T, B, D * P), dtype)
     for d, plan in enumerate(plans):
         if schedule.packed:
