@@ -189,7 +189,8 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5,
-                        help="per round; medians pool rounds x repeats (>= 7); the first call after another peer can be slow (caches), so a block of several keeps the median honest")
+                        help="calls per peer per round; medians pool rounds x repeats (>= 7). The first call "
+                             "after another peer can be slow (cold caches): a block of several keeps the median honest")
     parser.add_argument("--backends", nargs="+", default=None)
     parser.add_argument("--peers", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--quick", action="store_true", help="two small cases, 1 thread, few repeats")
