@@ -132,10 +132,12 @@ class _WorkOrder:
 
     def final(self, buffer):
         """Each row's value after its own last step, in the caller's order, from a
-        buffer kept per step ((T+1, B, n), step t at t+1) or only running ((1, B, n))."""
+        buffer kept per step ((T+1, B, n), step t at t+1), only running ((1, B, n)) or
+        running in two alternating slots ((2, B, n), step t at (t+1) % 2)."""
         if buffer.shape[0] == 1:
             return self.unrows(buffer[0])
-        return self.unrows(buffer[self.lengths, self.batch])
+        # lengths < T+1: the modulus changes nothing for a buffer kept per step
+        return self.unrows(buffer[self.lengths % buffer.shape[0], self.batch])
 
 
 def _dummy(dtype, ndim):
@@ -212,7 +214,8 @@ def _lstm_forward(spec, p, x, state0, order, training):
     x_proj = np.empty((T, B, G * H), dtype)
     states = np.zeros((T + 1, B, S), dtype)
     states[0] = state0[0]
-    cells = np.zeros((T + 1, B, H), dtype) if training else np.empty((1, B, H), dtype)
+    # inference: c_{t-1} and c_t in two alternating slots (see kernels._lstm_forward_rows)
+    cells = np.zeros((T + 1, B, H), dtype) if training else np.empty((2, B, H), dtype)
     cells[0] = state0[1]
     m = _per_step(training, T, B, H, dtype) if projected else _dummy(dtype, 3)
     w_hr = p["weight_hr"] if projected else _dummy(dtype, 2)

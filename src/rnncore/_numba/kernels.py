@@ -370,16 +370,51 @@ def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, st
 # c_{t-1}, o sees c_t. With a projection, h_t = m_t @ W_hr.T where m_t = o * tanh(c_t);
 # without, h_t = m_t is written straight into the state.
 
+# The element-wise passes below are runs of short loops over one row's contiguous gate
+# blocks, each loop writing one array. LLVM vectorises a loop only after proving, or
+# checking at run time, that its stores cannot overlap its other operands; it stops
+# checking past a handful of array pairs, and a check between c_{t-1} and c_t held in
+# one buffer always fails. One store target per loop keeps the checks few, and
+# inference alternates two cell slots, so that c_{t-1} and c_t are never one array.
+
+@njit(**_ROWS)
+def _lstm_cell_forward(row, c_prev, c_new, out, p_i, p_f, p_o, coupled):
+    """One row of one step: the gate pre-activations in `row` become the activated
+    gates; c_new = f * c_prev + i * g; out = o * tanh(c_new)."""
+    one = c_prev.dtype.type(1)
+    H = c_prev.shape[0]
+    g_col = H if coupled else 2 * H
+    gate_i = row[:H]
+    gate_g = row[g_col:g_col + H]
+    gate_o = row[g_col + H:g_col + 2 * H]
+    for k in range(H):
+        gate_i[k] = sigmoid(gate_i[k] + p_i[k] * c_prev[k])
+    for k in range(H):
+        gate_g[k] = tanh(gate_g[k])
+    if coupled:  # f = 1 - i, not stored
+        for k in range(H):
+            c_new[k] = (one - gate_i[k]) * c_prev[k] + gate_i[k] * gate_g[k]
+    else:
+        gate_f = row[H:2 * H]
+        for k in range(H):
+            gate_f[k] = sigmoid(gate_f[k] + p_f[k] * c_prev[k])
+        for k in range(H):
+            c_new[k] = gate_f[k] * c_prev[k] + gate_i[k] * gate_g[k]
+    for k in range(H):
+        gate_o[k] = sigmoid(gate_o[k] + p_o[k] * c_new[k])
+    for k in range(H):
+        out[k] = gate_o[k] * tanh(c_new[k])
+
+
 @njit(**_ROWS)
 def _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
                        projected, scalars):
-    one = scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = cells.shape[2]
-    g_col = H if coupled else 2 * H
-    o_col = g_col + H
     # without peepholes, zero weights: adding 0 * c (c is finite) leaves the sums as they
-    # are, and the inner loop has no branch on the variant
+    # are, and the inner loops have no branch on the variant
     p_i, p_f, p_o = _peephole_weights(w_ci, w_cf, w_co, peephole, coupled, H)
+    # c_t sits at t in training (T+1 slots) and at t % 2 in inference (2 slots)
+    slots = cells.shape[0]
     for t in range(x_proj.shape[0]):
         n = _running(active, t, lo, hi)
         if n <= 0:
@@ -387,27 +422,11 @@ def _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hr, w_c
         gates = x_proj[t, lo:lo + n]
         # gates += h_{t-1} @ W_hh.T    (n, G*H) += (n, S) x (S, G*H)
         gemm(states[t, lo:lo + n], False, w_hh, True, gates, True, scalars)
-        per_step = cells.shape[0] > 1
-        c_prev = cells[t if per_step else 0, lo:lo + n]
-        c_new = cells[t + 1 if per_step else 0, lo:lo + n]
+        c_prev = cells[t % slots, lo:lo + n]
+        c_new = cells[(t + 1) % slots, lo:lo + n]
         out = m[_slot(m, t), lo:lo + n] if projected else states[t + 1, lo:lo + n]
         for j in range(n):
-            for k in range(H):
-                cp = c_prev[j, k]
-                i = sigmoid(gates[j, k] + p_i[k] * cp)
-                # coupled: column H is g's, so the f computed from it is discarded, and
-                # the f stored there is overwritten by g below
-                f = sigmoid(gates[j, H + k] + p_f[k] * cp)
-                f = one - i if coupled else f
-                g = tanh(gates[j, g_col + k])
-                c = f * cp + i * g
-                o = sigmoid(gates[j, o_col + k] + p_o[k] * c)
-                gates[j, k] = i
-                gates[j, H + k] = f
-                gates[j, g_col + k] = g
-                gates[j, o_col + k] = o
-                c_new[j, k] = c
-                out[j, k] = o * tanh(c)
+            _lstm_cell_forward(gates[j], c_prev[j], c_new[j], out[j], p_i, p_f, p_o, coupled)
         if projected:
             # h = m @ W_hr.T    (n, P) = (n, H) x (H, P)
             gemm(out, False, w_hr, True, states[t + 1, lo:lo + n], False, scalars)
@@ -439,6 +458,48 @@ def lstm_forward(x, w_ih, bias, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, pee
 
 
 @njit(**_ROWS)
+def _lstm_cell_backward(gates, c_prev, c_now, dm, d_cell, d_row, p_i, p_f, p_o, coupled):
+    """One row of one step back: dm is the gradient of m_t, d_cell holds that of c_t
+    from step t+1 and leaves with that of c_{t-1}; d_row receives the gradients of the
+    gate pre-activations."""
+    one = c_prev.dtype.type(1)
+    H = c_prev.shape[0]
+    g_col = H if coupled else 2 * H
+    i = gates[:H]
+    g = gates[g_col:g_col + H]
+    o = gates[g_col + H:g_col + 2 * H]
+    da_i = d_row[:H]
+    da_g = d_row[g_col:g_col + H]
+    da_o = d_row[g_col + H:g_col + 2 * H]
+    # tanh(c_t) waits in da_o's place: a scratch row without an allocation
+    for k in range(H):
+        da_o[k] = tanh(c_now[k])
+    for k in range(H):
+        d_cell[k] = (d_cell[k] + dm[k] * o[k] * (one - da_o[k] * da_o[k])
+                     + dm[k] * da_o[k] * o[k] * (one - o[k]) * p_o[k])
+    for k in range(H):
+        da_o[k] = dm[k] * da_o[k] * o[k] * (one - o[k])
+    if coupled:  # f = 1 - i: i's gradient takes -dc * c_{t-1} from f's
+        for k in range(H):
+            da_i[k] = (d_cell[k] * g[k] - d_cell[k] * c_prev[k]) * i[k] * (one - i[k])
+    else:
+        for k in range(H):
+            da_i[k] = d_cell[k] * g[k] * i[k] * (one - i[k])
+    for k in range(H):
+        da_g[k] = d_cell[k] * i[k] * (one - g[k] * g[k])
+    if coupled:
+        for k in range(H):
+            d_cell[k] = d_cell[k] * (one - i[k]) + da_i[k] * p_i[k]
+    else:
+        f = gates[H:2 * H]
+        da_f = d_row[H:2 * H]
+        for k in range(H):
+            da_f[k] = d_cell[k] * c_prev[k] * f[k] * (one - f[k])
+        for k in range(H):
+            d_cell[k] = d_cell[k] * f[k] + da_f[k] * p_f[k] + da_i[k] * p_i[k]
+
+
+@njit(**_ROWS)
 def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
                         projected, d_gates, d_h, d_m, d_state, d_cell, peephole_sums):
     H = cells.shape[2]
@@ -446,7 +507,6 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
     g_col = H if coupled else 2 * H
     o_col = g_col + H
     scalars = _scalars_like(dy)
-    zero, one = scalars[0], scalars[1]
     p_i, p_f, p_o = _peephole_weights(w_ci, w_cf, w_co, peephole, coupled, H)
     d_m_direct = np.empty((hi - lo if not projected else 0, H), cells.dtype)
     for t in range(dy.shape[0] - 1, -1, -1):
@@ -465,7 +525,7 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
         c_now = cells[t + 1, lo:lo + n]
         da = d_gates[t, lo:lo + n]
         if not projected:
-            # dm: the state gradient, in d_m's rows so that the fused loop reads one array
+            # dm: the state gradient, in rows of its own so that the element-wise pass reads one array
             dm_rows = d_m_direct[:n]
             for j in range(n):
                 for k in range(H):
@@ -473,34 +533,8 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
         else:
             dm_rows = d_m[lo:lo + n]
         for j in range(n):
-            for k in range(H):
-                dm = dm_rows[j, k]
-                i = gates[j, k]
-                # coupled: column H is g's and f = 1 - i; the da_f stored there is
-                # overwritten by g's gradient below
-                f = one - i if coupled else gates[j, H + k]
-                g = gates[j, g_col + k]
-                o = gates[j, o_col + k]
-                cp = c_prev[j, k]
-                c = c_now[j, k]
-                tanh_c = tanh(c)
-                dc = d_cell[lo + j, k] + dm * o * (one - tanh_c * tanh_c)
-                da_o = dm * tanh_c * o * (one - o)
-                dc += da_o * p_o[k]
-                di = dc * g
-                df = dc * cp
-                di = di - df if coupled else di  # f = 1 - i
-                da_i = di * i * (one - i)
-                da_f = df * f * (one - f)
-                da_f = zero if coupled else da_f
-                dc_prev = dc * f
-                dc_prev += da_f * p_f[k]
-                dc_prev += da_i * p_i[k]
-                da[j, H + k] = da_f
-                da[j, k] = da_i
-                da[j, g_col + k] = dc * i * (one - g * g)
-                da[j, o_col + k] = da_o
-                d_cell[lo + j, k] = dc_prev
+            _lstm_cell_backward(gates[j], c_prev[j], c_now[j], dm_rows[j], d_cell[lo + j], da[j], p_i, p_f, p_o,
+                                coupled)
         if peephole:
             # kept out of the fused loop: float64 sums the variants without peepholes skip
             for j in range(n):
@@ -552,9 +586,29 @@ def lstm_backward(x, w_ih, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole
 # and `aux` keeps r * h_{t-1}, the operand of the second.
 
 @njit(**_ROWS)
+def _gru_cell_reset_after(row, rec, b_hn, h_prev, kept, h):
+    """One row of one step, reset after the product: `row` (x_r, x_z, x_n) becomes
+    (r, z, n); kept = h_{t-1} @ W_hn.T + b_hn; h = (1 - z) * n + z * h_{t-1}."""
+    one = h.dtype.type(1)
+    H = h.shape[0]
+    r, z, new = row[:H], row[H:2 * H], row[2 * H:]
+    for k in range(H):
+        r[k] = sigmoid(r[k] + rec[k])
+    for k in range(H):
+        z[k] = sigmoid(z[k] + rec[H + k])
+    for k in range(H):
+        kept[k] = rec[2 * H + k] + b_hn[k]
+    for k in range(H):
+        new[k] = tanh(new[k] + r[k] * kept[k])
+    for k in range(H):
+        h[k] = (one - z[k]) * new[k] + z[k] * h_prev[k]
+
+
+@njit(**_ROWS)
 def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset_after, scalars):
     one = scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = states.shape[2]
+    # one store target per loop, as in the LSTM passes (see _lstm_cell_forward)
     for t in range(x_proj.shape[0]):
         n = _running(active, t, lo, hi)
         if n <= 0:
@@ -568,33 +622,25 @@ def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, b_hn, reset
             # hh = h_{t-1} @ W_hh.T    (n, 3H) = (n, H) x (H, 3H)
             gemm(h_prev, False, w_hh, True, rec, False, scalars)
             for j in range(n):
-                for k in range(H):
-                    r = sigmoid(gates[j, k] + rec[j, k])
-                    z = sigmoid(gates[j, H + k] + rec[j, H + k])
-                    h_n = rec[j, 2 * H + k] + b_hn[k]
-                    new = tanh(gates[j, 2 * H + k] + r * h_n)
-                    gates[j, k] = r
-                    gates[j, H + k] = z
-                    gates[j, 2 * H + k] = new
-                    kept[j, k] = h_n
-                    h[j, k] = (one - z) * new + z * h_prev[j, k]
+                _gru_cell_reset_after(gates[j], rec[j], b_hn, h_prev[j], kept[j], h[j])
         else:
             # gates[:, :2H] += h_{t-1} @ W_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
             gemm(h_prev, False, w_hh[:2 * H], True, gates[:, :2 * H], True, scalars)
             for j in range(n):
+                r_z = gates[j, :2 * H]
+                for k in range(2 * H):
+                    r_z[k] = sigmoid(r_z[k])
+                r, kept_row, h_prev_row = gates[j, :H], kept[j], h_prev[j]
                 for k in range(H):
-                    r = sigmoid(gates[j, k])
-                    gates[j, k] = r
-                    gates[j, H + k] = sigmoid(gates[j, H + k])
-                    kept[j, k] = r * h_prev[j, k]
+                    kept_row[k] = r[k] * h_prev_row[k]
             # gates[:, 2H:] += (r * h_{t-1}) @ W_hh[2H:].T    (n, H) += (n, H) x (H, H)
             gemm(kept, False, w_hh[2 * H:], True, gates[:, 2 * H:], True, scalars)
             for j in range(n):
+                z, new, h_row, h_prev_row = gates[j, H:2 * H], gates[j, 2 * H:], h[j], h_prev[j]
                 for k in range(H):
-                    z = gates[j, H + k]
-                    new = tanh(gates[j, 2 * H + k])
-                    gates[j, 2 * H + k] = new
-                    h[j, k] = (one - z) * new + z * h_prev[j, k]
+                    new[k] = tanh(new[k])
+                for k in range(H):
+                    h_row[k] = (one - z[k]) * new[k] + z[k] * h_prev_row[k]
 
 
 @njit(**_ENTRY)
@@ -624,27 +670,30 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
         kept = aux[t, lo:lo + n]
         dxp = d_x_proj[t, lo:lo + n]
         for j in range(n):
+            r, z, new = gates[j, :H], gates[j, H:2 * H], gates[j, 2 * H:]
+            da_r, da_z, da_n = dxp[j, :H], dxp[j, H:2 * H], dxp[j, 2 * H:]
+            dy_row, d_state_row, dh, h_prev_row = dy[t, lo + j], d_state[lo + j], d_direct[lo + j], h_prev[j]
+            # the state gradient arrives by three paths: the output, the recurrent
+            # product of step t+1 and the direct z * h_{t-1} term of step t+1 (the
+            # last kept in d_direct, which holds the sum until it takes this step's)
             for k in range(H):
-                # the state gradient arrives by three paths: the output, the recurrent
-                # product of step t+1 and the direct z * h_{t-1} term of step t+1
-                dh = dy[t, lo + j, k] + d_state[lo + j, k] + d_direct[lo + j, k]
-                z = gates[j, H + k]
-                new = gates[j, 2 * H + k]
-                da_n = dh * (one - z) * (one - new * new)
-                da_z = dh * (h_prev[j, k] - new) * z * (one - z)
-                d_direct[lo + j, k] = dh * z
-                dxp[j, H + k] = da_z
-                dxp[j, 2 * H + k] = da_n
-        if reset_after:
-            # a loop of its own, so that the one above has no branch on the variant
-            for j in range(n):
+                dh[k] = dy_row[k] + d_state_row[k] + dh[k]
+            for k in range(H):
+                da_n[k] = dh[k] * (one - z[k]) * (one - new[k] * new[k])
+            for k in range(H):
+                da_z[k] = dh[k] * (h_prev_row[k] - new[k]) * z[k] * (one - z[k])
+            for k in range(H):
+                dh[k] = dh[k] * z[k]
+            if reset_after:
+                kept_row = kept[j]
                 for k in range(H):
-                    r = gates[j, k]
-                    da_r = dxp[j, 2 * H + k] * kept[j, k] * r * (one - r)
-                    dxp[j, k] = da_r
-                    d_hh[t, lo + j, k] = da_r
-                    d_hh[t, lo + j, H + k] = dxp[j, H + k]
-                    d_hh[t, lo + j, 2 * H + k] = dxp[j, 2 * H + k] * r
+                    da_r[k] = da_n[k] * kept_row[k] * r[k] * (one - r[k])
+                d_rec = d_hh[t, lo + j]
+                d_rec[:2 * H] = dxp[j, :2 * H]
+                d_rec_n = d_rec[2 * H:]
+                for k in range(H):
+                    d_rec_n[k] = da_n[k] * r[k]
+        if reset_after:
             # dh_{t-1} = d_hh @ W_hh    (n, H) = (n, 3H) x (3H, H)
             gemm(d_hh[t, lo:lo + n], False, w_hh, False, d_state[lo:lo + n], False, scalars)
         else:
@@ -652,10 +701,12 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
             # d(r * h_{t-1}) = da_n @ W_hn    (n, H) = (n, H) x (H, H)
             gemm(dxp[:, 2 * H:], False, w_hh[2 * H:], False, d_kept, False, scalars)
             for j in range(n):
+                r, da_r, d_kept_row, h_prev_row = gates[j, :H], dxp[j, :H], d_kept[j], h_prev[j]
+                d_direct_row = d_direct[lo + j]
                 for k in range(H):
-                    r = gates[j, k]
-                    dxp[j, k] = d_kept[j, k] * h_prev[j, k] * r * (one - r)
-                    d_direct[lo + j, k] += d_kept[j, k] * r
+                    da_r[k] = d_kept_row[k] * h_prev_row[k] * r[k] * (one - r[k])
+                for k in range(H):
+                    d_direct_row[k] += d_kept_row[k] * r[k]
             # dh_{t-1} += [da_r, da_z] @ W_hh[:2H]    (n, H) = (n, 2H) x (2H, H)
             gemm(dxp[:, :2 * H], False, w_hh[:2 * H], False, d_state[lo:lo + n], False, scalars)
 
