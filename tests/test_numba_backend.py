@@ -243,3 +243,30 @@ def test_long_float64_sequence_stays_with_the_reference(kind):
         results.append((y, dx, layer.grads["weight_hh_l0"]))
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("kind,options", [("lstm", {}), ("lstm", dict(peephole=True, coupled_input_forget=True)),
+                                          ("gru", {}), ("gru", dict(reset_after=False)), ("rnn", {})])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_products_small_loops_and_blas_agree_with_the_reference(kind, options, dtype):
+    # 20 rows in one chunk, running 20, 17, 9 and then 4 as the lengths run out. Forward
+    # takes BLAS for the whole call (its widest step has more than 16 rows); backward
+    # takes BLAS at 20 and 17 rows and the small loops at 9 and 4, or at 4 only where
+    # the weight passes 64 KB (H = 100: all but the float32 Elman one). The other tests'
+    # batches of at most 16 rows take the small loops forward too.
+    rng = np.random.default_rng(9)
+    B, I = 20, 5
+    lengths = np.array([7] * 4 + [5] * 5 + [3] * 8 + [1] * 3)
+    for H in (6, 100):
+        x = rng.standard_normal((7, B, I)).astype(dtype)
+        dy = None
+        results = []
+        for backend in ("numba", "numpy"):
+            cls = {"lstm": rc.LSTM, "gru": rc.GRU, "rnn": rc.RNN}[kind]
+            layer = cls(I, H, dtype=dtype, seed=4, backend=backend, **options)
+            y, _ = layer(x, lengths=lengths)
+            dy = rng.standard_normal(y.shape).astype(dtype) if dy is None else dy
+            dx, _ = layer.backward(dy)
+            results.append((y, dx, layer.grads["weight_hh_l0"]))
+        for got, want in zip(*results):
+            assert_close(got, want)
