@@ -136,7 +136,8 @@ def export(layer, path, *, initial_state=False, lengths=False, opset=OPSET):
         inputs += [helper.make_tensor_value_info(name, element, [D * layer.num_layers, "batch", H])
                    for name in state_names]
     merge_directions = constant("shape_T_N_DH", np.array([0, 0, -1], dtype=np.int64))
-    axis0 = constant("axis_0", np.array([0], dtype=np.int64))
+    # only graphs that slice h0/c0 need the axis, and ORT warns about unused initializers
+    axis0 = constant("axis_0", np.array([0], dtype=np.int64)) if initial_state else None
 
     finals = {name: [] for name in state_names}
     for k, spec in enumerate(layer.specs):
