@@ -21,6 +21,29 @@ def _param_name(base, layer, direction):
     return f"{base}_l{layer}" + ("_reverse" if direction else "")
 
 
+def copy_state(params, mapping, strict=True):
+    """Copy `mapping` (name -> array-like) into the live arrays `params`, in place so that
+    references stay valid. Every name, shape and dtype is checked first, and each problem
+    listed, so a bad mapping changes nothing."""
+    given = {name: _validate.to_numpy(value) for name, value in mapping.items()}
+    if strict:
+        missing = [n for n in params if n not in given]
+        unexpected = [n for n in given if n not in params]
+        if missing or unexpected:
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+    given = {n: v for n, v in given.items() if n in params}
+    wrong = [f"{n}: expected shape {params[n].shape}, got {v.shape}" for n, v in given.items()
+             if v.shape != params[n].shape]
+    if wrong:
+        raise ValueError("load_state_dict: " + "; ".join(wrong))
+    bad_type = [f"{n}: expected a real number array, got dtype {v.dtype}" for n, v in given.items()
+                if v.dtype.kind not in "iuf"]
+    if bad_type:
+        raise TypeError("load_state_dict: " + "; ".join(bad_type))
+    for name, value in given.items():
+        params[name][...] = value
+
+
 class _Parametrised:
     """Parameters by name, their gradients, state_dict, train/eval: shared by layers
     and cells. Subclasses fill `self._params` in `_init_params` order."""
@@ -47,23 +70,7 @@ class _Parametrised:
     def load_state_dict(self, mapping, strict=True):
         """Copy parameters in from any mapping of name to array-like (a PyTorch
         state_dict as it is). Wrong names or shapes leave the layer unchanged."""
-        given = {name: _validate.to_numpy(value) for name, value in mapping.items()}
-        if strict:
-            missing = [n for n in self._params if n not in given]
-            unexpected = [n for n in given if n not in self._params]
-            if missing or unexpected:
-                raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        wrong = [f"{n}: expected shape {self._params[n].shape}, got {v.shape}"
-                 for n, v in given.items() if n in self._params and v.shape != self._params[n].shape]
-        if wrong:
-            raise ValueError("load_state_dict: " + "; ".join(wrong))
-        bad_type = [f"{n}: expected a real number array, got dtype {v.dtype}"
-                    for n, v in given.items() if n in self._params and v.dtype.kind not in "iuf"]
-        if bad_type:
-            raise TypeError("load_state_dict: " + "; ".join(bad_type))
-        for name, value in given.items():
-            if name in self._params:
-                self._params[name][...] = value  # in place: live references stay valid
+        copy_state(self._params, mapping, strict)
 
     def zero_grad(self):
         for g in self.grads.values():

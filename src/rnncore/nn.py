@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _backend, _validate
-from .layers import _Parametrised, _Recurrent
+from .layers import _Parametrised, _Recurrent, copy_state
 
 __all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential"]
 
@@ -367,28 +367,9 @@ class Sequential:
         return self._named(lambda m: m.state_dict())
 
     def load_state_dict(self, mapping, strict=True):
-        """Split "<index>.<name>" keys among the modules; all are checked before any is
-        loaded, so a bad mapping leaves every module unchanged."""
-        per_module = [{} for _ in self.modules]
-        unexpected = []
-        for key, value in mapping.items():
-            index, _, name = str(key).partition(".")
-            if index.isdigit() and int(index) < len(self.modules):
-                per_module[int(index)][name] = value
-            else:
-                unexpected.append(key)
-        missing = [f"{i}.{n}" for i, m in enumerate(self.modules) for n in m.parameters() if n not in per_module[i]]
-        unexpected += [f"{i}.{n}" for i, m in enumerate(self.modules) for n in per_module[i]
-                       if n not in m.parameters()]
-        if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        wrong = [f"{i}.{n}: expected shape {m.parameters()[n].shape}, got {np.shape(_validate.to_numpy(v))}"
-                 for i, m in enumerate(self.modules) for n, v in per_module[i].items()
-                 if n in m.parameters() and np.shape(_validate.to_numpy(v)) != m.parameters()[n].shape]
-        if wrong:
-            raise ValueError("load_state_dict: " + "; ".join(wrong))
-        for module, given in zip(self.modules, per_module):
-            module.load_state_dict({n: v for n, v in given.items() if n in module.parameters()}, strict=False)
+        """Load "<index>.<name>" keys into the modules; everything is checked before
+        anything is copied, so a bad mapping leaves every module unchanged."""
+        copy_state(self.parameters(), mapping, strict)
 
     def zero_grad(self):
         for module in self.modules:
