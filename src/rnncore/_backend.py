@@ -5,6 +5,7 @@ at the end of `_reference.py`). The default is the fastest one that imports here
 cython when the extension was compiled, else numba, else the NumPy reference.
 """
 import importlib
+import numbers
 import os
 import warnings
 
@@ -19,6 +20,7 @@ _loaded = {}
 _import_errors = {}
 _selected = None
 _num_threads = None
+_CPU_COUNT = os.cpu_count() or 1  # read once: the call costs a system call, per call in step-by-step decoding
 
 
 def _load(name):
@@ -86,9 +88,9 @@ def resolve(name=None):
 def set_num_threads(n):
     """Threads used by the kernels and by BLAS."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
-    _num_threads = n
+    _num_threads = n = int(n)
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=n, user_api="blas")
     for module in _loaded.values():
@@ -98,16 +100,14 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    if _num_threads is None:
-        return int(os.environ.get("RNNCORE_NUM_THREADS", 0)) or os.cpu_count() or 1
-    return _num_threads
+    """Threads used by the kernels and by BLAS (default: the CPU count)."""
+    return _num_threads if _num_threads is not None else _CPU_COUNT
 
 
 def _init_threads_from_env():
     value = os.environ.get("RNNCORE_NUM_THREADS")
     if value:
         try:
-            n = int(value)
+            set_num_threads(int(value))
         except ValueError:
             raise ValueError(f"RNNCORE_NUM_THREADS: expected a positive int, got {value!r}") from None
-        set_num_threads(n)

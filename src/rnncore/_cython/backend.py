@@ -8,7 +8,6 @@ compiled stages: the input projection, the time loop, and (backward) the product
 all steps. Importing it fails with ImportError when the extension was not compiled, so
 the registry falls back to another backend.
 """
-import os
 
 import numpy as np
 
@@ -24,14 +23,7 @@ _ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
 # LSTM (100, 16, 32, 64) forward 3.2 -> 2.7 ms, GRU 2.5 -> 2.0 ms (one thread, AVX2).
 SMALL_ROWS = 32
 
-_num_threads = None
 _blas_controller = None
-
-
-def set_num_threads(n):
-    """Threads for running the two directions of a layer concurrently."""
-    global _num_threads
-    _num_threads = int(n)
 
 
 def _apply_thread_setting():
@@ -43,19 +35,6 @@ def _apply_thread_setting():
 
 
 _apply_thread_setting()
-
-
-_default_threads = None
-
-
-def _threads():
-    global _default_threads
-    if _num_threads is not None:
-        return _num_threads
-    if _default_threads is None:
-        # read once: os.cpu_count() costs a system call, a per-call cost in step-by-step decoding
-        _default_threads = int(os.environ.get("RNNCORE_NUM_THREADS", 0)) or os.cpu_count() or 1
-    return _default_threads
 
 
 class _SingleThreadedBlas:
@@ -235,7 +214,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
     plans = [_plan(spec, p, x, s, schedule, rev, training, dtype)
              for p, s, rev in zip(params, states, reverse)]
     _recurrent.input_projection_all(plans, is_double)
-    threads = _threads()
+    threads = _backend.get_num_threads()
     if threads > 1 and len(plans) > 1:
         with _SingleThreadedBlas():
             _recurrent.forward_all(plans, is_double, threads)
@@ -301,7 +280,7 @@ def layer_backward(ctx, dy, dstates_n):
                           ("g_b_ho", "bias_ho")):
             plan[key] = g.get(name)
 
-    threads = _threads()
+    threads = _backend.get_num_threads()
     if threads > 1 and D > 1:
         with _SingleThreadedBlas():
             _recurrent.backward_all(plans, is_double, threads)
