@@ -428,3 +428,29 @@ def test_jordan_shapes_and_feedback(backend):
     y_single, y_n_single = layer(x[:, 1], y0[:, 1])
     assert y_single.shape == (T_, O) and y_n_single.shape == (1, O)
     assert_close(y_single, layer(x, y0)[0][:, 1], what="unbatched")
+
+
+@pytest.mark.parametrize("cls", [rc.LSTM, rc.GRU])
+def test_training_keeps_its_own_copy_of_x(cls, backend):
+    # a caller refilling their input buffer between forward and backward (a data loader
+    # reusing memory) must not change the gradients
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 3))
+    layer = cls(3, 4, dtype=np.float64, seed=0, backend=backend)
+    y, _ = layer(x)
+    expected = layer.state_dict()  # unchanged weights; gradients from an untouched copy below
+    twin = cls(3, 4, dtype=np.float64, seed=0, backend=backend)
+    twin.load_state_dict(expected)
+    twin(x.copy())
+    x[...] = 7.0
+    dx, _ = layer.backward(np.ones_like(y))
+    dx_twin, _ = twin.backward(np.ones_like(y))
+    for name in layer.grads:
+        np.testing.assert_array_equal(layer.grads[name], twin.grads[name], err_msg=name)
+    np.testing.assert_array_equal(dx, dx_twin)
+
+
+def test_batch_first_errors_name_the_callers_shape():
+    layer = rc.GRU(3, 4, batch_first=True)
+    with pytest.raises(ValueError, match=r"got shape \(2, 5, 2\)"):
+        layer(np.zeros((2, 5, 2), dtype=np.float32))

@@ -35,6 +35,13 @@ def array(name, value, dtype):
     return arr
 
 
+def kernel_input(arr, training):
+    """C-contiguous, as the kernels want it. In training the backward pass keeps it, so it
+    must be our own copy: a caller refilling their buffer before backward would otherwise
+    change the gradients silently."""
+    return np.array(arr, order="C", copy=True) if training else np.ascontiguousarray(arr)
+
+
 def shape(name, arr, expected):
     if arr.shape != tuple(expected):
         raise ValueError(f"{name}: expected shape {tuple(expected)}, got {arr.shape}")

@@ -39,7 +39,7 @@ class _Cell(_Parametrised):
             _validate.finite("x", x)
         states = self._check_states(states, self._state_names, B, batched, check_finite)
         backend = self._backend()
-        _, (states_n,), ctx = backend.layer_forward(self.spec, [self._params], np.ascontiguousarray(x[None]),
+        _, (states_n,), ctx = backend.layer_forward(self.spec, [self._params], _validate.kernel_input(x[None], self.training),
                                                      [states], None, self.training, (False,))
         self._saved = dict(backend=backend, ctx=ctx, batched=batched, B=B) if self.training else None
         return tuple(s if batched else s[0] for s in states_n)

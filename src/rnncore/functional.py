@@ -51,7 +51,7 @@ def _forward(spec, params, x, states, lengths, reverse, training, check_finite, 
         for name, arr in [("x", x)] + list(arrays.items()):
             _validate.finite(name, arr)
     module = _backend.resolve(backend)
-    y, (state_n,), inner = module.layer_forward(spec, [arrays], np.ascontiguousarray(x), [tuple(state_arrays)],
+    y, (state_n,), inner = module.layer_forward(spec, [arrays], _validate.kernel_input(x, training), [tuple(state_arrays)],
                                                lengths, training, (bool(reverse),))
     ctx = _Context(module, inner, spec, (T, B), dtype) if training else None
     return y, state_n, ctx

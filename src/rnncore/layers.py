@@ -155,6 +155,7 @@ class _Recurrent(_Parametrised):
         x = _validate.array("x", x, self.dtype)
         if x.ndim not in (2, 3):
             raise ValueError(f"x: expected 3 dimensions (T, B, I), or 2 (T, I) unbatched, got shape {x.shape}")
+        given = x.shape  # errors report the caller's shape, not the time-major view
         batched = x.ndim == 3
         if not batched:
             x = x[:, None, :]
@@ -162,13 +163,12 @@ class _Recurrent(_Parametrised):
             x = x.transpose(1, 0, 2)
         T, B, I = x.shape
         if I != self.input_size:
-            raise ValueError(f"x: expected input_size {self.input_size} on the last axis, got shape "
-                             f"{x.shape if batched else x.shape[::2]}")
+            raise ValueError(f"x: expected input_size {self.input_size} on the last axis, got shape {given}")
         if T < 1 or B < 1:
-            raise ValueError(f"x: expected at least one step and one sequence, got shape {x.shape}")
+            raise ValueError(f"x: expected at least one step and one sequence, got shape {given}")
         if check_finite:
             _validate.finite("x", x)
-        return np.ascontiguousarray(x), batched
+        return _validate.kernel_input(x, self.training), batched
 
     def _states(self, given, names, B, batched, check_finite):
         """The initial (or final-gradient) states as (D*L, B, n) arrays, zeros for None."""
