@@ -454,3 +454,20 @@ def test_batch_first_errors_name_the_callers_shape():
     layer = rc.GRU(3, 4, batch_first=True)
     with pytest.raises(ValueError, match=r"got shape \(2, 5, 2\)"):
         layer(np.zeros((2, 5, 2), dtype=np.float32))
+
+
+def test_flags_must_be_booleans():
+    # PyTorch's RNNCell takes bias third; API.md's takes nonlinearity third: a string in
+    # a yes/no slot must be an error, not a truthy value that silently builds a tanh cell
+    with pytest.raises(TypeError, match="bias"):
+        rc.RNNCell(3, 4, bias="relu")
+    with pytest.raises(TypeError, match="bidirectional"):
+        rc.LSTM(3, 4, bidirectional="yes")
+    assert rc.RNNCell(3, 4, "relu").nonlinearity == "relu"
+    assert rc.GRU(3, 4, bias=0).bias is False
+
+
+def test_gru_is_not_an_rnn():
+    # as in torch: type dispatch on rc.RNN must not catch GRUs
+    assert not isinstance(rc.GRU(2, 3), rc.RNN)
+    assert not isinstance(rc.GRUCell(2, 3), rc.RNNCell)

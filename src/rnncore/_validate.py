@@ -75,6 +75,14 @@ def positive_int(name, value, minimum=1):
     return int(value)
 
 
+def flag(name, value):
+    """A yes/no argument: a bool (or 0/1); anything else is a mistake worth naming, e.g.
+    a string passed positionally where PyTorch's argument order differs."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name}: expected True or False, got {value!r}")
+
+
 def choice(name, value, options):
     if value not in options:
         raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")

@@ -19,7 +19,7 @@ class _Cell(_Parametrised):
         if backend is not None:
             _backend._check_name(backend)
         self._backend_name = backend
-        self.bias = bool(bias)
+        self.bias = _validate.flag("bias", bias)
         self.spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
         self._init_params(self.spec.param_shapes(), self.hidden_size, seed)
 
@@ -65,16 +65,11 @@ class _Cell(_Parametrised):
         return dx[0, 0], tuple(d[0] for d in dstates0)
 
 
-class RNNCell(_Cell):
-    """h1 = cell(x, h0): h1 = act(W_ih x + b_ih + W_hh h0 + b_hh)."""
-
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=np.float32,
-                 seed=None, backend=None):
-        _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
-        super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, backend, nonlinearity=nonlinearity)
-        self.nonlinearity = nonlinearity
+class _OneStateCell(_Cell):
+    """Calling and backward of the cells whose state is h alone (RNNCell, GRUCell)."""
 
     def __call__(self, x, h0=None, check_finite=True):
+        """h1 = cell(x, h0=None)"""
         (h1,) = self._step(x, (h0,), check_finite)
         return h1
 
@@ -86,14 +81,26 @@ class RNNCell(_Cell):
         return dx, dh0
 
 
-class GRUCell(RNNCell):
+class RNNCell(_OneStateCell):
+    """h1 = cell(x, h0): h1 = act(W_ih x + b_ih + W_hh h0 + b_hh). The argument order is
+    API.md's (nonlinearity third); `bias` must be a bool, so PyTorch's positional order
+    (bias third) fails loudly instead of building the wrong cell."""
+
+    def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True, dtype=np.float32,
+                 seed=None, backend=None):
+        _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+        super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, backend, nonlinearity=nonlinearity)
+        self.nonlinearity = nonlinearity
+
+
+class GRUCell(_OneStateCell):
     """h1 = cell(x, h0), gates r, z, n (reset_after selects the form, as in GRU)."""
 
     def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32, seed=None,
                  backend=None):
-        _Cell.__init__(self, "gru", input_size, hidden_size, bias, dtype, seed, backend,
-                       reset_after=bool(reset_after))
-        self.reset_after = bool(reset_after)
+        reset_after = _validate.flag("reset_after", reset_after)
+        super().__init__("gru", input_size, hidden_size, bias, dtype, seed, backend, reset_after=reset_after)
+        self.reset_after = reset_after
 
 
 class LSTMCell(_Cell):
@@ -104,8 +111,9 @@ class LSTMCell(_Cell):
 
     def __init__(self, input_size, hidden_size, bias=True, peephole=False, coupled_input_forget=False,
                  dtype=np.float32, seed=None, backend=None):
-        super().__init__("lstm", input_size, hidden_size, bias, dtype, seed, backend, peephole=bool(peephole),
-                         coupled_input_forget=bool(coupled_input_forget))
+        super().__init__("lstm", input_size, hidden_size, bias, dtype, seed, backend,
+                         peephole=_validate.flag("peephole", peephole),
+                         coupled_input_forget=_validate.flag("coupled_input_forget", coupled_input_forget))
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
 

@@ -113,10 +113,10 @@ class _Recurrent(_Parametrised):
                           stacklevel=3)
         if backend is not None:
             _backend._check_name(backend)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        self.bias = _validate.flag("bias", bias)
+        self.batch_first = _validate.flag("batch_first", batch_first)
         self.dropout = float(dropout)
-        self.bidirectional = bool(bidirectional)
+        self.bidirectional = _validate.flag("bidirectional", bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self._backend_name = backend
 
@@ -263,7 +263,23 @@ class _Recurrent(_Parametrised):
         return dx, [d if batched else d[:, 0, :] for d in dstates0]
 
 
-class RNN(_Recurrent):
+class _OneState(_Recurrent):
+    """Calling and backward of the layers whose state is h alone (RNN, GRU)."""
+
+    def __call__(self, x, h0=None, lengths=None, check_finite=True):
+        """y, h_n = layer(x, h0=None, lengths=None)"""
+        y, (h_n,) = self._forward(x, (h0,), lengths, check_finite)
+        return y, h_n
+
+    forward = __call__
+
+    def backward(self, dy, dh_n=None):
+        """dx, dh0 = layer.backward(dy, dh_n=None)"""
+        dx, (dh0,) = self._backward(dy, (dh_n,))
+        return dx, dh0
+
+
+class RNN(_OneState):
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
@@ -274,29 +290,18 @@ class RNN(_Recurrent):
                          bidirectional, dtype, seed, backend, nonlinearity=nonlinearity)
         self.nonlinearity = nonlinearity
 
-    def __call__(self, x, h0=None, lengths=None, check_finite=True):
-        """y, h_n = rnn(x, h0=None, lengths=None)"""
-        y, (h_n,) = self._forward(x, (h0,), lengths, check_finite)
-        return y, h_n
 
-    forward = __call__
-
-    def backward(self, dy, dh_n=None):
-        """dx, dh0 = rnn.backward(dy, dh_n=None)"""
-        dx, (dh0,) = self._backward(dy, (dh_n,))
-        return dx, dh0
-
-
-class GRU(RNN):
+class GRU(_OneState):
     """GRU, gates r, z, n. reset_after=True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     (PyTorch, cuDNN); False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, seed=None,
                  backend=None):
-        _Recurrent.__init__(self, "gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                            bidirectional, dtype, seed, backend, reset_after=bool(reset_after))
-        self.reset_after = bool(reset_after)
+        reset_after = _validate.flag("reset_after", reset_after)
+        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, backend, reset_after=reset_after)
+        self.reset_after = reset_after
 
 
 class LSTM(_Recurrent):
@@ -313,7 +318,8 @@ class LSTM(_Recurrent):
             raise ValueError(f"proj_size: expected 0 or less than hidden_size ({hidden_size}), got {proj_size}")
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, backend, proj_size=int(proj_size),
-                         peephole=bool(peephole), coupled_input_forget=bool(coupled_input_forget))
+                         peephole=_validate.flag("peephole", peephole),
+                         coupled_input_forget=_validate.flag("coupled_input_forget", coupled_input_forget))
         self.proj_size = int(proj_size)
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
@@ -347,6 +353,8 @@ class JordanRNN(_Recurrent):
     output_size) and y0, y_n of shape (1, B, output_size), as a one-layer h0/h_n.
     """
 
+    _state_names = ("y0",)
+
     def __init__(self, input_size, hidden_size, output_size, nonlinearity="tanh",
                  output_activation="identity", bias=True, batch_first=False, dtype=np.float32,
                  seed=None, backend=None):
@@ -359,9 +367,8 @@ class JordanRNN(_Recurrent):
         self.nonlinearity = nonlinearity
         self.output_activation = output_activation
 
-    _state_names = ("y0",)
-
     def __call__(self, x, y0=None, lengths=None, check_finite=True):
+        """y, y_n = jordan(x, y0=None, lengths=None)"""
         y, (y_n,) = self._forward(x, (y0,), lengths, check_finite)
         return y, y_n
 
