@@ -25,13 +25,13 @@ def to_numpy(value):
     return np.asarray(value)
 
 
-def array(name, value, dtype):
-    """`value` as an array of exactly `dtype` (the layer's), else a TypeError."""
+def array(name, value, dtype, source="the layer's dtype"):
+    """`value` as an array of exactly `dtype` (taken from `source`), else a TypeError."""
     arr = to_numpy(value)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected dtype {dtype}, got {arr.dtype}")
     if arr.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype} (the layer's dtype), got {arr.dtype}")
+        raise TypeError(f"{name}: expected dtype {dtype} ({source}), got {arr.dtype}")
     return arr
 
 
@@ -47,13 +47,13 @@ def shape(name, arr, expected):
         raise ValueError(f"{name}: expected shape {tuple(expected)}, got {arr.shape}")
 
 
-def finite(name, arr):
+def finite(name, arr, skippable=True):
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: expected finite values, got NaN or Inf "
-                         f"(pass check_finite=False to skip this check)")
+        hint = " (pass check_finite=False to skip this check)" if skippable else ""
+        raise ValueError(f"{name}: expected finite values, got NaN or Inf{hint}")
 
 
-def states(given, names, widths, dtype, lead, check_finite=True):
+def states(given, names, widths, dtype, lead, check_finite=True, source="the layer's dtype"):
     """Validated state arrays, each of shape lead + (width,); zeros where None is given."""
     out = []
     for name, width, value in zip(names, widths, given):
@@ -61,7 +61,7 @@ def states(given, names, widths, dtype, lead, check_finite=True):
         if value is None:
             out.append(np.zeros(expected, dtype=dtype))
             continue
-        arr = array(name, value, dtype)
+        arr = array(name, value, dtype, source)
         shape(name, arr, expected)
         if check_finite:
             finite(name, arr)

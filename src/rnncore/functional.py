@@ -39,11 +39,11 @@ def _forward(spec, params, x, states, lengths, reverse, training, check_finite, 
         value = params.get(name)
         if value is None:
             raise ValueError(f"{name}: expected an array of shape {shape}, got None")
-        arr = _validate.array(name, value, dtype)
+        arr = _validate.array(name, value, dtype, source="x's dtype")
         _validate.shape(name, arr, shape)
         arrays[name] = np.ascontiguousarray(arr)
     state_arrays = _validate.states([v for _, v in states], [n for n, _ in states], spec.state_sizes, dtype, (B,),
-                                    check_finite)
+                                    check_finite, source="x's dtype")
     state_arrays = [np.ascontiguousarray(s) for s in state_arrays]
     if lengths is not None:
         lengths = _validate.lengths(lengths, B, T)
@@ -61,10 +61,11 @@ def _backward(ctx, dy, dstates_n, names):
     if not isinstance(ctx, _Context):
         raise TypeError(f"ctx: expected the context of a training-mode forward, got {type(ctx).__name__}")
     T, B = ctx.shape
-    dy = _validate.array("dy", dy, ctx.dtype)
+    dy = _validate.array("dy", dy, ctx.dtype, source="the forward's dtype")
     _validate.shape("dy", dy, (T, B, ctx.spec.out_size))
     arrays = [np.ascontiguousarray(a) for a in
-              _validate.states(dstates_n, names, ctx.spec.state_sizes, ctx.dtype, (B,), check_finite=False)]
+              _validate.states(dstates_n, names, ctx.spec.state_sizes, ctx.dtype, (B,), check_finite=False,
+                               source="the forward's dtype")]
     dx, (dstate0,), (grads,) = ctx.backend.layer_backward(ctx.inner, np.ascontiguousarray(dy), [tuple(arrays)])
     return dx, dstate0, grads
 
@@ -110,7 +111,7 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
                  reverse=False, training=False, check_finite=True, backend=None):
     """LSTM over a sequence (gates i, f, g, o; i, g, o when coupled). Peepholes are on
     when weight_ci is given, the projection when weight_hr is given.
-    Returns y (T, B, P or H), h_n, c_n (B, H), ctx."""
+    Returns y (T, B, P or H), h_n (B, P or H), c_n (B, H), ctx."""
     gates = 3 if coupled_input_forget else 4
     spec = CellSpec("lstm", np.shape(weight_ih)[-1], np.shape(weight_ih)[0] // gates, _biases(bias_ih, bias_hh),
                     proj_size=0 if weight_hr is None else np.shape(weight_hr)[0], peephole=weight_ci is not None,

@@ -233,7 +233,7 @@ class _Recurrent(_Parametrised):
         expected = (T, B, W) if not self.batch_first else (B, T, W)
         dy = _validate.array("dy", dy, self.dtype)
         _validate.shape("dy", dy, expected if batched else (T, W))
-        _validate.finite("dy", dy)
+        _validate.finite("dy", dy, skippable=False)
         names = tuple("d" + n.replace("0", "_n") for n in self._state_names)
         dstates = self._states(dstates_n, names, B, batched, check_finite=True)
         if not batched:
