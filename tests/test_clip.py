@@ -176,3 +176,17 @@ def test_clip_bounds_the_update_of_an_exploding_rnn():
     assert step == pytest.approx(lr * 1.0, rel=1e-6)  # the bound is reached: the direction is kept...
     for name, g in layer.grads.items():  # ...and it is the raw gradient's direction
         np.testing.assert_allclose(g * total, raw_grads[name], rtol=1e-5, atol=0)
+
+
+def test_iterables_of_arrays_are_accepted():
+    # torch users pass generators (model.parameters()-style); a plain array list works too
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal(4) * 10, rng.standard_normal((2, 3)) * 10]
+    expected = float(np.sqrt(sum(np.sum(a ** 2) for a in arrays)))
+    total = rc.clip_grad_norm_((a for a in arrays), 1.0)
+    assert total == pytest.approx(expected)
+    assert np.sqrt(sum(np.sum(a ** 2) for a in arrays)) == pytest.approx(1.0, rel=1e-5)
+    rc.clip_grad_value_(arrays, 0.1)
+    assert max(np.abs(a).max() for a in arrays) <= 0.1
+    with pytest.raises(TypeError, match="grads"):
+        rc.clip_grad_norm_("not gradients", 1.0)

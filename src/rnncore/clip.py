@@ -9,13 +9,17 @@ __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
 def _gradient_arrays(grads):
+    if isinstance(grads, np.ndarray):
+        return [grads]
     if isinstance(grads, dict):
         return list(grads.values())
     if hasattr(grads, "grads") and isinstance(grads.grads, dict):
         return list(grads.grads.values())
-    if isinstance(grads, (list, tuple)):
+    if isinstance(grads, (list, tuple)) or (hasattr(grads, "__iter__") and not isinstance(grads, (str, bytes))):
+        # a list or any iterable (a generator, as torch users pass) of the above
         return [g for item in grads for g in _gradient_arrays(item)]
-    raise TypeError(f"grads: expected a dict of arrays, a layer, or a list of either, got {type(grads).__name__}")
+    raise TypeError(f"grads: expected a dict of arrays, a layer, an array, or an iterable of these, "
+                    f"got {type(grads).__name__}")
 
 
 def _number(name, value):
