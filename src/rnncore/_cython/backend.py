@@ -124,9 +124,10 @@ _schedules = {}
 
 
 def _schedule(T, B, lengths):
-    """A schedule without lengths depends on (T, B) only, and nothing in it is written
-    after construction: keep the last few, so step-by-step decoding does not rebuild
-    its arrays every call."""
+    """A schedule without lengths depends on (T, B) only: keep the last few, so
+    step-by-step decoding does not rebuild its arrays every call. Its row tables are
+    filled lazily (`last_rows_of`); two threads racing there compute equal arrays, and
+    the kernels only read them."""
     if lengths is not None and int(lengths.min()) < T:
         return _Schedule(T, B, lengths)
     schedule = _schedules.get((T, B))
