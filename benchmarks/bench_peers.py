@@ -35,6 +35,8 @@ CASES = [(100, 1, 8, 32), (100, 16, 32, 64), (50, 64, 128, 256), (25, 32, 512, 5
 CELLS = ["lstm", "gru", "rnn"]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 PAUSE = 0.15
+# one colour per peer in both panels (training has no ONNX Runtime bar)
+PEER_COLORS = {"torch": "C3", "onnxruntime": "C0", "rnncore-numba": "C1", "rnncore-numpy": "C2"}
 
 
 def make_layer(cell, I, H, layers, bidirectional, backend, seed=0):
@@ -300,7 +302,7 @@ def plot(results, ours, path):
         height = 0.8 / max(len(peers), 1)
         for i, peer in enumerate(peers):
             values = [ratio(r["times"], peer, mode, ours) or 0 for r in rows]
-            ax.barh(ypos + i * height, values, height=height, label=peer)
+            ax.barh(ypos + i * height, values, height=height, label=peer, color=PEER_COLORS.get(peer))
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_yticks(ypos + 0.4 - height / 2)
