@@ -214,12 +214,16 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
     schedule = _schedule(T, B, lengths)
     plans = [_plan(spec, p, x, s, schedule, rev, training, dtype)
              for p, s, rev in zip(params, states, reverse)]
-    _recurrent.input_projection_all(plans, is_double)
     threads = _backend.get_num_threads()
     if threads > 1 and len(plans) > 1:
+        # the directions run side by side, BLAS at one thread for the whole call: a
+        # threaded input projection just before would leave BLAS workers spinning on
+        # the cores the directions need
         with _SingleThreadedBlas():
+            _recurrent.input_projection_all(plans, is_double)
             _recurrent.forward_all(plans, is_double, threads)
     else:
+        _recurrent.input_projection_all(plans, is_double)
         _recurrent.forward_all(plans, is_double, 1)
 
     D, P = len(plans), spec.out_size
