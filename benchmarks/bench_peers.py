@@ -84,6 +84,38 @@ def flops(T, B, I, H, G, layers, directions):
     return total
 
 
+def rnncore_steps(layer, x, dy):
+    """(inference, training step) closures for an rnncore layer."""
+    def infer():
+        layer.eval()
+        layer(x)
+
+    def train():
+        layer.train()
+        layer(x)
+        layer.backward(dy)
+    return infer, train
+
+
+def torch_steps(torch, module, x, dy):
+    """(inference, training step) closures for a torch module, gradients cleared each step."""
+    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+
+    def infer():
+        module.eval()
+        with torch.no_grad():
+            module(tx)
+
+    def train():
+        module.train()
+        xg = tx.clone().requires_grad_(True)
+        y, _ = module(xg)
+        y.backward(tdy)
+        for p in module.parameters():
+            p.grad = None
+    return infer, train
+
+
 class OrtPeer:
     def __init__(self, layer, threads):
         import onnxruntime as ort
@@ -111,16 +143,7 @@ def peers_for(case, threads, args):
     for backend in args.backends:
         layer = make_layer(cell, I, H, layers, bidirectional, backend)
         reference_sd = layer.state_dict()
-
-        def infer(layer=layer):
-            layer.eval()
-            layer(x)
-
-        def train(layer=layer):
-            layer.train()
-            layer(x)
-            layer.backward(dy)
-        peers[f"rnncore-{backend}"] = (infer, train)
+        peers[f"rnncore-{backend}"] = rnncore_steps(layer, x, dy)
     if "torch" in args.peers:
         try:
             import torch
@@ -128,22 +151,7 @@ def peers_for(case, threads, args):
             torch = None
         if torch is not None:
             module = make_torch(torch, cell, I, H, layers, bidirectional, reference_sd)
-            tx = torch.from_numpy(x)
-            tdy = torch.from_numpy(dy)
-
-            def t_infer():
-                module.eval()
-                with torch.no_grad():
-                    module(tx)
-
-            def t_train():
-                module.train()
-                xg = tx.clone().requires_grad_(True)
-                y, _ = module(xg)
-                y.backward(tdy)
-                for p in module.parameters():
-                    p.grad = None
-            peers["torch"] = (t_infer, t_train)
+            peers["torch"] = torch_steps(torch, module, x, dy)
     if "onnxruntime" in args.peers:
         try:
             ort_peer = OrtPeer(make_layer(cell, I, H, layers, bidirectional, "numpy"), threads)

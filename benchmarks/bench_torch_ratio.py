@@ -18,6 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import rnncore as rc
+from bench_peers import make_layer, make_torch, rnncore_steps, torch_steps
 
 CASES = ["100,1,8,32", "100,16,32,64", "50,64,128,256", "25,32,512,512"]
 WARMUP = 3
@@ -25,37 +26,13 @@ WARMUP = 3
 
 def peers(cell, T, B, I, H):
     import torch
-    layer = {"lstm": rc.LSTM, "gru": rc.GRU, "rnn": rc.RNN}[cell](I, H, dtype=np.float32, seed=0,
-                                                                 backend="cython")
-    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](I, H)
-    module.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    layer = make_layer(cell, I, H, 1, False, "cython")
+    module = make_torch(torch, cell, I, H, 1, False, layer.state_dict())
     rng = np.random.default_rng(1)
     x = rng.standard_normal((T, B, I), dtype=np.float32)
     dy = rng.standard_normal((T, B, H), dtype=np.float32)
-    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
-
-    def ours_infer():
-        layer.eval()
-        layer(x)
-
-    def ours_train():
-        layer.train()
-        layer(x)
-        layer.backward(dy)
-
-    def torch_infer():
-        module.eval()
-        with torch.no_grad():
-            module(tx)
-
-    def torch_train():
-        module.train()
-        xg = tx.clone().requires_grad_(True)
-        y, _ = module(xg)
-        y.backward(tdy)
-        for p in module.parameters():
-            p.grad = None
-
+    ours_infer, ours_train = rnncore_steps(layer, x, dy)
+    torch_infer, torch_train = torch_steps(torch, module, x, dy)
     return {("ours", "infer"): ours_infer, ("ours", "train"): ours_train,
             ("torch", "infer"): torch_infer, ("torch", "train"): torch_train}
 
