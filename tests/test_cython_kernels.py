@@ -196,14 +196,22 @@ def test_blas_and_small_batch_products_both_match_reference(spec, small_rows, mo
     path in turn (0: never small; 64: always) and compare with the reference."""
     monkeypatch.setattr(cython_backend, "SMALL_ROWS", small_rows)
     params, x, states, rng = _random_case(spec, 5, 6, 2, np.float64, 7)
-    lengths = np.array([5, 1, 3, 5, 2, 4])
+    # float64, same math in a different order: the project's float64 tolerance
+    _assert_both_directions_match_reference(spec, params, x, states, np.array([5, 1, 3, 5, 2, 4]), rng)
+
+
+def _assert_both_directions_match_reference(spec, params, x, states, lengths, rng):
+    """Forward (y, final states) and backward (dx, initial-state and parameter gradients)
+    of both directions with `lengths`, against the reference, at the dtype's tolerance."""
     reverse = (False, True)
     y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse)
     y_ref, sn_ref, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, reverse)
-    # float64, same math in a different order: the project's float64 tolerance
     assert_close(y, y_ref, what="y")
-    dy = rng.standard_normal(y.shape)
-    dsn = [tuple(rng.standard_normal(s.shape) for s in st) for st in states]
+    for d in range(2):
+        for a, b in zip(sn[d], sn_ref[d]):
+            assert_close(a, b, what="final state")
+    dy = rng.standard_normal(y.shape).astype(x.dtype)
+    dsn = [tuple(rng.standard_normal(s.shape).astype(x.dtype) for s in st) for st in states]
     dx, ds0, grads = cython_backend.layer_backward(ctx, dy, dsn)
     dx_ref, ds0_ref, grads_ref = _reference.layer_backward(ctx_ref, dy, dsn)
     assert_close(dx, dx_ref, what="dx")
@@ -234,21 +242,4 @@ def test_register_tiled_products_match_reference(spec, dtype):
     the row loop for the columns past the last tile, forward and backward."""
     params, x, states, rng = _random_case(spec, 8, 9, 2, dtype, 8)
     # active rows per step: 9, 8, 6, 5, 4, 3, 2, 1
-    lengths = np.array([8, 1, 3, 6, 2, 4, 5, 7, 2])
-    reverse = (False, True)
-    y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse)
-    y_ref, sn_ref, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, reverse)
-    assert_close(y, y_ref, what="y")
-    for d in range(2):
-        for a, b in zip(sn[d], sn_ref[d]):
-            assert_close(a, b, what="final state")
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    dsn = [tuple(rng.standard_normal(s.shape).astype(dtype) for s in st) for st in states]
-    dx, ds0, grads = cython_backend.layer_backward(ctx, dy, dsn)
-    dx_ref, ds0_ref, grads_ref = _reference.layer_backward(ctx_ref, dy, dsn)
-    assert_close(dx, dx_ref, what="dx")
-    for d in range(2):
-        for a, b in zip(ds0[d], ds0_ref[d]):
-            assert_close(a, b, what="initial-state gradient")
-        for k in grads_ref[d]:
-            assert_close(grads[d][k], grads_ref[d][k], what=k)
+    _assert_both_directions_match_reference(spec, params, x, states, np.array([8, 1, 3, 6, 2, 4, 5, 7, 2]), rng)
