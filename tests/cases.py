@@ -96,3 +96,8 @@ def assert_same_tree(a, b):
         np.testing.assert_array_equal(a, b)
     else:
         assert a == b
+
+
+def assert_same_state(a, b):
+    """Two modules hold the same parameters, names, order, dtypes and bits."""
+    assert_same_tree(a.state_dict(), b.state_dict())

@@ -14,7 +14,7 @@ import pytest
 
 import rnncore as rc
 from rnncore.checkpoint import CheckpointError
-from cases import assert_same_tree
+from cases import assert_same_state, assert_same_tree
 
 
 OBJECTS = {
@@ -31,14 +31,6 @@ OBJECTS = {
     "embedding": lambda: rc.Embedding(10, 3, seed=9),
     "last-step": lambda: rc.LastStep(batch_first=True),
 }
-
-
-def assert_same_state(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for name in sa:
-        assert sa[name].dtype == sb[name].dtype, name
-        np.testing.assert_array_equal(sa[name], sb[name], err_msg=name)
 
 
 @pytest.mark.parametrize("kind", OBJECTS)

@@ -8,7 +8,7 @@ import pytest
 
 import rnncore as rc
 from rnncore.checkpoint import CheckpointError
-from cases import assert_same_tree
+from cases import assert_same_state, assert_same_tree
 
 
 def make_model(dtype=np.float32, seed=0):
@@ -24,14 +24,6 @@ def batches(dtype, count, seed):
 def train(model, optimizer, data):
     loss_fn = rc.MSELoss()
     return [rc.train.train_step(model, loss_fn, optimizer, x, target)[0] for x, target in data]
-
-
-def assert_same_params(a, b):
-    pa, pb = a.parameters(), b.parameters()
-    assert list(pa) == list(pb)
-    for name in pa:
-        assert pa[name].dtype == pb[name].dtype, name
-        np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
 
 
 OPTIMIZERS = {
@@ -61,7 +53,7 @@ def test_training_resumed_from_a_checkpoint_continues_bit_for_bit(tmp_path, kind
     loaded = rc.load(path, optimizer=fresh_optimizer)
     assert type(loaded) is rc.Sequential and loaded.get_config() == model.get_config()
     assert [type(m) for m in loaded] == [rc.LSTM, rc.Tanh, rc.Linear]
-    assert_same_params(loaded, model)
+    assert_same_state(loaded, model)
     fresh.load_state_dict(loaded.state_dict())
     # and the optimizer built over the model the file rebuilt
     loaded_optimizer = make_optimizer(loaded)
@@ -75,8 +67,8 @@ def test_training_resumed_from_a_checkpoint_continues_bit_for_bit(tmp_path, kind
     losses = train(model, optimizer, after)
     assert train(fresh, fresh_optimizer, after) == losses
     assert train(loaded, loaded_optimizer, after) == losses
-    assert_same_params(fresh, model)
-    assert_same_params(loaded, model)
+    assert_same_state(fresh, model)
+    assert_same_state(loaded, model)
     assert_same_tree(fresh_optimizer.state_dict(), optimizer.state_dict())
     train(forgetful, forgetful_optimizer, after)
     assert not all(np.array_equal(p, forgetful.parameters()[n]) for n, p in model.parameters().items())
@@ -178,7 +170,7 @@ def test_sequential_config_rebuilds_the_chain_and_refuses_unknown_modules(tmp_pa
     rc.save(tmp_path / "m.ckpt", model.eval())
     loaded = rc.load(tmp_path / "m.ckpt")
     assert loaded.training is False and loaded[1].training is False
-    assert_same_params(loaded, model)
+    assert_same_state(loaded, model)
     tokens = np.random.default_rng(0).integers(0, 7, size=(2, 5))
     np.testing.assert_array_equal(loaded(tokens)[0], model(tokens)[0])
 
@@ -220,4 +212,4 @@ def test_a_layer_inside_a_sequential_falls_back_from_an_unavailable_backend(tmp_
     with pytest.warns(RuntimeWarning, match=r"modules\[0\] was configured with backend='elsewhere'"):
         loaded = rc.load(path)
     assert loaded[0].get_config()["backend"] is None
-    assert_same_params(loaded, model)
+    assert_same_state(loaded, model)
