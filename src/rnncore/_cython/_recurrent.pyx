@@ -331,7 +331,6 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef floating *h_prev
     cdef floating *m
     cdef floating *kept
-    cdef floating one = 1, zero = 0
     for s in range(d.S):
         n = d.active[s]
         gates = xp + d.step_row[s] * GH
@@ -389,7 +388,6 @@ cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef floating *h_prev
     cdef floating *dmj
     cdef floating *dypre
-    cdef floating one = 1, zero = 0
     for s in range(d.S - 1, -1, -1):
         n = d.active[s]
         row = d.step_row[s]
