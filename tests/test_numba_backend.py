@@ -251,9 +251,10 @@ def test_long_float64_sequence_stays_with_the_reference(kind):
 def test_step_products_small_loops_and_blas_agree_with_the_reference(kind, options, dtype):
     # 20 rows in one chunk, running 20, 17, 9 and then 4 as the lengths run out. Forward
     # takes BLAS for the whole call (its widest step has more than 16 rows); backward
-    # takes BLAS at 20 and 17 rows and the small loops at 9 and 4, or at 4 only where
-    # the weight passes 64 KB (H = 100: all but the float32 Elman one). The other tests'
-    # batches of at most 16 rows take the small loops forward too.
+    # takes BLAS at 20 and 17 rows and the small loops at 9 (two blocks of four rows and
+    # one left over) and 4. H = 6 leaves k remainders after the four-at-a-time loops,
+    # H = 100 none. The other tests' batches of at most 16 rows take the small loops
+    # forward too.
     rng = np.random.default_rng(9)
     B, I = 20, 5
     lengths = np.array([7] * 4 + [5] * 5 + [3] * 8 + [1] * 3)
