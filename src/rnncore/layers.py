@@ -145,8 +145,15 @@ class _Recurrent(_Parametrised):
         keras.load_weights(self, *weights)
 
     def _direction_params(self, layer):
-        return [{base: self._params[_param_name(base, layer, d)] for base in self.specs[layer].param_shapes()}
-                for d in range(self.num_directions)]
+        """[{base name: live array}] per direction of one layer of the stack. Built once:
+        the arrays are never replaced (loading copies into them), and a short call
+        (one step of decoding) would spend microseconds formatting names."""
+        cache = self.__dict__.setdefault("_by_layer", {})
+        if layer not in cache:
+            cache[layer] = [{base: self._params[_param_name(base, layer, d)]
+                             for base in self.specs[layer].param_shapes()}
+                            for d in range(self.num_directions)]
+        return cache[layer]
 
     # -- input handling --------------------------------------------------------------
 

@@ -575,27 +575,37 @@ cdef void _run_typed(Direction *d, int stage, floating *tag) noexcept nogil:
         weight_gradients(d, tag)
 
 
+cdef void _run_filled(Direction *directions, int count, int stage, bint is_double, int num_threads) noexcept nogil:
+    cdef int i
+    if num_threads > 1 and count > 1:
+        for i in prange(count, num_threads=count, schedule="static", chunksize=1):
+            _run_one(&directions[i], stage, is_double)
+    else:
+        for i in range(count):
+            _run_one(&directions[i], stage, is_double)
+
+
 def _run(list plans, int stage, bint is_double, int num_threads):
     """Run one stage for each direction's plan; concurrently when num_threads > 1."""
     cdef Direction directions[2]
     cdef int count = len(plans), i
     for i in range(count):
         _fill(&directions[i], plans[i])
-    if num_threads > 1 and count > 1:
-        for i in prange(count, nogil=True, num_threads=count, schedule="static", chunksize=1):
-            _run_one(&directions[i], stage, is_double)
-    else:
-        with nogil:
-            for i in range(count):
-                _run_one(&directions[i], stage, is_double)
-
-
-def input_projection_all(list plans, bint is_double):
-    _run(plans, INPUT_PROJECTION, is_double, 1)
+    with nogil:
+        _run_filled(directions, count, stage, is_double, num_threads)
 
 
 def forward_all(list plans, bint is_double, int num_threads):
-    _run(plans, FORWARD_STEPS, is_double, num_threads)
+    """The input projection of each direction, one after the other (each GEMM uses the
+    BLAS threads), then the time loops, side by side when num_threads > 1: one entry,
+    so a short call fills its plans once."""
+    cdef Direction directions[2]
+    cdef int count = len(plans), i
+    for i in range(count):
+        _fill(&directions[i], plans[i])
+    with nogil:
+        _run_filled(directions, count, INPUT_PROJECTION, is_double, 1)
+        _run_filled(directions, count, FORWARD_STEPS, is_double, num_threads)
 
 
 def backward_all(list plans, bint is_double, int num_threads):

@@ -9,6 +9,8 @@ all steps. Importing it fails with ImportError when the extension was not compil
 the registry falls back to another backend.
 """
 
+import functools
+
 import numpy as np
 
 from . import _recurrent
@@ -110,7 +112,12 @@ class _Schedule:
         return step_row[self.sorted_lengths - 1] + np.arange(self.B)
 
     def sort(self, a):
+        """`a`'s rows in the sorted order, always a new array (the kernels may write it)."""
         return np.array(a) if self.order is None else a[self.order]
+
+    def sorted_state(self, a):
+        """`a`'s rows in the sorted order, for the kernels to read only."""
+        return np.ascontiguousarray(a) if self.order is None else a[self.order]
 
     def unsort(self, a):
         if self.order is None:
@@ -138,38 +145,48 @@ def _schedule(T, B, lengths):
     return schedule
 
 
-def _plan(spec, p, x, state, schedule, reverse, training, dtype):
-    T, B, I = x.shape
-    H, G, P = spec.hidden_size, spec.num_gates, spec.out_size
-    GH = G * H
-    N, S = schedule.N, schedule.S
-    p = {name: np.ascontiguousarray(value) for name, value in p.items()}
-    plan = dict(kind=_KINDS[spec.kind], act=_ACTIVATIONS[spec.nonlinearity],
+@functools.lru_cache(maxsize=256)
+def _fixed(spec, training):
+    """The plan entries that follow from the spec alone, built once per spec: a short
+    call (one step of decoding) would otherwise spend microseconds rebuilding them."""
+    H, G = spec.hidden_size, spec.num_gates
+    return dict(kind=_KINDS[spec.kind], act=_ACTIVATIONS[spec.nonlinearity],
                 out_act=_ACTIVATIONS[spec.output_activation], coupled=int(spec.coupled_input_forget),
                 reset_after=int(spec.reset_after), training=int(training),
-                B=B, S=S, I=I, H=H, GH=GH, P=P, O=spec.output_size, N=N,
-                step_row=schedule.last_rows_of(reverse)[0], last_rows=schedule.last_rows_of(reverse)[1],
-                active=schedule.active, params=p,
+                H=H, GH=G * H, P=spec.out_size, O=spec.output_size, I=spec.input_size, small_rows=SMALL_ROWS)
+
+
+def _plan(spec, p, x, state, schedule, reverse, training, dtype):
+    T, B, I = x.shape
+    H = spec.hidden_size
+    N = schedule.N
+    plan = dict(_fixed(spec, bool(training)))
+    GH, P = plan["GH"], plan["P"]
+    p = {name: np.ascontiguousarray(value) for name, value in p.items()}
+    step_row, last_rows = schedule.last_rows_of(reverse)
+    plan.update(B=B, S=schedule.S, N=N, step_row=step_row, last_rows=last_rows, active=schedule.active, params=p,
                 w_ih=p["weight_ih"], w_hh=p["weight_hh"], w_hr=p.get("weight_hr"),
                 w_ci=p.get("weight_ci"), w_cf=p.get("weight_cf"), w_co=p.get("weight_co"),
-                w_ho=p.get("weight_ho"), b_ho=p.get("bias_ho"), small_rows=SMALL_ROWS)
+                w_ho=p.get("weight_ho"), b_ho=p.get("bias_ho"))
     # transposed once per call, only where some step can take the small product for it
     # (with lengths, late steps may have few rows left; a (2048, 512) transpose costs
     # 5 ms that BLAS-only shapes never repay)
     min_rows = int(schedule.active[-1])
-    for key in ("w_hh", "w_hr", "w_ho"):
-        w = plan[key]
-        # GRU-before's smallest product uses the (H, H) block of w_hh
-        smallest = min(w.size, H * H) if w is not None else 0
-        if w is not None and min_rows <= SMALL_ROWS and (
-                min_rows <= _recurrent.TINY_ROWS_LIMIT or smallest <= _recurrent.SMALL_PANEL_LIMIT):
-            plan[key + "_t"] = np.ascontiguousarray(w.T)
+    if min_rows <= SMALL_ROWS:
+        for key in ("w_hh", "w_hr", "w_ho"):
+            w = plan[key]
+            # GRU-before's smallest product uses the (H, H) block of w_hh
+            if w is not None and (min_rows <= _recurrent.TINY_ROWS_LIMIT
+                                  or min(w.size, H * H) <= _recurrent.SMALL_PANEL_LIMIT):
+                plan[key + "_t"] = np.ascontiguousarray(w.T)
     if spec.bias:
         b_hh = p["bias_hh"]
         if spec.kind == "gru" and spec.reset_after:
             # b_hn is multiplied by r with W_hn h, so only b_hr, b_hz fold into x's projection
-            plan["bias_x"] = p["bias_ih"] + np.concatenate([b_hh[:2 * H], np.zeros(H, dtype)])
-            plan["b_hn"] = np.ascontiguousarray(b_hh[2 * H:])
+            bias_x = p["bias_ih"].copy()
+            bias_x[:2 * H] += b_hh[:2 * H]
+            plan["bias_x"] = bias_x
+            plan["b_hn"] = b_hh[2 * H:]
         else:
             plan["bias_x"] = p["bias_ih"] + b_hh
     if schedule.packed:
@@ -180,14 +197,14 @@ def _plan(spec, p, x, state, schedule, reverse, training, dtype):
     plan["hs"] = np.empty((N, P), dtype)
     # Elman: the input projection, pre-activation and state are one buffer, updated in place
     plan["xp"] = plan["hs"] if spec.kind == "rnn" else np.empty((N, GH), dtype)
-    plan["h0"] = schedule.sort(state[0])
+    plan["h0"] = schedule.sorted_state(state[0])
     per_step = (N, H) if training else (B, H)
     if spec.kind == "lstm":
-        plan["c0"] = schedule.sort(state[1])
+        plan["c0"] = schedule.sorted_state(state[1])
         plan["c_buf"] = np.empty((N, H) if training else (2, B, H), dtype)
         if spec.proj_size:
             plan["m_buf"] = np.empty(per_step, dtype)
-    if spec.kind == "gru":
+    elif spec.kind == "gru":
         plan["kept"] = np.empty(per_step, dtype)
         if spec.reset_after:
             plan["hh"] = np.empty((B, GH), dtype)
@@ -195,6 +212,17 @@ def _plan(spec, p, x, state, schedule, reverse, training, dtype):
 
 
 def _final_states(spec, plan, schedule):
+    if not schedule.packed:
+        # every row's last step is the loop's last step: one block of B rows, sliced
+        # (fancy indexing costs several microseconds, a tenth of a short call)
+        first = int(plan["step_row"][-1])
+        h_n = plan["hs"][first:first + schedule.B].copy()
+        if spec.kind != "lstm":
+            return (h_n,)
+        cells = plan["c_buf"]
+        # inference keeps c in a two-slot ring: step s wrote slot s % 2
+        c_n = cells[first:first + schedule.B] if plan["training"] else cells[(schedule.S - 1) % 2]
+        return h_n, c_n.copy()
     last = plan["last_rows"]
     h_n = schedule.unsort(plan["hs"][last])
     if spec.kind != "lstm":
@@ -220,10 +248,8 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
         # threaded input projection just before would leave BLAS workers spinning on
         # the cores the directions need
         with _SingleThreadedBlas():
-            _recurrent.input_projection_all(plans, is_double)
             _recurrent.forward_all(plans, is_double, threads)
     else:
-        _recurrent.input_projection_all(plans, is_double)
         _recurrent.forward_all(plans, is_double, 1)
 
     D, P = len(plans), spec.out_size
