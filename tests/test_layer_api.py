@@ -431,18 +431,23 @@ def test_jordan_shapes_and_feedback(backend):
 
 
 @pytest.mark.parametrize("cls", [rc.LSTM, rc.GRU])
-def test_training_keeps_its_own_copy_of_x(cls, backend):
-    # a caller refilling their input buffer between forward and backward (a data loader
-    # reusing memory) must not change the gradients
+def test_training_keeps_its_own_copy_of_x_and_the_initial_state(cls, backend):
+    # a caller refilling their input or state buffers between forward and backward (a
+    # data loader reusing memory, a truncated-BPTT loop reusing h) must not change the
+    # gradients; the initial state enters them through step 0's recurrent product
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 2, 3))
+    states = [rng.standard_normal((1, 2, 4)) for _ in range(2 if cls is rc.LSTM else 1)]
+    given = tuple(states) if cls is rc.LSTM else states[0]
     layer = cls(3, 4, dtype=np.float64, seed=0, backend=backend)
-    y, _ = layer(x)
+    y, _ = layer(x, given)
     expected = layer.state_dict()  # unchanged weights; gradients from an untouched copy below
     twin = cls(3, 4, dtype=np.float64, seed=0, backend=backend)
     twin.load_state_dict(expected)
-    twin(x.copy())
+    twin(x.copy(), tuple(s.copy() for s in states) if cls is rc.LSTM else states[0].copy())
     x[...] = 7.0
+    for s in states:
+        s[...] = -3.0
     dx, _ = layer.backward(np.ones_like(y))
     dx_twin, _ = twin.backward(np.ones_like(y))
     for name in layer.grads:

@@ -197,10 +197,13 @@ def _plan(spec, p, x, state, schedule, reverse, training, dtype):
     plan["hs"] = np.empty((N, P), dtype)
     # Elman: the input projection, pre-activation and state are one buffer, updated in place
     plan["xp"] = plan["hs"] if spec.kind == "rnn" else np.empty((N, GH), dtype)
-    plan["h0"] = schedule.sorted_state(state[0])
+    # inference reads the initial state where it lies; training keeps it for the
+    # backward pass, so it takes its own copy, as it does of x
+    initial = schedule.sort if training else schedule.sorted_state
+    plan["h0"] = initial(state[0])
     per_step = (N, H) if training else (B, H)
     if spec.kind == "lstm":
-        plan["c0"] = schedule.sorted_state(state[1])
+        plan["c0"] = initial(state[1])
         plan["c_buf"] = np.empty((N, H) if training else (2, B, H), dtype)
         if spec.proj_size:
             plan["m_buf"] = np.empty(per_step, dtype)
