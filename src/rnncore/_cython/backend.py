@@ -153,7 +153,7 @@ def _fixed(spec, training):
     return dict(kind=_KINDS[spec.kind], act=_ACTIVATIONS[spec.nonlinearity],
                 out_act=_ACTIVATIONS[spec.output_activation], coupled=int(spec.coupled_input_forget),
                 reset_after=int(spec.reset_after), training=int(training),
-                H=H, GH=G * H, P=spec.out_size, O=spec.output_size, I=spec.input_size, small_rows=SMALL_ROWS)
+                H=H, GH=G * H, P=spec.out_size, O=spec.output_size, I=spec.input_size)
 
 
 def _plan(spec, p, x, state, schedule, reverse, training, dtype):
@@ -165,6 +165,7 @@ def _plan(spec, p, x, state, schedule, reverse, training, dtype):
     p = {name: np.ascontiguousarray(value) for name, value in p.items()}
     step_row, last_rows = schedule.last_rows_of(reverse)
     plan.update(B=B, S=schedule.S, N=N, step_row=step_row, last_rows=last_rows, active=schedule.active, params=p,
+                small_rows=SMALL_ROWS,
                 w_ih=p["weight_ih"], w_hh=p["weight_hh"], w_hr=p.get("weight_hr"),
                 w_ci=p.get("weight_ci"), w_cf=p.get("weight_cf"), w_co=p.get("weight_co"),
                 w_ho=p.get("weight_ho"), b_ho=p.get("bias_ho"))
