@@ -84,15 +84,15 @@ def flops(T, B, I, H, G, layers, directions):
     return total
 
 
-def rnncore_steps(layer, x, dy):
+def rnncore_steps(layer, x, dy, lengths=None):
     """(inference, training step) closures for an rnncore layer."""
     def infer():
         layer.eval()
-        layer(x)
+        layer(x, lengths=lengths)
 
     def train():
         layer.train()
-        layer(x)
+        layer(x, lengths=lengths)
         layer.backward(dy)
     return infer, train
 
