@@ -575,46 +575,38 @@ cdef void _run_typed(Direction *d, int stage, floating *tag) noexcept nogil:
         weight_gradients(d, tag)
 
 
-cdef void _run_filled(Direction *directions, int count, int stage, bint is_double, int num_threads) noexcept nogil:
-    cdef int i
-    if num_threads > 1 and count > 1:
-        for i in prange(count, num_threads=count, schedule="static", chunksize=1):
-            _run_one(&directions[i], stage, is_double)
-    else:
-        for i in range(count):
-            _run_one(&directions[i], stage, is_double)
-
-
-def _run(list plans, int stage, bint is_double, int num_threads):
-    """Run one stage for each direction's plan; concurrently when num_threads > 1."""
+def _run(list plans, int first, int last, bint is_double, int num_threads):
+    """Run stages first..last for each direction's plan, filling the plans once (a short
+    call pays for every fill). The time loops run side by side when num_threads > 1; the
+    input projection and the weight gradients run one direction after the other: their
+    GEMMs use the BLAS threads, and the second direction may accumulate into the first
+    one's dx."""
     cdef Direction directions[2]
-    cdef int count = len(plans), i
+    cdef int count = len(plans), i, stage
+    cdef bint side_by_side
     for i in range(count):
         _fill(&directions[i], plans[i])
     with nogil:
-        _run_filled(directions, count, stage, is_double, num_threads)
+        for stage in range(first, last + 1):
+            side_by_side = num_threads > 1 and count > 1 and (stage == FORWARD_STEPS or stage == BACKWARD_STEPS)
+            if side_by_side:
+                for i in prange(count, num_threads=count, schedule="static", chunksize=1):
+                    _run_one(&directions[i], stage, is_double)
+            else:
+                for i in range(count):
+                    _run_one(&directions[i], stage, is_double)
 
 
 def forward_all(list plans, bint is_double, int num_threads):
-    """The input projection of each direction, one after the other (each GEMM uses the
-    BLAS threads), then the time loops, side by side when num_threads > 1: one entry,
-    so a short call fills its plans once."""
-    cdef Direction directions[2]
-    cdef int count = len(plans), i
-    for i in range(count):
-        _fill(&directions[i], plans[i])
-    with nogil:
-        _run_filled(directions, count, INPUT_PROJECTION, is_double, 1)
-        _run_filled(directions, count, FORWARD_STEPS, is_double, num_threads)
+    _run(plans, INPUT_PROJECTION, FORWARD_STEPS, is_double, num_threads)
 
 
 def backward_all(list plans, bint is_double, int num_threads):
-    _run(plans, BACKWARD_STEPS, is_double, num_threads)
+    _run(plans, BACKWARD_STEPS, BACKWARD_STEPS, is_double, num_threads)
 
 
 def weight_gradients_all(list plans, bint is_double):
-    # sequential: the second direction may accumulate into the first one's dx
-    _run(plans, WEIGHT_GRADIENTS, is_double, 1)
+    _run(plans, WEIGHT_GRADIENTS, WEIGHT_GRADIENTS, is_double, 1)
 
 
 def activation(str name, floating[::1] values):
