@@ -285,7 +285,10 @@ def layer_backward(ctx, dy, dstates_n):
     D, P, H, N = len(plans), spec.out_size, spec.hidden_size, schedule.N
     dx = np.empty((T, B, I), dtype) if not schedule.packed else np.zeros((T, B, I), dtype)
     grads = []
-    for d, (plan, dstate) in enumerate(zip(plans, dstates_n)):
+    # the saved plans are only read: each call's buffers go into a plan of its own, so
+    # that a context may be back-propagated through again, or from two threads at once
+    calls = [dict(plan) for plan in plans]
+    for d, (plan, dstate) in enumerate(zip(calls, dstates_n)):
         GH = plan["GH"]
         g = {name: np.zeros_like(value) for name, value in plan["params"].items()}
         grads.append(g)
@@ -318,19 +321,17 @@ def layer_backward(ctx, dy, dstates_n):
     threads = _backend.get_num_threads()
     if threads > 1 and D > 1:
         with _SingleThreadedBlas():
-            _recurrent.backward_all(plans, is_double, threads)
+            _recurrent.backward_all(calls, is_double, threads)
     else:
-        _recurrent.backward_all(plans, is_double, 1)
-    _recurrent.weight_gradients_all(plans, is_double)
+        _recurrent.backward_all(calls, is_double, 1)
+    _recurrent.weight_gradients_all(calls, is_double)
 
     dstates0 = []
-    for d, plan in enumerate(plans):
+    for d, plan in enumerate(calls):
         if schedule.packed:
             dx[schedule.times(ctx["reverse"][d]), schedule.batch_of] += plan["dx"]
         ds = [schedule.unsort(plan["dh"])]
         if spec.kind == "lstm":
             ds.append(schedule.unsort(plan["dc"]))
         dstates0.append(tuple(ds))
-        for key in ("dy", "dx", "dgx", "dgh", "dh", "dc", "dm", "dhtot", "dypre", "hprev"):
-            plan.pop(key, None)   # the context may be back-propagated again
     return dx, dstates0, grads
