@@ -4,7 +4,7 @@ import numpy as np
 
 from . import _backend, _validate
 from ._spec import ACTIVATIONS, CellSpec
-from .layers import _Parametrised, _pair
+from .layers import _Parametrised, _pair, commit, saved_context
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
@@ -50,16 +50,13 @@ class _Cell(_Parametrised):
         return tuple(np.ascontiguousarray(s if batched else s[None]) for s in out)
 
     def _step_back(self, dstates):
-        saved = self._saved
-        if saved is None:
-            raise RuntimeError("backward: there is no training-mode call to back-propagate through "
-                               "(call the cell in train() mode first)")
+        saved = saved_context(self, "backward: there is no training-mode call to back-propagate through "
+                                    "(call the cell in train() mode first)")
         names = tuple("d" + n.replace("0", "1") for n in self._state_names)
         dstates = self._check_states(dstates, names, saved["B"], saved["batched"], check_finite=True)
         dy = np.zeros((1, saved["B"], self.spec.out_size), dtype=self.dtype)
         dx, (dstates0,), (grads,) = saved["backend"].layer_backward(saved["ctx"], dy, [dstates])
-        for name, value in grads.items():
-            self.grads[name] += value
+        commit([(self, saved, grads)])
         if saved["batched"]:
             return dx[0], dstates0
         return dx[0, 0], tuple(d[0] for d in dstates0)

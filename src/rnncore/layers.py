@@ -5,8 +5,10 @@ backend's `layer_forward` (one or two directions), feeding each layer's concaten
 output to the next. Everything a user can get wrong is checked here, once, before any
 compute; the backends trust what they are given.
 """
+import contextlib
 import inspect
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -44,7 +46,92 @@ def copy_state(params, mapping, strict=True):
         params[name][...] = value
 
 
-class _Parametrised:
+# -- the one-context rule ------------------------------------------------------------------
+# A training-mode forward saves one context in `module._saved`; the first backward through
+# it consumes it (as PyTorch frees its graph without retain_graph=True), so a second one
+# cannot silently add the same gradients again. A backward reads the context, computes,
+# and only then, in `commit`, consumes it and adds its gradients: on error nothing changed.
+
+_CONSUMED = object()  # `_saved` after backward consumed the context
+# taken for a few identity checks and the gradient additions of one backward, so that
+# of two threads back-propagating through one forward exactly one succeeds
+_commit_lock = threading.Lock()
+_deferred = threading.local()
+
+
+def _consumed(module):
+    return RuntimeError(f"{type(module).__name__}.backward: the last training-mode forward was already "
+                        "back-propagated through; backward frees its saved context, as PyTorch does without "
+                        "retain_graph=True (run the forward again, or use rnncore.functional, whose contexts "
+                        "can be back-propagated more than once)")
+
+
+def saved_context(module, missing):
+    """The context `module`'s last training-mode forward saved, for its backward to read;
+    `missing` is the error message when there was no such forward."""
+    saved = module._saved
+    if saved is _CONSUMED:
+        raise _consumed(module)
+    if saved is None:
+        raise RuntimeError(missing)
+    return saved
+
+
+def commit(entries):
+    """Consume the contexts a backward read and add its gradients, all or nothing.
+
+    entries: [(module, the saved context its gradients came from, {name: gradient})], a
+    gradient being an array of the parameter's shape or a pair (row indices, rows) that
+    adds into those rows only. A context that another backward consumed, or a newer
+    forward replaced, since it was read refuses the whole backward. Inside
+    `deferred_commits` the entries are only collected."""
+    pending = getattr(_deferred, "entries", None)
+    if pending is not None:
+        pending.extend(entries)
+        return
+    with _commit_lock:
+        for module, saved, _ in entries:
+            if module._saved is _CONSUMED:
+                raise _consumed(module)
+            if module._saved is not saved:
+                raise RuntimeError(f"{type(module).__name__}.backward: a new forward replaced the saved context "
+                                   "while this backward ran (forward and backward of one module must not run "
+                                   "at the same time)")
+        for module, _, grads in entries:
+            module._saved = _CONSUMED
+            for name, value in grads.items():
+                if isinstance(value, tuple):
+                    np.add.at(module.grads[name], *value)
+                else:
+                    module.grads[name] += value
+
+
+@contextlib.contextmanager
+def deferred_commits():
+    """Within the block, this thread's `commit` calls collect their entries into the list
+    it yields instead of applying them: a chain of modules commits once, all or nothing."""
+    outer = getattr(_deferred, "entries", None)
+    _deferred.entries = entries = []
+    try:
+        yield entries
+    finally:
+        _deferred.entries = outer
+
+
+class _Module:
+    """Pickling and copying: the saved context is dropped (it holds a backend module and
+    buffers only its own backward needs), so a copy needs a training-mode forward of its
+    own before backward; parameters, gradients, mode and random generator are copied."""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_saved"] = None
+        # a cache of views into the parameter arrays: rebuilt on first use by the copy
+        state.pop("_by_layer", None)
+        return state
+
+
+class _Parametrised(_Module):
     """Parameters by name, their gradients, state_dict, train/eval: shared by layers
     and cells. Subclasses fill `self._params` in `_init_params` order."""
 
@@ -231,10 +318,8 @@ class _Recurrent(_Parametrised):
         return self._output(layer_input, batched), finals
 
     def _backward(self, dy, dstates_n):
-        saved = self._saved
-        if saved is None:
-            raise RuntimeError("backward: there is no training-mode forward to back-propagate through "
-                               "(call the layer in train() mode first)")
+        saved = saved_context(self, "backward: there is no training-mode forward to back-propagate through "
+                                    "(call the layer in train() mode first)")
         batched = saved["batched"]
         T, B, W = saved["y_shape"]
         expected = (T, B, W) if not self.batch_first else (B, T, W)
@@ -251,7 +336,7 @@ class _Recurrent(_Parametrised):
 
         backend, D = saved["backend"], self.num_directions
         dstates0 = [np.empty_like(s) for s in dstates]
-        new_grads = []
+        new_grads = {}
         for k in reversed(range(self.num_layers)):
             rows = range(k * D, (k + 1) * D)
             dstates_k = [tuple(np.ascontiguousarray(s[r]) for s in dstates) for r in rows]
@@ -260,12 +345,11 @@ class _Recurrent(_Parametrised):
                 for d0, value in zip(dstates0, state):
                     d0[r] = value
             for d, g in enumerate(grads):
-                new_grads += [(_param_name(base, k, d), value) for base, value in g.items()]
+                new_grads.update((_param_name(base, k, d), value) for base, value in g.items())
             if k > 0 and saved["masks"][k - 1] is not None:
                 dx = dx * saved["masks"][k - 1]
             dy = np.ascontiguousarray(dx)
-        for name, value in new_grads:
-            self.grads[name] += value
+        commit([(self, saved, new_grads)])
         dx = dy[:, 0, :] if not batched else (dy.transpose(1, 0, 2) if self.batch_first else dy)
         return dx, [d if batched else d[:, 0, :] for d in dstates0]
 

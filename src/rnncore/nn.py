@@ -2,7 +2,8 @@
 them. Each has `forward` (calling it) and `backward`, and the layers' conventions:
 `parameters()`, `grads`, `zero_grad()`, `state_dict()`, `load_state_dict()`,
 `train()/eval()`. `backward` adds parameter gradients into `grads` and returns the
-gradient of the input of the last training-mode forward.
+gradient of the input of the last training-mode forward, whose saved context it consumes
+(the one-context rule of rnncore.layers).
 """
 import math
 import warnings
@@ -11,16 +12,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _backend, _validate
-from .layers import _Parametrised, _Recurrent, copy_state
+from .layers import _Module, _Parametrised, _Recurrent, commit, copy_state, deferred_commits, saved_context
 
 __all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential"]
 
 
 def _saved_or_raise(module):
-    if module._saved is None:
-        raise RuntimeError(f"{type(module).__name__}.backward: there is no training-mode forward to "
-                           "back-propagate through (call it in train() mode first)")
-    return module._saved
+    return saved_context(module, f"{type(module).__name__}.backward: there is no training-mode forward to "
+                                 "back-propagate through (call it in train() mode first)")
 
 
 def _gradient(name, dy, like):
@@ -63,14 +62,16 @@ class Linear(_Parametrised):
 
     def backward(self, dy):
         """dx = linear.backward(dy); adds into grads["weight"], grads["bias"]."""
-        x, y = _saved_or_raise(self)
+        saved = x, y = _saved_or_raise(self)
         dy = _gradient("dy", dy, y)
         rows_dy = dy.reshape(-1, self.out_features)
-        # dW += dy.T @ x    (out, in) += (out, N) x (N, in), N = all leading axes
-        self.grads["weight"] += rows_dy.T @ x.reshape(-1, self.in_features)
+        # dW = dy.T @ x    (out, in) = (out, N) x (N, in), N = all leading axes
+        grads = {"weight": rows_dy.T @ x.reshape(-1, self.in_features)}
         if self.bias:
-            self.grads["bias"] += rows_dy.sum(axis=0)
-        return dy @ self._params["weight"]
+            grads["bias"] = rows_dy.sum(axis=0)
+        dx = dy @ self._params["weight"]
+        commit([(self, saved, grads)])
+        return dx
 
 
 class Embedding(_Parametrised):
@@ -103,14 +104,15 @@ class Embedding(_Parametrised):
 
     def backward(self, dy):
         """Adds into grads["weight"]; returns None (integer inputs have no gradient)."""
-        indices, y = _saved_or_raise(self)
+        saved = indices, y = _saved_or_raise(self)
         dy = _gradient("dy", dy, y)
-        # repeated indices accumulate, which plain fancy-index assignment would not do
-        np.add.at(self.grads["weight"], indices.ravel(), dy.reshape(-1, self.embedding_dim))
+        # a row update: only the rows looked up change (commit adds them with np.add.at,
+        # so that repeated indices accumulate)
+        commit([(self, saved, {"weight": (indices.ravel(), dy.reshape(-1, self.embedding_dim))})])
         return None
 
 
-class _Stateless:
+class _Stateless(_Module):
     """The conventions of a module without parameters."""
 
     def __init__(self):
@@ -163,7 +165,9 @@ class _Activation(_Stateless):
 
     def backward(self, dy):
         y = _saved_or_raise(self)
-        return _gradient("dy", dy, y) * self._derivative(y)
+        dx = _gradient("dy", dy, y) * self._derivative(y)
+        commit([(self, y, {})])
+        return dx
 
 
 class Tanh(_Activation):
@@ -226,12 +230,19 @@ class LastStep(_Stateless):
     forward = __call__
 
     def backward(self, dlast):
-        shape, dtype, last = _saved_or_raise(self)
+        saved = shape, dtype, last = _saved_or_raise(self)
         dlast = _validate.array("dlast", dlast, dtype)
         _validate.shape("dlast", dlast, (shape[1], shape[2]))
         dy = np.zeros(shape, dtype=dtype)
         dy[last, np.arange(shape[1])] = dlast
+        commit([(self, saved, {})])
         return dy.transpose(1, 0, 2) if self.batch_first else dy
+
+
+def _commits(module):
+    """Whether `module`'s backward adds its gradients through `commit`, so that a chain can
+    defer them (rnncore's own modules do)."""
+    return isinstance(module, (_Module, Sequential))
 
 
 class Sequential:
@@ -335,19 +346,32 @@ class Sequential:
 
     def backward(self, dy, dstates=None):
         """Back through every module; returns the input gradient (None when the first
-        module takes integers) and the initial-state gradients, one per recurrent layer."""
+        module takes integers) and the initial-state gradients, one per recurrent layer.
+        All or nothing: every module's gradients are computed before any is added or any
+        saved context consumed, so an error in one module leaves them all as they were."""
         dstates = self._state_list("dstates", dstates)
         dstates0 = [None] * len(self._recurrent)
-        for index in reversed(range(len(self.modules))):
-            module = self.modules[index]
-            if dy is None:
-                raise ValueError(f"modules[{index}]: expected the integer-input module to come first, "
-                                 f"got {type(self.modules[index + 1]).__name__} after it")
-            if isinstance(module, _Recurrent):
-                k = self._recurrent.index(index)
-                dy, dstates0[k] = module.backward(dy, dstates[k])
-            else:
-                dy = module.backward(dy)
+        # a module of the user's own adds its gradients at once: restored if a later one fails
+        foreign = [{name: grad.copy() for name, grad in m.grads.items()} if not _commits(m) else None
+                   for m in self.modules]
+        try:
+            with deferred_commits() as entries:
+                for index in reversed(range(len(self.modules))):
+                    module = self.modules[index]
+                    if dy is None:
+                        raise ValueError(f"modules[{index}]: expected the integer-input module to come first, "
+                                         f"got {type(self.modules[index + 1]).__name__} after it")
+                    if isinstance(module, _Recurrent):
+                        k = self._recurrent.index(index)
+                        dy, dstates0[k] = module.backward(dy, dstates[k])
+                    else:
+                        dy = module.backward(dy)
+            commit(entries)
+        except BaseException:
+            for module, grads in zip(self.modules, foreign):
+                for name, grad in (grads or {}).items():
+                    module.grads[name][...] = grad
+            raise
         return dy, dstates0
 
     def _named(self, attribute):
