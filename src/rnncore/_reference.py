@@ -32,15 +32,16 @@ def activate(name, a):
     return a  # identity
 
 
-def activation_grad(name, out):
-    """d act(a) / da, given out = act(a)."""
+def activation_back(name, out, grad):
+    """grad * d act(a) / da, given out = act(a)."""
     if name == "tanh":
-        return 1 - out * out
+        return grad * (1 - out * out)
     if name == "relu":
-        return (out > 0).astype(out.dtype)
+        # torch's threshold_backward: zero where out <= 0, so a NaN output passes grad on
+        return np.where(out <= 0, 0, grad)
     if name == "sigmoid":
-        return out * (1 - out)
-    return np.ones_like(out)
+        return grad * (out * (1 - out))
+    return grad
 
 
 def _affine(inp, weight, bias):
@@ -71,7 +72,7 @@ def _rnn_step(spec, p, x_proj, state):
 def _rnn_step_back(spec, p, cache, dstate, grads):
     h_prev, h = cache
     (dh,) = dstate
-    da = dh * activation_grad(spec.nonlinearity, h)
+    da = activation_back(spec.nonlinearity, h, dh)
     dh_prev = _affine_back(da, h_prev, p["weight_hh"], grads["weight_hh"], grads.get("bias_hh"))
     return (dh_prev,), da
 
@@ -87,9 +88,9 @@ def _jordan_step(spec, p, x_proj, state):
 def _jordan_step_back(spec, p, cache, dstate, grads):
     y_prev, h, y = cache
     (dy,) = dstate
-    dy_pre = dy * activation_grad(spec.output_activation, y)
+    dy_pre = activation_back(spec.output_activation, y, dy)
     dh = _affine_back(dy_pre, h, p["weight_ho"], grads["weight_ho"], grads.get("bias_ho"))
-    da = dh * activation_grad(spec.nonlinearity, h)
+    da = activation_back(spec.nonlinearity, h, dh)
     dy_prev = _affine_back(da, y_prev, p["weight_hh"], grads["weight_hh"], grads.get("bias_hh"))
     return (dy_prev,), da
 

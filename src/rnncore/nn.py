@@ -198,7 +198,8 @@ class ReLU(_Activation):
 
     @staticmethod
     def _derivative(y):
-        return (y > 0).astype(y.dtype)
+        # torch's threshold_backward: zero where y <= 0, so a NaN output passes dy on
+        return (~(y <= 0)).astype(y.dtype)
 
 
 class LastStep(_Stateless):

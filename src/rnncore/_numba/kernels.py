@@ -189,7 +189,8 @@ def _activate_rows(code, values, shift, out):
         for j in range(n):
             for k in range(width):
                 v = values[j, k] + shift[k]
-                out[j, k] = v if v > zero else zero
+                # NaN stays NaN, as np.maximum and torch.relu keep it
+                out[j, k] = zero if v < zero else v
     elif code == SIGMOID:
         for j in range(n):
             for k in range(width):
@@ -211,9 +212,11 @@ def _times_activation_grad(code, out, grad):
             for k in range(width):
                 grad[j, k] *= one - out[j, k] * out[j, k]
     elif code == RELU:
+        # torch's threshold_backward: zero where out <= 0; a NaN output passes grad on
         for j in range(n):
             for k in range(width):
-                grad[j, k] *= one if out[j, k] > zero else zero
+                if out[j, k] <= zero:
+                    grad[j, k] = zero
     elif code == SIGMOID:
         for j in range(n):
             for k in range(width):
