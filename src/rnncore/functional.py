@@ -31,6 +31,15 @@ def _forward(spec, params, x, states, lengths, reverse, training, check_finite, 
     if x.ndim != 3 or x.shape[2] != spec.input_size or 0 in x.shape:
         raise ValueError(f"x: expected shape (T, B, {spec.input_size}) with T, B >= 1, got {x.shape}")
     T, B, _ = x.shape
+    # every size is read from a weight's shape: a size 0 shows as an empty axis there
+    shapes = {name: _validate.to_numpy(value).shape for name, value in params.items() if value is not None}
+    empty = [name for name, shape in shapes.items() if 0 in shape]
+    if empty:
+        raise ValueError(f"{empty[0]}: expected every size (hidden_size, proj_size, output_size) >= 1, got shape "
+                         f"{shapes[empty[0]]}")
+    if spec.hidden_size < 1:
+        raise ValueError(f"weight_ih: expected {spec.num_gates} * hidden_size rows, hidden_size >= 1, got shape "
+                         f"{shapes['weight_ih']}")
     unused = [name for name, value in params.items() if value is not None and name not in spec.param_shapes()]
     if unused:
         raise ValueError(f"{', '.join(unused)}: expected None for this variant, got an array")

@@ -11,7 +11,14 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
     # the operands swap places and keep their own transpose flags.
     cdef char flag_a = b'T' if trans_a else b'N'
     cdef char flag_b = b'T' if trans_b else b'N'
-    if m <= 0 or n <= 0 or k <= 0:
+    cdef Py_ssize_t i, j
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        # an empty product: C := beta C, where beta 0 overwrites (C may be uninitialised)
+        for i in range(m):
+            for j in range(n):
+                c[i * ldc + j] = 0 if beta == 0 else beta * c[i * ldc + j]
         return
     if floating is float:
         sgemm(&flag_b, &flag_a, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda, &beta, c, &ldc)
