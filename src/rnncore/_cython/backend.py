@@ -287,8 +287,8 @@ def layer_backward(ctx, dy, dstates_n):
     grads = []
     # the saved plans are only read: each call's buffers go into a plan of its own, so
     # that a context may be back-propagated through again, or from two threads at once
-    calls = [dict(plan) for plan in plans]
-    for d, (plan, dstate) in enumerate(zip(calls, dstates_n)):
+    plans = [dict(plan) for plan in plans]
+    for d, (plan, dstate) in enumerate(zip(plans, dstates_n)):
         GH = plan["GH"]
         g = {name: np.zeros_like(value) for name, value in plan["params"].items()}
         grads.append(g)
@@ -321,13 +321,13 @@ def layer_backward(ctx, dy, dstates_n):
     threads = _backend.get_num_threads()
     if threads > 1 and D > 1:
         with _SingleThreadedBlas():
-            _recurrent.backward_all(calls, is_double, threads)
+            _recurrent.backward_all(plans, is_double, threads)
     else:
-        _recurrent.backward_all(calls, is_double, 1)
-    _recurrent.weight_gradients_all(calls, is_double)
+        _recurrent.backward_all(plans, is_double, 1)
+    _recurrent.weight_gradients_all(plans, is_double)
 
     dstates0 = []
-    for d, plan in enumerate(calls):
+    for d, plan in enumerate(plans):
         if schedule.packed:
             dx[schedule.times(ctx["reverse"][d]), schedule.batch_of] += plan["dx"]
         ds = [schedule.unsort(plan["dh"])]
