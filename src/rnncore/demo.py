@@ -213,10 +213,10 @@ def run(args, out=print):
     baselines = [label for label in results if label != model_name]
     best = min(baselines, key=lambda label: results[label]["mean_rmse"])
 
-    out(f"  {'':<30}{'RMSE mean':>10}{'sd':>7}{'MAE mean':>10}{'sd':>7}{'overall RMSE':>14}")
+    out(f"  {'':<30}{'RMSE mean +- sd':>19}{'MAE mean +- sd':>19}{'overall RMSE':>14}")
     for label, result in results.items():
-        out(f"  {label:<30}{result['mean_rmse']:>10.4g}{result['std_rmse']:>7.3g}{result['mean_mae']:>10.4g}"
-            f"{result['std_mae']:>7.3g}{result['overall_rmse']:>14.4g}")
+        out(f"  {label:<30}{result['mean_rmse']:>10.4g} +- {result['std_rmse']:<5.2g}"
+            f"{result['mean_mae']:>10.4g} +- {result['std_mae']:<5.2g}{result['overall_rmse']:>14.4g}")
     model, baseline = results[model_name], results[best]
     wins = sum(m < b for m, b in zip(model["rmse"], baseline["rmse"]))
     ratio = model["mean_rmse"] / baseline["mean_rmse"] if baseline["mean_rmse"] else float("inf")
