@@ -25,14 +25,8 @@ CHUNK = 25
 AR_ORDERS = (2, 4, 8, 16, 32)
 
 
-def make_series(rng, length, delay=17, every=3, warmup=500):
-    """Euler steps of the Mackey-Glass equation (unit time step), every `every`-th kept."""
-    x = np.full(length * every + warmup, 1.2)
-    for t in range(delay, len(x) - 1):
-        x[t + 1] = x[t] + 0.2 * x[t - delay] / (1 + x[t - delay] ** 10) - 0.1 * x[t]
-    clean = x[warmup::every][:length]
-    clean = (clean - clean.mean()) / clean.std()
-    return (clean + 0.1 * rng.standard_normal(length)).astype(np.float32)
+def make_series(rng, length):
+    return rc.forecasting.mackey_glass(length, seed=rng).astype(np.float32)
 
 
 def autoregression(series, p, fit_end):

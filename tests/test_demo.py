@@ -74,6 +74,18 @@ def test_quick_demo_on_the_shipped_series_writes_metrics_and_png(tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_generated_chaotic_series_where_the_recurrent_model_earns_its_place(tmp_path):
+    metrics = tmp_path / "m.json"
+    done = run("demo", "--series", "mackey-glass", "--quick", "--no-plot", "--no-progress", "--json", str(metrics),
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(metrics.read_text())
+    assert result["season"] is None and result["horizon"] == 20 and result["strongest_baseline"] == "LinearAR(40)"
+    assert set(result["metrics"]) == {"LSTM forecaster", "LinearAR(40)", "persistence"}
+    # ~0.32 against ~0.58: the dynamics are nonlinear, which no autoregression follows
+    assert result["metrics"]["LSTM forecaster"]["mean_rmse"] < 0.7 * result["metrics"]["LinearAR(40)"]["mean_rmse"]
+
+
 def test_weekly_csv_infers_a_52_week_season_and_the_model_keeps_up(tmp_path):
     csv = write_csv(tmp_path / "weekly.csv", *weekly(), header="week,sales")
     metrics = tmp_path / "m.json"
@@ -137,6 +149,7 @@ def test_missing_values_refused_then_filled(tmp_path):
     (("demo", "--cell", "tcn"), "--cell"),
     (("demo", "--column", "x"), "--column: expected it only together with --csv"),
     (("demo", "--fill", "linear"), "--fill: expected it only together with --csv"),
+    (("demo", "--series", "mackey-glass", "--csv", "x.csv"), "--series: expected it or --csv, not both"),
     (("frobnicate",), "COMMAND: expected one of ['demo']"),
 ])
 def test_bad_options_exit_nonzero_with_a_message(tmp_path, args, message):

@@ -319,6 +319,7 @@ def test_read_csv_missing_values_refused_or_filled(tmp_path):
     ("just a header\n", {}, "expected a header row and data rows"),
     ("a,b\n1,2\n", dict(columns=["c"]), r"columns: expected a name in \['a', 'b'\]"),
     ("a,b\n1,2\n", dict(columns=[5]), r"columns: expected an index in \[0, 1\]"),
+    ("a,b\n1,2\n", dict(columns=[-3]), r"columns: expected an index in \[0, 1\]"),
     ("a,b\n1,2\n", dict(fill="mean"), "fill: expected None, 'linear' or 'ffill'"),
     ("d,b\n2020-01-01,1\nlater,2\n", dict(date_column="d"), "line 3: expected an ISO date"),
 ])
@@ -336,8 +337,24 @@ def test_read_csv_without_dates_and_numbers_that_look_like_years(tmp_path):
     assert table.dates is None and table.columns == ["year", "value"]
 
 
+def test_read_csv_reads_only_the_columns_asked_for(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text("date,store,sales\n2020-01-01,north,5\n2020-01-02,south,7\n")
+    table = fc.read_csv(path, [-1])
+    assert table.columns == ["sales"] and table.values[:, 0].tolist() == [5, 7]
+
+
 def test_shipped_series_reads_as_monthly():
-    table = fc.read_csv(rc.demo.DEFAULT_CSV if hasattr(rc, "demo") else
-                        __import__("rnncore.demo").demo.DEFAULT_CSV)
+    from rnncore import demo
+    table = fc.read_csv(demo.DEFAULT_CSV)
     assert table.values.shape == (526, 1) and str(table.dates[0]) == "1958-03"
     assert fc.infer_season(table.dates) == 12
+
+
+def test_mackey_glass_is_standardised_noisy_and_seeded():
+    clean = fc.mackey_glass(500, noise=0.0)
+    assert clean.shape == (500,)
+    assert abs(clean.mean()) < 1e-12 and abs(clean.std() - 1) < 1e-12
+    noisy = fc.mackey_glass(500, seed=1)
+    assert np.std(noisy - clean) == pytest.approx(0.1, rel=0.1)
+    assert fc.mackey_glass(500, seed=1).tolist() == noisy.tolist()

@@ -2,7 +2,9 @@
 series, by rolling-origin backtest; a thin command line over `rnncore.forecasting`.
 
 The default series is the monthly Mauna Loa CO2 record shipped in rnncore/data (see the
-README there for source and licence); `--csv` takes the user's own. At each of
+README there for source and licence), a series that linear models forecast well;
+`--series mackey-glass` generates a chaotic one that they do not; `--csv` takes the
+user's own. At each of
 `--origins` origins, `--step` values apart and the last one `--horizon` values before
 the end, every model is fitted on the values before the origin and forecasts the next
 `--horizon`; the table shows each one's RMSE and MAE over the origins (mean and spread)
@@ -20,10 +22,12 @@ import numpy as np
 from . import __version__
 from ._backend import get_backend, set_num_threads
 from .forecasting import (CELLS, MIN_WINDOWS, Forecaster, LinearAR, MissingValueError, Persistence,
-                          SeasonalNaive, backtest, infer_season, read_csv)
+                          SeasonalNaive, backtest, infer_season, mackey_glass, read_csv)
 
 DEFAULT_CSV = Path(__file__).with_name("data") / "co2_mauna_loa_monthly.csv"
 DEFAULT_NAME = "Mauna Loa CO2, monthly mean (ppm), 1958-2001"
+MACKEY_GLASS_NAME = "Mackey-Glass (delay 17, every 3rd step), standardised, plus noise of sd 0.1; generated"
+MACKEY_GLASS_LENGTH = 800
 
 
 class DemoError(Exception):
@@ -32,16 +36,13 @@ class DemoError(Exception):
 
 def load(args):
     """(values (n, k) with the target first, dates or None, column names, series name)."""
+    if args.series == "mackey-glass":
+        return mackey_glass(MACKEY_GLASS_LENGTH, seed=args.seed)[:, None], None, ["x"], MACKEY_GLASS_NAME
     if args.csv is None:
         table = read_csv(DEFAULT_CSV, ["co2_ppm"])
         return table.values, table.dates, table.columns, DEFAULT_NAME
     try:
-        if args.column:
-            columns = args.column
-        else:  # the last column that is not the date column
-            header = read_csv(args.csv, None, args.date_column, args.delimiter, args.fill).columns
-            columns = [header[-1]]
-        table = read_csv(args.csv, columns, args.date_column, args.delimiter, args.fill)
+        table = read_csv(args.csv, args.column or [-1], args.date_column, args.delimiter, args.fill)
     except MissingValueError as error:
         raise DemoError(f"--csv: {str(error).split('; fill gaps')[0]}; pass --fill linear or --fill ffill "
                         "to fill gaps") from None
@@ -58,12 +59,13 @@ def models(args, season, ar_order):
     model = Forecaster(cell=args.cell, window=args.window, horizon=args.horizon, season=season,
                        hidden_size=args.hidden_size, epochs=args.epochs, seed=args.seed, ar_order=ar_order,
                        ensemble=args.ensemble, verbose=not args.no_progress)
-    return {f"{args.cell.upper()} forecaster": model,
-            f"LinearAR({ar_order})": LinearAR(ar_order),
-            f"LinearAR(2, seasonal={season})": LinearAR(2, seasonal=season),
-            "seasonal naive + drift": SeasonalNaive(season, drift=True),
-            "seasonal naive": SeasonalNaive(season),
-            "persistence": Persistence()}
+    estimators = {f"{args.cell.upper()} forecaster": model, f"LinearAR({ar_order})": LinearAR(ar_order)}
+    if season is not None:
+        estimators.update({f"LinearAR(2, seasonal={season})": LinearAR(2, seasonal=season),
+                           "seasonal naive + drift": SeasonalNaive(season, drift=True),
+                           "seasonal naive": SeasonalNaive(season)})
+    estimators["persistence"] = Persistence()
+    return estimators
 
 
 def plot(path, values, dates, origin, forecasts, label, title):
@@ -106,6 +108,9 @@ def build_parser():
                     "date or datetime first column is read as the time axis).")
     parser.add_argument("--version", action="version", version=f"rnncore {__version__}")
     data = parser.add_argument_group("data")
+    data.add_argument("--series", choices=["co2", "mackey-glass"], default="co2",
+                      help="a built-in series: the shipped CO2 record (default), or a generated chaotic "
+                           "Mackey-Glass series (no seasons; default horizon 20)")
     data.add_argument("--csv", metavar="PATH", help="a CSV file with a header row (default: the shipped CO2 series)")
     data.add_argument("--column", metavar="NAME|INDEX", action="append",
                       help="the column to forecast (default: the last); repeat it to add input columns "
@@ -117,12 +122,14 @@ def build_parser():
                       help="fill missing cells by linear interpolation or with the last known value "
                            "(default: refuse them)")
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--horizon", type=int, default=36, help="steps forecast at each origin (default 36)")
+    evaluation.add_argument("--horizon", type=int, help="steps forecast at each origin (default 36; 20 for "
+                                                        "mackey-glass)")
     evaluation.add_argument("--season", type=int,
                             help="season length (default: from the dates' step: 12 monthly, 52 weekly, 7 daily, "
                                  "24 hourly, 4 quarterly; else 12)")
     evaluation.add_argument("--origins", type=int, help="backtest origins (default 5; 3 with --quick)")
-    evaluation.add_argument("--step", type=int, help="values between origins (default: the season)")
+    evaluation.add_argument("--step", type=int, help="values between origins (default: the season, or the "
+                                                     "horizon without one)")
     model = parser.add_argument_group("model")
     model.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="recurrent cell (default lstm)")
     model.add_argument("--hidden-size", type=int, default=16, help="hidden units (default 16)")
@@ -131,7 +138,8 @@ def build_parser():
     model.add_argument("--epochs", type=int, help="most epochs; early stopping may end sooner "
                                                   "(default 200; 30 with --quick)")
     model.add_argument("--ensemble", type=int, help="networks averaged (default 3; 1 with --quick)")
-    model.add_argument("--seed", type=int, default=0, help="seed of the weights and batches (default 0)")
+    model.add_argument("--seed", type=int, default=0,
+                       help="seed of the weights and batches, and of the generated series' noise (default 0)")
     output = parser.add_argument_group("output")
     output.add_argument("--quick", action="store_true", help="a short run, for CI")
     output.add_argument("--json", metavar="PATH", help="write every model's metrics per origin and overall")
@@ -156,6 +164,8 @@ def _check_options(args, parser):
     for name in ("column", "delimiter", "fill"):
         if getattr(args, name) is not None and args.csv is None:
             parser.error(f"--{name}: expected it only together with --csv")
+    if args.csv is not None and args.series != "co2":
+        parser.error(f"--series: expected it or --csv, not both, got --series {args.series}")
     if args.delimiter is not None and len(args.delimiter.replace("\\t", "\t")) != 1:
         parser.error(f"--delimiter: expected one character, got {args.delimiter!r}")
     if args.delimiter is not None:
@@ -182,22 +192,24 @@ def run(args, out=print):
     args.ensemble = args.ensemble or (1 if quick else 3)
     origins = args.origins or (3 if quick else 5)
     values, dates, columns, name = load(args)
-    season = args.season or infer_season(dates) or 12
-    horizon = args.horizon
-    step = args.step or season
+    generated = args.series == "mackey-glass"
+    season = args.season if generated else args.season or infer_season(dates) or 12
+    horizon = args.horizon or (20 if generated else 36)
+    args.horizon = horizon
+    step = args.step or season or horizon
     n = len(values)
     # the earliest origin must leave the network a validation stretch and some windows to learn from
-    needed = (origins - 1) * step + 3 * horizon + MIN_WINDOWS + season
+    needed = (origins - 1) * step + 3 * horizon + MIN_WINDOWS + (season or 0)
     if n < needed:
         raise DemoError(f"--csv: expected at least {needed} values for --horizon {horizon}, --season {season}, "
                         f"--origins {origins} and --step {step}, got {n}")
     first_train = n - horizon - step * (origins - 1)
     # the same autoregression is a baseline and the base the network corrects
-    ar_order = max(1, min(2 * season, (first_train - horizon) // 4 - 1))
+    ar_order = max(1, min(2 * (season or horizon), (first_train - horizon) // 4 - 1))
     estimators = models(args, season, ar_order)
     model_name = next(iter(estimators))
     span = "" if dates is None else f", {dates[0]} to {dates[-1]}"
-    out(f"series: {name}: {n} values{span}; season {season}")
+    out(f"series: {name}: {n} values{span}; " + (f"season {season}" if season else "no season"))
     out(f"backtest: {origins} origins {step} values apart, each forecasting the next {horizon} from the "
         f"values before it (backend {get_backend()})")
 

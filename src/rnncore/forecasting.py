@@ -37,7 +37,7 @@ from .optim import Adam
 from .train import EarlyStopping, fit as fit_epochs, minibatches, train_step
 
 __all__ = ["Forecaster", "Persistence", "SeasonalNaive", "LinearAR", "backtest", "read_csv", "Table",
-           "MissingValueError", "rmse", "mae", "infer_season"]
+           "MissingValueError", "rmse", "mae", "infer_season", "mackey_glass"]
 
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 BASES = ("ar", "seasonal_naive", "persistence")
@@ -126,10 +126,13 @@ class _Estimator:
         return self
 
     def __repr__(self):
-        signature = inspect.signature(type(self).__init__)
-        shown = [f"{name}={getattr(self, name)!r}" for name in self._param_names()
-                 if getattr(self, name) is not signature.parameters[name].default
-                 and getattr(self, name) != signature.parameters[name].default]
+        defaults = inspect.signature(type(self).__init__).parameters
+
+        def is_default(name):
+            value, default = getattr(self, name), defaults[name].default
+            return value is default or (type(value) is type(default) and value == default)
+
+        shown = [f"{name}={getattr(self, name)!r}" for name in self._param_names() if not is_default(name)]
         return f"{type(self).__name__}({', '.join(shown)})"
 
     def _clone(self):
@@ -531,8 +534,8 @@ def _number(cell, decimal_comma):
 def read_csv(path, columns=None, date_column="auto", delimiter=None, fill=None):
     """Read a series from a CSV file with a header row.
 
-    columns: names or 0-based indices of the numeric columns to read, in order (None:
-    every column but the date column). date_column: a name or index, "auto" (the first
+    columns: names or 0-based indices (negative from the end) of the numeric columns to
+    read, in order (None: every column but the date column). date_column: a name or index, "auto" (the first
     column when every cell in it is an ISO date or datetime such as 2001-03, 2001-03-05
     or 2001-03-05T14:00, parsed with numpy's datetime64), or None. delimiter: None sniffs
     one of , ; tab | (csv.Sniffer); with ; or tab a decimal comma is read too. fill: None
@@ -567,12 +570,12 @@ def read_csv(path, columns=None, date_column="auto", delimiter=None, fill=None):
     body = rows[1:]
 
     def index_of(what, value):
-        if isinstance(value, (int, np.integer)) or (isinstance(value, str) and value.isdigit()
+        if isinstance(value, (int, np.integer)) or (isinstance(value, str) and value.lstrip("-").isdigit()
                                                      and value not in header):
-            if not 0 <= int(value) < len(header):
-                raise ValueError(f"{what}: expected an index in [0, {len(header) - 1}] or a name in {header}, "
-                                 f"got {value}")
-            return int(value)
+            if not -len(header) <= int(value) < len(header):
+                raise ValueError(f"{what}: expected an index in [0, {len(header) - 1}] (or from the end, "
+                                 f"-1 the last) or a name in {header}, got {value}")
+            return int(value) % len(header)
         if value not in header:
             raise ValueError(f"{what}: expected a name in {header} or a 0-based index, got {value!r}")
         return header.index(value)
@@ -663,3 +666,17 @@ def infer_season(dates):
         if abs(step - seconds) <= 0.1 * seconds:
             return season
     return None
+
+
+def mackey_glass(length, delay=17, every=3, noise=0.1, seed=None, warmup=500):
+    """A standardised Mackey-Glass series, the classic chaotic benchmark: Euler steps of
+    dx/dt = 0.2 x(t - delay) / (1 + x(t - delay)^10) - 0.1 x(t) with unit time step, every
+    `every`-th value kept after `warmup` steps, scaled to mean 0 and sd 1, plus Gaussian
+    noise of sd `noise` drawn from `seed`. Shape (length,), float64."""
+    length = _int("length", length)
+    x = np.full(length * every + warmup, 1.2)
+    for t in range(delay, len(x) - 1):
+        x[t + 1] = x[t] + 0.2 * x[t - delay] / (1 + x[t - delay] ** 10) - 0.1 * x[t]
+    clean = x[warmup::every][:length]
+    clean = (clean - clean.mean()) / clean.std()
+    return clean + noise * np.random.default_rng(seed).standard_normal(length)
