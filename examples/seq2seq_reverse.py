@@ -93,7 +93,7 @@ def main(quick=False, seed=0, out=print):
                             rc.Linear(hidden, DIGITS, seed=seed + 4))
     optimizer = rc.optim.Adam([encoder, decoder], lr=0.01)
     loss_fn = rc.CrossEntropyLoss(ignore_index=IGNORE)
-    steps = 500 if quick else 1000
+    steps = 500 if quick else 1200
     for _ in range(steps):
         source, lengths, decoder_input, target = make_batch(rng, 64)
         encoder.zero_grad(), decoder.zero_grad()
