@@ -17,9 +17,9 @@ A series is an array of shape (n,), or (n, k) with the forecast column chosen by
     >>> model = rc.forecasting.Forecaster(horizon=12, season=12, epochs=20).fit(y)
     >>> model.predict().shape
     (12,)
-    >>> scores = model.backtest(y, origins=3)      # refits at each origin
-    >>> sorted(scores)[:3]
-    ['forecasts', 'mae', 'mean_mae']
+    >>> scores = model.backtest(y, origins=3)      # refits a copy at each origin
+    >>> len(scores["rmse"]), scores["forecasts"].shape
+    (3, (3, 12))
 """
 import csv
 import inspect
@@ -151,8 +151,8 @@ class _Estimator:
 class _Baseline(_Estimator):
     """A baseline fitted on one column; subclasses give `_fit(y)` and `_forecast(y, ends, steps)`."""
 
-    #: the fewest values the baseline needs before an origin
     def _min_history(self):
+        """The fewest values the baseline needs before an origin."""
         return 1
 
     def fit(self, series, dates=None):
@@ -401,6 +401,7 @@ class Forecaster(_Estimator):
         self.networks_ = []
         self.validation_rmse_ = []
         for member in range(self.ensemble):
+            # members' seeds a prime apart: no member's layer seeds (seed, seed + 1) meet another's
             network, best = self._train_one(self.seed + member * 7919, x_train, r_train,
                                             lambda net: rmse(base_valid + self._correction(net, x_valid)[0],
                                                              actual_valid))
