@@ -8,6 +8,7 @@ from .layers import GRU, LSTM, RNN, JordanRNN
 from . import losses, optim, train
 from .losses import CrossEntropyLoss, MSELoss
 from .nn import Embedding, LastStep, Linear, ReLU, Sequential, Sigmoid, Tanh
+from . import forecasting
 from . import checkpoint, keras, onnx  # neither imports Keras or the onnx package until used
 from .checkpoint import load, save
 
@@ -17,7 +18,7 @@ __all__ = ["RNN", "LSTM", "GRU", "JordanRNN", "RNNCell", "LSTMCell", "GRUCell", 
            "clip_grad_norm_", "clip_grad_value_", "backends", "set_backend", "get_backend",
            "set_num_threads", "get_num_threads",
            "Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential", "MSELoss",
-           "CrossEntropyLoss", "losses", "optim", "train", "save", "load", "checkpoint", "keras", "onnx"]
+           "CrossEntropyLoss", "losses", "optim", "train", "save", "load", "checkpoint", "keras", "onnx", "forecasting"]
 
 _init_threads_from_env()
 del _init_threads_from_env

@@ -2,11 +2,13 @@
 import sys
 
 USAGE = """usage: python -m rnncore COMMAND [options]
+       python -m rnncore --version
 
 commands:
-  demo    train an LSTM forecaster on the Mauna Loa CO2 series shipped with rnncore (or
-          your own CSV), print its test error next to a seasonal-naive baseline, and
-          write a plot; `python -m rnncore demo --help` lists its options
+  demo    backtest a recurrent forecaster against strong baselines on the Mauna Loa CO2
+          series shipped with rnncore (or your own CSV, any sampling step), print the
+          errors over several forecast origins, and write a plot;
+          `python -m rnncore demo --help` lists its options
 """
 
 
@@ -14,6 +16,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+        print(f"rnncore {__version__}")
         return 0
     if argv[0] == "demo":
         from .demo import main as demo_main

@@ -1,200 +1,177 @@
-"""`python -m rnncore demo`: train a recurrent forecaster on a real monthly series and
-compare its multi-step forecast of the held-out last months with a seasonal-naive one.
+"""`python -m rnncore demo`: a recurrent forecaster against strong baselines, on a real
+series, by rolling-origin backtest; a thin command line over `rnncore.forecasting`.
 
-The default series is the Mauna Loa CO2 record shipped in rnncore/data (see the README
-there for source and licence). The model reads the series' month-to-month changes,
-standardised, and predicts the next change; the forecast is rolled out from the end of
-the known history, feeding each predicted change back in, and summed onto the last
-known level. The last `horizon` values are the test set, the `horizon` before them the
-validation set (early stopping); the rest trains. The seasonal-naive baseline repeats
-the last known season: value[t] = value[t - season].
+The default series is the monthly Mauna Loa CO2 record shipped in rnncore/data (see the
+README there for source and licence), a series that linear models forecast well;
+`--series mackey-glass` generates a chaotic one that they do not; `--csv` takes the
+user's own. At each of
+`--origins` origins, `--step` values apart and the last one `--horizon` values before
+the end, every model is fitted on the values before the origin and forecasts the next
+`--horizon`; the table shows each one's RMSE and MAE over the origins (mean and spread)
+and overall. The recurrent model (`forecasting.Forecaster`) forecasts the correction to
+the LinearAR baseline of the table, so it is judged against exactly what it corrects.
 """
 import argparse
-import csv
-import math
+import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from ._backend import get_backend, set_num_threads
-from .layers import GRU, LSTM, RNN
-from .losses import MSELoss
-from .nn import Linear, Sequential
-from .optim import Adam
-from .train import EarlyStopping, fit, forecast, train_step
+from .forecasting import (CELLS, MIN_WINDOWS, Forecaster, LinearAR, MissingValueError, Persistence,
+                          SeasonalNaive, backtest, infer_season, mackey_glass, read_csv)
 
 DEFAULT_CSV = Path(__file__).with_name("data") / "co2_mauna_loa_monthly.csv"
-CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
-
-# Training windows: long enough to hold several seasons of context, short enough that
-# a batch of them is cheap with the NumPy reference backend.
-WINDOW = 48
-BATCH = 32
-BATCHES_PER_EPOCH = 4
-MAX_GRAD_NORM = 1.0
-LEARNING_RATE = 0.01
+DEFAULT_NAME = "Mauna Loa CO2, monthly mean (ppm), 1958-2001"
+MACKEY_GLASS_NAME = "Mackey-Glass (delay 17, every 3rd step), standardised, plus noise of sd 0.1; generated"
+MACKEY_GLASS_LENGTH = 800
 
 
 class DemoError(Exception):
     """A problem with the user's options or data, reported without a traceback."""
 
 
-def load_series(path, column):
-    """The numeric column `column` (a header name or a 0-based index) of a CSV file with
-    a header row, as float64; the column's name; and the first column's cells (dates,
-    usually) as strings."""
-    path = Path(path)
+def load(args):
+    """(values (n, k) with the target first, dates or None, column names, series name)."""
+    if args.series == "mackey-glass":
+        return mackey_glass(MACKEY_GLASS_LENGTH, seed=args.seed)[:, None], None, ["x"], MACKEY_GLASS_NAME
+    if args.csv is None:
+        table = read_csv(DEFAULT_CSV, ["co2_ppm"])
+        return table.values, table.dates, table.columns, DEFAULT_NAME
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as error:
-        raise DemoError(f"--csv: cannot read {path}: {error.strerror or error}") from None
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise DemoError(f"--csv: {path} is not a readable CSV text file ({error})") from None
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if len(rows) < 2:
-        raise DemoError(f"--csv: expected a header row and data rows in {path}, got {len(rows)} row(s)")
-    header = [name.strip() for name in rows[0]]
-    if column is None:
-        index = len(header) - 1
-    elif column.lstrip("-").isdigit():
-        index = int(column)
-        if not 0 <= index < len(header):
-            raise DemoError(f"--column: expected an index in [0, {len(header) - 1}] or a name in {header}, "
-                            f"got {column}")
-    elif column in header:
-        index = header.index(column)
-    else:
-        raise DemoError(f"--column: expected a name in {header} or a 0-based index, got {column!r}")
-    values = []
-    for line, row in enumerate(rows[1:], start=2):
-        cell = row[index].strip() if index < len(row) else ""
-        try:
-            value = float(cell)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise DemoError(f"--csv: expected a finite number in column {header[index]!r} on line {line} "
-                            f"of {path}, got {cell!r}")
-        values.append(value)
-    return np.asarray(values), header[index], [row[0].strip() for row in rows[1:]]
+        table = read_csv(args.csv, args.column or [-1], args.date_column, args.delimiter, args.fill)
+    except MissingValueError as error:
+        raise DemoError(f"--csv: {str(error).split('; fill gaps')[0]}; pass --fill linear or --fill ffill "
+                        "to fill gaps") from None
+    except (OSError, ValueError) as error:
+        raise DemoError(f"--csv: {error}") from None
+    name = f"{args.csv}, column {table.columns[0]!r}"
+    if len(table.columns) > 1:
+        name += f" (inputs {', '.join(map(repr, table.columns[1:]))})"
+    return table.values, table.dates, table.columns, name
 
 
-def decimal_years(labels):
-    """Year + (month - 1) / 12 for labels that all start YYYY-MM, else None."""
-    years = []
-    for label in labels:
-        parts = label.split("-")
-        if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit() and 1 <= int(parts[1]) <= 12):
-            return None
-        years.append(int(parts[0]) + (int(parts[1]) - 1) / 12)
-    return np.asarray(years)
+def models(args, season, ar_order):
+    """The recurrent model and the baselines, by display name; the model first."""
+    model = Forecaster(cell=args.cell, window=args.window, horizon=args.horizon, season=season,
+                       hidden_size=args.hidden_size, epochs=args.epochs, seed=args.seed, ar_order=ar_order,
+                       ensemble=args.ensemble, verbose=not args.no_progress)
+    estimators = {f"{args.cell.upper()} forecaster": model, f"LinearAR({ar_order})": LinearAR(ar_order)}
+    if season is not None:
+        estimators.update({f"LinearAR(2, seasonal={season})": LinearAR(2, seasonal=season),
+                           "seasonal naive + drift": SeasonalNaive(season, drift=True),
+                           "seasonal naive": SeasonalNaive(season)})
+    estimators["persistence"] = Persistence()
+    return estimators
 
 
-def seasonal_naive(history, season, steps):
-    """Repeat the last `season` known values over the next `steps`."""
-    last_season = history[-season:]
-    return np.resize(last_season, steps)
-
-
-def rmse(prediction, actual):
-    return float(np.sqrt(np.mean((prediction - actual) ** 2)))
-
-
-class Forecaster:
-    """A recurrent layer and a Linear head over the standardised month-to-month changes."""
-
-    def __init__(self, series, train_end, cell, hidden_size, seed):
-        self.series = series
-        changes = np.diff(series)
-        train_changes = changes[:train_end - 1]
-        self.mean = float(train_changes.mean())
-        # a constant series has no spread to divide by; 1 keeps the scale unchanged
-        self.scale = float(train_changes.std()) or 1.0
-        self.inputs = ((changes - self.mean) / self.scale).astype(np.float32)
-        self.train_inputs = self.inputs[:train_end - 1]
-        self.window = min(WINDOW, len(self.train_inputs) - 1)
-        self.model = Sequential(CELLS[cell](1, hidden_size, seed=seed), Linear(hidden_size, 1, seed=seed + 1))
-        self.optimizer = Adam(self.model, lr=LEARNING_RATE)
-        self.loss = MSELoss()
-        self.rng = np.random.default_rng(seed)
-
-    def train_epoch(self, epoch):
-        total = 0.0
-        for _ in range(BATCHES_PER_EPOCH):
-            starts = self.rng.integers(0, len(self.train_inputs) - self.window, BATCH)
-            steps = starts[None, :] + np.arange(self.window)[:, None]  # (window, BATCH)
-            x = self.train_inputs[steps][..., None]
-            target = self.train_inputs[steps + 1][..., None]
-            loss, _ = train_step(self.model, self.loss, self.optimizer, x, target, max_norm=MAX_GRAD_NORM)
-            total += loss
-        return total / BATCHES_PER_EPOCH
-
-    def forecast(self, end, steps):
-        """Levels for series[end:end + steps], knowing series[:end]."""
-        history = self.inputs[:end - 1][:, None, None]
-        changes = forecast(self.model, history, steps)[:, 0, 0].astype(np.float64)
-        return self.series[end - 1] + np.cumsum(changes * self.scale + self.mean)
-
-
-def plot(path, series, times, test_start, prediction, baseline, label, title):
+def plot(path, values, dates, origin, forecasts, label, title):
+    """Write the series around the last origin with each forecast from it; returns the Figure."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg: no display, no global state
+    import matplotlib.dates as mdates
 
-    context = max(0, test_start - 8 * len(prediction))
-    months = np.arange(len(series)) if times is None else times
-    test_months = months[test_start:test_start + len(prediction)]
+    horizon = len(next(iter(forecasts.values())))
+    start = max(0, origin - 6 * horizon)
+    x = np.arange(len(values)) if dates is None else dates
     figure = Figure(figsize=(9, 4.5), dpi=110)
     axes = figure.add_subplot()
-    axes.plot(months[context:], series[context:], color="black", linewidth=1.2, label="actual")
-    axes.plot(test_months, baseline, color="tab:orange", linestyle="--", linewidth=1.2, label="seasonal naive")
-    axes.plot(test_months, prediction, color="tab:blue", linewidth=1.8, label="forecast")
-    axes.axvline((months[test_start - 1] + months[test_start]) / 2, color="gray", linestyle=":", linewidth=1)
-    axes.set_xlabel("step from the start of the series" if times is None else "year")
+    axes.plot(x[start:origin + horizon], values[start:origin + horizon], color="black", linewidth=1.2,
+              label="actual")
+    styles = [dict(color="tab:blue", linewidth=1.8), dict(color="tab:orange", linestyle="--", linewidth=1.2)]
+    for (name, forecast), style in zip(forecasts.items(), styles):
+        axes.plot(x[origin:origin + horizon], forecast, label=name, **style)
+    axes.axvline(x[origin - 1] + (x[origin] - x[origin - 1]) / 2, color="gray", linestyle=":", linewidth=1)
+    if dates is not None:
+        locator = mdates.AutoDateLocator()
+        axes.xaxis.set_major_locator(locator)
+        axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    else:
+        axes.set_xlabel("step from the start of the series")
     axes.set_ylabel(label)
-    axes.set_title(title, fontsize=10)
+    axes.set_title(title, fontsize=9)
     axes.legend(loc="upper left")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
+    return figure
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m rnncore demo",
-        description="Train a recurrent forecaster on a monthly series (default: Mauna Loa CO2, shipped with "
-                    "rnncore), forecast the last --horizon values from the history before them, and compare "
-                    "the error with a seasonal-naive forecast.")
-    parser.add_argument("--csv", metavar="PATH", help="a CSV file with a header row (default: the shipped CO2 series)")
-    parser.add_argument("--column", metavar="NAME|INDEX", help="the CSV column to forecast (default: the last)")
-    parser.add_argument("--season", type=int, default=12, help="season length for the baseline (default 12)")
-    parser.add_argument("--horizon", type=int, default=36, help="test (and validation) length (default 36)")
-    parser.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="recurrent cell (default lstm)")
-    parser.add_argument("--hidden-size", type=int, help="hidden units (default 32; 16 with --quick)")
-    parser.add_argument("--epochs", type=int, help="most epochs; early stopping may end sooner "
-                                                   "(default 200; 25 with --quick)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and batches (default 0)")
-    parser.add_argument("--quick", action="store_true", help="a short run, for CI")
-    parser.add_argument("--plot", metavar="PATH", default="rnncore_demo.png",
+        description="Backtest a recurrent forecaster against strong baselines (LinearAR by least squares, "
+                    "seasonal naive with and without drift, persistence) on a series of any sampling step: "
+                    "the Mauna Loa CO2 record shipped with rnncore, or your own CSV (a header row; an ISO "
+                    "date or datetime first column is read as the time axis).")
+    parser.add_argument("--version", action="version", version=f"rnncore {__version__}")
+    data = parser.add_argument_group("data")
+    data.add_argument("--series", choices=["co2", "mackey-glass"], default="co2",
+                      help="a built-in series: the shipped CO2 record (default), or a generated chaotic "
+                           "Mackey-Glass series (no seasons; default horizon 20)")
+    data.add_argument("--csv", metavar="PATH", help="a CSV file with a header row (default: the shipped CO2 series)")
+    data.add_argument("--column", metavar="NAME|INDEX", action="append",
+                      help="the column to forecast (default: the last); repeat it to add input columns "
+                           "(covariates) after the target")
+    data.add_argument("--date-column", metavar="NAME|INDEX", default="auto",
+                      help="the dates' column (default: the first column when it holds ISO dates or datetimes)")
+    data.add_argument("--delimiter", metavar="CHAR", help="the CSV delimiter (default: sniffed among , ; tab |)")
+    data.add_argument("--fill", choices=["linear", "ffill"],
+                      help="fill missing cells by linear interpolation or with the last known value "
+                           "(default: refuse them)")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--horizon", type=int, help="steps forecast at each origin (default 36; 20 for "
+                                                        "mackey-glass)")
+    evaluation.add_argument("--season", type=int,
+                            help="season length (default: from the dates' step: 12 monthly, 52 weekly, 7 daily, "
+                                 "24 hourly, 4 quarterly; else 12)")
+    evaluation.add_argument("--origins", type=int, help="backtest origins (default 5; 3 with --quick)")
+    evaluation.add_argument("--step", type=int, help="values between origins (default: the season, or the "
+                                                     "horizon without one)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="recurrent cell (default lstm)")
+    model.add_argument("--hidden-size", type=int, default=16, help="hidden units (default 16)")
+    model.add_argument("--window", type=int, help="steps the network reads (default: max(2 * season, horizon), "
+                                                  "capped by the series' length)")
+    model.add_argument("--epochs", type=int, help="most epochs; early stopping may end sooner "
+                                                  "(default 200; 30 with --quick)")
+    model.add_argument("--ensemble", type=int, help="networks averaged (default 3; 1 with --quick)")
+    model.add_argument("--seed", type=int, default=0,
+                       help="seed of the weights and batches, and of the generated series' noise (default 0)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--quick", action="store_true", help="a short run, for CI")
+    output.add_argument("--json", metavar="PATH", help="write every model's metrics per origin and overall")
+    output.add_argument("--plot", metavar="PATH", default="rnncore_demo.png",
                         help="where to write the PNG plot (default rnncore_demo.png)")
-    parser.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
-    parser.add_argument("--threads", type=int, default=1,
+    output.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
+    output.add_argument("--threads", type=int, default=1,
                         help="BLAS and kernel threads (default 1: the model is small enough that more only add "
                              "overhead)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def _check_options(args, parser):
-    for name in ("season", "horizon", "hidden_size", "epochs", "threads"):
+    for name in ("season", "horizon", "hidden_size", "epochs", "threads", "origins", "step", "window",
+                 "ensemble"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
     if args.seed < 0:
         parser.error(f"--seed: expected an integer >= 0, got {args.seed}")
-    if args.column is not None and args.csv is None:
-        parser.error("--column: expected it only together with --csv")
+    for name in ("column", "delimiter", "fill"):
+        if getattr(args, name) is not None and args.csv is None:
+            parser.error(f"--{name}: expected it only together with --csv")
+    if args.csv is not None and args.series != "co2":
+        parser.error(f"--series: expected it or --csv, not both, got --series {args.series}")
+    if args.delimiter is not None and len(args.delimiter.replace("\\t", "\t")) != 1:
+        parser.error(f"--delimiter: expected one character, got {args.delimiter!r}")
+    if args.delimiter is not None:
+        args.delimiter = args.delimiter.replace("\\t", "\t")
+    if args.date_column in ("none", "None"):
+        args.date_column = None
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401
@@ -202,59 +179,82 @@ def _check_options(args, parser):
             parser.error("--plot: matplotlib is not installed (pip install 'rnncore[demo]'), or pass --no-plot")
 
 
+def _scores(result):
+    keys = ("rmse", "mae", "mean_rmse", "std_rmse", "mean_mae", "std_mae", "overall_rmse", "overall_mae")
+    return {key: result[key] for key in keys}
+
+
 def run(args, out=print):
-    """Train, forecast, compare; returns a dict of the results."""
+    """Load, backtest every model, print the table, write the JSON and the plot; returns
+    a dict of the results (with the plot's Figure under "figure" when one is drawn)."""
     quick = args.quick
-    hidden_size = args.hidden_size or (16 if quick else 32)
-    epochs = args.epochs or (25 if quick else 200)
-    patience = 10 if quick else 25
-    if args.csv is None:
-        series, label, times = load_series(DEFAULT_CSV, "co2_ppm")
-        name = "Mauna Loa CO2, monthly mean (ppm), 1958-2001"
-    else:
-        series, label, times = load_series(args.csv, args.column)
-        name = f"{args.csv}, column {label!r}"
-    horizon, season = args.horizon, args.season
-    train_end = len(series) - 2 * horizon
-    minimum_train = max(2 * season, 12)
-    if train_end < minimum_train:
-        raise DemoError(f"--csv: expected at least {2 * horizon + minimum_train} values for --horizon {horizon} "
-                        f"and --season {season} ({minimum_train} to train on), got {len(series)}")
-    test_start = train_end + horizon
+    args.epochs = args.epochs or (30 if quick else 200)
+    args.ensemble = args.ensemble or (1 if quick else 3)
+    origins = args.origins or (3 if quick else 5)
+    values, dates, columns, name = load(args)
+    generated = args.series == "mackey-glass"
+    season = args.season if generated else args.season or infer_season(dates) or 12
+    horizon = args.horizon or (20 if generated else 36)
+    args.horizon = horizon
+    step = args.step or season or horizon
+    n = len(values)
+    # the earliest origin must leave the network a validation stretch and some windows to learn from
+    needed = (origins - 1) * step + 3 * horizon + MIN_WINDOWS + (season or 0)
+    if n < needed:
+        raise DemoError(f"--csv: expected at least {needed} values for --horizon {horizon}, --season {season}, "
+                        f"--origins {origins} and --step {step}, got {n}")
+    first_train = n - horizon - step * (origins - 1)
+    # the same autoregression is a baseline and the base the network corrects
+    ar_order = max(1, min(2 * (season or horizon), (first_train - horizon) // 4 - 1))
+    estimators = models(args, season, ar_order)
+    model_name = next(iter(estimators))
+    span = "" if dates is None else f", {dates[0]} to {dates[-1]}"
+    out(f"series: {name}: {n} values{span}; " + (f"season {season}" if season else "no season"))
+    out(f"backtest: {origins} origins {step} values apart, each forecasting the next {horizon} from the "
+        f"values before it (backend {get_backend()})")
 
-    out(f"series: {name}: {len(series)} values; train {train_end}, validation {horizon}, test {horizon}")
-    forecaster = Forecaster(series, train_end, args.cell, hidden_size, args.seed)
-    out(f"model: {args.cell.upper()}({hidden_size}) -> Linear({hidden_size}, 1), "
-        f"{forecaster.model.num_parameters()} parameters, backend {get_backend()}")
+    results, seconds = {}, {}
+    for label, estimator in estimators.items():
+        started = time.perf_counter()
+        try:
+            results[label] = backtest(estimator, values, origins=origins, horizon=horizon, step=step)
+        except ValueError as error:
+            raise DemoError(f"--csv: {error} (try a shorter --horizon, fewer --origins or a smaller --step)") \
+                from None
+        seconds[label] = time.perf_counter() - started
+    baselines = [label for label in results if label != model_name]
+    best = min(baselines, key=lambda label: results[label]["mean_rmse"])
 
-    def validation_rmse():
-        return rmse(forecaster.forecast(train_end, horizon), series[train_end:test_start])
-
-    stopper = EarlyStopping(patience=patience)
-    started = time.perf_counter()
-    history = fit(forecaster.train_epoch, epochs, validate=validation_rmse, model=forecaster.model,
-                  early_stopping=stopper, progress=not args.no_progress, desc=f"training {args.cell}")
-    seconds = time.perf_counter() - started
-    out(f"trained {len(history)} epochs in {seconds:.1f} s; best validation RMSE {stopper.best:.4g} "
-        f"at epoch {stopper.best_step}")
-
-    actual = series[test_start:]
-    prediction = forecaster.forecast(test_start, horizon)
-    baseline = seasonal_naive(series[:test_start], season, horizon)
-    result = dict(model_rmse=rmse(prediction, actual), baseline_rmse=rmse(baseline, actual),
-                  model_mae=float(np.mean(np.abs(prediction - actual))),
-                  baseline_mae=float(np.mean(np.abs(baseline - actual))), epochs=len(history), seconds=seconds)
-    out(f"test set: the last {horizon} values, forecast from the history before them")
-    out(f"  {'':<16}{'RMSE':>10}{'MAE':>10}")
-    out(f"  {args.cell.upper() + ' forecast':<16}{result['model_rmse']:>10.4g}{result['model_mae']:>10.4g}")
-    out(f"  {'seasonal naive':<16}{result['baseline_rmse']:>10.4g}{result['baseline_mae']:>10.4g}")
-    ratio = result["model_rmse"] / result["baseline_rmse"] if result["baseline_rmse"] else math.inf
+    out(f"  {'':<30}{'RMSE mean +- sd':>19}{'MAE mean +- sd':>19}{'overall RMSE':>14}")
+    for label, result in results.items():
+        out(f"  {label:<30}{result['mean_rmse']:>10.4g} +- {result['std_rmse']:<5.2g}"
+            f"{result['mean_mae']:>10.4g} +- {result['std_mae']:<5.2g}{result['overall_rmse']:>14.4g}")
+    model, baseline = results[model_name], results[best]
+    wins = sum(m < b for m, b in zip(model["rmse"], baseline["rmse"]))
+    ratio = model["mean_rmse"] / baseline["mean_rmse"] if baseline["mean_rmse"] else float("inf")
     verdict = "beats" if ratio < 1 else "does not beat"
-    out(f"the {args.cell.upper()} {verdict} the seasonal-naive baseline (RMSE ratio {ratio:.3f})")
+    out(f"the {model_name} {verdict} the strongest baseline, {best} (mean RMSE ratio {ratio:.3f}; better at "
+        f"{wins} of {origins} origins); trained in {seconds[model_name]:.1f} s")
+
+    origin_dates = None if dates is None else [str(dates[t]) for t in model["origins"]]
+    result = {"series": name, "values": n, "season": season, "horizon": horizon, "step": step,
+              "origins": model["origins"], "origin_dates": origin_dates, "model": model_name,
+              "strongest_baseline": best, "beats_strongest_baseline": bool(ratio < 1),
+              "seconds": seconds[model_name],
+              "metrics": {label: _scores(r) for label, r in results.items()}}
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as error:
+            raise DemoError(f"--json: cannot write {args.json}: {error.strerror or error}") from None
+        out(f"metrics written to {Path(args.json).resolve()}")
     if not args.no_plot:
-        title = (f"{name}\n{args.cell.upper()} forecast RMSE {result['model_rmse']:.3g} vs seasonal naive "
-                 f"{result['baseline_rmse']:.3g} over the last {horizon} values")
-        plot(args.plot, series, decimal_years(times), test_start, prediction, baseline, label, title)
+        last = model["origins"][-1]
+        title = (f"{name}\nlast origin: {model_name} RMSE {model['rmse'][-1]:.3g}, {best} "
+                 f"{baseline['rmse'][-1]:.3g}; over {origins} origins: {model['mean_rmse']:.3g} vs "
+                 f"{baseline['mean_rmse']:.3g}")
+        forecasts = {model_name: model["forecasts"][-1], best: baseline["forecasts"][-1]}
+        result["figure"] = plot(args.plot, values[:, 0], dates, last, forecasts, columns[0], title)
         out(f"plot written to {Path(args.plot).resolve()}")
     return result
 
