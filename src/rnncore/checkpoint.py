@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _backend, _validate
+from . import _backend, _validate, optim
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN, JordanRNN
 from .nn import Embedding, LastStep, Linear, ReLU, Sequential, Sigmoid, Tanh
@@ -276,10 +276,26 @@ def read(path):
 
 def load(path, optimizer=None):
     """The object saved in `path`. With `optimizer`, also restore the saved optimizer
-    state into it (through its load_state_dict); a file without one is an error then."""
+    state into it (through its load_state_dict) and, when it has `rebind(modules)` (as
+    rnncore's optimizers do), bind it to the returned object's parameters, so that
+    `model = rc.load(path, optimizer=opt)` resumes training `model`. A file without an
+    optimizer state, or an optimizer that does not fit the returned object, is an error
+    then, and leaves the optimizer unchanged."""
     obj, optimizer_state, _ = read(path)
-    if optimizer is not None:
-        if optimizer_state is None:
-            raise CheckpointError(f"rnncore.load: {os.fspath(path)!r} holds no optimizer state to restore")
+    if optimizer is None:
+        return obj
+    if optimizer_state is None:
+        raise CheckpointError(f"rnncore.load: {os.fspath(path)!r} holds no optimizer state to restore")
+    if isinstance(optimizer, optim._Optimizer):
+        previous = optimizer._modules
+        optimizer.rebind(obj)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except BaseException:
+            optimizer.rebind(previous)
+            raise
+    else:
         optimizer.load_state_dict(optimizer_state)
+        if callable(getattr(optimizer, "rebind", None)):
+            optimizer.rebind(obj)
     return obj
