@@ -1,9 +1,24 @@
-"""Checkpoints under stress: an optimizer restored by rc.load steps the model it returns."""
+"""Checkpoints under stress: an optimizer restored by rc.load steps the model it returns;
+untrusted files are refused before they cost memory or time (forged headers, forged .npy
+headers, zip bombs, mistyped header entries)."""
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zipfile
+import zlib
+
 import numpy as np
 import pytest
 
 import rnncore as rc
+from rnncore.checkpoint import CheckpointError
 from cases import assert_same_state, assert_same_tree
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
 
 # -- item: rc.load(path, optimizer=opt) resumes training of the returned model ---------------
@@ -141,3 +156,267 @@ def test_a_load_that_does_not_fit_the_optimizer_leaves_it_bound_and_unchanged(tm
         assert_same_tree(optimizer.state_dict(), state)
         optimizer.step()  # still steps the model it was built over
         assert not np.array_equal(model.parameters()["weight_ih_l0"], weights["weight_ih_l0"])
+
+
+# -- item: untrusted files are refused before they cost memory or time -----------------------
+
+PROBE = textwrap.dedent("""
+    import json, resource, sys, time, tracemalloc
+    import rnncore as rc
+    path = sys.argv[1]
+    rc.load(sys.argv[2])  # a valid file: warms every code path the load takes
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        rc.load(path)
+        outcome = "loaded"
+    except rc.checkpoint.CheckpointError as exc:
+        outcome = "CheckpointError: " + str(exc)
+    except BaseException as exc:
+        outcome = type(exc).__name__ + ": " + str(exc)
+    seconds = time.perf_counter() - start
+    traced = tracemalloc.get_traced_memory()[1]
+    # ru_maxrss: KiB on Linux, bytes on macOS
+    rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) * (1 if sys.platform == "darwin" else 1024)
+    print(json.dumps({"outcome": outcome, "seconds": seconds, "extra_mb": max(rss, traced) / 2**20}))
+""")
+
+
+def probe(path, valid):
+    """rc.load(path) in a fresh process: its outcome, seconds and the peak memory beyond
+    what loading the small valid file took (the most of the traced allocations and the
+    growth of the resident set)."""
+    pytest.importorskip("resource")  # POSIX
+    done = subprocess.run([sys.executable, "-c", PROBE, str(path), str(valid)], capture_output=True, env=ENV,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout.decode().splitlines()[-1])
+
+
+def assert_refused_cheaply(path, valid, match):
+    result = probe(path, valid)
+    assert result["outcome"].startswith("CheckpointError: "), result
+    assert match in result["outcome"], result
+    assert result["seconds"] < 1.0, result
+    assert result["extra_mb"] < 200, result
+
+
+def entries_of(path):
+    """[(name, bytes)] of every member of a zip, in order."""
+    with zipfile.ZipFile(path) as archive:
+        return [(info.filename, archive.read(info)) for info in archive.infolist()]
+
+
+def write_zip(path, entries):
+    """A zip written by hand from (name, bytes) entries, stored, or (name, raw deflate stream,
+    uncompressed size, crc32) entries, deflated: so that a member can carry a precomputed
+    stream (deflating a gigabyte would take seconds) and any sizes it claims."""
+    local, central = bytearray(), bytearray()
+    for entry in entries:
+        name, data = entry[0].encode(), entry[1]
+        method, size, crc = (8, entry[2], entry[3]) if len(entry) == 4 else (0, len(data), zlib.crc32(data))
+        fields = (method, 0, 0x21, crc, len(data), size, len(name))
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, *fields, 0, 0, 0, 0, 0, len(local)) + name
+        local += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, *fields, 0) + name + data
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(local), 0)
+    path.write_bytes(bytes(local + central + end))
+
+
+def npy_bytes(array=None, shape=None, dtype=None, data=b""):
+    """An .npy file's bytes: of `array`, or a header declaring `shape` and `dtype` over `data`."""
+    buffer = io.BytesIO()
+    if array is not None:
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                  "shape": tuple(shape)})
+    return buffer.getvalue() + data
+
+
+def array_of(npy):
+    return np.load(io.BytesIO(npy), allow_pickle=False)
+
+
+def header_of(entries):
+    return json.loads(array_of(dict(entries)["header.npy"]).tobytes())
+
+
+def with_header(entries, header):
+    text = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    return [(name, npy_bytes(text) if name == "header.npy" else data) for name, data in entries]
+
+
+@pytest.fixture
+def valid(tmp_path):
+    path = tmp_path / "valid.ckpt"
+    model = rc.GRU(3, 4, num_layers=2, seed=0)
+    rc.save(path, model, optimizer=stepped(model, rc.optim.Adam(model, lr=0.01)))
+    return path
+
+
+def optimizer_member(entries):
+    """The name of the first optimizer array in a checkpoint's members."""
+    return next(name for name, _ in entries if name.startswith("optimizer/"))
+
+
+def edit_config(header, key, value):
+    header["config"][key] = value
+    return header
+
+
+@pytest.mark.parametrize("key,value", [("hidden_size", 10**6), ("num_layers", 10**6), ("input_size", 10**9)])
+def test_a_header_claiming_a_huge_model_is_refused_fast_and_small(tmp_path, valid, key, value):
+    entries = entries_of(valid)
+    forged = tmp_path / "forged.ckpt"
+    write_zip(forged, with_header(entries, edit_config(header_of(entries), key, value)))
+    assert forged.stat().st_size < 16_000
+    assert_refused_cheaply(forged, valid, "its configuration asks for far more than its arrays hold")
+
+
+def test_a_sequential_claiming_a_huge_module_is_refused_fast_and_small(tmp_path, valid):
+    path = tmp_path / "model.ckpt"
+    rc.save(path, rc.Sequential(rc.Embedding(7, 3, seed=0), rc.GRU(3, 4, seed=1), rc.LastStep(),
+                                rc.Linear(4, 2, seed=2)))
+    entries = entries_of(path)
+    header = header_of(entries)
+    header["config"]["modules"][3]["config"]["out_features"] = 2 * 10**7
+    write_zip(path, with_header(entries, header))
+    assert_refused_cheaply(path, valid, "its configuration asks for far more than its arrays hold")
+
+
+GIB = 1 << 30
+
+
+def zip_bomb(nbytes):
+    """(raw deflate stream, size, crc32) of an .npy member of `nbytes` of float64 zeros,
+    whole MiBs, deflated about 1000 to 1. Built from one deflated MiB, repeated: after a
+    full flush deflate starts afresh, so every MiB of zeros deflates to the same bytes."""
+    header = npy_bytes(shape=(nbytes // 8,), dtype=np.float64)
+    zeros = bytes(1 << 20)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    start = compressor.compress(header) + compressor.flush(zlib.Z_FULL_FLUSH)
+    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    stream = start + block * (nbytes >> 20) + compressor.flush()
+    crc = zlib.crc32(header)
+    for _ in range(nbytes >> 20):
+        crc = zlib.crc32(zeros, crc)
+    assert zlib.decompressobj(-15).decompress(stream, 1 << 20)[:len(header)] == header
+    return stream, len(header) + nbytes, crc
+
+
+@pytest.fixture(scope="module")
+def bomb():
+    return zip_bomb(GIB)
+
+
+@pytest.mark.parametrize("where", ["unnamed", "state", "optimizer"])
+def test_a_zip_bomb_member_is_refused_unread(tmp_path, valid, bomb, where):
+    entries = entries_of(valid)
+    name = {"unnamed": "extra.npy", "state": "state/weight_hh_l0.npy", "optimizer": optimizer_member(entries)}[where]
+    forged = [entry for entry in entries if entry[0] != name] + [(name, *bomb)]
+    path = tmp_path / "bomb.ckpt"
+    write_zip(path, forged)
+    assert path.stat().st_size < 2 << 20
+    match = (f"its member {name!r} is compressed" if where != "unnamed"
+             else "holds members that its header does not name (['extra.npy'])")
+    assert_refused_cheaply(path, valid, match)
+
+
+def test_compressed_members_are_refused_and_unnamed_ones_never_read(tmp_path, valid):
+    # np.savez_compressed of a valid checkpoint's arrays: every member deflated
+    path = tmp_path / "compressed.ckpt"
+    with np.load(valid) as archive, open(path, "wb") as file:
+        np.savez_compressed(file, **{key: archive[key] for key in archive.files})
+    with pytest.raises(CheckpointError, match="is compressed or encrypted; rnncore checkpoints store every member "
+                                              "uncompressed"):
+        rc.load(path)
+    # an unnamed member whose bytes are garbage is refused for what it is, never read
+    write_zip(path, entries_of(valid) + [("notes.npy", b"\xff" * 100)])
+    with pytest.raises(CheckpointError, match=r"holds members that its header does not name \(\['notes.npy'\]\)"):
+        rc.load(path)
+
+
+@pytest.mark.parametrize("member,shape", [("state/weight_hh_l0.npy", (10**12,)),
+                                          ("state/weight_hh_l0.npy", (GIB // 4,)),
+                                          ("optimizer", (GIB // 4,)),
+                                          ("header.npy", (GIB,))])
+def test_an_npy_header_claiming_a_huge_array_is_refused_fast_and_small(tmp_path, valid, member, shape):
+    entries = entries_of(valid)
+    member = optimizer_member(entries) if member == "optimizer" else member
+    data = array_of(dict(entries)[member])
+    forged = [(name, npy_bytes(shape=shape, dtype=data.dtype, data=data.tobytes()) if name == member else content)
+              for name, content in entries]
+    path = tmp_path / "forged.ckpt"
+    write_zip(path, forged)
+    assert_refused_cheaply(path, valid, f"its member {member!r} declares")
+
+
+def test_members_claiming_more_than_the_file_holds_are_refused(tmp_path, valid):
+    entries = entries_of(valid)
+    path = tmp_path / "forged.ckpt"
+    # a deflated member that claims 1 GiB behind 10 bytes, and a stored one whose zip entry lies
+    write_zip(path, [e for e in entries if e[0] != "state/bias_ih_l0.npy"]
+              + [("state/bias_ih_l0.npy", b"\x03\x00" * 5, GIB, 0)])
+    with pytest.raises(CheckpointError, match="'state/bias_ih_l0.npy' is compressed"):
+        rc.load(path)
+    data = bytearray(valid.read_bytes())
+    # the member's central directory entry: its name's last occurrence, after 46 fixed bytes
+    at = data.rindex(b"state/bias_ih_l0.npy") - 46
+    assert data[at:at + 4] == b"PK\x01\x02"
+    struct.pack_into("<LL", data, at + 20, GIB, GIB)  # compressed and uncompressed sizes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="'state/bias_ih_l0.npy' declares 1073741824 bytes, more than the "
+                                              "file holds"):
+        rc.load(path)
+
+
+# every entry of the header type-checked: a mistyped one is refused, never coerced
+MISTYPED = [
+    ("training", "false", "'training': expected a JSON bool (true or false), got 'false'"),
+    ("training", 0, "'training': expected a JSON bool (true or false), got 0"),
+    ("rnncore_version", 1, "'rnncore_version': expected a string, got 1"),
+    ("class", ["GRU"], "'class': expected a string, got ['GRU']"),
+    ("config", [3, 4], "'config': expected an object, got [3, 4]"),
+    ("dtype", 32, "'dtype': expected a dtype name or a list of them, got 32"),
+    ("state", "weight_ih_l0", "'state': expected a list of distinct array names, got 'weight_ih_l0'"),
+    ("state", ["weight_ih_l0", "weight_ih_l0"], "'state': expected a list of distinct array names"),
+    ("optimizer", [], "'optimizer': expected null or an object, got []"),
+]
+
+
+@pytest.mark.parametrize("key,value,match", MISTYPED, ids=[f"{k}={v!r}" for k, v, _ in MISTYPED])
+def test_every_header_entry_is_type_checked(valid, key, value, match):
+    entries = entries_of(valid)
+    header = header_of(entries)
+    header[key] = value
+    write_zip(valid, with_header(entries, header))
+    with pytest.raises(CheckpointError, match="has an invalid header: ") as refused:
+        rc.load(valid)
+    assert match in str(refused.value)
+
+
+def test_missing_and_unknown_header_entries_and_optimizer_trees_are_refused(valid):
+    entries = entries_of(valid)
+    header = header_of(entries)
+    del header["training"]
+    header["trusted"] = True
+    write_zip(valid, with_header(entries, header))
+    with pytest.raises(CheckpointError, match=r"it lacks the entries \['training'\]; it has the unknown entries "
+                                              r"\['trusted'\]"):
+        rc.load(valid)
+    header = header_of(entries)
+    for tree, match in [({"array": "state/weight_ih_l0"}, "is not one rnncore writes"),
+                        ({"dict": [[1.5, {"value": 1}]]}, "is not one rnncore writes"),
+                        ({"list": [{"value": 1}, {"a": 1, "b": 2}]}, "is not a tagged node")]:
+        write_zip(valid, with_header(entries, {**header, "optimizer": tree}))
+        with pytest.raises(CheckpointError, match=match):
+            rc.load(valid)
+
+
+def test_a_false_training_entry_loads_in_eval_mode(tmp_path):
+    path = tmp_path / "model.ckpt"
+    rc.save(path, rc.GRU(3, 4).eval())
+    assert rc.load(path).training is False
+    rc.save(path, rc.GRU(3, 4))
+    assert rc.load(path).training is True
