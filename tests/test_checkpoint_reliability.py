@@ -1,13 +1,17 @@
 """Checkpoints under stress: an optimizer restored by rc.load steps the model it returns;
 untrusted files are refused before they cost memory or time (forged headers, forged .npy
-headers, zip bombs, mistyped header entries)."""
+headers, zip bombs, mistyped header entries); saving writes through symbolic links,
+refuses special files, and cleans up after killed saves without disturbing live ones."""
 import io
 import json
 import os
+import signal
+import stat
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 import zlib
 
@@ -420,3 +424,186 @@ def test_a_false_training_entry_loads_in_eval_mode(tmp_path):
     assert rc.load(path).training is False
     rc.save(path, rc.GRU(3, 4))
     assert rc.load(path).training is True
+
+
+# -- item: saving through links, refusing special files, cleaning up after killed saves -----
+
+def test_saving_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "links").mkdir()
+    target = tmp_path / "store" / "real.ckpt"
+    link = tmp_path / "links" / "model.ckpt"
+    chained = tmp_path / "links" / "latest.ckpt"
+    os.symlink(os.path.join("..", "store", "real.ckpt"), link)  # relative, as links usually are
+    os.symlink("model.ckpt", chained)
+    first, second = rc.GRU(3, 4, seed=0), rc.GRU(3, 4, seed=1)
+    rc.save(link, first)  # a dangling link: its target is created
+    assert link.is_symlink() and target.is_file() and not target.is_symlink()
+    rc.save(chained, second)
+    assert chained.is_symlink() and os.readlink(chained) == "model.ckpt"
+    assert link.is_symlink() and os.readlink(link) == os.path.join("..", "store", "real.ckpt")
+    assert_same_state(rc.load(target), second)
+    assert_same_state(rc.load(chained), second)
+    # the temporary went beside the target, and away
+    assert sorted(os.listdir(tmp_path / "store")) == ["real.ckpt"]
+    assert sorted(os.listdir(tmp_path / "links")) == ["latest.ckpt", "model.ckpt"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_an_existing_checkpoint_keeps_its_permissions(tmp_path):
+    path = tmp_path / "model.ckpt"
+    rc.save(path, rc.GRU(3, 4))
+    os.chmod(path, 0o600)
+    rc.save(path, rc.GRU(3, 4, seed=1))
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def special_files(tmp_path):
+    """{kind: path} of the special files this machine lets a test make."""
+    made = {"directory": tmp_path / "a-directory"}
+    made["directory"].mkdir()
+    if hasattr(os, "mkfifo"):
+        made["FIFO"] = tmp_path / "a-fifo"
+        os.mkfifo(made["FIFO"])
+    try:
+        # a copy of /dev/null's device in the test's own directory (needs privileges)
+        os.mknod(tmp_path / "a-device", 0o666 | stat.S_IFCHR, os.stat("/dev/null").st_rdev)
+        made["character device"] = tmp_path / "a-device"
+    except (AttributeError, OSError):
+        # without privileges the real /dev/null is safe to try: /dev is not writable then
+        if os.path.exists("/dev/null") and not os.access("/dev", os.W_OK):
+            made["character device"] = "/dev/null"
+    return made
+
+
+def test_special_files_are_refused_and_left_alone(tmp_path):
+    made = special_files(tmp_path)
+    assert "directory" in made
+    links = {kind: tmp_path / f"link-to-{kind.replace(' ', '-')}" for kind in made}
+    for kind, path in made.items():
+        os.symlink(path, links[kind])
+    listing = sorted(os.listdir(tmp_path))
+    for kind, path in made.items():
+        before = os.stat(path)
+        for given in (path, links[kind]):
+            with pytest.raises(ValueError, match=f"save: path: expected a regular file or a new file name, got "
+                                                 f".*a {kind}; nothing was written"):
+                rc.save(given, rc.GRU(3, 4))
+        after = os.stat(path)
+        assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev)
+        assert links[kind].is_symlink()
+    assert sorted(os.listdir(tmp_path)) == listing
+    assert os.listdir(made["directory"]) == []
+
+
+def temporaries(directory, name="model.ckpt"):
+    return sorted(entry for entry in os.listdir(directory)
+                  if entry.startswith(f".{name}.") and entry.endswith(".rnncore-tmp"))
+
+
+def written_temporaries(directory):
+    return [name for name in temporaries(directory) if os.stat(os.path.join(directory, name)).st_size]
+
+
+HOLDER = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"half a checkpoint")
+    print("holding", flush=True)
+    sys.stdin.read()
+""")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="advisory locks (flock)")
+def test_stale_temporaries_of_the_same_target_are_removed_and_live_ones_kept(tmp_path):
+    path = tmp_path / "model.ckpt"
+    stale = tmp_path / ".model.ckpt.0123456789abcdef.rnncore-tmp"
+    stale.write_bytes(b"\0" * 100_000)
+    empty_old = tmp_path / ".model.ckpt.00000000000000ee.rnncore-tmp"
+    empty_old.touch()
+    os.utime(empty_old, (time.time() - 3600, time.time() - 3600))
+    # kept: an empty one just made (a writer may not have locked it yet), another target's,
+    # names that only look alike, and one a live writer holds
+    empty_new = tmp_path / ".model.ckpt.00000000000000ff.rnncore-tmp"
+    empty_new.touch()
+    kept = [empty_new.name, ".other.ckpt.0123456789abcdef.rnncore-tmp", ".model.ckpt.backup.rnncore-tmp",
+            ".model.ckpt.0123456789ABCDEF.rnncore-tmp", "model.ckpt.0123456789abcdef.rnncore-tmp"]
+    for name in kept[1:]:
+        (tmp_path / name).write_bytes(b"x")
+    live = tmp_path / ".model.ckpt.1111111111111111.rnncore-tmp"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(live)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"holding\n"
+        rc.save(path, rc.GRU(3, 4))
+        assert sorted(os.listdir(tmp_path)) == sorted(kept + [live.name, "model.ckpt"])
+        assert live.read_bytes() == b"half a checkpoint"
+    finally:
+        holder.stdin.close()
+        holder.wait()
+        holder.stdout.close()
+    # its writer gone (killed or not), the next save removes it
+    rc.save(path, rc.GRU(3, 4))
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + ["model.ckpt"])
+
+
+SAVER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import rnncore as rc
+    path, count, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    # about 5 MB: a save takes milliseconds, so kills and concurrent saves land mid-write
+    layer = rc.LSTM(32, 128, num_layers=2, bidirectional=True, dtype=np.float64, seed=seed)
+    print("saving", flush=True)
+    n = 0
+    while n != count:
+        rc.save(path, layer)
+        n += 1
+""")
+
+
+def saver(path, count, seed):
+    return subprocess.Popen([sys.executable, "-c", SAVER, str(path), str(count), str(seed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+
+
+@pytest.mark.skipif(os.name != "posix" or not hasattr(signal, "SIGKILL"), reason="advisory locks and SIGKILL")
+def test_concurrent_and_killed_savers_leave_one_checkpoint_and_no_temporaries(tmp_path):
+    path = tmp_path / "model.ckpt"
+    versions = [rc.LSTM(32, 128, num_layers=2, bidirectional=True, dtype=np.float64, seed=seed).state_dict()
+                for seed in (1, 2, 3)]
+    rng = np.random.default_rng(0)
+    # two savers of the same target, each saving to the end, while a third is killed
+    # mid-save again and again: the cleanups must never take a live saver's temporary
+    steady = [saver(path, 60, seed) for seed in (1, 2)]
+    killed = 0
+    try:
+        for process in steady:
+            assert process.stdout.readline() == b"saving\n"
+        while all(process.poll() is None for process in steady) and killed < 8:
+            victim = saver(path, -1, 3)
+            assert victim.stdout.readline() == b"saving\n"
+            time.sleep(rng.uniform(0.02, 0.2))
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            victim.stdout.close()
+            victim.stderr.close()
+            killed += 1
+        for process in steady:
+            assert process.wait(timeout=300) == 0, process.stderr.read().decode()
+    finally:
+        for process in steady:
+            process.kill()
+            process.wait()
+            process.stdout.close()
+            process.stderr.close()
+    assert killed >= 2
+    loaded = rc.load(path).state_dict()
+    assert any(all(np.array_equal(loaded[k], v[k]) for k in v) for v in versions)
+    # every killed save's temporary is gone by the next save, but for the last one and
+    # those killed before they had a byte (left for a minute: see the test above)
+    assert len(written_temporaries(tmp_path)) <= 1
+    rc.save(path, rc.load(path))
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.ckpt"] + temporaries(tmp_path))
+    assert not written_temporaries(tmp_path)

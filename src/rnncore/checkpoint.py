@@ -12,7 +12,10 @@ Format (version 1): an uncompressed NumPy `.npz` (a zip of `.npy` members) holdi
 
 Saving writes a temporary file in the target's directory, flushes and fsyncs it, renames
 it over the target (`os.replace`, atomic) and fsyncs the directory: at every instant the
-path holds either the previous checkpoint or the new one, complete.
+path holds either the previous checkpoint or the new one, complete. A symbolic link is
+written through (its final target is replaced, the link stays); anything but a regular
+file is refused. A save that is killed leaves its temporary `.<name>.<hex>.rnncore-tmp`
+behind; the next save to the same target removes it (where flock exists).
 
 Loading never unpickles and builds only classes registered by name; it accepts only
 stored (uncompressed) members, exactly those the header names, each .npy header agreeing
@@ -24,14 +27,22 @@ import contextlib
 import json
 import math
 import os
+import re
 import reprlib
 import secrets
+import stat
+import time
 import warnings
 import zipfile
 from collections import namedtuple
 from collections.abc import Mapping
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no cleanup of killed saves' temporaries
+    fcntl = None
 
 from . import _backend, _validate, layers, optim
 from .cells import GRUCell, LSTMCell, RNNCell
@@ -126,17 +137,19 @@ def _decode(node, arrays):
         return tuple(items) if tag == "tuple" else items
     if tag == "value":
         return content
-    if tag in ("array", "scalar"):
-        return arrays[content][()] if tag == "scalar" else arrays[content]
-    raise CheckpointError(f"unknown optimizer state entry {tag!r}")
+    # "array" or "scalar": the tree was checked by _references before any array was read
+    return arrays[content][()] if tag == "scalar" else arrays[content]
 
 
 # -- save ---------------------------------------------------------------------------------
 
 def save(path, obj, optimizer=None):
     """Write `obj` (a layer, cell or registered model) and, optionally, an optimizer's
-    state (an object with state_dict(), or that dict itself) to `path`, atomically."""
+    state (an object with state_dict(), or that dict itself) to `path`, atomically.
+    Through a symbolic link the link's final target is replaced (the link stays); a
+    directory, device, FIFO or socket is refused before anything is written."""
     from . import __version__
+    target = _target(path)
     name = _registered_name(obj)
     config = obj.get_config()
     state = {key: _validate.to_numpy(value) for key, value in obj.state_dict().items()}
@@ -162,21 +175,109 @@ def save(path, obj, optimizer=None):
     except TypeError as exc:
         raise TypeError(f"save: the get_config() of {type(obj).__name__} is not JSON-serialisable ({exc})") from None
     arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    _write_atomically(os.fspath(path), arrays)
+    _write_atomically(target, arrays)
 
 
-def _write_atomically(path, arrays):
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+          (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+
+
+def _target(path):
+    """The file that saving to `path` replaces: the final target of any symbolic links
+    (so that the links stay), which must be a regular file or not exist yet."""
+    path = os.fsdecode(os.fspath(path))
+    target = os.path.realpath(path)
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(mode):
+        kind = next((kind for test, kind in _KINDS if test(mode)), "special file")
+        through = f" (through its links, {target!r})" if target != os.path.abspath(path) else ""
+        raise ValueError(f"save: path: expected a regular file or a new file name, got {path!r}{through}, "
+                         f"a {kind}; nothing was written")
+    return target
+
+
+# Temporaries are named `.<target name>.<16 hex digits>.rnncore-tmp` beside their target;
+# each is held under an exclusive lock (flock) by its writer until it has been renamed
+# over the target. A temporary that nobody holds is what a killed save left behind.
+_TEMPORARY_SUFFIX = ".rnncore-tmp"
+# A writer locks its file an instant after creating it: an empty temporary is left alone
+# for this many seconds, so that the instant between the two is never mistaken for a kill.
+_NEWBORN_SECONDS = 60.0
+
+
+def _temporary_pattern(name):
+    return re.compile(re.escape(f".{name}.") + r"[0-9a-f]{16}" + re.escape(_TEMPORARY_SUFFIX) + r"\Z")
+
+
+def _remove_stale_temporaries(directory, name):
+    """Delete the temporaries of saves to `name` whose writers are gone: those no process
+    holds locked (without flock, none: a file cannot be told from a live writer's then)."""
+    if fcntl is None:
+        return
+    pattern = _temporary_pattern(name)
+    try:
+        entries = [entry for entry in os.listdir(directory) if pattern.match(entry)]
+    except OSError:
+        return
+    for entry in entries:
+        candidate = os.path.join(directory, entry)
+        try:
+            fd = os.open(candidate, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue  # renamed or removed meanwhile, or not ours to open
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or (info.st_size == 0
+                                                  and time.time() - info.st_mtime < _NEWBORN_SECONDS):
+                continue
+            try:
+                # only if the name still means the file we hold (never another file's name)
+                current = os.lstat(candidate)
+                if (current.st_dev, current.st_ino) == (info.st_dev, info.st_ino):
+                    os.unlink(candidate)
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
+
+
+def _write_atomically(target, arrays):
+    directory, name = os.path.split(target)
+    _remove_stale_temporaries(directory, name)
+    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}{_TEMPORARY_SUFFIX}")
     # O_EXCL: never another file's name; mode 0o666 less the umask, as a plain open() gives
     # (mkstemp's 0o600 would make every checkpoint private)
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+                     | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
+            if fcntl is not None:
+                # blocking: a concurrent cleanup may hold it for an instant, and leaves it then
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+                # one byte at once (the zip overwrites it), so that only a kill in the
+                # instant before the lock can leave an empty temporary, the kind kept a while
+                os.ftruncate(file.fileno(), 1)
+            try:
+                # an existing checkpoint keeps its permissions
+                os.chmod(file.fileno(), stat.S_IMODE(os.stat(target).st_mode))
+            except (FileNotFoundError, NotImplementedError):
+                pass
             np.savez(file, **arrays)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
+            if fcntl is not None:
+                # renamed while still open, hence still locked: no cleanup can take it for
+                # an abandoned one between the write and the rename
+                os.replace(temporary, target)
+        if fcntl is None:  # Windows renames no open file
+            os.replace(temporary, target)
     except BaseException:
         try:
             os.unlink(temporary)
