@@ -162,6 +162,35 @@ def test_a_load_that_does_not_fit_the_optimizer_leaves_it_bound_and_unchanged(tm
         assert not np.array_equal(model.parameters()["weight_ih_l0"], weights["weight_ih_l0"])
 
 
+@rc.checkpoint.register(name="test_checkpoint_reliability.Frozen")
+class Frozen:
+    """A registered model without gradients, which no optimizer can step."""
+
+    def __init__(self, size):
+        self.weight = np.zeros(size)
+
+    def get_config(self):
+        return {"size": len(self.weight)}
+
+    def state_dict(self):
+        return {"weight": self.weight.copy()}
+
+    def load_state_dict(self, mapping):
+        self.weight[...] = mapping["weight"]
+
+
+def test_loading_a_model_no_optimizer_can_step_with_an_optimizer_is_refused(tmp_path):
+    path = tmp_path / "frozen.ckpt"
+    layer = lstm_layer(0)
+    optimizer = stepped(layer, rc.optim.SGD(layer, lr=0.1, momentum=0.9))
+    rc.save(path, Frozen(3), optimizer=optimizer)
+    state = optimizer.state_dict()
+    with pytest.raises(TypeError, match=r"rnncore.load: optimizer: it cannot step the Frozen that .* \(modules\[0\]: "
+                                        r"expected an object with parameters\(\) and grads, got Frozen\)"):
+        rc.load(path, optimizer=optimizer)
+    assert_same_tree(optimizer.state_dict(), state)
+
+
 # -- item: untrusted files are refused before they cost memory or time -----------------------
 
 PROBE = textwrap.dedent("""

@@ -561,7 +561,12 @@ def load(path, optimizer=None):
         raise CheckpointError(f"rnncore.load: {os.fspath(path)!r} holds no optimizer state to restore")
     if isinstance(optimizer, optim._Optimizer):
         previous = optimizer._modules
-        optimizer.rebind(obj)
+        try:
+            optimizer.rebind(obj)
+        except TypeError as exc:
+            raise TypeError(f"rnncore.load: optimizer: it cannot step the {type(obj).__name__} that "
+                            f"{os.fspath(path)!r} holds ({exc}); load without optimizer= and restore its state "
+                            f"from rnncore.checkpoint.read(path).optimizer_state") from None
         try:
             optimizer.load_state_dict(optimizer_state)
         except BaseException:
