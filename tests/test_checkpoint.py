@@ -292,7 +292,7 @@ def test_killing_a_saver_mid_save_leaves_a_loadable_checkpoint(tmp_path):
         matches = [all(np.array_equal(loaded[k], v[k]) for k in v) for v in versions]
         assert any(matches), f"trial {trial}: the checkpoint holds neither complete version"
     # a kill mid-write leaves its temporary file behind, never the target half-written
-    assert all(name.startswith(".model.ckpt.") and name.endswith(".tmp")
+    assert all(name.startswith(".model.ckpt.") and name.endswith(".rnncore-tmp")
                for name in os.listdir(tmp_path) if name != "model.ckpt")
 
 

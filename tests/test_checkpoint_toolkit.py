@@ -46,18 +46,19 @@ def test_training_resumed_from_a_checkpoint_continues_bit_for_bit(tmp_path, kind
     path = tmp_path / "train.ckpt"
     rc.save(path, model, optimizer=optimizer)
 
-    # the PyTorch pattern: objects built afresh (other weights, and other hyper-parameters
-    # that the saved ones replace), then both states loaded
+    # the PyTorch pattern: an optimizer built afresh (over other weights, with other
+    # hyper-parameters that the saved ones replace), its state loaded with the model; and
+    # rebound to the model that rc.load returns
     fresh = make_model(dtype, seed=10)
     fresh_optimizer = type(optimizer)(fresh, lr=0.5)
     loaded = rc.load(path, optimizer=fresh_optimizer)
     assert type(loaded) is rc.Sequential and loaded.get_config() == model.get_config()
     assert [type(m) for m in loaded] == [rc.LSTM, rc.Tanh, rc.Linear]
     assert_same_state(loaded, model)
-    fresh.load_state_dict(loaded.state_dict())
-    # and the optimizer built over the model the file rebuilt
-    loaded_optimizer = make_optimizer(loaded)
-    loaded_optimizer.load_state_dict(rc.checkpoint.read(path).optimizer_state)
+    # and an optimizer built over the model the file rebuilt
+    rebuilt = rc.load(path)
+    rebuilt_optimizer = make_optimizer(rebuilt)
+    rebuilt_optimizer.load_state_dict(rc.checkpoint.read(path).optimizer_state)
     # the same weights with a new optimizer: it must drift away from the uninterrupted
     # run, or this test could not tell a restored optimizer state from a lost one
     forgetful = make_model(dtype, seed=10)
@@ -65,10 +66,10 @@ def test_training_resumed_from_a_checkpoint_continues_bit_for_bit(tmp_path, kind
     forgetful_optimizer = make_optimizer(forgetful)
 
     losses = train(model, optimizer, after)
-    assert train(fresh, fresh_optimizer, after) == losses
-    assert train(loaded, loaded_optimizer, after) == losses
-    assert_same_state(fresh, model)
+    assert train(loaded, fresh_optimizer, after) == losses
+    assert train(rebuilt, rebuilt_optimizer, after) == losses
     assert_same_state(loaded, model)
+    assert_same_state(rebuilt, model)
     assert_same_tree(fresh_optimizer.state_dict(), optimizer.state_dict())
     train(forgetful, forgetful_optimizer, after)
     assert not all(np.array_equal(p, forgetful.parameters()[n]) for n, p in model.parameters().items())

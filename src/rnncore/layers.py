@@ -6,6 +6,7 @@ output to the next. Everything a user can get wrong is checked here, once, befor
 compute; the backends trust what they are given.
 """
 import contextlib
+import contextvars
 import inspect
 import math
 import threading
@@ -131,11 +132,48 @@ class _Module:
         return state
 
 
+class ParameterBudgetExceeded(ValueError):
+    """Building an object would allocate more parameter bytes than `parameter_budget` allows."""
+
+
+# [bytes left] while a parameter_budget is active in this thread or task, else None
+_budget = contextvars.ContextVar("rnncore_parameter_budget", default=None)
+
+
+@contextlib.contextmanager
+def parameter_budget(nbytes):
+    """Within this block, layers, cells, Linear and Embedding built here may allocate at
+    most `nbytes` of parameters in all; one that would exceed it raises
+    ParameterBudgetExceeded before allocating anything. Loading a checkpoint builds its
+    model under the size of the arrays the file holds, so that a configuration claiming
+    a larger model costs nothing."""
+    token = _budget.set([int(nbytes)])
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def _check_budget(count, dtype, charge):
+    """Refuse `count` parameter values of `dtype` beyond the active budget; with `charge`,
+    spend it."""
+    left = _budget.get()
+    if left is None:
+        return
+    need = count * np.dtype(dtype).itemsize
+    if need > left[0]:
+        raise ParameterBudgetExceeded(f"parameters of at least {need} bytes, beyond the {left[0]} bytes left of the "
+                                      f"budget")
+    if charge:
+        left[0] -= need
+
+
 class _Parametrised(_Module):
     """Parameters by name, their gradients, state_dict, train/eval: shared by layers
     and cells. Subclasses fill `self._params` in `_init_params` order."""
 
     def _init_params(self, shapes, hidden_size, seed):
+        _check_budget(sum(math.prod(shape) for shape in shapes.values()), self.dtype, charge=True)
         # every parameter U(-1/sqrt(H), 1/sqrt(H)), as PyTorch; drawn in float64 so that
         # float32 and float64 layers with the same seed hold the same values
         bound = 1.0 / math.sqrt(hidden_size)
@@ -209,10 +247,14 @@ class _Recurrent(_Parametrised):
 
         self.specs = []
         width = self.input_size
+        planned = 0
         for _ in range(self.num_layers):
             spec = CellSpec(kind, width, self.hidden_size, self.bias, **variant)
             self.specs.append(spec)
             width = self.num_directions * spec.out_size
+            # layer by layer, so that a huge num_layers stops within the budget's worth of specs
+            planned += self.num_directions * sum(math.prod(shape) for shape in spec.param_shapes().values())
+            _check_budget(planned, self.dtype, charge=False)
         self.output_width = width
         shapes = {_param_name(base, k, d): shape
                   for k, spec in enumerate(self.specs)

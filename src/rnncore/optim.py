@@ -5,7 +5,9 @@ accumulated by `backward`; `zero_grad()` clears those gradients.
 
 `state_dict()` / `load_state_dict(state)` save and restore an optimizer as torch.optim
 does, except that parameters are named rather than numbered: the module's own names for
-one module, "<index>.<name>" for a list of several (the numbering of a Sequential)."""
+one module, "<index>.<name>" for a list of several (the numbering of a Sequential).
+`rebind(modules)` moves an optimizer, state and all, onto other modules of the same
+structure (a model rebuilt from a checkpoint)."""
 import math
 import numbers
 from collections.abc import Mapping
@@ -31,6 +33,26 @@ def _count(name, value):
     return int(value)
 
 
+def _bound(modules):
+    """(modules as a list, parameter names, (parameter, gradient) pairs) of a module or a
+    list of modules."""
+    if not isinstance(modules, (list, tuple)):
+        modules = [modules]
+    if not modules:
+        raise ValueError("modules: expected a module or a non-empty list of modules, got an empty list")
+    names, pairs = [], []
+    for i, module in enumerate(modules):
+        if not (hasattr(module, "parameters") and isinstance(getattr(module, "grads", None), dict)):
+            raise TypeError(f"modules[{i}]: expected an object with parameters() and grads, "
+                            f"got {type(module).__name__}")
+        grads = module.grads
+        for name, param in module.parameters().items():
+            pairs.append((param, grads[name]))
+            # several modules may each have a "weight": the index keeps the names apart
+            names.append(f"{i}.{name}" if len(modules) > 1 else name)
+    return list(modules), names, pairs
+
+
 class _Optimizer:
     # the constructor's hyper-parameters, in order; the entries of a parameter's state once
     # it has been stepped; and those of them kept only while a hyper-parameter is true
@@ -39,24 +61,33 @@ class _Optimizer:
     _conditional_keys = {}
 
     def __init__(self, modules, **hyperparameters):
-        if not isinstance(modules, (list, tuple)):
-            modules = [modules]
-        if not modules:
-            raise ValueError("modules: expected a module or a non-empty list of modules, got an empty list")
-        self._pairs, self._names = [], []
-        for i, module in enumerate(modules):
-            if not (hasattr(module, "parameters") and isinstance(getattr(module, "grads", None), dict)):
-                raise TypeError(f"modules[{i}]: expected an object with parameters() and grads, "
-                                f"got {type(module).__name__}")
-            grads = module.grads
-            for name, param in module.parameters().items():
-                self._pairs.append((param, grads[name]))
-                # several modules may each have a "weight": the index keeps the names apart
-                self._names.append(f"{i}.{name}" if len(modules) > 1 else name)
-        self._modules = list(modules)
+        self._modules, self._names, self._pairs = _bound(modules)
         self.__dict__.update(self._checked(**hyperparameters))
         self.state = [{} for _ in self._pairs]
         self.steps = 0
+
+    def rebind(self, modules):
+        """Step the parameters of `modules` (a module or a list, as the constructor takes)
+        from now on, keeping every hyper-parameter and buffer: for a model rebuilt from a
+        checkpoint (rnncore.load does this) or a copy of the model. Parameters are matched
+        by name; the new ones must have the same names, shapes and dtypes as the current
+        ones, else ValueError, listing every difference, and nothing changes. Returns the
+        optimizer."""
+        new_modules, names, pairs = _bound(modules)
+        by_name = dict(zip(names, pairs))
+        listed = {"parameters missing": [n for n in self._names if n not in by_name],
+                  "unexpected parameters": [n for n in names if n not in self._names]}
+        problems = [f"{what} {found}" for what, found in listed.items() if found]
+        for name, (param, _) in zip(self._names, self._pairs):
+            new = by_name[name][0] if name in by_name else param
+            if new.shape != param.shape or new.dtype != param.dtype:
+                problems.append(f"{name}: expected {param.dtype}{param.shape}, got {new.dtype}{new.shape}")
+        if problems:
+            raise ValueError(f"{type(self).__name__}.rebind: modules: expected parameters of the names, shapes and "
+                             f"dtypes of those it steps, got " + "; ".join(problems))
+        # in the optimizer's own order, which its state follows
+        self._modules, self._pairs = new_modules, [by_name[name] for name in self._names]
+        return self
 
     def zero_grad(self):
         for _, grad in self._pairs:
