@@ -5,8 +5,8 @@ scipy.linalg.cython_blas and includes the C element-wise kernels of `csrc/`.
 
 The extension is optional: where Cython or the C compiler fails, the package installs
 without it (one message says so) and runs on numba or the NumPy reference. OpenMP is
-used where the compiler accepts it; without it the two directions of a bidirectional
-layer run one after the other.
+used where the compiler accepts it; without it the extension's parallel loops (the two
+directions of a bidirectional layer) run serially.
 
 Environment:
 - RNNCORE_NATIVE=1 builds with -march=native (the result runs only on CPUs like the
@@ -64,8 +64,8 @@ class OptionalBuildExt(build_ext):
         self.built = []
         super().build_extensions()
         if unix and not openmp and self.built:  # said only when it matters: the build went through
-            print("rnncore: the C compiler does not accept -fopenmp; built without OpenMP (the "
-                  "directions of a bidirectional layer then run one after the other)", file=sys.stderr)
+            print("rnncore: the C compiler does not accept -fopenmp; built without OpenMP (the parallel "
+                  "loops, over the directions of a bidirectional layer, then run serially)", file=sys.stderr)
 
     def build_extension(self, ext):
         try:
