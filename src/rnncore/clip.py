@@ -44,7 +44,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     if not arrays:
         return 0.0
     if math.isinf(norm_type):
-        total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in arrays)
+        # np.max, not Python's max: a NaN must win wherever it sits, and Python's max
+        # keeps its first operand whenever a comparison with NaN is False
+        total = float(np.max([np.max(np.abs(g)) if g.size else 0.0 for g in arrays]))
     else:
         norms = [np.linalg.norm(g.ravel().astype(np.float64), norm_type) for g in arrays]
         total = float(np.linalg.norm(np.asarray(norms), norm_type))
