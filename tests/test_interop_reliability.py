@@ -418,3 +418,191 @@ def test_torch_exports_load_and_match_onnxruntime(tmp_path, case):
     got = [y] + (list(final) if name == "LSTM" else [final])
     for label, a, b in zip(("y", "h_n", "c_n"), got, expected):
         assert_close(a, b, rtol=RTOL32, what=f"{case} {label}")
+
+
+# -- Keras layers whose configuration changes the math ------------------------------------
+
+from test_keras import I as KI, T as KT, U as KU, keras_stack, random_keras_weights  # noqa: E402
+
+KERAS_CLASS = {"rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def keras3_config(kind, name=None, **changes):
+    """A recurrent layer's get_config() as Keras 3 writes it (defaults of keras.layers.SimpleRNN,
+    LSTM and GRU), with `changes` applied."""
+    def serialized(class_name, config, module="keras.initializers"):
+        return {"module": module, "class_name": class_name, "config": config, "registered_name": None}
+    config = {
+        "name": name or {"rnn": "simple_rnn", "lstm": "lstm", "gru": "gru"}[kind], "trainable": True,
+        "dtype": serialized("DTypePolicy", {"name": "float32"}, module="keras"),
+        "return_sequences": True, "return_state": False, "go_backwards": False, "stateful": False, "unroll": False,
+        "zero_output_for_mask": False, "units": KU, "activation": "tanh", "use_bias": True,
+        "kernel_initializer": serialized("GlorotUniform", {"seed": None}),
+        "recurrent_initializer": serialized("Orthogonal", {"seed": None, "gain": 1.0}),
+        "bias_initializer": serialized("Zeros", {}),
+        "kernel_regularizer": None, "recurrent_regularizer": None, "bias_regularizer": None,
+        "activity_regularizer": None, "kernel_constraint": None, "recurrent_constraint": None,
+        "bias_constraint": None, "dropout": 0.0, "recurrent_dropout": 0.0}
+    if kind != "rnn":
+        config.update(recurrent_activation="sigmoid", seed=None)
+    if kind == "lstm":
+        config["unit_forget_bias"] = True
+    if kind == "gru":
+        config["reset_after"] = True
+    config.update(changes)
+    return config
+
+
+def keras3_bidirectional(kind, merge_mode="concat", **changes):
+    """Bidirectional(layer).get_config() as Keras 3 writes it: both inner layers serialised,
+    the backward one reading the sequence backwards."""
+    def serialized(config):
+        return {"module": "keras.layers", "class_name": KERAS_CLASS[kind], "config": config,
+                "registered_name": None, "build_config": {"input_shape": [None, KT, KI]}}
+    forward = keras3_config(kind, name=f"forward_{kind}", **changes)
+    backward = dict(forward, name=f"backward_{kind}", go_backwards=not forward["go_backwards"])
+    return {"name": f"bidirectional_{kind}", "trainable": True, "dtype": forward["dtype"], "merge_mode": merge_mode,
+            "layer": serialized(forward), "backward_layer": serialized(backward)}
+
+
+def fake_keras_layer(class_name, config, weights):
+    """An object with the two methods rnncore reads of a Keras layer (Keras is not needed)."""
+    return type(class_name, (), {"get_config": lambda self: config, "get_weights": lambda self: weights})()
+
+
+def keras_case(kind, num_layers=1, bidirectional=False, bias=True, activation="tanh", reset_after=True):
+    weights = random_keras_weights(kind, num_layers, bidirectional, bias, reset_after, np.random.default_rng(4))
+    options = dict(num_layers=num_layers, bidirectional=bidirectional, bias=bias, dtype=np.float64, seed=0)
+    layer = {"rnn": lambda: rc.RNN(KI, KU, nonlinearity=activation, **options),
+             "lstm": lambda: rc.LSTM(KI, KU, **options),
+             "gru": lambda: rc.GRU(KI, KU, reset_after=reset_after, **options)}[kind]()
+    return layer, weights
+
+
+def assert_computes_like_keras(layer, weights, kind, num_layers, bidirectional, bias, activation, reset_after=True):
+    x = np.random.default_rng(6).standard_normal((KT, 3, KI))
+    expected, _ = keras_stack(kind, x, weights, num_layers, bidirectional, bias, activation, reset_after)
+    assert_close(layer(x)[0], expected, what="y")
+
+
+@pytest.mark.parametrize("form", ["config dict", "serialised dict", "layer object", "partial dict"])
+@pytest.mark.parametrize("kind,activation,reset_after,bias", [
+    ("rnn", "relu", True, True), ("rnn", "tanh", True, False), ("lstm", "tanh", True, True),
+    ("gru", "tanh", False, True), ("gru", "tanh", True, False)])
+def test_keras_config_that_rnncore_computes_loads(kind, activation, reset_after, bias, form):
+    layer, weights = keras_case(kind, bias=bias, activation=activation, reset_after=reset_after)
+    # unit_forget_bias, dropout, initialisers and return_sequences leave a call's math alone
+    changes = dict(activation=activation, use_bias=bias, dropout=0.3, return_sequences=False,
+                   **({"reset_after": reset_after} if kind == "gru" else {}),
+                   **({"unit_forget_bias": False} if kind == "lstm" else {}))
+    config = keras3_config(kind, **changes)
+    if form == "config dict":
+        layer.load_keras_weights(weights, config=config)
+    elif form == "serialised dict":
+        rc.keras.load_weights(layer, weights, config={"class_name": KERAS_CLASS[kind], "config": config})
+    elif form == "layer object":
+        rc.keras.load_weights(layer, fake_keras_layer(KERAS_CLASS[kind], config, weights))
+    else:
+        layer.load_keras_weights(*weights, config={"activation": activation})
+    assert_computes_like_keras(layer, weights, kind, 1, False, bias, activation, reset_after)
+
+
+def test_keras_stack_of_bidirectional_layers_loads_from_its_configs():
+    layer, weights = keras_case("gru", num_layers=2, bidirectional=True)
+    configs = [keras3_bidirectional("gru"), keras3_bidirectional("gru", return_sequences=False)]
+    layer.load_keras_weights(weights, config=configs)
+    assert_computes_like_keras(layer, weights, "gru", 2, True, True, "tanh")
+    # the same from layer objects: each Bidirectional lists forward then backward arrays
+    again, _ = keras_case("gru", num_layers=2, bidirectional=True)
+    objects = [fake_keras_layer("Bidirectional", c, weights[6 * k:6 * (k + 1)]) for k, c in enumerate(configs)]
+    rc.keras.load_weights(again, objects)
+    for name, value in layer.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[name], value, err_msg=name)
+
+
+KERAS_REFUSED = {  # (kind, layer options, config) -> what the error says
+    "SimpleRNN relu into a tanh RNN": ("rnn", {}, keras3_config("rnn", activation="relu"),
+                                       r"config: got activation='relu', but this layer has nonlinearity='tanh' "
+                                       r"\(build rnncore.RNN\(..., nonlinearity='relu'\)\)"),
+    "SimpleRNN linear": ("rnn", {}, keras3_config("rnn", activation="linear"),
+                         r"activation='linear'; rnncore's RNN computes 'tanh' or 'relu'"),
+    "LSTM hard_sigmoid gates": ("lstm", {}, keras3_config("lstm", recurrent_activation="hard_sigmoid"),
+                                r"recurrent_activation='hard_sigmoid'; rnncore's LSTM gates are 'sigmoid'"),
+    "LSTM relu": ("lstm", {}, keras3_config("lstm", activation="relu"),
+                  r"activation='relu'; rnncore's LSTM computes 'tanh' there"),
+    "GRU relu": ("gru", {}, keras3_config("gru", activation="relu"),
+                 r"activation='relu'; rnncore's GRU computes 'tanh' there"),
+    "GRU custom activation": ("gru", {}, keras3_config("gru", activation={
+        "module": "builtins", "class_name": "function", "config": "my_tanh", "registered_name": "my_tanh"}),
+        r"activation=\{'module': 'builtins'"),
+    "GRU reset_after mismatch": ("gru", dict(reset_after=False), keras3_config("gru"),
+                                 r"reset_after=True, but this layer has reset_after=False"),
+    "use_bias=False into a biased layer": ("lstm", {}, keras3_config("lstm", use_bias=False),
+                                           r"use_bias=False, but this layer has bias=True"),
+    "units": ("lstm", {}, keras3_config("lstm", units=KU + 1), rf"units={KU + 1}, but this layer has hidden_size"),
+    "go_backwards": ("gru", {}, keras3_config("gru", go_backwards=True),
+                     r"go_backwards=True; an rnncore layer reads the sequence forward"),
+    "stateful": ("rnn", {}, keras3_config("rnn", stateful=True), r"stateful=True; an rnncore layer starts each call"),
+    "unknown key": ("lstm", {}, keras3_config("lstm", layer_norm=True),
+                    r"keys \['layer_norm'\], which rnncore cannot be sure it reproduces"),
+    "an LSTM's config for a GRU": ("gru", {}, keras3_config("lstm"),
+                                   r"unit_forget_bias=True, an option of a Keras LSTM, not of a GRU"),
+    "a GRU class for an LSTM": ("lstm", {}, {"class_name": "GRU", "config": keras3_config("gru")},
+                                r"a Keras GRU, but this layer's Keras counterpart is a LSTM"),
+    "a generic keras.layers.RNN": ("lstm", {}, {"class_name": "RNN", "config": {"cell": {}}},
+                                   r"a Keras RNN, but this layer's Keras counterpart is a LSTM"),
+    "Bidirectional merge_mode sum": ("lstm", dict(bidirectional=True), keras3_bidirectional("lstm", "sum"),
+                                     r"merge_mode='sum'; an rnncore bidirectional layer concatenates"),
+    "Bidirectional of relu SimpleRNN": ("rnn", dict(bidirectional=True), keras3_bidirectional("rnn", activation="relu"),
+                                        r"config\['layer'\]: got activation='relu'.*config\['backward_layer'\]: got "
+                                        r"activation='relu'"),
+    "Bidirectional into a one-direction layer": ("gru", {}, keras3_bidirectional("gru"),
+                                                 r"got a Keras Bidirectional wrapper, but this layer has "
+                                                 r"bidirectional=False"),
+    "plain layer into a bidirectional layer": ("gru", dict(bidirectional=True), keras3_config("gru"),
+                                               r"got a Keras (layer|GRU), but this layer has bidirectional=True"),
+    "one config for a stack": ("gru", dict(num_layers=2), keras3_config("gru"),
+                               r"config: expected 2 Keras layer configuration\(s\), one per layer of the stack, got 1"),
+    "a stack whose first layer returns its last step": (
+        "gru", dict(num_layers=2), [keras3_config("gru", return_sequences=False), keras3_config("gru")],
+        r"config\[0\]: got return_sequences=False in layer 0 of 2"),
+    "not a config": ("gru", {}, "relu", r"config: expected a Keras layer or its get_config\(\) dict, got str"),
+}
+
+
+def as_keras_layers(kind, config, weights):
+    """Fake Keras layer objects holding `config` (one, or a list for a stack) and their
+    share of `weights`."""
+    entries = config if isinstance(config, list) else [config]
+    per_layer = len(weights) // len(entries)
+    objects = []
+    for k, entry in enumerate(entries):
+        if "class_name" in entry:
+            class_name, entry = entry["class_name"], entry["config"]
+        else:
+            class_name = "Bidirectional" if "layer" in entry else KERAS_CLASS[kind]
+        objects.append(fake_keras_layer(class_name, entry, weights[per_layer * k:per_layer * (k + 1)]))
+    return objects
+
+
+@pytest.mark.parametrize("case", KERAS_REFUSED)
+def test_keras_config_that_changes_the_math_is_refused(case):
+    kind, options, config, message = KERAS_REFUSED[case]
+    layer, weights = keras_case(kind, **options)
+    before = layer.state_dict()
+    error = TypeError if case == "not a config" else ValueError
+    with pytest.raises(error, match=message):
+        layer.load_keras_weights(weights, config=config)
+    if not isinstance(config, str):  # the same refusal through Keras layer objects
+        objects = as_keras_layers(kind, config, weights)
+        with pytest.raises(error, match=message.replace("config:", "config(\\[0\\])?:")):
+            rc.keras.load_weights(layer, objects if len(objects) > 1 else objects[0])
+    for name, value in layer.state_dict().items():  # refused before anything changed
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+def test_keras_layer_objects_take_no_second_config():
+    layer, weights = keras_case("rnn")
+    keras_layer = fake_keras_layer("SimpleRNN", keras3_config("rnn"), weights)
+    with pytest.raises(TypeError, match="config: expected None when Keras layers are passed"):
+        rc.keras.load_weights(layer, keras_layer, config=keras3_config("rnn"))

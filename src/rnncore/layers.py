@@ -137,12 +137,13 @@ class _Recurrent(_Parametrised):
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, dtype={self.dtype})")
 
-    def load_keras_weights(self, *weights):
+    def load_keras_weights(self, *weights, config=None):
         """Copy in the weights of the equivalent Keras layer, Bidirectional or stack:
-        `(kernel, recurrent_kernel, bias)` or the list Keras' get_weights() returns
-        (see rnncore.keras.load_weights)."""
+        `(kernel, recurrent_kernel, bias)`, the list Keras' get_weights() returns, or the
+        Keras layer(s) themselves; `config` (the Keras layer's get_config()) refuses what
+        this layer does not compute (see rnncore.keras.load_weights)."""
         from . import keras  # lazily: rnncore.keras imports this module
-        keras.load_weights(self, *weights)
+        keras.load_weights(self, *weights, config=config)
 
     def _direction_params(self, layer):
         """[{base name: live array}] per direction of one layer of the stack. Built once:
