@@ -43,6 +43,9 @@ def reorder_gates(array, source, target, axis=0):
     becomes a zero block (the unused forget gate of ONNX's coupled LSTM); a gate of
     `source` that `target` lacks is dropped."""
     array = np.asarray(array)
+    for name, order in (("source", source), ("target", target)):
+        if not isinstance(order, str) or not order:
+            raise TypeError(f"{name}: expected a string of gate letters such as 'ifgo', got {order!r}")
     if array.shape[axis] % len(source):
         raise ValueError(f"expected axis {axis} of an array of gates {', '.join(source)} to be a multiple "
                          f"of {len(source)}, got shape {array.shape}")
@@ -102,7 +105,8 @@ def keras_state_dict(layer, *weights):
     H = layer.hidden_size
     state, wrong = {}, []
     for n, (k, d, spec, label) in enumerate(slots):
-        arrays = [_validate.to_numpy(w) for w in weights[n * per_set:(n + 1) * per_set]]
+        arrays = [_validate.to_numpy(w, f"weights[{n * per_set + j}]")
+                  for j, w in enumerate(weights[n * per_set:(n + 1) * per_set])]
         bad = [f"weights[{n * per_set + j}] ({label} {name}): expected a real number array, got dtype {a.dtype}"
                for j, (name, a) in enumerate(zip(("kernel", "recurrent_kernel", "bias"), arrays))
                if a.dtype.kind not in "iuf"]

@@ -7,7 +7,9 @@ compute; the backends trust what they are given.
 """
 import inspect
 import math
+import numbers
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -25,7 +27,11 @@ def copy_state(params, mapping, strict=True):
     """Copy `mapping` (name -> array-like) into the live arrays `params`, in place so that
     references stay valid. Every name, shape and dtype is checked first, and each problem
     listed, so a bad mapping changes nothing."""
-    given = {name: _validate.to_numpy(value) for name, value in mapping.items()}
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"load_state_dict: expected a mapping of parameter names to arrays, got "
+                        f"{type(mapping).__name__}")
+    strict = _validate.flag("strict", strict)
+    given = {name: _validate.to_numpy(value, name) for name, value in mapping.items()}
     if strict:
         missing = [n for n in params if n not in given]
         unexpected = [n for n in given if n not in params]
@@ -52,7 +58,7 @@ class _Parametrised:
         # every parameter U(-1/sqrt(H), 1/sqrt(H)), as PyTorch; drawn in float64 so that
         # float32 and float64 layers with the same seed hold the same values
         bound = 1.0 / math.sqrt(hidden_size)
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(_validate.seed(seed))
         self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
                         for name, shape in shapes.items()}
         self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
@@ -77,7 +83,7 @@ class _Parametrised:
             g.fill(0)
 
     def train(self, mode=True):
-        self.training = bool(mode)
+        self.training = _validate.flag("mode", mode)
         return self
 
     def eval(self):
@@ -106,7 +112,7 @@ class _Recurrent(_Parametrised):
         self.hidden_size = _validate.positive_int("hidden_size", hidden_size)
         self.num_layers = _validate.positive_int("num_layers", num_layers)
         self.dtype = _validate.float_dtype(dtype)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between layers; with num_layers=1 it does nothing", UserWarning,
@@ -193,6 +199,7 @@ class _Recurrent(_Parametrised):
     # -- forward and backward through the stack ----------------------------------------
 
     def _forward(self, x, states, lengths, check_finite):
+        check_finite = _validate.flag("check_finite", check_finite)
         x, batched = self._input(x, check_finite)
         T, B, _ = x.shape
         if lengths is not None:
