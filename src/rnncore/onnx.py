@@ -3,7 +3,8 @@
 `export(layer, path)` writes one operator node per layer of the stack (default opset 17),
 joined by the reshapes PyTorch's layout needs; `load(path)` rebuilds the layer from such a
 graph, including the graphs `torch.onnx.export(..., dynamo=False)` writes for
-`nn.RNN/LSTM/GRU`. The `onnx` package is imported only when one of them is called
+`nn.RNN/LSTM/GRU`, and refuses by name anything it would not reproduce exactly. The
+`onnx` package (1.21 or newer) is imported only when one of them is called
 (`pip install 'rnncore[onnx]'`).
 
 Graph interface of an exported layer (T and batch are dynamic):
