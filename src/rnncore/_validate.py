@@ -5,29 +5,40 @@ import numbers
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# the largest size the kernels' BLAS calls can index (32-bit ints)
+MAX_SIZE = 2 ** 31 - 1
 
 
 def float_dtype(dtype, name="dtype"):
-    """The numpy dtype for a user's `dtype` argument; only float32 and float64."""
+    """The numpy dtype for a user's `dtype` argument; only float32 and float64 (None
+    too is refused: numpy would read it as float64 without a word)."""
     try:
-        dt = np.dtype(dtype)
+        dt = None if dtype is None else np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}") from None
+        dt = None
+    if dt is None:
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}")
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected float32 or float64, got {dt}")
     return dt
 
 
-def to_numpy(value):
-    """An array from an array-like, converting a torch tensor without importing torch."""
+def to_numpy(value, name=None):
+    """An array from an array-like, converting a torch tensor without importing torch.
+    A ragged nested list is a ValueError naming `name`, not numpy's wording."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):
         value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        where = f"{name}: " if name else ""
+        raise ValueError(f"{where}expected an array (nested lists of equal lengths), got a ragged or mixed "
+                         f"{type(value).__name__}") from None
 
 
 def array(name, value, dtype, source="the layer's dtype"):
     """`value` as an array of exactly `dtype` (taken from `source`), else a TypeError."""
-    arr = to_numpy(value)
+    arr = to_numpy(value, name)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected dtype {dtype}, got {arr.dtype}")
     if arr.dtype != dtype:
@@ -72,7 +83,25 @@ def states(given, names, widths, dtype, lead, check_finite=True, source="the lay
 def positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    if value > MAX_SIZE:
+        raise ValueError(f"{name}: expected an int <= {MAX_SIZE} (the largest size the kernels index), "
+                         f"got {value!r}")
     return int(value)
+
+
+def seed(value, name="seed"):
+    """A seed numpy's default_rng takes: None, an int >= 0, a sequence of them, or a
+    SeedSequence, BitGenerator or Generator, checked here so that the error is ours."""
+    if value is None or isinstance(value, (np.random.SeedSequence, np.random.BitGenerator, np.random.Generator)):
+        return value
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu":
+        value = value.tolist()
+    entries = list(value) if isinstance(value, (list, tuple)) else [value]
+    if entries and not any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in entries):
+        if min(entries) >= 0:
+            return value
+        raise ValueError(f"{name}: expected None or an int >= 0, got {value!r}")
+    raise TypeError(f"{name}: expected None or an int >= 0, got {value!r}")
 
 
 def flag(name, value):
@@ -84,14 +113,26 @@ def flag(name, value):
 
 
 def choice(name, value, options):
-    if value not in options:
+    # compared by type first: `in` would compare an array elementwise and raise numpy's error
+    if not any(type(value) is type(option) and value == option for option in options):
         raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
+    return value
+
+
+def real(name, value, minimum=None, finite=True):
+    """A real number (not a bool), finite unless `finite=False`, and >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    value = float(value)
+    bound = "" if minimum is None else f" >= {minimum}"
+    if value != value or (finite and not np.isfinite(value)) or (minimum is not None and value < minimum):
+        raise ValueError(f"{name}: expected a {'finite ' if finite else ''}number{bound}, got {value!r}")
     return value
 
 
 def lengths(value, batch, steps):
     """Sequence lengths as int64 (batch,), each in [1, steps]."""
-    arr = to_numpy(value)
+    arr = to_numpy(value, "lengths")
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             pass  # integral floats are taken as ints

@@ -27,6 +27,7 @@ class _Cell(_Parametrised):
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}, dtype={self.dtype})"
 
     def _step(self, x, states, check_finite):
+        check_finite = _validate.flag("check_finite", check_finite)
         x = _validate.array("x", x, self.dtype)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected shape (B, {self.input_size}) or ({self.input_size},), got {x.shape}")

@@ -5,14 +5,16 @@ import numbers
 
 import numpy as np
 
+from . import _validate
+
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
 def _gradient_arrays(grads):
     if isinstance(grads, np.ndarray):
-        return [grads]
+        return [_float_array("grads", grads)]
     if isinstance(grads, dict):
-        return list(grads.values())
+        return [_float_array(f"grads[{name!r}]", g) for name, g in grads.items()]
     if hasattr(grads, "grads") and isinstance(grads.grads, dict):
         return list(grads.grads.values())
     if isinstance(grads, (list, tuple)) or (hasattr(grads, "__iter__") and not isinstance(grads, (str, bytes))):
@@ -20,6 +22,14 @@ def _gradient_arrays(grads):
         return [g for item in grads for g in _gradient_arrays(item)]
     raise TypeError(f"grads: expected a dict of arrays, a layer, an array, or an iterable of these, "
                     f"got {type(grads).__name__}")
+
+
+def _float_array(name, value):
+    # clipped in place: only a float array can be scaled where it lies
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a float array, got "
+                        f"{value.dtype if isinstance(value, np.ndarray) else type(value).__name__}")
+    return value
 
 
 def _number(name, value):
@@ -36,6 +46,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     before clipping, as a float."""
     arrays = _gradient_arrays(grads)
     max_norm = _number("max_norm", max_norm)
+    if max_norm < 0:
+        raise ValueError(f"max_norm: expected a number >= 0, got {max_norm}")
+    error_if_nonfinite = _validate.flag("error_if_nonfinite", error_if_nonfinite)
     if isinstance(norm_type, str) and norm_type.lower() in ("inf", "infinity"):
         norm_type = math.inf  # torch accepts the string too
     norm_type = _number("norm_type", norm_type)
@@ -44,7 +57,9 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     if not arrays:
         return 0.0
     if math.isinf(norm_type):
-        total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in arrays)
+        # np.max, not Python's max: a NaN must win wherever it sits, and Python's max
+        # keeps its first operand whenever a comparison with NaN is False
+        total = float(np.max([np.max(np.abs(g)) if g.size else 0.0 for g in arrays]))
     else:
         norms = [np.linalg.norm(g.ravel().astype(np.float64), norm_type) for g in arrays]
         total = float(np.linalg.norm(np.asarray(norms), norm_type))

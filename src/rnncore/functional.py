@@ -26,7 +26,9 @@ class _Context:
 
 def _forward(spec, params, x, states, lengths, reverse, training, check_finite, backend):
     """Validate everything against `spec`, then run one direction."""
-    x = _validate.to_numpy(x)
+    reverse, training, check_finite = (_validate.flag(name, value) for name, value in
+                                       (("reverse", reverse), ("training", training), ("check_finite", check_finite)))
+    x = _validate.to_numpy(x, "x")
     dtype = _validate.float_dtype(x.dtype, "x")
     if x.ndim != 3 or x.shape[2] != spec.input_size or 0 in x.shape:
         raise ValueError(f"x: expected shape (T, B, {spec.input_size}) with T, B >= 1, got {x.shape}")
@@ -79,6 +81,15 @@ def _backward(ctx, dy, dstates_n, names):
     return dx, dstate0, grads
 
 
+def _matrix_shape(name, value):
+    """The shape of a 2-d weight, from which the cell's sizes are read before the weight
+    itself is checked against them."""
+    shape = np.shape(_validate.to_numpy(value, name))
+    if len(shape) != 2:
+        raise ValueError(f"{name}: expected a 2-d array, got {type(value).__name__} of shape {shape}")
+    return shape
+
+
 def _biases(bias_ih, bias_hh):
     if (bias_ih is None) != (bias_hh is None):
         raise ValueError("bias_ih, bias_hh: expected both or neither, got one")
@@ -89,8 +100,8 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonl
                 lengths=None, reverse=False, training=False, check_finite=True, backend=None):
     """Elman RNN over a sequence. Returns y (T, B, H), h_n (B, H), ctx."""
     _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
-    spec = CellSpec("rnn", np.shape(weight_ih)[-1], np.shape(weight_hh)[0], _biases(bias_ih, bias_hh),
-                    nonlinearity=nonlinearity)
+    spec = CellSpec("rnn", _matrix_shape("weight_ih", weight_ih)[1], _matrix_shape("weight_hh", weight_hh)[0],
+                    _biases(bias_ih, bias_hh), nonlinearity=nonlinearity)
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
     y, (h_n,), ctx = _forward(spec, params, x, [("h0", h0)], lengths, reverse, training, check_finite, backend)
     return y, h_n, ctx
@@ -105,8 +116,9 @@ def rnn_backward(ctx, dy, dh_n=None):
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, reset_after=True, lengths=None,
                 reverse=False, training=False, check_finite=True, backend=None):
     """GRU over a sequence (gates r, z, n). Returns y (T, B, H), h_n (B, H), ctx."""
-    spec = CellSpec("gru", np.shape(weight_ih)[-1], np.shape(weight_ih)[0] // 3, _biases(bias_ih, bias_hh),
-                    reset_after=bool(reset_after))
+    rows, columns = _matrix_shape("weight_ih", weight_ih)
+    spec = CellSpec("gru", columns, rows // 3, _biases(bias_ih, bias_hh),
+                    reset_after=_validate.flag("reset_after", reset_after))
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
     y, (h_n,), ctx = _forward(spec, params, x, [("h0", h0)], lengths, reverse, training, check_finite, backend)
     return y, h_n, ctx
@@ -121,10 +133,12 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
     """LSTM over a sequence (gates i, f, g, o; i, g, o when coupled). Peepholes are on
     when weight_ci is given, the projection when weight_hr is given.
     Returns y (T, B, P or H), h_n (B, P or H), c_n (B, H), ctx."""
+    coupled_input_forget = _validate.flag("coupled_input_forget", coupled_input_forget)
     gates = 3 if coupled_input_forget else 4
-    spec = CellSpec("lstm", np.shape(weight_ih)[-1], np.shape(weight_ih)[0] // gates, _biases(bias_ih, bias_hh),
-                    proj_size=0 if weight_hr is None else np.shape(weight_hr)[0], peephole=weight_ci is not None,
-                    coupled_input_forget=bool(coupled_input_forget))
+    rows, columns = _matrix_shape("weight_ih", weight_ih)
+    spec = CellSpec("lstm", columns, rows // gates, _biases(bias_ih, bias_hh),
+                    proj_size=0 if weight_hr is None else _matrix_shape("weight_hr", weight_hr)[0],
+                    peephole=weight_ci is not None, coupled_input_forget=coupled_input_forget)
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr,
                   weight_ci=weight_ci, weight_cf=weight_cf, weight_co=weight_co)
     y, (h_n, c_n), ctx = _forward(spec, params, x, [("h0", h0), ("c0", c0)], lengths, reverse, training,
@@ -147,8 +161,9 @@ def jordan_forward(x, y0, weight_ih, weight_hh, weight_ho, bias_ih=None, bias_hh
     bias = _biases(bias_ih, bias_hh)
     if bias != (bias_ho is not None):
         raise ValueError("bias_ho: expected it exactly when bias_ih and bias_hh are given")
-    spec = CellSpec("jordan", np.shape(weight_ih)[-1], np.shape(weight_ih)[0], bias, nonlinearity=nonlinearity,
-                    output_size=np.shape(weight_ho)[0], output_activation=output_activation)
+    hidden_size, input_size = _matrix_shape("weight_ih", weight_ih)
+    spec = CellSpec("jordan", input_size, hidden_size, bias, nonlinearity=nonlinearity,
+                    output_size=_matrix_shape("weight_ho", weight_ho)[0], output_activation=output_activation)
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_ho=weight_ho,
                   bias_ho=bias_ho)
     y, (y_n,), ctx = _forward(spec, params, x, [("y0", y0)], lengths, reverse, training, check_finite, backend)

@@ -10,7 +10,14 @@ Keras layouts (Keras 2 and 3): `kernel` (input, G*units) applied as x @ kernel,
 - GRU reset_after=False: bias (3*units,), input side only.
 A `Bidirectional` wrapper lists the forward layer's arrays, then the backward layer's; a
 stack lists its layers in order.
+
+Weights alone do not say what a Keras layer computes: `activation="relu"` or
+`recurrent_activation="hard_sigmoid"` changes the math without changing a shape. Given the
+layer's configuration (the Keras layer itself, or what its `get_config()` returns),
+`load_weights` refuses every option rnncore does not reproduce, naming what was given.
 """
+from collections.abc import Mapping
+
 import numpy as np
 
 from . import _validate
@@ -36,6 +43,9 @@ def reorder_gates(array, source, target, axis=0):
     becomes a zero block (the unused forget gate of ONNX's coupled LSTM); a gate of
     `source` that `target` lacks is dropped."""
     array = np.asarray(array)
+    for name, order in (("source", source), ("target", target)):
+        if not isinstance(order, str) or not order:
+            raise TypeError(f"{name}: expected a string of gate letters such as 'ifgo', got {order!r}")
     if array.shape[axis] % len(source):
         raise ValueError(f"expected axis {axis} of an array of gates {', '.join(source)} to be a multiple "
                          f"of {len(source)}, got shape {array.shape}")
@@ -95,7 +105,8 @@ def keras_state_dict(layer, *weights):
     H = layer.hidden_size
     state, wrong = {}, []
     for n, (k, d, spec, label) in enumerate(slots):
-        arrays = [_validate.to_numpy(w) for w in weights[n * per_set:(n + 1) * per_set]]
+        arrays = [_validate.to_numpy(w, f"weights[{n * per_set + j}]")
+                  for j, w in enumerate(weights[n * per_set:(n + 1) * per_set])]
         bad = [f"weights[{n * per_set + j}] ({label} {name}): expected a real number array, got dtype {a.dtype}"
                for j, (name, a) in enumerate(zip(("kernel", "recurrent_kernel", "bias"), arrays))
                if a.dtype.kind not in "iuf"]
@@ -132,11 +143,161 @@ def keras_state_dict(layer, *weights):
     return state
 
 
-def load_weights(layer, *weights):
+# -- Keras configurations -----------------------------------------------------------------
+
+_KERAS_CLASSES = {"rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
+# keys of a Keras recurrent layer's get_config() (Keras 2 and 3) that leave what a call
+# computes alone: names and dtypes, initialisers, training-time regularisation and
+# dropout, which outputs are returned, masking and implementation choices
+_NO_EFFECT = frozenset({
+    "name", "trainable", "dtype", "batch_input_shape", "batch_size", "input_shape", "seed",
+    "kernel_initializer", "recurrent_initializer", "bias_initializer", "unit_forget_bias",
+    "kernel_regularizer", "recurrent_regularizer", "bias_regularizer", "activity_regularizer",
+    "kernel_constraint", "recurrent_constraint", "bias_constraint", "dropout", "recurrent_dropout",
+    "return_sequences", "return_state", "unroll", "time_major", "zero_output_for_mask",
+    "implementation", "use_cudnn"})
+_CHECKED = frozenset({"units", "activation", "recurrent_activation", "use_bias", "reset_after", "go_backwards",
+                      "stateful"})
+# the options only some Keras layers have, and which
+_KIND_KEYS = {"reset_after": ("gru",), "unit_forget_bias": ("lstm",), "recurrent_activation": ("lstm", "gru")}
+_WRAPPER_KEYS = frozenset({"layer", "backward_layer", "merge_mode", "name", "trainable", "dtype"})
+
+
+def _is_keras_layer(value):
+    return callable(getattr(value, "get_config", None)) and callable(getattr(value, "get_weights", None))
+
+
+def _unwrap(value, where):
+    """(Keras class name or None, config dict) of a Keras layer object, of what its
+    get_config() returns, or of its serialised form {"class_name": ..., "config": ...}."""
+    if _is_keras_layer(value):
+        return type(value).__name__, dict(value.get_config())
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where}: expected a Keras layer or its get_config() dict, got {type(value).__name__}")
+    if isinstance(value.get("class_name"), str) and isinstance(value.get("config"), Mapping):
+        return value["class_name"], dict(value["config"])
+    return None, dict(value)
+
+
+def _config_problems(layer, spec, class_name, config, backward):
+    """What in one Keras recurrent layer's config (the backward one of a Bidirectional
+    when `backward`) an rnncore layer of `spec` does not compute."""
+    keras_name = _KERAS_CLASSES[spec.kind]
+    if class_name is not None and class_name != keras_name:
+        return [f"a Keras {class_name}, but this layer's Keras counterpart is a {keras_name}"]
+    problems = []
+    unknown = sorted(set(config) - _NO_EFFECT - _CHECKED)
+    if unknown:
+        problems.append(f"keys {unknown}, which rnncore cannot be sure it reproduces")
+    problems += [f"{key}={config[key]!r}, an option of a Keras {' or '.join(_KERAS_CLASSES[k] for k in kinds)}, "
+                 f"not of a {keras_name}" for key, kinds in _KIND_KEYS.items()
+                 if key in config and spec.kind not in kinds]
+    if "units" in config and config["units"] != spec.hidden_size:
+        problems.append(f"units={config['units']!r}, but this layer has hidden_size={spec.hidden_size}")
+    if "use_bias" in config and config["use_bias"] != layer.bias:
+        problems.append(f"use_bias={config['use_bias']!r}, but this layer has bias={layer.bias}")
+    if "activation" in config:
+        activation = config["activation"]
+        if spec.kind == "rnn" and activation in ("tanh", "relu"):
+            if activation != spec.nonlinearity:
+                problems.append(f"activation={activation!r}, but this layer has nonlinearity={spec.nonlinearity!r} "
+                                f"(build rnncore.RNN(..., nonlinearity={activation!r}))")
+        elif spec.kind == "rnn":
+            problems.append(f"activation={activation!r}; rnncore's RNN computes 'tanh' or 'relu'")
+        elif activation != "tanh":
+            problems.append(f"activation={activation!r}; rnncore's {keras_name} computes 'tanh' there")
+    if spec.kind in ("lstm", "gru") and config.get("recurrent_activation", "sigmoid") != "sigmoid":
+        problems.append(f"recurrent_activation={config['recurrent_activation']!r}; rnncore's {keras_name} gates "
+                        f"are 'sigmoid'")
+    if spec.kind == "gru" and "reset_after" in config and config["reset_after"] != spec.reset_after:
+        problems.append(f"reset_after={config['reset_after']!r}, but this layer has reset_after={spec.reset_after} "
+                        f"(build rnncore.GRU(..., reset_after={config['reset_after']!r}))")
+    if config.get("go_backwards", backward) != backward:
+        problems.append(f"go_backwards={config['go_backwards']!r}" + (
+            " in the backward layer of a Bidirectional" if backward else
+            "; an rnncore layer reads the sequence forward (reverse x along time yourself, and y comes out "
+            "reversed as Keras returns it; a Keras Bidirectional is an rnncore bidirectional=True layer)"))
+    if config.get("stateful", False) is not False:
+        problems.append(f"stateful={config['stateful']!r}; an rnncore layer starts each call from the h0 it is "
+                        f"given (pass the last h_n as h0, or use layer.stream())")
+    return problems
+
+
+def _check_config(layer, config):
+    """Refuse, before anything changes, a Keras configuration (one per layer of the
+    stack) describing something `layer` does not compute."""
+    entries = list(config) if isinstance(config, (list, tuple)) else [config]
+    if len(entries) != layer.num_layers:
+        raise ValueError(f"config: expected {layer.num_layers} Keras layer configuration(s), one per layer of the "
+                         f"stack, got {len(entries)}")
+    problems = []
+    for k, (spec, entry) in enumerate(zip(layer.specs, entries)):
+        where = f"config[{k}]" if isinstance(config, (list, tuple)) else "config"
+        class_name, found = _unwrap(entry, where)
+        wrapped = class_name == "Bidirectional" or (class_name is None and "layer" in found)
+        if wrapped != layer.bidirectional:
+            given = "a Keras Bidirectional wrapper" if wrapped else f"a Keras {class_name or 'layer'}"
+            problems.append(f"{where}: got {given}, but this layer has bidirectional={layer.bidirectional}")
+            continue
+        if wrapped:
+            unknown = sorted(set(found) - _WRAPPER_KEYS)
+            if unknown:
+                problems.append(f"{where}: got Bidirectional keys {unknown}, which rnncore cannot be sure it "
+                                f"reproduces")
+            if found.get("merge_mode", "concat") != "concat":
+                problems.append(f"{where}: got merge_mode={found['merge_mode']!r}; an rnncore bidirectional layer "
+                                f"concatenates the two directions (merge_mode='concat')")
+            if "layer" not in found:
+                problems.append(f"{where}: got a Bidirectional config without its 'layer'")
+                continue
+            # a Keras 2 wrapper without a custom backward layer mirrors the forward one
+            parts = [("layer", False)]
+            if found.get("backward_layer") is not None:
+                parts.append(("backward_layer", True))
+            directions = [(f"{where}[{part!r}]", *_unwrap(found[part], f"{where}[{part!r}]"), backward)
+                          for part, backward in parts]
+        else:
+            directions = [(where, class_name, found, False)]
+        for label, inner_class, inner_config, backward in directions:
+            problems += [f"{label}: got {p}" for p in _config_problems(layer, spec, inner_class, inner_config,
+                                                                        backward)]
+            if k < layer.num_layers - 1 and inner_config.get("return_sequences", True) is not True:
+                problems.append(f"{label}: got return_sequences={inner_config['return_sequences']!r} in layer {k} "
+                                f"of {layer.num_layers}; the next layer reads its whole output sequence")
+    if problems:
+        raise ValueError("load_keras_weights: " + "; ".join(problems))
+
+
+def load_weights(layer, *weights, config=None):
     """Copy the weights of the equivalent Keras layer (or Bidirectional wrapper, or stack)
-    into `layer`: `load_weights(layer, kernel, recurrent_kernel, bias)`, or one list of
-    all the arrays as Keras' `get_weights()` lists them. Wrong counts, shapes or a GRU
-    reset_after mismatch raise before anything is changed."""
+    into `layer`. Call forms:
+
+        load_weights(layer, kernel, recurrent_kernel, bias)
+        load_weights(layer, keras_layer.get_weights())       # one list, as Keras lists it
+        load_weights(layer, weights, config=keras_layer.get_config())
+        load_weights(layer, keras_layer)                     # a Keras layer object itself
+        load_weights(layer, [keras_layer_0, keras_layer_1])  # a stack, one per layer
+
+    `config`: the Keras layer (or its get_config() dict, or its serialised
+    {"class_name", "config"} form, or a dict of only some keys, e.g. {"activation":
+    "relu"}), or for a stack a list of them, one per layer. A Keras layer object passed
+    in place of the weights gives both its weights and its config. Any option that
+    changes what the layer computes and that this layer does not reproduce (activations,
+    use_bias, units, reset_after, go_backwards, stateful, merge_mode, unknown keys) is a
+    ValueError naming what was given; training-time options (dropout, regularisers,
+    constraints, initialisers) have no effect on a call and are not carried over.
+    Wrong counts, shapes or a GRU reset_after mismatch raise too; nothing is changed
+    on any error."""
+    given = list(weights[0]) if len(weights) == 1 and isinstance(weights[0], (list, tuple)) else list(weights)
+    if given and all(_is_keras_layer(w) for w in given):
+        if config is not None:
+            raise TypeError(f"config: expected None when Keras layers are passed (their own get_config() is "
+                            f"read), got {type(config).__name__}")
+        config = given if len(given) > 1 else given[0]
+        weights = ([w for keras_layer in given for w in keras_layer.get_weights()],)
+    if config is not None:
+        _convertible(layer, "load_keras_weights")
+        _check_config(layer, config)
     layer.load_state_dict(keras_state_dict(layer, *weights))
 
 

@@ -9,8 +9,10 @@ import contextlib
 import contextvars
 import inspect
 import math
+import numbers
 import threading
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -28,7 +30,11 @@ def copy_state(params, mapping, strict=True):
     """Copy `mapping` (name -> array-like) into the live arrays `params`, in place so that
     references stay valid. Every name, shape and dtype is checked first, and each problem
     listed, so a bad mapping changes nothing."""
-    given = {name: _validate.to_numpy(value) for name, value in mapping.items()}
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"load_state_dict: expected a mapping of parameter names to arrays, got "
+                        f"{type(mapping).__name__}")
+    strict = _validate.flag("strict", strict)
+    given = {name: _validate.to_numpy(value, name) for name, value in mapping.items()}
     if strict:
         missing = [n for n in params if n not in given]
         unexpected = [n for n in given if n not in params]
@@ -177,7 +183,7 @@ class _Parametrised(_Module):
         # every parameter U(-1/sqrt(H), 1/sqrt(H)), as PyTorch; drawn in float64 so that
         # float32 and float64 layers with the same seed hold the same values
         bound = 1.0 / math.sqrt(hidden_size)
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(_validate.seed(seed))
         self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
                         for name, shape in shapes.items()}
         self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
@@ -202,7 +208,7 @@ class _Parametrised(_Module):
             g.fill(0)
 
     def train(self, mode=True):
-        self.training = bool(mode)
+        self.training = _validate.flag("mode", mode)
         return self
 
     def eval(self):
@@ -231,7 +237,7 @@ class _Recurrent(_Parametrised):
         self.hidden_size = _validate.positive_int("hidden_size", hidden_size)
         self.num_layers = _validate.positive_int("num_layers", num_layers)
         self.dtype = _validate.float_dtype(dtype)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between layers; with num_layers=1 it does nothing", UserWarning,
@@ -266,12 +272,13 @@ class _Recurrent(_Parametrised):
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, dtype={self.dtype})")
 
-    def load_keras_weights(self, *weights):
+    def load_keras_weights(self, *weights, config=None):
         """Copy in the weights of the equivalent Keras layer, Bidirectional or stack:
-        `(kernel, recurrent_kernel, bias)` or the list Keras' get_weights() returns
-        (see rnncore.keras.load_weights)."""
+        `(kernel, recurrent_kernel, bias)`, the list Keras' get_weights() returns, or the
+        Keras layer(s) themselves; `config` (the Keras layer's get_config()) refuses what
+        this layer does not compute (see rnncore.keras.load_weights)."""
         from . import keras  # lazily: rnncore.keras imports this module
-        keras.load_weights(self, *weights)
+        keras.load_weights(self, *weights, config=config)
 
     def _direction_params(self, layer):
         """[{base name: live array}] per direction of one layer of the stack. Built once:
@@ -321,6 +328,7 @@ class _Recurrent(_Parametrised):
     # -- forward and backward through the stack ----------------------------------------
 
     def _forward(self, x, states, lengths, check_finite):
+        check_finite = _validate.flag("check_finite", check_finite)
         x, batched = self._input(x, check_finite)
         T, B, _ = x.shape
         if lengths is not None:

@@ -1,5 +1,7 @@
 """Losses with forward and backward: `loss = loss_fn(input, target)` returns a float and
 keeps what `loss_fn.backward()` needs to return d loss / d input."""
+import numbers
+
 import numpy as np
 
 from . import _validate
@@ -10,7 +12,7 @@ _REDUCTIONS = ("mean", "sum")
 
 
 def _float_array(name, value):
-    arr = _validate.to_numpy(value)
+    arr = _validate.to_numpy(value, name)
     _validate.float_dtype(arr.dtype, name)
     _validate.finite(name, arr)
     return arr
@@ -73,11 +75,13 @@ class CrossEntropyLoss(_Loss):
 
     def __init__(self, reduction="mean", ignore_index=-100):
         super().__init__(reduction)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+            raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
         self.ignore_index = int(ignore_index)
 
     def __call__(self, logits, target):
         logits = _float_array("logits", logits)
-        target = _validate.to_numpy(target)
+        target = _validate.to_numpy(target, "target")
         if target.dtype.kind not in "iu":
             raise TypeError(f"target: expected integer class indices, got dtype {target.dtype}")
         if logits.ndim < 1 or target.shape != logits.shape[:-1]:

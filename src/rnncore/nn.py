@@ -38,7 +38,7 @@ class Linear(_Parametrised):
         self.in_features = _validate.positive_int("in_features", in_features)
         self.out_features = _validate.positive_int("out_features", out_features)
         self.dtype = _validate.float_dtype(dtype)
-        self.bias = bool(bias)
+        self.bias = _validate.flag("bias", bias)
         shapes = {"weight": (self.out_features, self.in_features)}
         if self.bias:
             shapes["bias"] = (self.out_features,)
@@ -90,7 +90,7 @@ class Embedding(_Parametrised):
         return f"Embedding({self.num_embeddings}, {self.embedding_dim}, dtype={self.dtype})"
 
     def __call__(self, indices):
-        indices = _validate.to_numpy(indices)
+        indices = _validate.to_numpy(indices, "indices")
         if indices.dtype.kind not in "iu":
             raise TypeError(f"indices: expected integers, got dtype {indices.dtype}")
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_embeddings):
@@ -127,14 +127,13 @@ class _Stateless(_Module):
         return {}
 
     def load_state_dict(self, mapping, strict=True):
-        if strict and len(mapping):
-            raise KeyError(f"load_state_dict: missing keys [], unexpected keys {list(mapping)}")
+        copy_state({}, mapping, strict)
 
     def zero_grad(self):
         pass
 
     def train(self, mode=True):
-        self.training = bool(mode)
+        self.training = _validate.flag("mode", mode)
         return self
 
     def eval(self):
@@ -148,7 +147,7 @@ class _Stateless(_Module):
 
 
 def _float_input(x):
-    x = _validate.to_numpy(x)
+    x = _validate.to_numpy(x, "x")
     _validate.float_dtype(x.dtype, "x")
     return x
 
@@ -208,7 +207,7 @@ class LastStep(_Stateless):
 
     def __init__(self, batch_first=False):
         super().__init__()
-        self.batch_first = bool(batch_first)
+        self.batch_first = _validate.flag("batch_first", batch_first)
 
     def __repr__(self):
         return f"LastStep(batch_first={self.batch_first})"
@@ -401,7 +400,7 @@ class Sequential:
             module.zero_grad()
 
     def train(self, mode=True):
-        self.training = bool(mode)
+        self.training = _validate.flag("mode", mode)
         for module in self.modules:
             module.train(mode)
         return self

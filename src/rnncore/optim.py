@@ -172,7 +172,7 @@ class _Optimizer:
                     except ValueError as exc:
                         problems.append(str(exc))
                     continue
-                array = _validate.to_numpy(value)
+                array = _validate.to_numpy(value, f"{name}.{key}")
                 if array.shape != param.shape or array.dtype.kind not in "fiu":
                     problems.append(f"{name}.{key}: expected a numeric array of shape {param.shape}, got "
                                     f"{array.dtype}{array.shape}")
@@ -204,7 +204,8 @@ class SGD(_Optimizer):
     def _checked(lr, momentum, dampening, weight_decay, nesterov):
         values = {"lr": _number("lr", lr), "momentum": _number("momentum", momentum),
                   "dampening": _number("dampening", dampening),
-                  "weight_decay": _number("weight_decay", weight_decay), "nesterov": bool(nesterov)}
+                  "weight_decay": _number("weight_decay", weight_decay),
+                  "nesterov": _validate.flag("nesterov", nesterov)}
         if values["nesterov"] and (values["momentum"] == 0 or values["dampening"] != 0):
             raise ValueError(f"nesterov: expected momentum > 0 and dampening == 0, got momentum "
                              f"{values['momentum']}, dampening {values['dampening']}")
@@ -242,7 +243,7 @@ class Adam(_Optimizer):
         return {"lr": _number("lr", lr),
                 "betas": (_number("betas[0]", betas[0], below=1.0), _number("betas[1]", betas[1], below=1.0)),
                 "eps": _number("eps", eps), "weight_decay": _number("weight_decay", weight_decay),
-                "amsgrad": bool(amsgrad)}
+                "amsgrad": _validate.flag("amsgrad", amsgrad)}
 
     def _update(self, param, grad, state):
         beta1, beta2 = self.betas

@@ -7,6 +7,7 @@ A *model* here is anything called as `y, states = model(x, states, lengths)` wit
 `numpy.random.Generator`, so a run is reproducible from its seeds alone.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -70,9 +71,7 @@ class EarlyStopping:
 
     def __init__(self, patience=5, min_delta=0.0):
         self.patience = _validate.positive_int("patience", patience)
-        if not isinstance(min_delta, (int, float)) or isinstance(min_delta, bool) or min_delta < 0:
-            raise ValueError(f"min_delta: expected a number >= 0, got {min_delta!r}")
-        self.min_delta = float(min_delta)
+        self.min_delta = _validate.real("min_delta", min_delta, minimum=0)
         self.best = math.inf
         self.best_step = None
         self.best_state = None
@@ -81,7 +80,10 @@ class EarlyStopping:
 
     def step(self, metric, model):
         """Record one validation result; True when training should stop."""
-        metric = float(metric)
+        try:
+            metric = float(metric)  # NaN counts as no improvement, as a diverged run should
+        except (TypeError, ValueError):
+            raise TypeError(f"metric: expected a number, got {metric!r}") from None
         self.checks += 1
         if metric < self.best - self.min_delta:
             self.best, self.best_step, self._since_best = metric, self.checks, 0
@@ -138,6 +140,9 @@ def minibatches(count, batch_size, rng):
     be smaller), drawn from the numpy Generator `rng`."""
     count = _validate.positive_int("count", count)
     batch_size = _validate.positive_int("batch_size", batch_size)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got "
+                        f"{type(rng).__name__}")
     order = rng.permutation(count)
     return [order[i:i + batch_size] for i in range(0, count, batch_size)]
 
@@ -154,14 +159,14 @@ def generate(model, prompt, length, temperature=1.0, seed=None, states=None):
     to logits (T, B, V), one step at a time with the recurrent state carried along.
     temperature > 0 samples from softmax(logits / temperature); temperature=0 is greedy
     (the most likely token every step). Returns the generated tokens as an int64 array."""
-    prompt = np.asarray(prompt)
+    prompt = _validate.to_numpy(prompt, "prompt")
     if prompt.ndim != 1 or prompt.size == 0 or prompt.dtype.kind not in "iu":
         raise ValueError(f"prompt: expected a non-empty 1-d sequence of integer tokens, got "
                          f"shape {prompt.shape} dtype {prompt.dtype}")
     length = _validate.positive_int("length", length, minimum=0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0:
         raise ValueError(f"temperature: expected a number >= 0 (0: greedy), got {temperature!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_validate.seed(seed))
     was_training = _inference(model)
     try:
         logits, states = model(prompt[:, None], states)
@@ -185,7 +190,7 @@ def forecast(model, history, steps, states=None):
     """Run a one-step-ahead model (x_t -> x_{t+1}, features in = features out) over the
     time-major history (T, B, F) and then feed its own predictions back for `steps`
     more steps. Returns the forecasts (steps, B, F)."""
-    history = _validate.to_numpy(history)
+    history = _validate.to_numpy(history, "history")
     if history.ndim != 3 or history.shape[0] < 1:
         raise ValueError(f"history: expected shape (T, B, F) with T >= 1, got {history.shape}")
     steps = _validate.positive_int("steps", steps)
