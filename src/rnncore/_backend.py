@@ -107,11 +107,14 @@ def _apply_threads(n):
 def follow_threads(n):
     """Use `n` threads, the count of the framework rnncore runs inside (rnncore.torch
     passes torch's), unless the user set rnncore's own. Applied again only when `n` or
-    the loaded backends change: applying scans the loaded libraries."""
+    the loaded backends change: applying scans the loaded libraries. Returns whether it
+    applied."""
     global _followed_threads
-    if _num_threads is None and _followed_threads != (n, len(_loaded)):
-        _apply_threads(n)
-        _followed_threads = (n, len(_loaded))
+    if _num_threads is not None or _followed_threads == (n, len(_loaded)):
+        return False
+    _apply_threads(n)
+    _followed_threads = (n, len(_loaded))
+    return True
 
 
 def get_num_threads():
