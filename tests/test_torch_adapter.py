@@ -10,8 +10,10 @@ magnitude). Every case also checks that the adapter's numbers came from rnncore'
 kernels, not from a silent fallback to torch.
 """
 import copy
+import gc
 import io
 import pickle
+import weakref
 
 import numpy as np
 import pytest
@@ -275,6 +277,40 @@ def test_retain_graph_then_second_backward():
     assert torch.allclose(ours.weight_hh_l0.grad, 2 * first, rtol=1e-12, atol=0)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         loss.backward()
+
+
+def test_context_freed_by_backward(monkeypatch):
+    """A call's context goes with torch's saved tensors, at the backward, not with the
+    graph's nodes, which live as long as the output does."""
+    calls = []
+    forward = rct._Call.forward
+
+    def spy(self, keep_context):
+        calls.append(weakref.ref(self))
+        return forward(self, keep_context)
+
+    monkeypatch.setattr(rct._Call, "forward", spy)
+    _, ours = make_pair("lstm", num_layers=2)
+    x, _, _ = make_inputs(ours, torch.float64, "tensor", False)
+    y, _ = ours(x)
+    gc.collect()
+    assert calls[0]() is not None
+    y.sum().backward()
+    gc.collect()
+    assert y.grad_fn is not None and calls[0]() is None
+
+
+def test_strided_inputs_and_states():
+    """Non-contiguous x and states are read through copies, with torch's numbers."""
+    module, ours = make_pair("lstm", num_layers=2)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(B, T, INPUT, generator=gen, dtype=torch.float64).transpose(0, 1)
+    states = [torch.randn(B, 2, HIDDEN, generator=gen, dtype=torch.float64).transpose(0, 1),
+              torch.randn(2, B, HIDDEN, generator=gen, dtype=torch.float64)]
+    assert not x.clone().is_contiguous() and not states[0].clone().is_contiguous()  # as `run` passes them
+    got = run(ours, x, None, states)
+    assert through_kernels(got)
+    assert_same(got, run(module, x, None, states), torch.float64)
 
 
 def test_input_changed_in_place_before_backward_is_refused():
