@@ -189,6 +189,21 @@ def test_packed_sorted():
     assert_same(got, run(module, x, lengths, states, enforce_sorted=True), torch.float64)
 
 
+def test_frozen_weights():
+    """Weights that need no gradient get none; the others, x and h0 get torch's."""
+    module, ours = make_pair("gru", num_layers=2)
+    for m in (module, ours):
+        m.weight_ih_l0.requires_grad_(False)
+        m.bias_hh_l1.requires_grad_(False)
+    x, _, states = make_inputs(module, torch.float64, "tensor", True)
+    got, want = run(ours, x, None, states), run(module, x, None, states)
+    assert through_kernels(got)
+    assert got["grads"]["weight_ih_l0"] is None and got["grads"]["bias_hh_l1"] is None
+    for result in (got, want):
+        del result["grads"]["weight_ih_l0"], result["grads"]["bias_hh_l1"]
+    assert_same(got, want, torch.float64)
+
+
 @pytest.mark.parametrize("form", ["tensor", "packed"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
 def test_dropout_masks_are_torchs(kind, form):

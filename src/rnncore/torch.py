@@ -227,8 +227,9 @@ class _Call:
                                                self.dropout_mask if training else None)
         return self._from_kernels(y), self._states_from_kernels(finals), (core, saved)
 
-    def backward(self, context, dy, dfinals):
-        """The gradients of x, of the given initial states and of the weights, as tensors."""
+    def backward(self, context, dy, dfinals, needed):
+        """The gradients of x, of the given initial states and of the weights, as tensors,
+        None where `needed` (autograd's needs_input_grad, without the call) says so."""
         core, saved = context
         T, B, W = saved["y_shape"]
         dtype = _NUMPY[self.x.dtype]
@@ -237,9 +238,11 @@ class _Call:
         _follow_torch_threads()
         dx, dstates0, grads = core._stack_backward(saved, dy, dfinals)
         grads = dict(grads)
-        dstates0 = self._states_from_kernels(dstates0)[:len(self.states)]
-        weight_grads = [torch.from_numpy(grads[name]) for name in self.module._flat_weights_names]
-        return self._from_kernels(dx), dstates0, weight_grads
+        n = len(self.states)
+        dstates0 = [d if need else None for d, need in zip(self._states_from_kernels(dstates0), needed[1:1 + n])]
+        weight_grads = [torch.from_numpy(grads[name]) if need else None
+                        for name, need in zip(self.module._flat_weights_names, needed[1 + n:])]
+        return self._from_kernels(dx) if needed[0] else None, dstates0, weight_grads
 
     def run(self):
         tensors = (self.x, *self.states, *self.weights)
@@ -282,7 +285,7 @@ class _Kernels(torch.autograd.Function):
                 "derivative, which rnncore's kernels do not have; run torch's own module for it "
                 "(rnncore.torch.restore(model)), or a torch.func transform, under which the module runs "
                 "torch's forward")
-        dx, dstates0, weight_grads = call.backward(context, dy, dfinals)
+        dx, dstates0, weight_grads = call.backward(context, dy, dfinals, ctx.needs_input_grad[1:])
         return (None, dx, *dstates0, *weight_grads)
 
 
