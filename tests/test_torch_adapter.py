@@ -124,7 +124,11 @@ def run(module, x, lengths, states, seed=2, enforce_sorted=False):
     finals = list(finals) if isinstance(finals, tuple) else [finals]
     gen = torch.Generator().manual_seed(seed)
     upstream = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in [y] + finals]
+    read_in_place = upstream + [x] + (states or [])
+    kept = [t.detach().clone() for t in read_in_place]
     torch.autograd.backward([y] + finals, upstream)
+    # the kernels read x, the states and the upstream gradients where they lie, and write none
+    assert all(torch.equal(t.detach(), k) for t, k in zip(read_in_place, kept))
     return dict(y=y.detach(), finals=[f.detach() for f in finals], dx=x.grad,
                 dstates=None if states is None else [s.grad for s in states],
                 grads={n: p.grad for n, p in module.named_parameters()}, grad_fn=y.grad_fn)

@@ -35,6 +35,7 @@ from . import _backend, layers
 __all__ = ["LSTM", "GRU", "RNN", "accelerate", "restore"]
 
 _DTYPES = (torch.float32, torch.float64)
+_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 _PLAIN_TYPES = (torch.Tensor, nn.Parameter)
 
 
@@ -185,10 +186,11 @@ class _Call:
             arr = np.ascontiguousarray(arr.transpose(1, 0, 2))
         return torch.from_numpy(arr)
 
-    def _states_to_kernels(self, given, widths, dtype):
+    def _states_to_kernels(self, given, dtype):
+        """States or their gradients as C-contiguous (D*L, B, n) arrays, zeros for None."""
         rows = self.module.num_layers * (2 if self.module.bidirectional else 1)
         out = []
-        for tensor, width in zip(given, widths):
+        for tensor, width in zip(given, self.widths):
             if tensor is None:
                 out.append(np.zeros((rows, self.B, width), dtype))
                 continue
@@ -221,7 +223,7 @@ class _Call:
         _follow_torch_threads()
         x = self._to_kernels(self.x, self.module.input_size)
         given = self.states or (None,) * len(self.widths)
-        states = self._states_to_kernels(given, self.widths, x.dtype)
+        states = self._states_to_kernels(given, x.dtype)
         training = self.module.training and self.module.dropout > 0
         y, finals, saved = core._stack_forward(x, states, self.lengths, keep_context,
                                                self.dropout_mask if training else None)
@@ -234,7 +236,7 @@ class _Call:
         T, B, W = saved["y_shape"]
         dtype = _NUMPY[self.x.dtype]
         dy = np.zeros((T, B, W), dtype) if dy is None else self._to_kernels(dy, W)
-        dfinals = self._states_to_kernels(dfinals, self.widths, dtype)
+        dfinals = self._states_to_kernels(dfinals, dtype)
         _follow_torch_threads()
         dx, dstates0, grads = core._stack_backward(saved, dy, dfinals)
         grads = dict(grads)
@@ -254,8 +256,6 @@ class _Call:
             y = PackedSequence(y, *self.packing)
         return (y, tuple(finals)) if self.lstm else (y, finals[0])
 
-
-_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 class _Kernels(torch.autograd.Function):
