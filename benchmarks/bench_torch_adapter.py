@@ -116,17 +116,17 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     rc.set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)  # rnncore's first thread setting may launch numba's OpenMP layer, which resets it
+    # after rnncore's: its first thread setting may launch numba's OpenMP layer, which resets torch's
+    torch.set_num_threads(args.threads)
     rows = []
     for case in args.cases:
         for cell in args.cells:
             row = time_case(cell, case, args.seconds, args.threads)
             rows.append(row)
-            print(f"{cell:4s} {case} {CASES[case]}  torch {row['torch_ms']:.2f} ms  accelerated {row['rnncore_ms']:.2f} ms"
-                  f"  x{row['speedup']:.2f} (target {row['target']:g})  first losses agree to "
-                  f"{row['first_losses_rel_diff']:.1e}", flush=True)
+            print(f"{cell:4s} {case} {CASES[case]}  torch {row['torch_ms']:.2f} ms  "
+                  f"accelerated {row['rnncore_ms']:.2f} ms  x{row['speedup']:.2f} (target {row['target']:g})  "
+                  f"first losses agree to {row['first_losses_rel_diff']:.1e}", flush=True)
     meta = dict(machine=platform.machine(), processor=platform.processor() or cpu_name(), cpus=os.cpu_count(),
                 python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
                 rnncore=rc.__version__, backend=rc.get_backend(), threads=args.threads,
