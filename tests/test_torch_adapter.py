@@ -364,6 +364,24 @@ def test_other_dtypes_fall_back_to_torch(dtype):
         assert torch.equal(got["grads"][name], g)
 
 
+def test_large_float32_lstm_keeps_torchs_onednn_path():
+    """From ONEDNN_LSTM_MIN_HIDDEN on, torch's oneDNN LSTM is the faster: torch's numbers.
+    float64, projections and packed input still take rnncore's kernels."""
+    hidden = rct.ONEDNN_LSTM_MIN_HIDDEN
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(INPUT, hidden)
+    ours = rct.LSTM(INPUT, hidden)
+    ours.load_state_dict(module.state_dict())
+    x, _, _ = make_inputs(module, torch.float32, "tensor", False)
+    got, want = run(ours, x, None, None), run(module, x, None, None)
+    assert not through_kernels(got) and torch.equal(got["y"], want["y"])
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert through_kernels(run(ours, x, None, None))
+    assert through_kernels(run(ours, x, LENGTHS, None))
+    assert through_kernels(run(ours.double(), x.double(), None, None))
+    assert through_kernels(run(rct.LSTM(INPUT, hidden, proj_size=2), x, None, None))
+
+
 def test_mixed_dtypes_fall_back_to_torchs_error():
     _, ours = make_pair("lstm", torch.float64)
     with pytest.raises(ValueError, match="input dtype"):
