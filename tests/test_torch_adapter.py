@@ -117,6 +117,7 @@ def run(module, x, lengths, states, seed=2, enforce_sorted=False):
                                                          enforce_sorted=enforce_sorted)
     hx = None if states is None else (tuple(states) if module.mode == "LSTM" else states[0])
     y, finals = module(inp, hx)
+    stride = None if lengths is not None else y.stride()
     if lengths is not None:
         assert isinstance(y, PackedSequence)
         assert y.batch_sizes is inp.batch_sizes and y.sorted_indices is inp.sorted_indices
@@ -129,7 +130,7 @@ def run(module, x, lengths, states, seed=2, enforce_sorted=False):
     torch.autograd.backward([y] + finals, upstream)
     # the kernels read x, the states and the upstream gradients where they lie, and write none
     assert all(torch.equal(t.detach(), k) for t, k in zip(read_in_place, kept))
-    return dict(y=y.detach(), finals=[f.detach() for f in finals], dx=x.grad,
+    return dict(y=y.detach(), stride=stride, finals=[f.detach() for f in finals], dx=x.grad,
                 dstates=None if states is None else [s.grad for s in states],
                 grads={n: p.grad for n, p in module.named_parameters()}, grad_fn=y.grad_fn)
 
@@ -137,6 +138,7 @@ def run(module, x, lengths, states, seed=2, enforce_sorted=False):
 def assert_same(got, want, dtype):
     dtype = np.float64 if dtype == torch.float64 else np.float32
     assert_close(got["y"].numpy(), want["y"].numpy(), dtype=dtype, what="y")
+    assert got["stride"] == want["stride"]  # batch-first y: torch's transposed view, both
     for name, a, b in zip(("h_n", "c_n"), got["finals"], want["finals"]):
         assert_close(a.numpy(), b.numpy(), dtype=dtype, what=name)
     assert_close(got["dx"].numpy(), want["dx"].numpy(), dtype=dtype, what="dx")

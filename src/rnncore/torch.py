@@ -193,14 +193,14 @@ class _Call:
         return np.ascontiguousarray(arr)
 
     def _from_kernels(self, arr):
-        """y or dx (T, B, n) in the caller's layout, as a tensor."""
+        """y or dx (T, B, n) in the caller's layout, as a tensor; batch-first as a
+        transposed view of the time-major result, the strides torch's own modules give."""
         if self.packed:
-            arr = arr[self.steps, self.batch_of]
-        elif not self.batched:
-            arr = arr[:, 0, :]
-        elif self.batch_first:
-            arr = np.ascontiguousarray(arr.transpose(1, 0, 2))
-        return torch.from_numpy(arr)
+            return torch.from_numpy(arr[self.steps, self.batch_of])
+        if not self.batched:
+            return torch.from_numpy(arr[:, 0, :])
+        tensor = torch.from_numpy(arr)
+        return tensor.transpose(0, 1) if self.batch_first else tensor
 
     def _states_to_kernels(self, given, dtype):
         """States or their gradients as C-contiguous (D*L, B, n) arrays, zeros for None."""
