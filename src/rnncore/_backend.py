@@ -19,7 +19,8 @@ _PREFERENCE = ("cython", "numba", "numpy")
 _loaded = {}
 _import_errors = {}
 _selected = None
-_num_threads = None
+_num_threads = None       # the user's count: set_num_threads or RNNCORE_NUM_THREADS
+_followed_threads = None  # (count, backends loaded) taken from a host framework while the user set none
 _CPU_COUNT = os.cpu_count() or 1  # read once: the call costs a system call, per call in step-by-step decoding
 
 
@@ -91,6 +92,10 @@ def set_num_threads(n):
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     _num_threads = n = int(n)
+    _apply_threads(n)
+
+
+def _apply_threads(n):
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=n, user_api="blas")
     for module in _loaded.values():
@@ -99,9 +104,25 @@ def set_num_threads(n):
             hook(n)
 
 
+def follow_threads(n):
+    """Use `n` threads, the count of the framework rnncore runs inside (rnncore.torch
+    passes torch's), unless the user set rnncore's own. Applied again only when `n` or
+    the loaded backends change: applying scans the loaded libraries. Returns whether it
+    applied."""
+    global _followed_threads
+    if _num_threads is not None or _followed_threads == (n, len(_loaded)):
+        return False
+    _apply_threads(n)
+    _followed_threads = (n, len(_loaded))
+    return True
+
+
 def get_num_threads():
-    """Threads used by the kernels and by BLAS (default: the CPU count)."""
-    return _num_threads if _num_threads is not None else _CPU_COUNT
+    """Threads used by the kernels and by BLAS (default: the CPU count, or the count a
+    host framework passed to `follow_threads`)."""
+    if _num_threads is not None:
+        return _num_threads
+    return _followed_threads[0] if _followed_threads is not None else _CPU_COUNT
 
 
 def _init_threads_from_env():

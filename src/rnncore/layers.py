@@ -336,7 +336,19 @@ class _Recurrent(_Parametrised):
                 raise ValueError("lengths: expected None for unbatched input (slice x instead), got an array")
             lengths = _validate.lengths(lengths, B, T)
         states = self._states(states, self._state_names, B, batched, check_finite)
+        dropout_mask = self._dropout_mask if self.training and self.dropout > 0 else None
+        y, finals, saved = self._stack_forward(x, states, lengths, self.training, dropout_mask)
+        self._saved = dict(saved, batched=batched) if saved is not None else None
+        finals = [f if batched else f[:, 0, :] for f in finals]
+        return self._output(y, batched), finals
 
+    def _stack_forward(self, x, states, lengths, keep_context, dropout_mask=None):
+        """The stack over validated time-major x (T, B, I) and states [(D*L, B, n)]:
+        y (T, B, W), the final states, and what `_stack_backward` needs (None unless
+        keep_context). `dropout_mask(shape)`, when given, draws the inverted-dropout mask
+        of each layer's output but the last. It stores nothing on the layer, so calls
+        may interleave."""
+        T, B, _ = x.shape
         backend = self._backend()
         D = self.num_directions
         reverse = (False, True)[:D]
@@ -347,25 +359,27 @@ class _Recurrent(_Parametrised):
             rows = range(k * D, (k + 1) * D)
             states_k = [tuple(np.ascontiguousarray(s[r]) for s in states) for r in rows]
             y, states_n, ctx = backend.layer_forward(spec, self._direction_params(k), layer_input, states_k,
-                                                     lengths, self.training, reverse)
+                                                     lengths, keep_context, reverse)
             for r, state in zip(rows, states_n):
                 for final, value in zip(finals, state):
                     final[r] = value
             mask = None
-            if self.training and self.dropout > 0 and k < self.num_layers - 1:
-                # inverted dropout on the outputs of every layer but the last
-                keep = 1.0 - self.dropout
-                mask = (self._rng.random(y.shape) < keep).astype(self.dtype)
-                if keep > 0:
-                    mask /= self.dtype.type(keep)
+            if dropout_mask is not None and k < self.num_layers - 1:
+                mask = dropout_mask(y.shape)
                 y = y * mask
             contexts.append(ctx)
             masks.append(mask)
             layer_input = y
-        self._saved = dict(backend=backend, contexts=contexts, masks=masks, batched=batched,
-                           y_shape=(T, B, self.output_width)) if self.training else None
-        finals = [f if batched else f[:, 0, :] for f in finals]
-        return self._output(layer_input, batched), finals
+        saved = dict(backend=backend, contexts=contexts, masks=masks,
+                     y_shape=(T, B, self.output_width)) if keep_context else None
+        return layer_input, finals, saved
+
+    def _dropout_mask(self, shape):
+        keep = 1.0 - self.dropout
+        mask = (self._rng.random(shape) < keep).astype(self.dtype)
+        if keep > 0:
+            mask /= self.dtype.type(keep)
+        return mask
 
     def _backward(self, dy, dstates_n):
         saved = saved_context(self, "backward: there is no training-mode forward to back-propagate through "
@@ -384,6 +398,15 @@ class _Recurrent(_Parametrised):
             dy = dy.transpose(1, 0, 2)
         dy = np.ascontiguousarray(dy)
 
+        dy, dstates0, new_grads = self._stack_backward(saved, dy, dstates)
+        commit([(self, saved, new_grads)])
+        dx = dy[:, 0, :] if not batched else (dy.transpose(1, 0, 2) if self.batch_first else dy)
+        return dx, [d if batched else d[:, 0, :] for d in dstates0]
+
+    def _stack_backward(self, saved, dy, dstates):
+        """Back through a `_stack_forward`, from C-contiguous time-major dy (T, B, W) and
+        dstates [(D*L, B, n)]: dx (T, B, I), the initial states' gradients, and the
+        parameter gradients as {name: array}, added nowhere."""
         backend, D = saved["backend"], self.num_directions
         dstates0 = [np.empty_like(s) for s in dstates]
         new_grads = {}
@@ -399,9 +422,7 @@ class _Recurrent(_Parametrised):
             if k > 0 and saved["masks"][k - 1] is not None:
                 dx = dx * saved["masks"][k - 1]
             dy = np.ascontiguousarray(dx)
-        commit([(self, saved, new_grads)])
-        dx = dy[:, 0, :] if not batched else (dy.transpose(1, 0, 2) if self.batch_first else dy)
-        return dx, [d if batched else d[:, 0, :] for d in dstates0]
+        return dy, dstates0, new_grads
 
 
 class _OneState(_Recurrent):
