@@ -85,11 +85,16 @@ def resolve(name=None):
     return _loaded[name]
 
 
+# The thread count's upper bound: far above any useful count, and well inside the C int
+# that numba, OpenMP and the BLAS libraries take (2**31 overflowed it)
+MAX_THREADS = max(1024, _CPU_COUNT)
+
+
 def set_num_threads(n):
     """Threads used by the kernels and by BLAS."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: expected an int from 1 to {MAX_THREADS}, got {n!r}")
     _num_threads = n = int(n)
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=n, user_api="blas")
@@ -108,6 +113,9 @@ def _init_threads_from_env():
     value = os.environ.get("RNNCORE_NUM_THREADS")
     if value:
         try:
-            set_num_threads(int(value))
+            count = int(value)
         except ValueError:
-            raise ValueError(f"RNNCORE_NUM_THREADS: expected a positive int, got {value!r}") from None
+            count = 0
+        if not 1 <= count <= MAX_THREADS:
+            raise ValueError(f"RNNCORE_NUM_THREADS: expected an int from 1 to {MAX_THREADS}, got {value!r}")
+        set_num_threads(count)
