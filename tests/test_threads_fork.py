@@ -8,9 +8,13 @@
   calls, at a shape where threaded BLAS rounds differently.
 - The thread count is checked before it is kept.
 """
+import concurrent.futures
+import ctypes
+import ctypes.util
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -54,3 +58,229 @@ def test_environment_thread_count_is_checked(value):
     done = _python("import rnncore", RNNCORE_NUM_THREADS=value)
     assert done.returncode != 0
     assert f"RNNCORE_NUM_THREADS: expected an int from 1 to {_backend.MAX_THREADS}, got {value!r}" in done.stderr
+
+
+# -- BLAS at one thread ----------------------------------------------------------------
+
+SHAPE = dict(input_size=64, hidden_size=128, steps=10, batch=32)  # x @ W_ih.T: (320, 64) x (64, 512)
+
+
+def _blas_getter_setter():
+    functions = [(get, set_) for get, set_, per_thread in _backend.blas_thread_functions() if not per_thread]
+    if not functions:
+        pytest.skip("no process-wide BLAS thread setting here")
+    get, set_ = functions[0]
+    return ctypes.CFUNCTYPE(ctypes.c_int)(get), ctypes.CFUNCTYPE(None, ctypes.c_int)(set_)
+
+
+@pytest.fixture
+def blas_threads():
+    """The scipy BLAS's getter and setter; puts the setting back afterwards."""
+    get, set_ = _blas_getter_setter()
+    before = get()
+    yield get, set_
+    set_(before)
+
+
+@pytest.fixture(scope="module")
+def threaded_blas_rounds_differently():
+    """The shape's input projection in scipy's BLAS at one thread and at two differs,
+    or the determinism tests below would prove nothing here."""
+    from scipy.linalg import blas
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((SHAPE["steps"] * SHAPE["batch"], SHAPE["input_size"])).astype(np.float32)
+    w = rng.standard_normal((4 * SHAPE["hidden_size"], SHAPE["input_size"])).astype(np.float32)
+    products = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            products.append(blas.sgemm(1.0, w, x, trans_b=True))
+    if np.array_equal(*products):
+        pytest.skip("this BLAS rounds the shape alike at one and two threads")
+
+
+def _layer_numbers(backend, bidirectional, training, threads=None):
+    if threads is not None:
+        rc.set_num_threads(threads)
+    layer = rc.LSTM(SHAPE["input_size"], SHAPE["hidden_size"], bidirectional=bidirectional, seed=3,
+                    backend=backend)
+    if not training:
+        layer.eval()
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((SHAPE["steps"], SHAPE["batch"], SHAPE["input_size"])).astype(np.float32)
+    y, (h, c) = layer(x)
+    numbers = [y, h, c]
+    if training:
+        dx, _ = layer.backward(rng.standard_normal(y.shape).astype(np.float32))
+        numbers += [dx] + [layer.grads[name] for name in sorted(layer.grads)]
+    return numbers
+
+
+def _assert_bitwise(got, expected, what):
+    for k, (a, b) in enumerate(zip(got, expected)):
+        assert np.array_equal(a, b), f"{what}: array {k} differs by {np.max(np.abs(a - b)):.3e}"
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_results_do_not_depend_on_the_thread_count(backend, threaded_blas_rounds_differently,
+                                                   restore_threads):
+    more_than_cores = 2 * (os.cpu_count() or 1) + 1
+    for bidirectional in (False, True):
+        expected = _layer_numbers(backend, bidirectional, True, threads=1)
+        for threads in (2, 3, more_than_cores):
+            _assert_bitwise(_layer_numbers(backend, bidirectional, True, threads=threads), expected,
+                            f"{threads} threads, bidirectional={bidirectional}")
+
+
+_CONCURRENT_CASES = [(True, False), (True, True), (False, True)]  # (bidirectional, training)
+
+
+@pytest.mark.parametrize("pool", ["threading.Thread", "ThreadPoolExecutor"])
+@pytest.mark.parametrize("backend", FAST)
+def test_concurrent_calls_from_worker_threads_match_one_thread(backend, pool, threaded_blas_rounds_differently,
+                                                               restore_threads):
+    expected = {case: _layer_numbers(backend, *case, threads=1) for case in _CONCURRENT_CASES}
+    rc.set_num_threads(2)
+    jobs = [case for case in _CONCURRENT_CASES for _ in range(3)]
+    if pool == "ThreadPoolExecutor":
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
+            results = list(executor.map(lambda case: _layer_numbers(backend, *case), jobs))
+    else:
+        results = [None] * len(jobs)
+
+        def work(k):
+            results[k] = _layer_numbers(backend, *jobs[k])
+
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(len(jobs))]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    main_thread = _layer_numbers(backend, True, True)
+    for case, got in zip(jobs + [(True, True)], results + [main_thread]):
+        _assert_bitwise(got, expected[case], f"bidirectional, training = {case}")
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_thread_count_set_in_a_worker_thread_counts(backend, threaded_blas_rounds_differently, restore_threads):
+    expected = _layer_numbers(backend, False, True, threads=1)
+    rc.set_num_threads(2)  # the main thread sets first
+    got = []
+    worker = threading.Thread(target=lambda: got.append(_layer_numbers(backend, False, True, threads=1)))
+    worker.start()
+    worker.join()
+    _assert_bitwise(got[0], expected, "set to 1 in a worker thread")
+
+
+def _sections():
+    """Every implementation of the section: the extension's, and the Python one the numba
+    backend uses where the extension is absent."""
+    found = [pytest.param(lambda functions: _backend._OneBlasThread(functions), id="python")]
+    if "cython" in rc.backends():
+        from rnncore._cython import _recurrent
+
+        def configured(functions):
+            _recurrent.configure_blas(functions)
+            return _recurrent
+        found.append(pytest.param(configured, id="extension"))
+    return found
+
+
+@pytest.fixture
+def section_factory(request):
+    yield request.param
+    if "cython" in rc.backends():  # the extension's section back on the real libraries
+        from rnncore._cython import _recurrent
+        _recurrent.configure_blas(_backend.blas_thread_functions())
+
+
+@pytest.mark.parametrize("section_factory", _sections(), indirect=True)
+def test_nested_and_concurrent_sections_do_not_restore_each_other(section_factory, blas_threads):
+    get, set_ = blas_threads
+    section = section_factory(_backend.blas_thread_functions())
+    set_(2)
+    outer = section.blas_enter()
+    assert get() == 1
+    entered, release = threading.Event(), threading.Event()
+    seen = []
+
+    def other_thread():
+        token = section.blas_enter()
+        entered.set()
+        release.wait(30)
+        seen.append(get())
+        section.blas_leave(token)
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    assert entered.wait(30)
+    section.blas_leave(outer)  # the first one in leaves first: the other is still inside
+    assert get() == 1
+    release.set()
+    worker.join()
+    assert seen == [1] and get() == 2  # the last one out puts the setting back
+    inner = section.blas_enter()
+    set_(3)  # changed by someone else meanwhile: kept
+    section.blas_leave(inner)
+    assert get() == 3
+
+
+@pytest.mark.parametrize("section_factory", _sections(), indirect=True)
+def test_per_thread_settings_are_set_and_restored_by_each_thread(section_factory):
+    name = ctypes.util.find_library("gomp")
+    if name is None:
+        pytest.skip("no libgomp to stand in for a per-thread BLAS setting")
+    gomp = ctypes.CDLL(name)
+    functions = ((ctypes.cast(gomp.omp_get_max_threads, ctypes.c_void_p).value,
+                  ctypes.cast(gomp.omp_set_num_threads, ctypes.c_void_p).value, True),)
+    section = section_factory(functions)
+    seen = {}
+
+    def in_thread(own):
+        gomp.omp_set_num_threads(own)
+        token = section.blas_enter()
+        inside = gomp.omp_get_max_threads()
+        section.blas_leave(token)
+        seen[own] = (inside, gomp.omp_get_max_threads())
+
+    workers = [threading.Thread(target=in_thread, args=(own,)) for own in (3, 5)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert seen == {3: (1, 3), 5: (1, 5)}
+
+
+@pytest.mark.skipif("numba" not in rc.backends(), reason="numba is not installed here")
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_numba_runs_at_the_thread_count_in_every_calling_thread(where, monkeypatch, restore_threads):
+    import numba
+    from rnncore._numba import kernels
+    seen = []
+    compiled = kernels.gru_forward
+
+    def recording(*args):
+        seen.append(numba.get_num_threads())
+        return compiled(*args)
+
+    monkeypatch.setattr(kernels, "gru_forward", recording)
+    layer = rc.GRU(3, 4, seed=0, backend="numba").eval()
+    x = np.zeros((2, 3, 3), np.float32)
+
+    def call():
+        layer(x)
+    for threads in (1, _backend.MAX_THREADS):  # the largest allowed is capped at numba's pool
+        rc.set_num_threads(threads)
+        if where == "main thread":
+            call()
+        else:
+            worker = threading.Thread(target=call)
+            worker.start()
+            worker.join()
+    assert seen == [1, numba.config.NUMBA_NUM_THREADS]
+
+
+@pytest.mark.parametrize("backend", rc.backends())
+def test_the_largest_thread_count_runs(backend, restore_threads):
+    expected = _layer_numbers(backend, True, True, threads=1)
+    _assert_bitwise(_layer_numbers(backend, True, True, threads=_backend.MAX_THREADS), expected, "the largest count")

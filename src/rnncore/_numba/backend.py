@@ -12,33 +12,15 @@ Importing it without numba installed raises ImportError, which marks the backend
 unavailable.
 """
 import contextlib
-import functools
 
 import numba
 import numpy as np
-import scipy.linalg.cython_blas  # noqa: F401  the BLAS the kernels call, loaded for _blas_threads
 
 from . import kernels
+from .. import _backend
 
 ACTIVATION_CODES = {"tanh": kernels.TANH, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID,
                     "identity": kernels.IDENTITY}
-
-
-def set_num_threads(n):
-    """Threads for the kernels' batch chunks (numba's setting, for the calling thread),
-    capped at the pool numba started with (NUMBA_NUM_THREADS)."""
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
-
-
-def _apply_thread_setting():
-    # rc.set_num_threads may have run (or RNNCORE_NUM_THREADS been read) before this
-    # backend was first imported; its hook only reaches modules already loaded
-    from .. import _backend
-    if _backend._num_threads is not None:
-        set_num_threads(_backend._num_threads)
-
-
-_apply_thread_setting()
 
 
 def rows_per_chunk(batch):
@@ -50,19 +32,24 @@ def rows_per_chunk(batch):
     return max(32, -(-batch // 16))
 
 
-@functools.lru_cache(maxsize=None)
-def _blas_threads():
-    from threadpoolctl import ThreadpoolController
-    return ThreadpoolController().select(user_api="blas")
-
-
-def _threads_for(batch, chunk):
-    """The BLAS setting for one kernel call. When several chunks run at once, each
-    chunk's GEMMs run on one BLAS thread: BLAS threads beside numba's would oversubscribe
-    the cores (and spinning BLAS threads cost whole scheduler slices, milliseconds)."""
-    if -(-batch // chunk) > 1 and numba.get_num_threads() > 1:
-        return _blas_threads().limit(limits=1)
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def _kernel_call():
+    """Around one kernel call: numba at rnncore's thread count in the calling
+    thread (numba's setting is per thread, so rc.set_num_threads could not reach the
+    others), and BLAS at one thread: chunks running side by side are the threads, and
+    one BLAS thread per product keeps the numbers the same for any thread count."""
+    threads = min(_backend.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    previous = numba.get_num_threads()
+    if threads != previous:
+        numba.set_num_threads(threads)
+    section = _backend.blas_section()
+    token = section.blas_enter()
+    try:
+        yield
+    finally:
+        section.blas_leave(token)
+        if threads != previous:
+            numba.set_num_threads(previous)
 
 
 def _writable(a):
@@ -175,7 +162,7 @@ def _simple_forward(spec, p, x, state0, order, training):
         w_ho, b_ho = _dummy(dtype, 2), _dummy(dtype, 1)
     act, out_act = ACTIVATION_CODES[spec.nonlinearity], ACTIVATION_CODES[spec.output_activation]
     chunk = rows_per_chunk(B)
-    with _threads_for(B, chunk):
+    with _kernel_call():
         kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, order.active, chunk, act, out_act,
                                jordan, x_proj, states, hidden)
     saved = dict(x=x, states=states, hidden=hidden, w_ho=w_ho, act=act, out_act=out_act, jordan=jordan, chunk=chunk)
@@ -196,7 +183,7 @@ def _simple_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_ho", _dummy(dtype, 2))
     bias_grad = np.empty(H, dtype)
     bias_ho_grad = np.empty(S, dtype)
-    with _threads_for(B, s["chunk"]):
+    with _kernel_call():
         kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
                                 s["out_act"], jordan, s["states"], s["hidden"], dy, d_state, d_pre, d_out, d_hidden, dx,
                                 g["weight_ih"], g["weight_hh"], g["weight_ho"], bias_grad, bias_ho_grad)
@@ -223,7 +210,7 @@ def _lstm_forward(spec, p, x, state0, order, training):
     w_cf = p["weight_cf"] if peephole and not coupled else _dummy(dtype, 1)
     w_co = p["weight_co"] if peephole else _dummy(dtype, 1)
     chunk = rows_per_chunk(B)
-    with _threads_for(B, chunk):
+    with _kernel_call():
         kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], w_hr, w_ci, w_cf, w_co, order.active, chunk,
                              peephole, coupled, projected, x_proj, states, cells, m)
     saved = dict(x=x, x_proj=x_proj, states=states, cells=cells, m=m, w_hr=w_hr, w_ci=w_ci, w_cf=w_cf, w_co=w_co,
@@ -247,7 +234,7 @@ def _lstm_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_hr", _dummy(dtype, 2))
     bias_grad = np.empty(G * H, dtype)
     peephole_grad = np.empty((3, H), dtype)
-    with _threads_for(B, s["chunk"]):
+    with _kernel_call():
         kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], s["w_hr"], s["w_ci"], s["w_cf"], s["w_co"],
                               order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
                               s["m"], dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, g["weight_ih"],
@@ -276,7 +263,7 @@ def _gru_forward(spec, p, x, state0, order, training):
     aux = _per_step(training, T, B, H, dtype)
     hh = np.empty((B, 3 * H), dtype) if reset_after else _dummy(dtype, 2)
     chunk = rows_per_chunk(B)
-    with _threads_for(B, chunk):
+    with _kernel_call():
         kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, order.active, chunk, reset_after, x_proj,
                             states, aux, hh)
     saved = dict(x=x, x_proj=x_proj, states=states, aux=aux, chunk=chunk)
@@ -296,7 +283,7 @@ def _gru_backward(spec, p, s, dy, d_states, order):
     dx = np.empty((T, B, I), dtype)
     g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
     bias_ih_grad, bias_hh_grad = np.empty(3 * H, dtype), np.empty(3 * H, dtype)
-    with _threads_for(B, s["chunk"]):
+    with _kernel_call():
         kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
                              s["states"], s["aux"], dy, d_state, d_direct, d_x_proj, d_hh, d_rh, dx, g["weight_ih"],
                              g["weight_hh"], bias_ih_grad, bias_hh_grad)
