@@ -11,9 +11,12 @@
 import concurrent.futures
 import ctypes
 import ctypes.util
+import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -284,3 +287,74 @@ def test_numba_runs_at_the_thread_count_in_every_calling_thread(where, monkeypat
 def test_the_largest_thread_count_runs(backend, restore_threads):
     expected = _layer_numbers(backend, True, True, threads=1)
     _assert_bitwise(_layer_numbers(backend, True, True, threads=_backend.MAX_THREADS), expected, "the largest count")
+
+
+# -- fork, spawn, forkserver -----------------------------------------------------------
+
+def compute(backend, bidirectional, training, threads):
+    """One layer's numbers; module-level, so that a 'spawn' worker can unpickle it."""
+    rc.set_num_threads(threads)
+    layer = rc.LSTM(8, 16, bidirectional=bidirectional, seed=0, backend=backend)
+    if not training:
+        layer.eval()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 40, 8)).astype(np.float32)  # 40 rows: two numba chunks
+    y, (h, c) = layer(x)
+    numbers = [y, h, c]
+    if training:
+        dx, _ = layer.backward(rng.standard_normal(y.shape).astype(np.float32))
+        numbers += [dx] + [layer.grads[name] for name in sorted(layer.grads)]
+    return numbers
+
+
+# The parent: runs every case itself first (so a fork copies a process that used the
+# threads), then the same cases in a pool worker, and prints which came out bitwise equal.
+_PARENT = textwrap.dedent("""
+    import json, multiprocessing, sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    import test_threads_fork as t
+    cases = [({backend!r}, bidirectional, training, {threads})
+             for bidirectional in (False, True) for training in (False, True)]
+    expected = [t.compute(*case) for case in cases]
+    pool = multiprocessing.get_context({method!r}).Pool(1)
+    try:
+        got = pool.starmap_async(t.compute, cases).get(timeout=60)
+    except Exception as exc:
+        print(json.dumps(dict(error=f"{{type(exc).__name__}}: {{exc}}")))
+    else:
+        print(json.dumps(dict(equal=[all(np.array_equal(a, b) for a, b in zip(e, g))
+                                     for e, g in zip(expected, got)])))
+    finally:
+        pool.terminate()
+""")
+
+_METHODS = [("fork", 1), ("fork", 2), ("spawn", 2), ("forkserver", 2)]
+
+
+def _parent(method, backend, threads, **env):
+    done = _python(_PARENT.format(tests=TESTS, backend=backend, threads=threads, method=method), **env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", rc.backends())
+@pytest.mark.parametrize("method, threads", _METHODS, ids=[f"{m}-{t}threads" for m, t in _METHODS])
+def test_pool_worker_runs_layers_after_the_parent_did(method, threads, backend):
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method!r} start method here")
+    result = _parent(method, backend, threads)
+    # one direction and two, inference and training, each bitwise the parent's
+    assert result == dict(equal=[True] * 4), result
+
+
+@pytest.mark.skipif("numba" not in rc.backends() or "fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs numba and fork")
+def test_numba_gnu_openmp_after_fork_is_refused_not_killed():
+    """A user who chose numba's GNU OpenMP layer gets an error in the forked worker,
+    where numba itself would terminate the worker and leave the pool waiting."""
+    check = _python("import numba\nfrom numba.np.ufunc import omppool\nprint(omppool.openmp_vendor)")
+    if check.returncode != 0 or check.stdout.strip() != "GNU":
+        pytest.skip("numba's omp layer is not GNU OpenMP here")
+    result = _parent("fork", "numba", 2, NUMBA_THREADING_LAYER="omp")
+    assert "RuntimeError" in result.get("error", "") and "spawn" in result["error"], result

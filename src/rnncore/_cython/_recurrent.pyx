@@ -577,13 +577,40 @@ cdef void _run_typed(Direction *d, int stage, floating *tag) noexcept nogil:
 
 # -- threads -----------------------------------------------------------------------------
 #
+# Fork. A forked child has only the thread that called fork, but libgomp's record of the
+# parent's thread team comes along, so the child's first parallel region waits forever
+# for threads that do not exist. Before every fork the forking thread ends its team
+# (OpenMP 5.0's omp_pause_resource_all), so that a child starts a new one; where that is
+# unavailable, a child runs the directions one after the other.
+cdef extern from *:
+    """
+    #if defined(_OPENMP) && (_OPENMP >= 201811 || (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 9))
+    #include <omp.h>
+    static int rc_end_thread_team(void) { return omp_pause_resource_all(omp_pause_hard) == 0; }
+    #elif defined(_OPENMP)
+    static int rc_end_thread_team(void) { return 0; }
+    #else
+    static int rc_end_thread_team(void) { return 1; }  /* no OpenMP: prange runs in the caller */
+    #endif
+    #if defined(_WIN32)
+    static int rc_at_fork(void (*prepare)(void), void (*child)(void)) { return 0; }  /* no fork */
+    #else
+    #include <pthread.h>
+    static int rc_at_fork(void (*prepare)(void), void (*child)(void)) { return pthread_atfork(prepare, NULL, child); }
+    #endif
+    """
+    int rc_end_thread_team() noexcept nogil
+    int rc_at_fork(void (*prepare)() noexcept nogil, void (*child)() noexcept nogil) noexcept nogil
+
 cdef extern from "pythread.h" nogil:
-    # declared here with nogil: the kernels' section runs without the GIL
+    # declared here with nogil: the kernels' section and the fork handler run without the GIL
     ctypedef void *PyThread_type_lock
     PyThread_type_lock PyThread_allocate_lock()
     int PyThread_acquire_lock(PyThread_type_lock lock, int mode)
     void PyThread_release_lock(PyThread_type_lock lock)
     int WAIT_LOCK
+
+cdef bint _team_ended = True, _team_lost = False
 
 # BLAS at one thread while the kernels run. Threaded BLAS splits a product differently
 # for each thread count, and so rounds it differently, so the kernels' BLAS runs on one
@@ -643,6 +670,28 @@ cdef void _blas_leave(const int *own) noexcept nogil:
     PyThread_release_lock(_blas_lock)
 
 
+cdef void _before_fork() noexcept nogil:
+    global _team_ended
+    _team_ended = rc_end_thread_team()
+
+
+cdef void _in_forked_child() noexcept nogil:
+    global _team_lost, _blas_lock, _blas_callers
+    cdef int k
+    if not _team_ended:
+        _team_lost = True
+    # the threads inside a BLAS section did not come along (one may have held the lock)
+    _blas_lock = PyThread_allocate_lock()
+    if _blas_callers:
+        for k in range(_blas_count):
+            if not _blas[k].per_thread and _blas[k].saved != 1:
+                _blas[k].set(_blas[k].saved)
+        _blas_callers = 0
+
+
+rc_at_fork(_before_fork, _in_forked_child)
+
+
 def configure_blas(functions):
     """functions: (getter address, setter address, per_thread) per BLAS library."""
     global _blas_count
@@ -681,7 +730,7 @@ def _run(list plans, int first, int last, bint is_double, int num_threads):
     cdef Direction directions[2]
     cdef int count = len(plans), i, stage
     cdef int own[MAX_BLAS_LIBS]
-    cdef bint side_by_side, may_split = num_threads > 1 and count > 1
+    cdef bint side_by_side, may_split = num_threads > 1 and count > 1 and not _team_lost
     for i in range(count):
         _fill(&directions[i], plans[i])
     with nogil:

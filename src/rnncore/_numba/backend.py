@@ -12,6 +12,8 @@ Importing it without numba installed raises ImportError, which marks the backend
 unavailable.
 """
 import contextlib
+import os
+import threading
 
 import numba
 import numpy as np
@@ -32,24 +34,84 @@ def rows_per_chunk(batch):
     return max(32, -(-batch // 16))
 
 
+# -- threads ---------------------------------------------------------------------------
+#
+# numba's threading layer is chosen once per process, at the first parallel call. By
+# default it is tbb where installed, else OpenMP, which on Linux is GNU's: that one kills
+# a process forked after a parallel call at the child's first parallel call (libgomp
+# cannot run a team after fork, and numba terminates the child rather than hang it). So
+# unless the user chose a layer (NUMBA_THREADING_LAYER, numba.config.THREADING_LAYER),
+# rnncore asks for numba's fork-safe choice: tbb where installed, else OpenMP where it is
+# not GNU's, else numba's own workqueue. The workqueue runs one parallel call at a time
+# in a process, so rnncore's kernel calls take turns there.
+_FORK_SAFE_LAYER = "forksafe"
+_layer_lock = threading.Lock()
+_one_call_at_a_time = None   # set at the first kernel call
+_gnu_openmp_before_fork = False
+
+
+def _is_gnu_openmp(layer):
+    if layer != "omp":
+        return False
+    try:
+        from numba.np.ufunc import omppool
+    except ImportError:
+        return False
+    return omppool.openmp_vendor == "GNU"
+
+
+def _after_fork_in_child():
+    global _gnu_openmp_before_fork
+    try:
+        _gnu_openmp_before_fork = _is_gnu_openmp(numba.threading_layer())
+    except ValueError:  # no parallel call before the fork
+        pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _turns():
+    """The lock kernel calls take, or a null context where numba's layer can take them
+    concurrently; chooses the layer at the first call."""
+    global _one_call_at_a_time
+    if _one_call_at_a_time is None:
+        with _layer_lock:
+            if _one_call_at_a_time is None:
+                try:
+                    layer = numba.threading_layer()
+                except ValueError:  # not started: rnncore's call starts it
+                    if numba.config.THREADING_LAYER == "default":
+                        numba.config.THREADING_LAYER = _FORK_SAFE_LAYER
+                    numba.get_num_threads()
+                    layer = numba.threading_layer()
+                _one_call_at_a_time = threading.Lock() if layer == "workqueue" else contextlib.nullcontext()
+    return _one_call_at_a_time
+
+
 @contextlib.contextmanager
 def _kernel_call():
     """Around one kernel call: numba at rnncore's thread count in the calling
     thread (numba's setting is per thread, so rc.set_num_threads could not reach the
     others), and BLAS at one thread: chunks running side by side are the threads, and
     one BLAS thread per product keeps the numbers the same for any thread count."""
-    threads = min(_backend.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    previous = numba.get_num_threads()
-    if threads != previous:
-        numba.set_num_threads(threads)
-    section = _backend.blas_section()
-    token = section.blas_enter()
-    try:
-        yield
-    finally:
-        section.blas_leave(token)
+    if _gnu_openmp_before_fork:
+        raise RuntimeError("numba backend: numba's 'omp' threading layer (GNU OpenMP) was started before this "
+                           "process forked and cannot run here; start worker processes with 'spawn' or "
+                           "'forkserver', or set NUMBA_THREADING_LAYER to 'workqueue' or 'tbb'")
+    with _turns():
+        threads = min(_backend.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        previous = numba.get_num_threads()
         if threads != previous:
-            numba.set_num_threads(previous)
+            numba.set_num_threads(threads)
+        section = _backend.blas_section()
+        token = section.blas_enter()
+        try:
+            yield
+        finally:
+            section.blas_leave(token)
+            if threads != previous:
+                numba.set_num_threads(previous)
 
 
 def _writable(a):
