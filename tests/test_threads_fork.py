@@ -9,6 +9,7 @@
 - The thread count is checked before it is kept.
 """
 import concurrent.futures
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -346,6 +348,62 @@ def test_pool_worker_runs_layers_after_the_parent_did(method, threads, backend):
     result = _parent(method, backend, threads)
     # one direction and two, inference and training, each bitwise the parent's
     assert result == dict(equal=[True] * 4), result
+
+
+def _exit_code(pid, timeout):
+    """The child's exit code, or None (and the child killed) when it is still running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+@pytest.mark.parametrize("backend", FAST)
+def test_fork_while_another_thread_is_inside_a_kernel_call(backend, blas_threads, restore_threads):
+    """A fork copies the state of threads that do not come along: the count of callers
+    inside the BLAS section, and under numba's workqueue layer the numba backend's turn.
+    The child must neither wait for them nor keep its BLAS at one thread."""
+    get, set_ = blas_threads
+    expected = compute(backend, True, True, 2)
+    set_(2)
+    section = _backend.blas_section()
+    inside, done = threading.Event(), threading.Event()
+
+    def hold():
+        if backend == "numba":
+            from rnncore._numba import backend as numba_backend
+            turn = numba_backend._turns()
+        else:
+            turn = contextlib.nullcontext()
+        with turn:
+            token = section.blas_enter()
+            inside.set()
+            done.wait(60)
+            section.blas_leave(token)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert inside.wait(30) and get() == 1
+        pid = os.fork()
+        if pid == 0:  # the child: report by exit code only, never return into pytest
+            code = 1
+            try:
+                same = all(np.array_equal(a, b) for a, b in zip(compute(backend, True, True, 2), expected))
+                code = 0 if same and get() == 2 else 3
+            finally:
+                os._exit(code)
+        code = _exit_code(pid, 60)
+    finally:
+        done.set()
+        holder.join()
+    assert code == 0, "the child hung" if code is None else f"the child exited with {code}"
 
 
 @pytest.mark.skipif("numba" not in rc.backends() or "fork" not in multiprocessing.get_all_start_methods(),

@@ -61,11 +61,15 @@ def _is_gnu_openmp(layer):
 
 
 def _after_fork_in_child():
-    global _gnu_openmp_before_fork
+    global _gnu_openmp_before_fork, _layer_lock, _one_call_at_a_time
     try:
         _gnu_openmp_before_fork = _is_gnu_openmp(numba.threading_layer())
     except ValueError:  # no parallel call before the fork
         pass
+    # a thread of the parent's may have held these; it did not come along
+    _layer_lock = threading.Lock()
+    if _one_call_at_a_time is not None and not isinstance(_one_call_at_a_time, contextlib.nullcontext):
+        _one_call_at_a_time = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
