@@ -163,14 +163,6 @@ def test_eval_and_training_forward_agree():
     np.testing.assert_array_equal(h_eval, h_train)
 
 
-def test_thread_setting_is_capped_at_the_pool(restore_threads):
-    import numba
-    rc.set_num_threads(10_000)
-    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
-    rc.set_num_threads(1)
-    assert numba.get_num_threads() == 1
-
-
 def test_training_output_is_not_the_saved_state():
     # y aliases nothing the backward reads: editing it in place changes no gradient
     layer = rc.RNN(3, 4, dtype=np.float64, seed=0, backend="numba")

@@ -424,7 +424,7 @@ def test_threads_follow_torch_unless_set(monkeypatch):
         monkeypatch.setattr(_backend, "_num_threads", 3)  # as rc.set_num_threads(3) leaves it
         torch.set_num_threads(2)
         ours(x)
-        assert rc.get_num_threads() == 3 and _backend._followed_threads[0] == 1
+        assert rc.get_num_threads() == 3 and _backend._followed_threads == 1
     finally:
         torch.set_num_threads(before)
 

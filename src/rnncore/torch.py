@@ -101,12 +101,7 @@ def _build_core(module):
 
 
 def _follow_torch_threads():
-    _backend.resolve()  # load the backend first: following applies to the libraries it loads
-    n = torch.get_num_threads()
-    if _backend.follow_threads(n) and torch.get_num_threads() != n:
-        # numba's OpenMP threading layer, launched by its first thread setting, resets
-        # the OpenMP thread count it shares with torch
-        torch.set_num_threads(n)
+    _backend.follow_threads(torch.get_num_threads())
 
 
 class _Call:

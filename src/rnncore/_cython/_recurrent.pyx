@@ -575,26 +575,175 @@ cdef void _run_typed(Direction *d, int stage, floating *tag) noexcept nogil:
         weight_gradients(d, tag)
 
 
+# -- threads -----------------------------------------------------------------------------
+#
+# Fork. A forked child has only the thread that called fork, but libgomp's record of the
+# parent's thread team comes along, so the child's first parallel region waits forever
+# for threads that do not exist. Before every fork the forking thread ends its team
+# (OpenMP 5.0's omp_pause_resource_all), so that a child starts a new one; where that is
+# unavailable, a child runs the directions one after the other.
+cdef extern from *:
+    """
+    #if defined(_OPENMP) && (_OPENMP >= 201811 || (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 9))
+    #include <omp.h>
+    static int rc_end_thread_team(void) { return omp_pause_resource_all(omp_pause_hard) == 0; }
+    #elif defined(_OPENMP)
+    static int rc_end_thread_team(void) { return 0; }
+    #else
+    static int rc_end_thread_team(void) { return 1; }  /* no OpenMP: prange runs in the caller */
+    #endif
+    #if defined(_WIN32)
+    static int rc_at_fork(void (*prepare)(void), void (*child)(void)) { return 0; }  /* no fork */
+    #else
+    #include <pthread.h>
+    static int rc_at_fork(void (*prepare)(void), void (*child)(void)) { return pthread_atfork(prepare, NULL, child); }
+    #endif
+    """
+    int rc_end_thread_team() noexcept nogil
+    int rc_at_fork(void (*prepare)() noexcept nogil, void (*child)() noexcept nogil) noexcept nogil
+
+cdef extern from "pythread.h" nogil:
+    # declared here with nogil: the kernels' section and the fork handler run without the GIL
+    ctypedef void *PyThread_type_lock
+    PyThread_type_lock PyThread_allocate_lock()
+    int PyThread_acquire_lock(PyThread_type_lock lock, int mode)
+    void PyThread_release_lock(PyThread_type_lock lock)
+    int WAIT_LOCK
+
+cdef bint _team_ended = True, _team_lost = False
+
+# BLAS at one thread while the kernels run. Threaded BLAS splits a product differently
+# for each thread count, and so rounds it differently, so the kernels' BLAS runs on one
+# thread whatever the thread setting and whichever thread calls; the directions running
+# side by side are the threads. `configure_blas` gives the getter and setter of each
+# library's thread count (rnncore._backend.blas_thread_functions). A process-wide setting
+# is changed by the first caller in and put back by the last one out (unless someone else
+# changed it meanwhile), so that concurrent and nested callers never put back each
+# other's; a per-thread setting is changed and put back by each caller. The numba backend
+# calls `blas_enter`/`blas_leave`, so both backends count here.
+DEF MAX_BLAS_LIBS = 4
+
+ctypedef int (*thread_getter)() noexcept nogil
+ctypedef void (*thread_setter)(int) noexcept nogil
+
+cdef struct BlasThreads:
+    thread_getter get
+    thread_setter set
+    bint per_thread
+    int saved                      # a process-wide setting, while callers are inside
+
+cdef BlasThreads _blas[MAX_BLAS_LIBS]
+cdef int _blas_count = 0, _blas_callers = 0
+cdef PyThread_type_lock _blas_lock = PyThread_allocate_lock()
+
+
+cdef void _blas_enter(int *own) noexcept nogil:
+    """own[k]: library k's setting before, for a per-thread setting (else 1)."""
+    global _blas_callers
+    cdef int k
+    PyThread_acquire_lock(_blas_lock, WAIT_LOCK)
+    for k in range(_blas_count):
+        own[k] = 1
+        if _blas[k].per_thread:
+            own[k] = _blas[k].get()
+            if own[k] != 1:
+                _blas[k].set(1)
+        elif _blas_callers == 0:
+            _blas[k].saved = _blas[k].get()
+            if _blas[k].saved != 1:
+                _blas[k].set(1)
+    _blas_callers += 1
+    PyThread_release_lock(_blas_lock)
+
+
+cdef void _blas_leave(const int *own) noexcept nogil:
+    global _blas_callers
+    cdef int k
+    PyThread_acquire_lock(_blas_lock, WAIT_LOCK)
+    _blas_callers -= 1
+    for k in range(_blas_count):
+        if _blas[k].per_thread:
+            if own[k] != 1:
+                _blas[k].set(own[k])
+        elif _blas_callers == 0 and _blas[k].saved != 1 and _blas[k].get() == 1:
+            _blas[k].set(_blas[k].saved)
+    PyThread_release_lock(_blas_lock)
+
+
+cdef void _before_fork() noexcept nogil:
+    global _team_ended
+    _team_ended = rc_end_thread_team()
+
+
+cdef void _in_forked_child() noexcept nogil:
+    global _team_lost, _blas_lock, _blas_callers
+    cdef int k
+    if not _team_ended:
+        _team_lost = True
+    # the threads inside a BLAS section did not come along (one may have held the lock)
+    _blas_lock = PyThread_allocate_lock()
+    if _blas_callers:
+        for k in range(_blas_count):
+            if not _blas[k].per_thread and _blas[k].saved != 1:
+                _blas[k].set(_blas[k].saved)
+        _blas_callers = 0
+
+
+rc_at_fork(_before_fork, _in_forked_child)
+
+
+def configure_blas(functions):
+    """functions: (getter address, setter address, per_thread) per BLAS library."""
+    global _blas_count
+    if len(functions) > MAX_BLAS_LIBS:
+        raise ValueError(f"functions: expected at most {MAX_BLAS_LIBS} libraries, got {len(functions)}")
+    if _blas_callers:
+        raise RuntimeError("configure_blas: kernels are running")
+    _blas_count = 0
+    for k, (get, set_, per_thread) in enumerate(functions):
+        _blas[k].get = <thread_getter><size_t>get
+        _blas[k].set = <thread_setter><size_t>set_
+        _blas[k].per_thread = per_thread
+    _blas_count = len(functions)
+
+
+def blas_enter():
+    """Enter the section from Python (the numba backend); returns the token for blas_leave."""
+    cdef int own[MAX_BLAS_LIBS]
+    _blas_enter(own)
+    return tuple(own[k] for k in range(_blas_count))
+
+
+def blas_leave(tuple token):
+    cdef int own[MAX_BLAS_LIBS]
+    cdef int k
+    for k in range(len(token)):
+        own[k] = token[k]
+    _blas_leave(own)
+
+
 def _run(list plans, int first, int last, bint is_double, int num_threads):
     """Run stages first..last for each direction's plan, filling the plans once (a short
     call pays for every fill). The time loops run side by side when num_threads > 1; the
-    input projection and the weight gradients run one direction after the other: their
-    GEMMs use the BLAS threads, and the second direction may accumulate into the first
-    one's dx."""
+    input projection and the weight gradients run one direction after the other, and the
+    second direction may accumulate into the first one's dx."""
     cdef Direction directions[2]
     cdef int count = len(plans), i, stage
-    cdef bint side_by_side
+    cdef int own[MAX_BLAS_LIBS]
+    cdef bint side_by_side, may_split = num_threads > 1 and count > 1 and not _team_lost
     for i in range(count):
         _fill(&directions[i], plans[i])
     with nogil:
+        _blas_enter(own)
         for stage in range(first, last + 1):
-            side_by_side = num_threads > 1 and count > 1 and (stage == FORWARD_STEPS or stage == BACKWARD_STEPS)
+            side_by_side = may_split and (stage == FORWARD_STEPS or stage == BACKWARD_STEPS)
             if side_by_side:
                 for i in prange(count, num_threads=count, schedule="static", chunksize=1):
                     _run_one(&directions[i], stage, is_double)
             else:
                 for i in range(count):
                     _run_one(&directions[i], stage, is_double)
+        _blas_leave(own)
 
 
 def forward_all(list plans, bint is_double, int num_threads):

@@ -25,35 +25,8 @@ _ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
 # LSTM (100, 16, 32, 64) forward 3.2 -> 2.7 ms, GRU 2.5 -> 2.0 ms (one thread, AVX2).
 SMALL_ROWS = 32
 
-_blas_controller = None
-
-
-def _apply_thread_setting():
-    """Importing this module loads scipy's BLAS, which an earlier rc.set_num_threads
-    could not reach: give it the setting now."""
-    if _backend._num_threads is not None:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(limits=_backend._num_threads, user_api="blas")
-
-
-_apply_thread_setting()
-
-
-class _SingleThreadedBlas:
-    """BLAS at one thread while the directions run side by side, to avoid
-    oversubscription; the controller is built once, since building it scans the loaded
-    libraries."""
-
-    def __enter__(self):
-        global _blas_controller
-        if _blas_controller is None:
-            from threadpoolctl import ThreadpoolController
-            _blas_controller = ThreadpoolController()
-        self._limit = _blas_controller.limit(limits=1, user_api="blas")
-        return self
-
-    def __exit__(self, *exc):
-        self._limit.restore_original_limits()
+# the kernels hold this BLAS at one thread while they run (see _recurrent's "threads")
+_recurrent.configure_blas(_backend.blas_thread_functions())
 
 
 class _Schedule:
@@ -246,15 +219,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
     schedule = _schedule(T, B, lengths)
     plans = [_plan(spec, p, x, s, schedule, rev, training, dtype)
              for p, s, rev in zip(params, states, reverse)]
-    threads = _backend.get_num_threads()
-    if threads > 1 and len(plans) > 1:
-        # the directions run side by side, BLAS at one thread for the whole call: a
-        # threaded input projection just before would leave BLAS workers spinning on
-        # the cores the directions need
-        with _SingleThreadedBlas():
-            _recurrent.forward_all(plans, is_double, threads)
-    else:
-        _recurrent.forward_all(plans, is_double, 1)
+    _recurrent.forward_all(plans, is_double, _backend.get_num_threads())
 
     D, P = len(plans), spec.out_size
     if D == 1 and not schedule.packed and not training:
@@ -318,12 +283,7 @@ def layer_backward(ctx, dy, dstates_n):
                           ("g_b_ho", "bias_ho")):
             plan[key] = g.get(name)
 
-    threads = _backend.get_num_threads()
-    if threads > 1 and D > 1:
-        with _SingleThreadedBlas():
-            _recurrent.backward_all(plans, is_double, threads)
-    else:
-        _recurrent.backward_all(plans, is_double, 1)
+    _recurrent.backward_all(plans, is_double, _backend.get_num_threads())
     _recurrent.weight_gradients_all(plans, is_double)
 
     dstates0 = []

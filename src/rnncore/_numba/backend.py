@@ -12,33 +12,17 @@ Importing it without numba installed raises ImportError, which marks the backend
 unavailable.
 """
 import contextlib
-import functools
+import os
+import threading
 
 import numba
 import numpy as np
-import scipy.linalg.cython_blas  # noqa: F401  the BLAS the kernels call, loaded for _blas_threads
 
 from . import kernels
+from .. import _backend
 
 ACTIVATION_CODES = {"tanh": kernels.TANH, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID,
                     "identity": kernels.IDENTITY}
-
-
-def set_num_threads(n):
-    """Threads for the kernels' batch chunks (numba's setting, for the calling thread),
-    capped at the pool numba started with (NUMBA_NUM_THREADS)."""
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
-
-
-def _apply_thread_setting():
-    # rc.set_num_threads may have run (or RNNCORE_NUM_THREADS been read) before this
-    # backend was first imported; its hook only reaches modules already loaded
-    from .. import _backend
-    if _backend._num_threads is not None:
-        set_num_threads(_backend._num_threads)
-
-
-_apply_thread_setting()
 
 
 def rows_per_chunk(batch):
@@ -50,19 +34,88 @@ def rows_per_chunk(batch):
     return max(32, -(-batch // 16))
 
 
-@functools.lru_cache(maxsize=None)
-def _blas_threads():
-    from threadpoolctl import ThreadpoolController
-    return ThreadpoolController().select(user_api="blas")
+# -- threads ---------------------------------------------------------------------------
+#
+# numba's threading layer is chosen once per process, at the first parallel call. By
+# default it is tbb where installed, else OpenMP, which on Linux is GNU's: that one kills
+# a process forked after a parallel call at the child's first parallel call (libgomp
+# cannot run a team after fork, and numba terminates the child rather than hang it). So
+# unless the user chose a layer (NUMBA_THREADING_LAYER, numba.config.THREADING_LAYER),
+# rnncore asks for numba's fork-safe choice: tbb where installed, else OpenMP where it is
+# not GNU's, else numba's own workqueue. The workqueue runs one parallel call at a time
+# in a process, so rnncore's kernel calls take turns there.
+_FORK_SAFE_LAYER = "forksafe"
+_layer_lock = threading.Lock()
+_one_call_at_a_time = None   # set at the first kernel call
+_gnu_openmp_before_fork = False
 
 
-def _threads_for(batch, chunk):
-    """The BLAS setting for one kernel call. When several chunks run at once, each
-    chunk's GEMMs run on one BLAS thread: BLAS threads beside numba's would oversubscribe
-    the cores (and spinning BLAS threads cost whole scheduler slices, milliseconds)."""
-    if -(-batch // chunk) > 1 and numba.get_num_threads() > 1:
-        return _blas_threads().limit(limits=1)
-    return contextlib.nullcontext()
+def _is_gnu_openmp(layer):
+    if layer != "omp":
+        return False
+    try:
+        from numba.np.ufunc import omppool
+    except ImportError:
+        return False
+    return omppool.openmp_vendor == "GNU"
+
+
+def _after_fork_in_child():
+    global _gnu_openmp_before_fork, _layer_lock, _one_call_at_a_time
+    try:
+        _gnu_openmp_before_fork = _is_gnu_openmp(numba.threading_layer())
+    except ValueError:  # no parallel call before the fork
+        pass
+    # a thread of the parent's may have held these; it did not come along
+    _layer_lock = threading.Lock()
+    if _one_call_at_a_time is not None and not isinstance(_one_call_at_a_time, contextlib.nullcontext):
+        _one_call_at_a_time = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _turns():
+    """The lock kernel calls take, or a null context where numba's layer can take them
+    concurrently; chooses the layer at the first call."""
+    global _one_call_at_a_time
+    if _one_call_at_a_time is None:
+        with _layer_lock:
+            if _one_call_at_a_time is None:
+                try:
+                    layer = numba.threading_layer()
+                except ValueError:  # not started: rnncore's call starts it
+                    if numba.config.THREADING_LAYER == "default":
+                        numba.config.THREADING_LAYER = _FORK_SAFE_LAYER
+                    numba.get_num_threads()
+                    layer = numba.threading_layer()
+                _one_call_at_a_time = threading.Lock() if layer == "workqueue" else contextlib.nullcontext()
+    return _one_call_at_a_time
+
+
+@contextlib.contextmanager
+def _kernel_call():
+    """Around one kernel call: numba at rnncore's thread count in the calling
+    thread (numba's setting is per thread, so rc.set_num_threads could not reach the
+    others), and BLAS at one thread: chunks running side by side are the threads, and
+    one BLAS thread per product keeps the numbers the same for any thread count."""
+    if _gnu_openmp_before_fork:
+        raise RuntimeError("numba backend: numba's 'omp' threading layer (GNU OpenMP) was started before this "
+                           "process forked and cannot run here; start worker processes with 'spawn' or "
+                           "'forkserver', or set NUMBA_THREADING_LAYER to 'workqueue' or 'tbb'")
+    with _turns():
+        threads = min(_backend.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        previous = numba.get_num_threads()
+        if threads != previous:
+            numba.set_num_threads(threads)
+        section = _backend.blas_section()
+        token = section.blas_enter()
+        try:
+            yield
+        finally:
+            section.blas_leave(token)
+            if threads != previous:
+                numba.set_num_threads(previous)
 
 
 def _writable(a):
@@ -175,7 +228,7 @@ def _simple_forward(spec, p, x, state0, order, training):
         w_ho, b_ho = _dummy(dtype, 2), _dummy(dtype, 1)
     act, out_act = ACTIVATION_CODES[spec.nonlinearity], ACTIVATION_CODES[spec.output_activation]
     chunk = rows_per_chunk(B)
-    with _threads_for(B, chunk):
+    with _kernel_call():
         kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, order.active, chunk, act, out_act,
                                jordan, x_proj, states, hidden)
     saved = dict(x=x, states=states, hidden=hidden, w_ho=w_ho, act=act, out_act=out_act, jordan=jordan, chunk=chunk)
@@ -196,7 +249,7 @@ def _simple_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_ho", _dummy(dtype, 2))
     bias_grad = np.empty(H, dtype)
     bias_ho_grad = np.empty(S, dtype)
-    with _threads_for(B, s["chunk"]):
+    with _kernel_call():
         kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
                                 s["out_act"], jordan, s["states"], s["hidden"], dy, d_state, d_pre, d_out, d_hidden, dx,
                                 g["weight_ih"], g["weight_hh"], g["weight_ho"], bias_grad, bias_ho_grad)
@@ -223,7 +276,7 @@ def _lstm_forward(spec, p, x, state0, order, training):
     w_cf = p["weight_cf"] if peephole and not coupled else _dummy(dtype, 1)
     w_co = p["weight_co"] if peephole else _dummy(dtype, 1)
     chunk = rows_per_chunk(B)
-    with _threads_for(B, chunk):
+    with _kernel_call():
         kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], w_hr, w_ci, w_cf, w_co, order.active, chunk,
                              peephole, coupled, projected, x_proj, states, cells, m)
     saved = dict(x=x, x_proj=x_proj, states=states, cells=cells, m=m, w_hr=w_hr, w_ci=w_ci, w_cf=w_cf, w_co=w_co,
@@ -247,7 +300,7 @@ def _lstm_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_hr", _dummy(dtype, 2))
     bias_grad = np.empty(G * H, dtype)
     peephole_grad = np.empty((3, H), dtype)
-    with _threads_for(B, s["chunk"]):
+    with _kernel_call():
         kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], s["w_hr"], s["w_ci"], s["w_cf"], s["w_co"],
                               order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
                               s["m"], dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, g["weight_ih"],
@@ -276,7 +329,7 @@ def _gru_forward(spec, p, x, state0, order, training):
     aux = _per_step(training, T, B, H, dtype)
     hh = np.empty((B, 3 * H), dtype) if reset_after else _dummy(dtype, 2)
     chunk = rows_per_chunk(B)
-    with _threads_for(B, chunk):
+    with _kernel_call():
         kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, order.active, chunk, reset_after, x_proj,
                             states, aux, hh)
     saved = dict(x=x, x_proj=x_proj, states=states, aux=aux, chunk=chunk)
@@ -296,7 +349,7 @@ def _gru_backward(spec, p, s, dy, d_states, order):
     dx = np.empty((T, B, I), dtype)
     g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
     bias_ih_grad, bias_hh_grad = np.empty(3 * H, dtype), np.empty(3 * H, dtype)
-    with _threads_for(B, s["chunk"]):
+    with _kernel_call():
         kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
                              s["states"], s["aux"], dy, d_state, d_direct, d_x_proj, d_hh, d_rh, dx, g["weight_ih"],
                              g["weight_hh"], bias_ih_grad, bias_hh_grad)
