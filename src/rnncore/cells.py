@@ -23,9 +23,6 @@ class _Cell(_Parametrised):
         self.spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
         self._init_params(self.spec.param_shapes(), self.hidden_size, seed)
 
-    def __repr__(self):
-        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}, dtype={self.dtype})"
-
     def _step(self, x, states, check_finite):
         check_finite = _validate.flag("check_finite", check_finite)
         x = _validate.array("x", x, self.dtype)

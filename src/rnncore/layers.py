@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _backend, _validate
+from ._repr import ConfigRepr
 from ._spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
 
 __all__ = ["RNN", "LSTM", "GRU", "JordanRNN"]
@@ -125,10 +126,11 @@ def deferred_commits():
         _deferred.entries = outer
 
 
-class _Module:
+class _Module(ConfigRepr):
     """Pickling and copying: the saved context is dropped (it holds a backend module and
     buffers only its own backward needs), so a copy needs a training-mode forward of its
-    own before backward; parameters, gradients, mode and random generator are copied."""
+    own before backward; parameters, gradients, mode and random generator are copied.
+    The repr is the constructor call of get_config()."""
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -267,10 +269,6 @@ class _Recurrent(_Parametrised):
                   for d in range(self.num_directions)
                   for base, shape in spec.param_shapes().items()}
         self._init_params(shapes, self.hidden_size, seed)
-
-    def __repr__(self):
-        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"bidirectional={self.bidirectional}, dtype={self.dtype})")
 
     def load_keras_weights(self, *weights, config=None):
         """Copy in the weights of the equivalent Keras layer, Bidirectional or stack:

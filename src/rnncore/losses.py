@@ -1,10 +1,12 @@
 """Losses with forward and backward: `loss = loss_fn(input, target)` returns a float and
 keeps what `loss_fn.backward()` needs to return d loss / d input."""
+import inspect
 import numbers
 
 import numpy as np
 
 from . import _validate
+from ._repr import ConfigRepr
 
 __all__ = ["MSELoss", "CrossEntropyLoss"]
 
@@ -18,13 +20,15 @@ def _float_array(name, value):
     return arr
 
 
-class _Loss:
+class _Loss(ConfigRepr):
     def __init__(self, reduction="mean"):
         self.reduction = _validate.choice("reduction", reduction, _REDUCTIONS)
         self._saved = None
 
-    def __repr__(self):
-        return f"{type(self).__name__}(reduction={self.reduction!r})"
+    def get_config(self):
+        """The constructor arguments by name."""
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
 
     def _saved_or_raise(self):
         if self._saved is None:

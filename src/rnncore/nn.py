@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _backend, _validate
+from ._repr import indent
 from .layers import _Module, _Parametrised, _Recurrent, commit, copy_state, deferred_commits, saved_context
 
 __all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential"]
@@ -43,9 +44,6 @@ class Linear(_Parametrised):
         if self.bias:
             shapes["bias"] = (self.out_features,)
         self._init_params(shapes, self.in_features, seed)
-
-    def __repr__(self):
-        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, dtype={self.dtype})"
 
     def __call__(self, x):
         x = _validate.array("x", x, self.dtype)
@@ -85,9 +83,6 @@ class Embedding(_Parametrised):
         self._init_params({"weight": (self.num_embeddings, self.embedding_dim)}, 1, seed)
         # PyTorch draws embeddings from N(0, 1), not the recurrent layers' uniform
         self._params["weight"][...] = self._rng.standard_normal(self._params["weight"].shape)
-
-    def __repr__(self):
-        return f"Embedding({self.num_embeddings}, {self.embedding_dim}, dtype={self.dtype})"
 
     def __call__(self, indices):
         indices = _validate.to_numpy(indices, "indices")
@@ -141,9 +136,6 @@ class _Stateless(_Module):
 
     def get_config(self):
         return {}
-
-    def __repr__(self):
-        return f"{type(self).__name__}()"
 
 
 def _float_input(x):
@@ -208,9 +200,6 @@ class LastStep(_Stateless):
     def __init__(self, batch_first=False):
         super().__init__()
         self.batch_first = _validate.flag("batch_first", batch_first)
-
-    def __repr__(self):
-        return f"LastStep(batch_first={self.batch_first})"
 
     def get_config(self):
         return {"batch_first": self.batch_first}
@@ -311,8 +300,9 @@ class Sequential:
         return cls(*modules)
 
     def __repr__(self):
-        inner = ",\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.modules))
-        return f"Sequential(\n{inner}\n)"
+        # one module per line, numbered as in the state_dict's names; still a valid call
+        lines = "".join(f"\n  {indent(repr(m))},  # {i}" for i, m in enumerate(self.modules))
+        return f"Sequential({lines}\n)"
 
     def __len__(self):
         return len(self.modules)

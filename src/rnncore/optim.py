@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _validate
+from ._repr import call_repr, indent
 
 __all__ = ["SGD", "Adam"]
 
@@ -88,6 +89,10 @@ class _Optimizer:
         # in the optimizer's own order, which its state follows
         self._modules, self._pairs = new_modules, [by_name[name] for name in self._names]
         return self
+
+    def __repr__(self):
+        modules = self._modules[0] if len(self._modules) == 1 else self._modules
+        return call_repr(self, self._hyperparameters(), leading=[indent(repr(modules))])
 
     def zero_grad(self):
         for _, grad in self._pairs:
