@@ -5,6 +5,8 @@ backend's `layer_forward` (one or two directions), feeding each layer's concaten
 output to the next. Everything a user can get wrong is checked here, once, before any
 compute; the backends trust what they are given.
 """
+from __future__ import annotations
+
 import contextlib
 import contextvars
 import inspect
@@ -12,9 +14,11 @@ import math
 import numbers
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, Optional, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend, _validate
 from ._repr import ConfigRepr
@@ -145,11 +149,11 @@ class ParameterBudgetExceeded(ValueError):
 
 
 # [bytes left] while a parameter_budget is active in this thread or task, else None
-_budget = contextvars.ContextVar("rnncore_parameter_budget", default=None)
+_budget: contextvars.ContextVar[Optional[list[int]]] = contextvars.ContextVar("rnncore_parameter_budget", default=None)
 
 
 @contextlib.contextmanager
-def parameter_budget(nbytes):
+def parameter_budget(nbytes: int) -> Iterator[None]:
     """Within this block, layers, cells, Linear and Embedding built here may allocate at
     most `nbytes` of parameters in all; one that would exceed it raises
     ParameterBudgetExceeded before allocating anything. Loading a checkpoint builds its
@@ -192,34 +196,34 @@ class _Parametrised(_Module):
         self.training = True
         self._saved = None
 
-    def parameters(self):
+    def parameters(self) -> dict[str, np.ndarray]:
         """The live parameter arrays by name (updating them updates the layer)."""
         return dict(self._params)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters, with PyTorch's names, shapes and gate orders."""
         return {name: value.copy() for name, value in self._params.items()}
 
-    def load_state_dict(self, mapping, strict=True):
+    def load_state_dict(self, mapping: Mapping[str, ArrayLike], strict: bool = True) -> None:
         """Copy parameters in from any mapping of name to array-like (a PyTorch
         state_dict as it is). Wrong names or shapes leave the layer unchanged."""
         copy_state(self._params, mapping, strict)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for g in self.grads.values():
             g.fill(0)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> _Parametrised:
         self.training = _validate.flag("mode", mode)
         return self
 
-    def eval(self):
+    def eval(self) -> _Parametrised:
         return self.train(False)
 
     def _backend(self):
         return _backend.resolve(self._backend_name)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this object (seed excepted), by name."""
         names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "seed")]
         config = {n: getattr(self, n if n != "backend" else "_backend_name") for n in names}
@@ -230,7 +234,7 @@ class _Parametrised(_Module):
 class _Recurrent(_Parametrised):
     """A stack of `num_layers` layers of one cell type, one or two directions each."""
 
-    _state_names = ("h0",)
+    _state_names: tuple[str, ...] = ("h0",)
 
     def __init__(self, kind, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, backend=None,
@@ -270,7 +274,7 @@ class _Recurrent(_Parametrised):
                   for base, shape in spec.param_shapes().items()}
         self._init_params(shapes, self.hidden_size, seed)
 
-    def load_keras_weights(self, *weights, config=None):
+    def load_keras_weights(self, *weights: Any, config: Optional[Mapping[str, Any]] = None) -> None:
         """Copy in the weights of the equivalent Keras layer, Bidirectional or stack:
         `(kernel, recurrent_kernel, bias)`, the list Keras' get_weights() returns, or the
         Keras layer(s) themselves; `config` (the Keras layer's get_config()) refuses what
@@ -426,14 +430,15 @@ class _Recurrent(_Parametrised):
 class _OneState(_Recurrent):
     """Calling and backward of the layers whose state is h alone (RNN, GRU)."""
 
-    def __call__(self, x, h0=None, lengths=None, check_finite=True):
+    def __call__(self, x: ArrayLike, h0: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None,
+                 check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """y, h_n = layer(x, h0=None, lengths=None)"""
         y, (h_n,) = self._forward(x, (h0,), lengths, check_finite)
         return y, h_n
 
     forward = __call__
 
-    def backward(self, dy, dh_n=None):
+    def backward(self, dy: ArrayLike, dh_n: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
         """dx, dh0 = layer.backward(dy, dh_n=None)"""
         dx, (dh0,) = self._backward(dy, (dh_n,))
         return dx, dh0
@@ -442,9 +447,9 @@ class _OneState(_Recurrent):
 class RNN(_OneState):
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32, seed=None,
-                 backend=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
         _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
         super().__init__("rnn", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, backend, nonlinearity=nonlinearity)
@@ -455,9 +460,10 @@ class GRU(_OneState):
     """GRU, gates r, z, n. reset_after=True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     (PyTorch, cuDNN); False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.)."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, seed=None,
-                 backend=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 reset_after: bool = True, dtype: DTypeLike = np.float32, seed: Optional[int] = None,
+                 backend: Optional[str] = None) -> None:
         reset_after = _validate.flag("reset_after", reset_after)
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, backend, reset_after=reset_after)
@@ -470,9 +476,10 @@ class LSTM(_Recurrent):
 
     _state_names = ("h0", "c0")
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, peephole=False,
-                 coupled_input_forget=False, dtype=np.float32, seed=None, backend=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 peephole: bool = False, coupled_input_forget: bool = False, dtype: DTypeLike = np.float32,
+                 seed: Optional[int] = None, backend: Optional[str] = None) -> None:
         _validate.positive_int("proj_size", proj_size, minimum=0)
         if proj_size >= _validate.positive_int("hidden_size", hidden_size):
             raise ValueError(f"proj_size: expected 0 or less than hidden_size ({hidden_size}), got {proj_size}")
@@ -484,14 +491,17 @@ class LSTM(_Recurrent):
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
 
-    def __call__(self, x, hx=None, lengths=None, check_finite=True):
+    def __call__(self, x: ArrayLike, hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
+                 lengths: Optional[ArrayLike] = None, check_finite: bool = True,
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """y, (h_n, c_n) = lstm(x, hx=None, lengths=None), hx = (h0, c0)"""
         y, (h_n, c_n) = self._forward(x, _pair("hx", hx), lengths, check_finite)
         return y, (h_n, c_n)
 
     forward = __call__
 
-    def backward(self, dy, dh_n=None):
+    def backward(self, dy: ArrayLike, dh_n: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """dx, (dh0, dc0) = lstm.backward(dy, dh_n=None), dh_n = (dh_n, dc_n)"""
         dx, (dh0, dc0) = self._backward(dy, _pair("dh_n", dh_n))
         return dx, (dh0, dc0)
@@ -515,9 +525,9 @@ class JordanRNN(_Recurrent):
 
     _state_names = ("y0",)
 
-    def __init__(self, input_size, hidden_size, output_size, nonlinearity="tanh",
-                 output_activation="identity", bias=True, batch_first=False, dtype=np.float32,
-                 seed=None, backend=None):
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, nonlinearity: str = "tanh",
+                 output_activation: str = "identity", bias: bool = True, batch_first: bool = False,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
         _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
         _validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
         super().__init__("jordan", input_size, hidden_size, 1, bias, batch_first, 0.0, False, dtype, seed,
@@ -527,14 +537,15 @@ class JordanRNN(_Recurrent):
         self.nonlinearity = nonlinearity
         self.output_activation = output_activation
 
-    def __call__(self, x, y0=None, lengths=None, check_finite=True):
+    def __call__(self, x: ArrayLike, y0: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None,
+                 check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """y, y_n = jordan(x, y0=None, lengths=None)"""
         y, (y_n,) = self._forward(x, (y0,), lengths, check_finite)
         return y, y_n
 
     forward = __call__
 
-    def backward(self, dy, dy_n=None):
+    def backward(self, dy: ArrayLike, dy_n: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
         """dx, dy0 = jordan.backward(dy, dy_n=None)"""
         dx, (dy0,) = self._backward(dy, (dy_n,))
         return dx, dy0
