@@ -117,3 +117,12 @@ def test_every_rc_name_in_the_api_reference_exists():
                     break
             target = getattr(target, part)
     assert not missing, missing
+
+
+@pytest.mark.parametrize("cls", [rc.RNN, rc.LSTM, rc.GRU, rc.JordanRNN], ids=lambda c: c.__name__)
+def test_layer_docstring_examples_run(cls):
+    import doctest
+    tests = doctest.DocTestFinder(recurse=False).find(cls)
+    results = [doctest.DocTestRunner().run(test) for test in tests]
+    assert sum(r.attempted for r in results) > 0
+    assert sum(r.failed for r in results) == 0

@@ -432,20 +432,106 @@ class _OneState(_Recurrent):
 
     def __call__(self, x: ArrayLike, h0: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None,
                  check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """y, h_n = layer(x, h0=None, lengths=None)"""
+        """Run the layer over a sequence: ``y, h_n = layer(x, h0=None, lengths=None)``.
+
+        Parameters
+        ----------
+        x : array_like, (T, B, I), (B, T, I) if batch_first, or (T, I) unbatched
+            The input sequence, of the layer's dtype.
+        h0 : array_like, (D*num_layers, B, H) or (D*num_layers, H) unbatched, optional
+            The initial state; zeros when None.
+        lengths : array_like of int, (B,), optional
+            Each sequence's length, 1 <= lengths[b] <= T: later steps give y = 0 and
+            leave the state alone.
+        check_finite : bool, default True
+            Whether to refuse NaN and infinity in x and h0.
+
+        Returns
+        -------
+        y : np.ndarray, (T, B, D*H) (or as x is laid out)
+            The last layer's output at every step.
+        h_n : np.ndarray, (D*num_layers, B, H)
+            Every layer's final state.
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape, dtype, length or non-finite value, before any compute.
+        """
         y, (h_n,) = self._forward(x, (h0,), lengths, check_finite)
         return y, h_n
 
     forward = __call__
 
     def backward(self, dy: ArrayLike, dh_n: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
-        """dx, dh0 = layer.backward(dy, dh_n=None)"""
+        """Back-propagate through the last training-mode forward, adding the parameter
+        gradients into `grads`: ``dx, dh0 = layer.backward(dy, dh_n=None)``.
+
+        Parameters
+        ----------
+        dy : array_like, the shape of that forward's y
+            The gradient of the loss with respect to y.
+        dh_n : array_like, the shape of h_n, optional
+            The gradient with respect to h_n; zeros when None.
+
+        Returns
+        -------
+        dx : np.ndarray, the shape of x
+        dh0 : np.ndarray, the shape of h0
+
+        Raises
+        ------
+        RuntimeError
+            No training-mode forward, or its context was already consumed by a backward.
+        ValueError, TypeError
+            A wrong shape, dtype or non-finite gradient; nothing changes.
+        """
         dx, (dh0,) = self._backward(dy, (dh_n,))
         return dx, dh0
 
 
 class RNN(_OneState):
-    """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu."""
+    """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu.
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step of the input, I.
+    hidden_size : int
+        Units of the hidden state, H.
+    num_layers : int, default 1
+        Layers stacked, each reading the previous one's output.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    bias : bool, default True
+        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
+    batch_first : bool, default False
+        Whether batched input and output are (B, T, features) instead of (T, B, features).
+    dropout : float in [0, 1], default 0.0
+        Dropout on the output of every layer but the last, in training mode only.
+    bidirectional : bool, default False
+        Whether each layer also runs backwards in time, its output concatenated after
+        the forward one's.
+    dtype : np.float32 or np.float64, default np.float32
+        The dtype of the parameters, and the one inputs must have.
+    seed : int, optional
+        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
+    backend : str, optional
+        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, option or dtype out of range, naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rnn = rc.RNN(3, 5, num_layers=2, seed=0)
+    >>> y, h_n = rnn(np.zeros((7, 2, 3), dtype=np.float32))
+    >>> y.shape, h_n.shape
+    ((7, 2, 5), (2, 2, 5))
+    >>> dx, dh0 = rnn.backward(np.ones_like(y))
+    """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -458,7 +544,47 @@ class RNN(_OneState):
 
 class GRU(_OneState):
     """GRU, gates r, z, n. reset_after=True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-    (PyTorch, cuDNN); False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.)."""
+    (PyTorch, cuDNN); False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.).
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step of the input, I.
+    hidden_size : int
+        Units of the hidden state, H.
+    num_layers : int, default 1
+        Layers stacked, each reading the previous one's output.
+    bias : bool, default True
+        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
+    batch_first : bool, default False
+        Whether batched input and output are (B, T, features) instead of (T, B, features).
+    dropout : float in [0, 1], default 0.0
+        Dropout on the output of every layer but the last, in training mode only.
+    bidirectional : bool, default False
+        Whether each layer also runs backwards in time, its output concatenated after
+        the forward one's.
+    reset_after : bool, default True
+        Which form of the candidate n (above).
+    dtype : np.float32 or np.float64, default np.float32
+        The dtype of the parameters, and the one inputs must have.
+    seed : int, optional
+        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
+    backend : str, optional
+        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, option or dtype out of range, naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> gru = rc.GRU(3, 4, batch_first=True, bidirectional=True, seed=0)
+    >>> y, h_n = gru(np.zeros((2, 7, 3), dtype=np.float32))
+    >>> y.shape, h_n.shape
+    ((2, 7, 8), (2, 2, 4))
+    """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -472,7 +598,53 @@ class GRU(_OneState):
 
 class LSTM(_Recurrent):
     """LSTM, gates i, f, g, o; optional projection (proj_size), peepholes and coupled
-    input-forget gate (then the weights hold i, g, o and f = 1 - i)."""
+    input-forget gate (then the weights hold i, g, o and f = 1 - i).
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step of the input, I.
+    hidden_size : int
+        Units of the hidden state, H.
+    num_layers : int, default 1
+        Layers stacked, each reading the previous one's output.
+    bias : bool, default True
+        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
+    batch_first : bool, default False
+        Whether batched input and output are (B, T, features) instead of (T, B, features).
+    dropout : float in [0, 1], default 0.0
+        Dropout on the output of every layer but the last, in training mode only.
+    bidirectional : bool, default False
+        Whether each layer also runs backwards in time, its output concatenated after
+        the forward one's.
+    proj_size : int, default 0
+        With 0 < proj_size < hidden_size, h is projected to proj_size by `weight_hr_l{k}`.
+    peephole : bool, default False
+        Whether i and f see c_{t-1} and o sees c_t, through `weight_ci_l{k}`,
+        `weight_cf_l{k}`, `weight_co_l{k}` of shape (H,).
+    coupled_input_forget : bool, default False
+        Whether f = 1 - i (the weights then hold three gates, i, g, o).
+    dtype : np.float32 or np.float64, default np.float32
+        The dtype of the parameters, and the one inputs must have.
+    seed : int, optional
+        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
+    backend : str, optional
+        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, option or dtype out of range, naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> lstm = rc.LSTM(3, 8, proj_size=4, seed=0)
+    >>> y, (h_n, c_n) = lstm(np.zeros((7, 2, 3), dtype=np.float32))
+    >>> y.shape, h_n.shape, c_n.shape
+    ((7, 2, 4), (1, 2, 4), (1, 2, 8))
+    >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(y))
+    """
 
     _state_names = ("h0", "c0")
 
@@ -494,7 +666,30 @@ class LSTM(_Recurrent):
     def __call__(self, x: ArrayLike, hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
                  lengths: Optional[ArrayLike] = None, check_finite: bool = True,
                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """y, (h_n, c_n) = lstm(x, hx=None, lengths=None), hx = (h0, c0)"""
+        """Run the LSTM over a sequence: ``y, (h_n, c_n) = lstm(x, hx=None, lengths=None)``.
+
+        Parameters
+        ----------
+        x : array_like, (T, B, I), (B, T, I) if batch_first, or (T, I) unbatched
+            The input sequence, of the layer's dtype.
+        hx : pair (h0, c0), optional
+            h0 (D*num_layers, B, proj_size or H) and c0 (D*num_layers, B, H), either None
+            for zeros; without the B axis for unbatched x.
+        lengths : array_like of int, (B,), optional
+            Each sequence's length; later steps give y = 0 and leave the state alone.
+        check_finite : bool, default True
+            Whether to refuse NaN and infinity in x and hx.
+
+        Returns
+        -------
+        y : np.ndarray, (T, B, D*(proj_size or H)) (or as x is laid out)
+        (h_n, c_n) : pair of np.ndarray, shaped as h0 and c0
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape, dtype, length or non-finite value, before any compute.
+        """
         y, (h_n, c_n) = self._forward(x, _pair("hx", hx), lengths, check_finite)
         return y, (h_n, c_n)
 
@@ -502,7 +697,27 @@ class LSTM(_Recurrent):
 
     def backward(self, dy: ArrayLike, dh_n: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """dx, (dh0, dc0) = lstm.backward(dy, dh_n=None), dh_n = (dh_n, dc_n)"""
+        """Back-propagate through the last training-mode forward, adding the parameter
+        gradients into `grads`: ``dx, (dh0, dc0) = lstm.backward(dy, (dh_n, dc_n))``.
+
+        Parameters
+        ----------
+        dy : array_like, the shape of that forward's y
+        dh_n : pair (dh_n, dc_n), optional
+            Gradients with respect to h_n and c_n, either None for zeros.
+
+        Returns
+        -------
+        dx : np.ndarray, the shape of x
+        (dh0, dc0) : pair of np.ndarray, shaped as h0 and c0
+
+        Raises
+        ------
+        RuntimeError
+            No training-mode forward, or its context was already consumed by a backward.
+        ValueError, TypeError
+            A wrong shape, dtype or non-finite gradient; nothing changes.
+        """
         dx, (dh0, dc0) = self._backward(dy, _pair("dh_n", dh_n))
         return dx, (dh0, dc0)
 
@@ -521,6 +736,40 @@ class JordanRNN(_Recurrent):
 
     One layer, one direction. `y, y_n = jordan(x, y0=None, lengths=None)` with y (T, B,
     output_size) and y0, y_n of shape (1, B, output_size), as a one-layer h0/h_n.
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step of the input, I.
+    hidden_size : int
+        Units of the hidden state, H.
+    output_size : int
+        Units of the output y, O, which is fed back.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    output_activation : {"identity", "tanh", "sigmoid"}, default "identity"
+    bias : bool, default True
+        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
+    batch_first : bool, default False
+        Whether batched input and output are (B, T, features) instead of (T, B, features).
+    dtype : np.float32 or np.float64, default np.float32
+        The dtype of the parameters, and the one inputs must have.
+    seed : int, optional
+        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
+    backend : str, optional
+        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, option or dtype out of range, naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> jordan = rc.JordanRNN(3, 8, 2, seed=0)
+    >>> y, y_n = jordan(np.zeros((7, 4, 3), dtype=np.float32))
+    >>> y.shape, y_n.shape
+    ((7, 4, 2), (1, 4, 2))
     """
 
     _state_names = ("y0",)
@@ -539,13 +788,15 @@ class JordanRNN(_Recurrent):
 
     def __call__(self, x: ArrayLike, y0: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None,
                  check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """y, y_n = jordan(x, y0=None, lengths=None)"""
+        """Run the layer: ``y, y_n = jordan(x, y0=None, lengths=None)``, y (T, B, O) (or as
+        x is laid out), y0 and y_n (1, B, O) (y0 None: zeros); otherwise as `RNN.__call__`."""
         y, (y_n,) = self._forward(x, (y0,), lengths, check_finite)
         return y, y_n
 
     forward = __call__
 
     def backward(self, dy: ArrayLike, dy_n: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
-        """dx, dy0 = jordan.backward(dy, dy_n=None)"""
+        """``dx, dy0 = jordan.backward(dy, dy_n=None)``: as `RNN.backward`, with dy_n and dy0
+        shaped as y_n and y0."""
         dx, (dy0,) = self._backward(dy, (dy_n,))
         return dx, dy0
