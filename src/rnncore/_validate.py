@@ -1,6 +1,9 @@
 """Checks made once, at the edge, before any compute. Each error names the argument,
 what was expected and what came."""
+from __future__ import annotations
+
 import numbers
+from typing import Any, Optional
 
 import numpy as np
 
@@ -9,7 +12,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_SIZE = 2 ** 31 - 1
 
 
-def float_dtype(dtype, name="dtype"):
+def float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
     """The numpy dtype for a user's `dtype` argument; only float32 and float64 (None
     too is refused: numpy would read it as float64 without a word)."""
     try:
@@ -23,7 +26,7 @@ def float_dtype(dtype, name="dtype"):
     return dt
 
 
-def to_numpy(value, name=None):
+def to_numpy(value: Any, name: Optional[str] = None) -> np.ndarray:
     """An array from an array-like, converting a torch tensor without importing torch.
     A ragged nested list is a ValueError naming `name`, not numpy's wording."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):
@@ -36,7 +39,7 @@ def to_numpy(value, name=None):
                          f"{type(value).__name__}") from None
 
 
-def array(name, value, dtype, source="the layer's dtype"):
+def array(name: str, value: Any, dtype: Any, source: str = "the layer's dtype") -> np.ndarray:
     """`value` as an array of exactly `dtype` (taken from `source`), else a TypeError."""
     arr = to_numpy(value, name)
     if arr.dtype not in FLOAT_DTYPES:
@@ -46,7 +49,7 @@ def array(name, value, dtype, source="the layer's dtype"):
     return arr
 
 
-def kernel_input(arr, training):
+def kernel_input(arr: np.ndarray, training: bool) -> np.ndarray:
     """C-contiguous, as the kernels want it. In training the backward pass keeps it, so it
     must be our own copy: a caller refilling their buffer before backward would otherwise
     change the gradients silently."""
@@ -64,7 +67,8 @@ def finite(name, arr, skippable=True):
         raise ValueError(f"{name}: expected finite values, got NaN or Inf{hint}")
 
 
-def states(given, names, widths, dtype, lead, check_finite=True, source="the layer's dtype"):
+def states(given: Any, names: Any, widths: Any, dtype: Any, lead: Any, check_finite: bool = True,
+           source: str = "the layer's dtype") -> list[np.ndarray]:
     """Validated state arrays, each of shape lead + (width,); zeros where None is given."""
     out = []
     for name, width, value in zip(names, widths, given):
@@ -80,7 +84,7 @@ def states(given, names, widths, dtype, lead, check_finite=True, source="the lay
     return out
 
 
-def positive_int(name, value, minimum=1):
+def positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
     if value > MAX_SIZE:
@@ -104,7 +108,7 @@ def seed(value, name="seed"):
     raise TypeError(f"{name}: expected None or an int >= 0, got {value!r}")
 
 
-def flag(name, value):
+def flag(name: str, value: Any) -> bool:
     """A yes/no argument: a bool (or 0/1); anything else is a mistake worth naming, e.g.
     a string passed positionally where PyTorch's argument order differs."""
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
@@ -119,7 +123,7 @@ def choice(name, value, options):
     return value
 
 
-def real(name, value, minimum=None, finite=True):
+def real(name: str, value: Any, minimum: Optional[float] = None, finite: bool = True) -> float:
     """A real number (not a bool), finite unless `finite=False`, and >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {value!r}")
@@ -130,7 +134,7 @@ def real(name, value, minimum=None, finite=True):
     return value
 
 
-def lengths(value, batch, steps):
+def lengths(value: Any, batch: int, steps: int) -> np.ndarray:
     """Sequence lengths as int64 (batch,), each in [1, steps]."""
     arr = to_numpy(value, "lengths")
     if arr.dtype.kind not in "iu":

@@ -1,6 +1,11 @@
 """Single-step cells with PyTorch's semantics and names: a sequence of length one run
 through the same backend kernels as the layers."""
+from __future__ import annotations
+
+from typing import Optional
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend, _validate
 from ._spec import ACTIVATIONS, CellSpec
@@ -10,7 +15,7 @@ __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
 
 class _Cell(_Parametrised):
-    _state_names = ("h0",)
+    _state_names: tuple[str, ...] = ("h0",)
 
     def __init__(self, kind, input_size, hidden_size, bias, dtype, seed, backend, **variant):
         self.input_size = _validate.positive_int("input_size", input_size)
@@ -22,9 +27,6 @@ class _Cell(_Parametrised):
         self.bias = _validate.flag("bias", bias)
         self.spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
         self._init_params(self.spec.param_shapes(), self.hidden_size, seed)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}, dtype={self.dtype})"
 
     def _step(self, x, states, check_finite):
         check_finite = _validate.flag("check_finite", check_finite)
@@ -66,14 +68,14 @@ class _Cell(_Parametrised):
 class _OneStateCell(_Cell):
     """Calling and backward of the cells whose state is h alone (RNNCell, GRUCell)."""
 
-    def __call__(self, x, h0=None, check_finite=True):
+    def __call__(self, x: ArrayLike, h0: Optional[ArrayLike] = None, check_finite: bool = True) -> np.ndarray:
         """h1 = cell(x, h0=None)"""
         (h1,) = self._step(x, (h0,), check_finite)
         return h1
 
     forward = __call__
 
-    def backward(self, dh1):
+    def backward(self, dh1: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """dx, dh0 = cell.backward(dh1)"""
         dx, (dh0,) = self._step_back((dh1,))
         return dx, dh0
@@ -84,8 +86,8 @@ class RNNCell(_OneStateCell):
     API.md's (nonlinearity third); `bias` must be a bool, so PyTorch's positional order
     (bias third) fails loudly instead of building the wrong cell."""
 
-    def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True, dtype=np.float32,
-                 seed=None, backend=None):
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
         _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
         super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, backend, nonlinearity=nonlinearity)
         self.nonlinearity = nonlinearity
@@ -94,8 +96,8 @@ class RNNCell(_OneStateCell):
 class GRUCell(_OneStateCell):
     """h1 = cell(x, h0), gates r, z, n (reset_after selects the form, as in GRU)."""
 
-    def __init__(self, input_size, hidden_size, bias=True, reset_after=True, dtype=np.float32, seed=None,
-                 backend=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
         reset_after = _validate.flag("reset_after", reset_after)
         super().__init__("gru", input_size, hidden_size, bias, dtype, seed, backend, reset_after=reset_after)
         self.reset_after = reset_after
@@ -107,21 +109,23 @@ class LSTMCell(_Cell):
 
     _state_names = ("h0", "c0")
 
-    def __init__(self, input_size, hidden_size, bias=True, peephole=False, coupled_input_forget=False,
-                 dtype=np.float32, seed=None, backend=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, peephole: bool = False,
+                 coupled_input_forget: bool = False, dtype: DTypeLike = np.float32, seed: Optional[int] = None,
+                 backend: Optional[str] = None) -> None:
         super().__init__("lstm", input_size, hidden_size, bias, dtype, seed, backend,
                          peephole=_validate.flag("peephole", peephole),
                          coupled_input_forget=_validate.flag("coupled_input_forget", coupled_input_forget))
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
 
-    def __call__(self, x, hx=None, check_finite=True):
+    def __call__(self, x: ArrayLike, hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
+                 check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
         h1, c1 = self._step(x, _pair("hx", hx), check_finite)
         return h1, c1
 
     forward = __call__
 
-    def backward(self, dhx1):
+    def backward(self, dhx1: tuple[ArrayLike, ArrayLike]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """dx, (dh0, dc0) = cell.backward((dh1, dc1))"""
         dx, (dh0, dc0) = self._step_back(_pair("dhx1", dhx1))
         return dx, (dh0, dc0)

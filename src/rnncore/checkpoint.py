@@ -23,6 +23,8 @@ with its member's size, and builds the model under a budget of the bytes its arr
 hold: a forged file is refused before it costs more memory than its own size. The zip's
 CRC-32 refuses corrupted bytes.
 """
+from __future__ import annotations
+
 import contextlib
 import json
 import math
@@ -36,6 +38,7 @@ import warnings
 import zipfile
 from collections import namedtuple
 from collections.abc import Mapping
+from typing import Any, Union
 
 import numpy as np
 
@@ -63,7 +66,7 @@ class CheckpointError(ValueError):
 
 # -- the registry: the only classes a checkpoint may name --------------------------------
 
-_REGISTRY = {}
+_REGISTRY: dict[str, type] = {}
 
 
 def register(cls=None, *, name=None):
@@ -143,7 +146,7 @@ def _decode(node, arrays):
 
 # -- save ---------------------------------------------------------------------------------
 
-def save(path, obj, optimizer=None):
+def save(path: Union[str, os.PathLike], obj: Any, optimizer: Any = None) -> None:
     """Write `obj` (a layer, cell or registered model) and, optionally, an optimizer's
     state (an object with state_dict(), or that dict itself) to `path`, atomically.
     Through a symbolic link the link's final target is replaced (the link stays); a
@@ -467,7 +470,7 @@ def _references(node, where):
     return names
 
 
-def read(path):
+def read(path: Union[str, os.PathLike]) -> Checkpoint:
     """Checkpoint(obj, optimizer_state, header) from a file written by `save`;
     optimizer_state is None when none was saved. Truncated, corrupt or forged files,
     files of a newer format and unregistered classes raise CheckpointError, before
@@ -547,7 +550,7 @@ def _read_archive(archive, size, where):
     return Checkpoint(obj, optimizer_state, header)
 
 
-def load(path, optimizer=None):
+def load(path: Union[str, os.PathLike], optimizer: Any = None) -> Any:
     """The object saved in `path`. With `optimizer`, also restore the saved optimizer
     state into it (through its load_state_dict) and, when it has `rebind(modules)` (as
     rnncore's optimizers do), bind it to the returned object's parameters, so that

@@ -1,5 +1,8 @@
 """Gradient clipping with PyTorch's semantics, over dicts of gradient arrays, layers,
 or lists of either. Both work in place and leave the arrays' identities alone."""
+from __future__ import annotations
+
+from typing import Any
 import math
 import numbers
 
@@ -38,7 +41,7 @@ def _number(name, value):
     return float(value)
 
 
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(grads: Any, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> float:
     """Scale all gradients so that their joint `norm_type` norm is at most `max_norm`.
 
     The total norm is the norm of the per-array norms (inf: the largest |g|); every
@@ -73,7 +76,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     return total
 
 
-def clip_grad_value_(grads, clip_value):
+def clip_grad_value_(grads: Any, clip_value: float) -> None:
     """Clamp every gradient element into [-clip_value, clip_value]."""
     arrays = _gradient_arrays(grads)
     clip_value = _number("clip_value", clip_value)

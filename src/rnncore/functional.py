@@ -7,7 +7,12 @@ and returns the input gradient, the initial-state gradient and a dict of paramet
 gradients keyed by the parameter names of the forward call. With training=False the
 context is None and nothing is kept.
 """
+from __future__ import annotations
+
+from typing import Optional
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _backend, _validate
 from ._spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
@@ -96,8 +101,11 @@ def _biases(bias_ih, bias_hh):
     return bias_ih is not None
 
 
-def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=False, check_finite=True, backend=None):
+def rnn_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, weight_hh: ArrayLike,
+                bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None, *,
+                nonlinearity: str = "tanh", lengths: Optional[ArrayLike] = None, reverse: bool = False,
+                training: bool = False, check_finite: bool = True, backend: Optional[str] = None,
+                ) -> tuple[np.ndarray, np.ndarray, Optional[_Context]]:
     """Elman RNN over a sequence. Returns y (T, B, H), h_n (B, H), ctx."""
     _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
     spec = CellSpec("rnn", _matrix_shape("weight_ih", weight_ih)[1], _matrix_shape("weight_hh", weight_hh)[0],
@@ -107,14 +115,18 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonl
     return y, h_n, ctx
 
 
-def rnn_backward(ctx, dy, dh_n=None):
+def rnn_backward(ctx: _Context, dy: ArrayLike, dh_n: Optional[ArrayLike] = None,
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Returns dx (T, B, I), dh0 (B, H), grads."""
     dx, (dh0,), grads = _backward(ctx, dy, (dh_n,), ("dh_n",))
     return dx, dh0, grads
 
 
-def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, reset_after=True, lengths=None,
-                reverse=False, training=False, check_finite=True, backend=None):
+def gru_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, weight_hh: ArrayLike,
+                bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None, *,
+                reset_after: bool = True, lengths: Optional[ArrayLike] = None, reverse: bool = False,
+                training: bool = False, check_finite: bool = True, backend: Optional[str] = None,
+                ) -> tuple[np.ndarray, np.ndarray, Optional[_Context]]:
     """GRU over a sequence (gates r, z, n). Returns y (T, B, H), h_n (B, H), ctx."""
     rows, columns = _matrix_shape("weight_ih", weight_ih)
     spec = CellSpec("gru", columns, rows // 3, _biases(bias_ih, bias_hh),
@@ -127,9 +139,13 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, rese
 gru_backward = rnn_backward
 
 
-def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
-                 weight_ci=None, weight_cf=None, weight_co=None, coupled_input_forget=False, lengths=None,
-                 reverse=False, training=False, check_finite=True, backend=None):
+def lstm_forward(x: ArrayLike, h0: Optional[ArrayLike], c0: Optional[ArrayLike], weight_ih: ArrayLike,
+                 weight_hh: ArrayLike, bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None,
+                 *, weight_hr: Optional[ArrayLike] = None, weight_ci: Optional[ArrayLike] = None,
+                 weight_cf: Optional[ArrayLike] = None, weight_co: Optional[ArrayLike] = None,
+                 coupled_input_forget: bool = False, lengths: Optional[ArrayLike] = None, reverse: bool = False,
+                 training: bool = False, check_finite: bool = True, backend: Optional[str] = None,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Optional[_Context]]:
     """LSTM over a sequence (gates i, f, g, o; i, g, o when coupled). Peepholes are on
     when weight_ci is given, the projection when weight_hr is given.
     Returns y (T, B, P or H), h_n (B, P or H), c_n (B, H), ctx."""
@@ -146,15 +162,19 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
     return y, h_n, c_n, ctx
 
 
-def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+def lstm_backward(ctx: _Context, dy: ArrayLike, dh_n: Optional[ArrayLike] = None, dc_n: Optional[ArrayLike] = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Returns dx, dh0, dc0, grads."""
     dx, (dh0, dc0), grads = _backward(ctx, dy, (dh_n, dc_n), ("dh_n", "dc_n"))
     return dx, dh0, dc0, grads
 
 
-def jordan_forward(x, y0, weight_ih, weight_hh, weight_ho, bias_ih=None, bias_hh=None, bias_ho=None, *,
-                   nonlinearity="tanh", output_activation="identity", lengths=None, reverse=False,
-                   training=False, check_finite=True, backend=None):
+def jordan_forward(x: ArrayLike, y0: Optional[ArrayLike], weight_ih: ArrayLike, weight_hh: ArrayLike,
+                   weight_ho: ArrayLike, bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None,
+                   bias_ho: Optional[ArrayLike] = None, *, nonlinearity: str = "tanh",
+                   output_activation: str = "identity", lengths: Optional[ArrayLike] = None, reverse: bool = False,
+                   training: bool = False, check_finite: bool = True, backend: Optional[str] = None,
+                   ) -> tuple[np.ndarray, np.ndarray, Optional[_Context]]:
     """Jordan RNN over a sequence. Returns y (T, B, O), y_n (B, O), ctx."""
     _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
     _validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
@@ -170,7 +190,8 @@ def jordan_forward(x, y0, weight_ih, weight_hh, weight_ho, bias_ih=None, bias_hh
     return y, y_n, ctx
 
 
-def jordan_backward(ctx, dy, dy_n=None):
+def jordan_backward(ctx: _Context, dy: ArrayLike, dy_n: Optional[ArrayLike] = None,
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Returns dx, dy0, grads."""
     dx, (dy0,), grads = _backward(ctx, dy, (dy_n,), ("dy_n",))
     return dx, dy0, grads

@@ -5,6 +5,8 @@ backend's `layer_forward` (one or two directions), feeding each layer's concaten
 output to the next. Everything a user can get wrong is checked here, once, before any
 compute; the backends trust what they are given.
 """
+from __future__ import annotations
+
 import contextlib
 import contextvars
 import inspect
@@ -12,11 +14,14 @@ import math
 import numbers
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, Optional, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend, _validate
+from ._repr import ConfigRepr
 from ._spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
 
 __all__ = ["RNN", "LSTM", "GRU", "JordanRNN"]
@@ -125,10 +130,11 @@ def deferred_commits():
         _deferred.entries = outer
 
 
-class _Module:
+class _Module(ConfigRepr):
     """Pickling and copying: the saved context is dropped (it holds a backend module and
     buffers only its own backward needs), so a copy needs a training-mode forward of its
-    own before backward; parameters, gradients, mode and random generator are copied."""
+    own before backward; parameters, gradients, mode and random generator are copied.
+    The repr is the constructor call of get_config()."""
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -143,11 +149,11 @@ class ParameterBudgetExceeded(ValueError):
 
 
 # [bytes left] while a parameter_budget is active in this thread or task, else None
-_budget = contextvars.ContextVar("rnncore_parameter_budget", default=None)
+_budget: contextvars.ContextVar[Optional[list[int]]] = contextvars.ContextVar("rnncore_parameter_budget", default=None)
 
 
 @contextlib.contextmanager
-def parameter_budget(nbytes):
+def parameter_budget(nbytes: int) -> Iterator[None]:
     """Within this block, layers, cells, Linear and Embedding built here may allocate at
     most `nbytes` of parameters in all; one that would exceed it raises
     ParameterBudgetExceeded before allocating anything. Loading a checkpoint builds its
@@ -190,34 +196,34 @@ class _Parametrised(_Module):
         self.training = True
         self._saved = None
 
-    def parameters(self):
+    def parameters(self) -> dict[str, np.ndarray]:
         """The live parameter arrays by name (updating them updates the layer)."""
         return dict(self._params)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters, with PyTorch's names, shapes and gate orders."""
         return {name: value.copy() for name, value in self._params.items()}
 
-    def load_state_dict(self, mapping, strict=True):
+    def load_state_dict(self, mapping: Mapping[str, ArrayLike], strict: bool = True) -> None:
         """Copy parameters in from any mapping of name to array-like (a PyTorch
         state_dict as it is). Wrong names or shapes leave the layer unchanged."""
         copy_state(self._params, mapping, strict)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for g in self.grads.values():
             g.fill(0)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> _Parametrised:
         self.training = _validate.flag("mode", mode)
         return self
 
-    def eval(self):
+    def eval(self) -> _Parametrised:
         return self.train(False)
 
     def _backend(self):
         return _backend.resolve(self._backend_name)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this object (seed excepted), by name."""
         names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "seed")]
         config = {n: getattr(self, n if n != "backend" else "_backend_name") for n in names}
@@ -228,7 +234,7 @@ class _Parametrised(_Module):
 class _Recurrent(_Parametrised):
     """A stack of `num_layers` layers of one cell type, one or two directions each."""
 
-    _state_names = ("h0",)
+    _state_names: tuple[str, ...] = ("h0",)
 
     def __init__(self, kind, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, backend=None,
@@ -268,11 +274,7 @@ class _Recurrent(_Parametrised):
                   for base, shape in spec.param_shapes().items()}
         self._init_params(shapes, self.hidden_size, seed)
 
-    def __repr__(self):
-        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"bidirectional={self.bidirectional}, dtype={self.dtype})")
-
-    def load_keras_weights(self, *weights, config=None):
+    def load_keras_weights(self, *weights: Any, config: Optional[Mapping[str, Any]] = None) -> None:
         """Copy in the weights of the equivalent Keras layer, Bidirectional or stack:
         `(kernel, recurrent_kernel, bias)`, the list Keras' get_weights() returns, or the
         Keras layer(s) themselves; `config` (the Keras layer's get_config()) refuses what
@@ -428,25 +430,112 @@ class _Recurrent(_Parametrised):
 class _OneState(_Recurrent):
     """Calling and backward of the layers whose state is h alone (RNN, GRU)."""
 
-    def __call__(self, x, h0=None, lengths=None, check_finite=True):
-        """y, h_n = layer(x, h0=None, lengths=None)"""
+    def __call__(self, x: ArrayLike, h0: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None,
+                 check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Run the layer over a sequence: ``y, h_n = layer(x, h0=None, lengths=None)``.
+
+        Parameters
+        ----------
+        x : array_like, (T, B, I), (B, T, I) if batch_first, or (T, I) unbatched
+            The input sequence, of the layer's dtype.
+        h0 : array_like, (D*num_layers, B, H) or (D*num_layers, H) unbatched, optional
+            The initial state; zeros when None.
+        lengths : array_like of int, (B,), optional
+            Each sequence's length, 1 <= lengths[b] <= T: later steps give y = 0 and
+            leave the state alone.
+        check_finite : bool, default True
+            Whether to refuse NaN and infinity in x and h0.
+
+        Returns
+        -------
+        y : np.ndarray, (T, B, D*H) (or as x is laid out)
+            The last layer's output at every step.
+        h_n : np.ndarray, (D*num_layers, B, H)
+            Every layer's final state.
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape, dtype, length or non-finite value, before any compute.
+        """
         y, (h_n,) = self._forward(x, (h0,), lengths, check_finite)
         return y, h_n
 
     forward = __call__
 
-    def backward(self, dy, dh_n=None):
-        """dx, dh0 = layer.backward(dy, dh_n=None)"""
+    def backward(self, dy: ArrayLike, dh_n: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Back-propagate through the last training-mode forward, adding the parameter
+        gradients into `grads`: ``dx, dh0 = layer.backward(dy, dh_n=None)``.
+
+        Parameters
+        ----------
+        dy : array_like, the shape of that forward's y
+            The gradient of the loss with respect to y.
+        dh_n : array_like, the shape of h_n, optional
+            The gradient with respect to h_n; zeros when None.
+
+        Returns
+        -------
+        dx : np.ndarray, the shape of x
+        dh0 : np.ndarray, the shape of h0
+
+        Raises
+        ------
+        RuntimeError
+            No training-mode forward, or its context was already consumed by a backward.
+        ValueError, TypeError
+            A wrong shape, dtype or non-finite gradient; nothing changes.
+        """
         dx, (dh0,) = self._backward(dy, (dh_n,))
         return dx, dh0
 
 
 class RNN(_OneState):
-    """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu."""
+    """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu.
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, dtype=np.float32, seed=None,
-                 backend=None):
+    Parameters
+    ----------
+    input_size : int
+        Features per step of the input, I.
+    hidden_size : int
+        Units of the hidden state, H.
+    num_layers : int, default 1
+        Layers stacked, each reading the previous one's output.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    bias : bool, default True
+        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
+    batch_first : bool, default False
+        Whether batched input and output are (B, T, features) instead of (T, B, features).
+    dropout : float in [0, 1], default 0.0
+        Dropout on the output of every layer but the last, in training mode only.
+    bidirectional : bool, default False
+        Whether each layer also runs backwards in time, its output concatenated after
+        the forward one's.
+    dtype : np.float32 or np.float64, default np.float32
+        The dtype of the parameters, and the one inputs must have.
+    seed : int, optional
+        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
+    backend : str, optional
+        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, option or dtype out of range, naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rnn = rc.RNN(3, 5, num_layers=2, seed=0)
+    >>> y, h_n = rnn(np.zeros((7, 2, 3), dtype=np.float32))
+    >>> y.shape, h_n.shape
+    ((7, 2, 5), (2, 2, 5))
+    >>> dx, dh0 = rnn.backward(np.ones_like(y))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
         _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
         super().__init__("rnn", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, backend, nonlinearity=nonlinearity)
@@ -455,11 +544,52 @@ class RNN(_OneState):
 
 class GRU(_OneState):
     """GRU, gates r, z, n. reset_after=True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-    (PyTorch, cuDNN); False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.)."""
+    (PyTorch, cuDNN); False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.).
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, reset_after=True, dtype=np.float32, seed=None,
-                 backend=None):
+    Parameters
+    ----------
+    input_size : int
+        Features per step of the input, I.
+    hidden_size : int
+        Units of the hidden state, H.
+    num_layers : int, default 1
+        Layers stacked, each reading the previous one's output.
+    bias : bool, default True
+        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
+    batch_first : bool, default False
+        Whether batched input and output are (B, T, features) instead of (T, B, features).
+    dropout : float in [0, 1], default 0.0
+        Dropout on the output of every layer but the last, in training mode only.
+    bidirectional : bool, default False
+        Whether each layer also runs backwards in time, its output concatenated after
+        the forward one's.
+    reset_after : bool, default True
+        Which form of the candidate n (above).
+    dtype : np.float32 or np.float64, default np.float32
+        The dtype of the parameters, and the one inputs must have.
+    seed : int, optional
+        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
+    backend : str, optional
+        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, option or dtype out of range, naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> gru = rc.GRU(3, 4, batch_first=True, bidirectional=True, seed=0)
+    >>> y, h_n = gru(np.zeros((2, 7, 3), dtype=np.float32))
+    >>> y.shape, h_n.shape
+    ((2, 7, 8), (2, 2, 4))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 reset_after: bool = True, dtype: DTypeLike = np.float32, seed: Optional[int] = None,
+                 backend: Optional[str] = None) -> None:
         reset_after = _validate.flag("reset_after", reset_after)
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, backend, reset_after=reset_after)
@@ -468,13 +598,60 @@ class GRU(_OneState):
 
 class LSTM(_Recurrent):
     """LSTM, gates i, f, g, o; optional projection (proj_size), peepholes and coupled
-    input-forget gate (then the weights hold i, g, o and f = 1 - i)."""
+    input-forget gate (then the weights hold i, g, o and f = 1 - i).
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step of the input, I.
+    hidden_size : int
+        Units of the hidden state, H.
+    num_layers : int, default 1
+        Layers stacked, each reading the previous one's output.
+    bias : bool, default True
+        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
+    batch_first : bool, default False
+        Whether batched input and output are (B, T, features) instead of (T, B, features).
+    dropout : float in [0, 1], default 0.0
+        Dropout on the output of every layer but the last, in training mode only.
+    bidirectional : bool, default False
+        Whether each layer also runs backwards in time, its output concatenated after
+        the forward one's.
+    proj_size : int, default 0
+        With 0 < proj_size < hidden_size, h is projected to proj_size by `weight_hr_l{k}`.
+    peephole : bool, default False
+        Whether i and f see c_{t-1} and o sees c_t, through `weight_ci_l{k}`,
+        `weight_cf_l{k}`, `weight_co_l{k}` of shape (H,).
+    coupled_input_forget : bool, default False
+        Whether f = 1 - i (the weights then hold three gates, i, g, o).
+    dtype : np.float32 or np.float64, default np.float32
+        The dtype of the parameters, and the one inputs must have.
+    seed : int, optional
+        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
+    backend : str, optional
+        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, option or dtype out of range, naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> lstm = rc.LSTM(3, 8, proj_size=4, seed=0)
+    >>> y, (h_n, c_n) = lstm(np.zeros((7, 2, 3), dtype=np.float32))
+    >>> y.shape, h_n.shape, c_n.shape
+    ((7, 2, 4), (1, 2, 4), (1, 2, 8))
+    >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(y))
+    """
 
     _state_names = ("h0", "c0")
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, peephole=False,
-                 coupled_input_forget=False, dtype=np.float32, seed=None, backend=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 peephole: bool = False, coupled_input_forget: bool = False, dtype: DTypeLike = np.float32,
+                 seed: Optional[int] = None, backend: Optional[str] = None) -> None:
         _validate.positive_int("proj_size", proj_size, minimum=0)
         if proj_size >= _validate.positive_int("hidden_size", hidden_size):
             raise ValueError(f"proj_size: expected 0 or less than hidden_size ({hidden_size}), got {proj_size}")
@@ -486,15 +663,61 @@ class LSTM(_Recurrent):
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
 
-    def __call__(self, x, hx=None, lengths=None, check_finite=True):
-        """y, (h_n, c_n) = lstm(x, hx=None, lengths=None), hx = (h0, c0)"""
+    def __call__(self, x: ArrayLike, hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
+                 lengths: Optional[ArrayLike] = None, check_finite: bool = True,
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Run the LSTM over a sequence: ``y, (h_n, c_n) = lstm(x, hx=None, lengths=None)``.
+
+        Parameters
+        ----------
+        x : array_like, (T, B, I), (B, T, I) if batch_first, or (T, I) unbatched
+            The input sequence, of the layer's dtype.
+        hx : pair (h0, c0), optional
+            h0 (D*num_layers, B, proj_size or H) and c0 (D*num_layers, B, H), either None
+            for zeros; without the B axis for unbatched x.
+        lengths : array_like of int, (B,), optional
+            Each sequence's length; later steps give y = 0 and leave the state alone.
+        check_finite : bool, default True
+            Whether to refuse NaN and infinity in x and hx.
+
+        Returns
+        -------
+        y : np.ndarray, (T, B, D*(proj_size or H)) (or as x is laid out)
+        (h_n, c_n) : pair of np.ndarray, shaped as h0 and c0
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape, dtype, length or non-finite value, before any compute.
+        """
         y, (h_n, c_n) = self._forward(x, _pair("hx", hx), lengths, check_finite)
         return y, (h_n, c_n)
 
     forward = __call__
 
-    def backward(self, dy, dh_n=None):
-        """dx, (dh0, dc0) = lstm.backward(dy, dh_n=None), dh_n = (dh_n, dc_n)"""
+    def backward(self, dy: ArrayLike, dh_n: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Back-propagate through the last training-mode forward, adding the parameter
+        gradients into `grads`: ``dx, (dh0, dc0) = lstm.backward(dy, (dh_n, dc_n))``.
+
+        Parameters
+        ----------
+        dy : array_like, the shape of that forward's y
+        dh_n : pair (dh_n, dc_n), optional
+            Gradients with respect to h_n and c_n, either None for zeros.
+
+        Returns
+        -------
+        dx : np.ndarray, the shape of x
+        (dh0, dc0) : pair of np.ndarray, shaped as h0 and c0
+
+        Raises
+        ------
+        RuntimeError
+            No training-mode forward, or its context was already consumed by a backward.
+        ValueError, TypeError
+            A wrong shape, dtype or non-finite gradient; nothing changes.
+        """
         dx, (dh0, dc0) = self._backward(dy, _pair("dh_n", dh_n))
         return dx, (dh0, dc0)
 
@@ -513,13 +736,47 @@ class JordanRNN(_Recurrent):
 
     One layer, one direction. `y, y_n = jordan(x, y0=None, lengths=None)` with y (T, B,
     output_size) and y0, y_n of shape (1, B, output_size), as a one-layer h0/h_n.
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step of the input, I.
+    hidden_size : int
+        Units of the hidden state, H.
+    output_size : int
+        Units of the output y, O, which is fed back.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    output_activation : {"identity", "tanh", "sigmoid"}, default "identity"
+    bias : bool, default True
+        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
+    batch_first : bool, default False
+        Whether batched input and output are (B, T, features) instead of (T, B, features).
+    dtype : np.float32 or np.float64, default np.float32
+        The dtype of the parameters, and the one inputs must have.
+    seed : int, optional
+        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
+    backend : str, optional
+        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A size, option or dtype out of range, naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> jordan = rc.JordanRNN(3, 8, 2, seed=0)
+    >>> y, y_n = jordan(np.zeros((7, 4, 3), dtype=np.float32))
+    >>> y.shape, y_n.shape
+    ((7, 4, 2), (1, 4, 2))
     """
 
     _state_names = ("y0",)
 
-    def __init__(self, input_size, hidden_size, output_size, nonlinearity="tanh",
-                 output_activation="identity", bias=True, batch_first=False, dtype=np.float32,
-                 seed=None, backend=None):
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, nonlinearity: str = "tanh",
+                 output_activation: str = "identity", bias: bool = True, batch_first: bool = False,
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
         _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
         _validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
         super().__init__("jordan", input_size, hidden_size, 1, bias, batch_first, 0.0, False, dtype, seed,
@@ -529,14 +786,17 @@ class JordanRNN(_Recurrent):
         self.nonlinearity = nonlinearity
         self.output_activation = output_activation
 
-    def __call__(self, x, y0=None, lengths=None, check_finite=True):
-        """y, y_n = jordan(x, y0=None, lengths=None)"""
+    def __call__(self, x: ArrayLike, y0: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None,
+                 check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Run the layer: ``y, y_n = jordan(x, y0=None, lengths=None)``, y (T, B, O) (or as
+        x is laid out), y0 and y_n (1, B, O) (y0 None: zeros); otherwise as `RNN.__call__`."""
         y, (y_n,) = self._forward(x, (y0,), lengths, check_finite)
         return y, y_n
 
     forward = __call__
 
-    def backward(self, dy, dy_n=None):
-        """dx, dy0 = jordan.backward(dy, dy_n=None)"""
+    def backward(self, dy: ArrayLike, dy_n: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
+        """``dx, dy0 = jordan.backward(dy, dy_n=None)``: as `RNN.backward`, with dy_n and dy0
+        shaped as y_n and y0."""
         dx, (dy0,) = self._backward(dy, (dy_n,))
         return dx, dy0

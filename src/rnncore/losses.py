@@ -1,30 +1,38 @@
 """Losses with forward and backward: `loss = loss_fn(input, target)` returns a float and
 keeps what `loss_fn.backward()` needs to return d loss / d input."""
+from __future__ import annotations
+
+from typing import Any, Optional
+import inspect
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validate
+from ._repr import ConfigRepr
 
 __all__ = ["MSELoss", "CrossEntropyLoss"]
 
 _REDUCTIONS = ("mean", "sum")
 
 
-def _float_array(name, value):
+def _float_array(name: str, value: Any) -> np.ndarray:
     arr = _validate.to_numpy(value, name)
     _validate.float_dtype(arr.dtype, name)
     _validate.finite(name, arr)
     return arr
 
 
-class _Loss:
-    def __init__(self, reduction="mean"):
+class _Loss(ConfigRepr):
+    def __init__(self, reduction: str = "mean") -> None:
         self.reduction = _validate.choice("reduction", reduction, _REDUCTIONS)
         self._saved = None
 
-    def __repr__(self):
-        return f"{type(self).__name__}(reduction={self.reduction!r})"
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments by name."""
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
 
     def _saved_or_raise(self):
         if self._saved is None:
@@ -39,7 +47,7 @@ class MSELoss(_Loss):
     marked elements; "mean" then divides by the mask's sum, so masked-out elements such as
     padding or missing values neither count nor dilute the mean."""
 
-    def __call__(self, input, target, mask=None):
+    def __call__(self, input: ArrayLike, target: ArrayLike, mask: Optional[ArrayLike] = None) -> float:
         input = _float_array("input", input)
         target = _float_array("target", target)
         _validate.shape("target", target, input.shape)
@@ -62,7 +70,7 @@ class MSELoss(_Loss):
 
     forward = __call__
 
-    def backward(self):
+    def backward(self) -> np.ndarray:
         return 2 * self._saved_or_raise()
 
 
@@ -73,13 +81,13 @@ class CrossEntropyLoss(_Loss):
     "mean" averages over the rest, as torch.nn.CrossEntropyLoss (whose classes are on
     axis 1 instead)."""
 
-    def __init__(self, reduction="mean", ignore_index=-100):
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
         super().__init__(reduction)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
             raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
         self.ignore_index = int(ignore_index)
 
-    def __call__(self, logits, target):
+    def __call__(self, logits: ArrayLike, target: ArrayLike) -> float:
         logits = _float_array("logits", logits)
         target = _validate.to_numpy(target, "target")
         if target.dtype.kind not in "iu":
@@ -106,7 +114,7 @@ class CrossEntropyLoss(_Loss):
 
     forward = __call__
 
-    def backward(self):
+    def backward(self) -> np.ndarray:
         log_probs, target, keep, scale = self._saved_or_raise()
         # d/dz -log softmax(z)[t] = softmax(z) - onehot(t)
         grad = np.exp(log_probs)

@@ -5,13 +5,18 @@ them. Each has `forward` (calling it) and `backward`, and the layers' convention
 gradient of the input of the last training-mode forward, whose saved context it consumes
 (the one-context rule of rnncore.layers).
 """
+from __future__ import annotations
+
 import math
 import warnings
 from collections.abc import Mapping
+from typing import Any, Optional
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend, _validate
+from ._repr import indent
 from .layers import _Module, _Parametrised, _Recurrent, commit, copy_state, deferred_commits, saved_context
 
 __all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential"]
@@ -22,7 +27,7 @@ def _saved_or_raise(module):
                                  "back-propagate through (call it in train() mode first)")
 
 
-def _gradient(name, dy, like):
+def _gradient(name: str, dy: Any, like: np.ndarray) -> np.ndarray:
     """`dy` checked against the output `like` of the forward it belongs to."""
     dy = _validate.array(name, dy, like.dtype)
     _validate.shape(name, dy, like.shape)
@@ -34,20 +39,18 @@ class Linear(_Parametrised):
     """y = x @ weight.T + bias over the last axis of x (..., in_features), as torch.nn.Linear:
     weight (out_features, in_features), bias (out_features,), both U(-1/sqrt(in), 1/sqrt(in))."""
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: DTypeLike = np.float32,
+                 seed: Optional[int] = None) -> None:
         self.in_features = _validate.positive_int("in_features", in_features)
         self.out_features = _validate.positive_int("out_features", out_features)
         self.dtype = _validate.float_dtype(dtype)
         self.bias = _validate.flag("bias", bias)
-        shapes = {"weight": (self.out_features, self.in_features)}
+        shapes: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
         if self.bias:
             shapes["bias"] = (self.out_features,)
         self._init_params(shapes, self.in_features, seed)
 
-    def __repr__(self):
-        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, dtype={self.dtype})"
-
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         x = _validate.array("x", x, self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
@@ -60,7 +63,7 @@ class Linear(_Parametrised):
 
     forward = __call__
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> np.ndarray:
         """dx = linear.backward(dy); adds into grads["weight"], grads["bias"]."""
         saved = x, y = _saved_or_raise(self)
         dy = _gradient("dy", dy, y)
@@ -78,7 +81,8 @@ class Embedding(_Parametrised):
     """Row lookup: integer indices (...) -> weight[indices] (..., embedding_dim), as
     torch.nn.Embedding, weight (num_embeddings, embedding_dim) drawn N(0, 1)."""
 
-    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: DTypeLike = np.float32,
+                 seed: Optional[int] = None) -> None:
         self.num_embeddings = _validate.positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = _validate.positive_int("embedding_dim", embedding_dim)
         self.dtype = _validate.float_dtype(dtype)
@@ -86,10 +90,7 @@ class Embedding(_Parametrised):
         # PyTorch draws embeddings from N(0, 1), not the recurrent layers' uniform
         self._params["weight"][...] = self._rng.standard_normal(self._params["weight"].shape)
 
-    def __repr__(self):
-        return f"Embedding({self.num_embeddings}, {self.embedding_dim}, dtype={self.dtype})"
-
-    def __call__(self, indices):
+    def __call__(self, indices: ArrayLike) -> np.ndarray:
         indices = _validate.to_numpy(indices, "indices")
         if indices.dtype.kind not in "iu":
             raise TypeError(f"indices: expected integers, got dtype {indices.dtype}")
@@ -102,7 +103,7 @@ class Embedding(_Parametrised):
 
     forward = __call__
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> None:
         """Adds into grads["weight"]; returns None (integer inputs have no gradient)."""
         saved = indices, y = _saved_or_raise(self)
         dy = _gradient("dy", dy, y)
@@ -142,11 +143,8 @@ class _Stateless(_Module):
     def get_config(self):
         return {}
 
-    def __repr__(self):
-        return f"{type(self).__name__}()"
 
-
-def _float_input(x):
+def _float_input(x: Any) -> np.ndarray:
     x = _validate.to_numpy(x, "x")
     _validate.float_dtype(x.dtype, "x")
     return x
@@ -155,14 +153,14 @@ def _float_input(x):
 class _Activation(_Stateless):
     """Element-wise y = f(x) whose derivative is a function of y alone."""
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         y = self._function(_float_input(x))
         self._saved = y if self.training else None
         return y
 
     forward = __call__
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> np.ndarray:
         y = _saved_or_raise(self)
         dx = _gradient("dy", dy, y) * self._derivative(y)
         commit([(self, y, {})])
@@ -205,17 +203,14 @@ class LastStep(_Stateless):
     """The output of each sequence's last valid step: (T, B, H) -> (B, H), or with
     `lengths`, y[lengths[b] - 1, b]. `batch_first=True` takes (B, T, H)."""
 
-    def __init__(self, batch_first=False):
+    def __init__(self, batch_first: bool = False) -> None:
         super().__init__()
         self.batch_first = _validate.flag("batch_first", batch_first)
-
-    def __repr__(self):
-        return f"LastStep(batch_first={self.batch_first})"
 
     def get_config(self):
         return {"batch_first": self.batch_first}
 
-    def __call__(self, y, lengths=None):
+    def __call__(self, y: ArrayLike, lengths: Optional[ArrayLike] = None) -> np.ndarray:
         y = _float_input(y)
         if y.ndim != 3:
             raise ValueError(f"y: expected 3 dimensions ({'B, T' if self.batch_first else 'T, B'}, H), "
@@ -229,7 +224,7 @@ class LastStep(_Stateless):
 
     forward = __call__
 
-    def backward(self, dlast):
+    def backward(self, dlast: ArrayLike) -> np.ndarray:
         saved = shape, dtype, last = _saved_or_raise(self)
         dlast = _validate.array("dlast", dlast, dtype)
         _validate.shape("dlast", dlast, (shape[1], shape[2]))
@@ -259,7 +254,7 @@ class Sequential:
     state_dict. A Sequential of registered modules is a registered checkpoint class itself:
     rnncore.save/load round-trip it whole, configuration and weights."""
 
-    def __init__(self, *modules):
+    def __init__(self, *modules: Any) -> None:
         for i, module in enumerate(modules):
             missing = [a for a in ("parameters", "grads", "backward", "train") if not hasattr(module, a)]
             if missing:
@@ -269,11 +264,11 @@ class Sequential:
         self._recurrent = [i for i, m in enumerate(self.modules) if isinstance(m, _Recurrent)]
         self.training = True
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """{"modules": [{"class": registered name, "config": its get_config()}, ...]}: what
         from_config needs to rebuild the chain (weights travel in state_dict)."""
         from .checkpoint import registered  # checkpoint imports this module, so not at the top
-        names = {}
+        names: dict[type, str] = {}
         for name, cls in registered().items():
             # the first name of a class registered twice, the one rnncore.save records
             names.setdefault(cls, name)
@@ -285,7 +280,7 @@ class Sequential:
         return {"modules": [{"class": names[type(m)], "config": m.get_config()} for m in self.modules]}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Mapping[str, Any]) -> Sequential:
         """A Sequential of freshly built modules, each from its registered class and config."""
         from .checkpoint import registered
         classes = registered()
@@ -311,8 +306,9 @@ class Sequential:
         return cls(*modules)
 
     def __repr__(self):
-        inner = ",\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.modules))
-        return f"Sequential(\n{inner}\n)"
+        # one module per line, numbered as in the state_dict's names; still a valid call
+        lines = "".join(f"\n  {indent(repr(m))},  # {i}" for i, m in enumerate(self.modules))
+        return f"Sequential({lines}\n)"
 
     def __len__(self):
         return len(self.modules)
@@ -329,7 +325,8 @@ class Sequential:
                              f"{len(states) if hasattr(states, '__len__') else '?'}")
         return list(states)
 
-    def __call__(self, x, states=None, lengths=None):
+    def __call__(self, x: ArrayLike, states: Optional[list] = None, lengths: Optional[ArrayLike] = None,
+                 ) -> tuple[Any, list]:
         states = iter(self._state_list("states", states))
         finals = []
         for module in self.modules:
@@ -344,7 +341,7 @@ class Sequential:
 
     forward = __call__
 
-    def backward(self, dy, dstates=None):
+    def backward(self, dy: Any, dstates: Optional[list] = None) -> tuple[Optional[np.ndarray], list]:
         """Back through every module; returns the input gradient (None when the first
         module takes integers) and the initial-state gradients, one per recurrent layer.
         All or nothing: every module's gradients are computed before any is added or any
@@ -378,19 +375,19 @@ class Sequential:
         return {f"{i}.{name}": value for i, module in enumerate(self.modules)
                 for name, value in attribute(module).items()}
 
-    def parameters(self):
+    def parameters(self) -> dict[str, np.ndarray]:
         """The live parameter arrays of every module, named "<index>.<name>"."""
         return self._named(lambda m: m.parameters())
 
     @property
-    def grads(self):
+    def grads(self) -> dict[str, np.ndarray]:
         """The live gradient arrays, with the names of parameters()."""
         return self._named(lambda m: m.grads)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         return self._named(lambda m: m.state_dict())
 
-    def load_state_dict(self, mapping, strict=True):
+    def load_state_dict(self, mapping: Mapping[str, ArrayLike], strict: bool = True) -> None:
         """Load "<index>.<name>" keys into the modules; everything is checked before
         anything is copied, so a bad mapping leaves every module unchanged."""
         copy_state(self.parameters(), mapping, strict)
@@ -399,14 +396,14 @@ class Sequential:
         for module in self.modules:
             module.zero_grad()
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Sequential:
         self.training = _validate.flag("mode", mode)
         for module in self.modules:
             module.train(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Sequential:
         return self.train(False)
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return sum(int(math.prod(p.shape)) for p in self.parameters().values())

@@ -8,6 +8,9 @@ does, except that parameters are named rather than numbered: the module's own na
 one module, "<index>.<name>" for a list of several (the numbering of a Sequential).
 `rebind(modules)` moves an optimizer, state and all, onto other modules of the same
 structure (a model rebuilt from a checkpoint)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
 import math
 import numbers
 from collections.abc import Mapping
@@ -15,6 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _validate
+from ._repr import call_repr, indent
 
 __all__ = ["SGD", "Adam"]
 
@@ -56,9 +60,9 @@ def _bound(modules):
 class _Optimizer:
     # the constructor's hyper-parameters, in order; the entries of a parameter's state once
     # it has been stepped; and those of them kept only while a hyper-parameter is true
-    _hyper_names = ()
-    _state_keys = ()
-    _conditional_keys = {}
+    _hyper_names: tuple[str, ...] = ()
+    _state_keys: tuple[str, ...] = ()
+    _conditional_keys: dict[str, str] = {}
 
     def __init__(self, modules, **hyperparameters):
         self._modules, self._names, self._pairs = _bound(modules)
@@ -66,7 +70,7 @@ class _Optimizer:
         self.state = [{} for _ in self._pairs]
         self.steps = 0
 
-    def rebind(self, modules):
+    def rebind(self, modules: Any) -> _Optimizer:
         """Step the parameters of `modules` (a module or a list, as the constructor takes)
         from now on, keeping every hyper-parameter and buffer: for a model rebuilt from a
         checkpoint (rnncore.load does this) or a copy of the model. Parameters are matched
@@ -89,11 +93,15 @@ class _Optimizer:
         self._modules, self._pairs = new_modules, [by_name[name] for name in self._names]
         return self
 
-    def zero_grad(self):
+    def __repr__(self):
+        modules = self._modules[0] if len(self._modules) == 1 else self._modules
+        return call_repr(self, self._hyperparameters(), leading=[indent(repr(modules))])
+
+    def zero_grad(self) -> None:
         for _, grad in self._pairs:
             grad.fill(0)
 
-    def step(self):
+    def step(self) -> None:
         """One update of every parameter from its current gradient."""
         self.steps += 1
         for (param, grad), state in zip(self._pairs, self.state):
@@ -102,7 +110,7 @@ class _Optimizer:
     def _hyperparameters(self):
         return {name: getattr(self, name) for name in self._hyper_names}
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """{"type", "steps", "param_groups": [hyper-parameters and "params" (the names)],
         "state": {name: that parameter's buffers}}, every array a copy."""
         group = {**self._hyperparameters(), "params": list(self._names)}
@@ -111,7 +119,7 @@ class _Optimizer:
                  for name, entries in zip(self._names, self.state) if entries}
         return {"type": type(self).__name__, "steps": self.steps, "param_groups": [group], "state": state}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore what state_dict() returned (copying its arrays), so that stepping goes on
         exactly as it would have from the saved optimizer. Missing or unexpected names raise
         KeyError, wrong types, shapes or values ValueError, each listing every problem; on
@@ -196,7 +204,8 @@ class SGD(_Optimizer):
     _hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
     _state_keys = ("momentum_buffer",)
 
-    def __init__(self, modules, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, modules: Any, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(modules, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov)
 
@@ -233,7 +242,8 @@ class Adam(_Optimizer):
     _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _conditional_keys = {"max_exp_avg_sq": "amsgrad"}
 
-    def __init__(self, modules, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+    def __init__(self, modules: Any, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False) -> None:
         super().__init__(modules, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
     @staticmethod

@@ -6,10 +6,14 @@ A *model* here is anything called as `y, states = model(x, states, lengths)` wit
 `model.backward(dy)`: a `Sequential`, usually. Every random choice takes a seed or a
 `numpy.random.Generator`, so a run is reproducible from its seeds alone.
 """
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
 import math
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validate
 from .clip import clip_grad_norm_
@@ -17,7 +21,9 @@ from .clip import clip_grad_norm_
 __all__ = ["train_step", "truncated_bptt", "EarlyStopping", "fit", "minibatches", "generate", "forecast"]
 
 
-def train_step(model, loss_fn, optimizer, x, target, states=None, lengths=None, max_norm=None, mask=None):
+def train_step(model: Any, loss_fn: Any, optimizer: Any, x: ArrayLike, target: ArrayLike, states: Optional[list] = None,
+               lengths: Optional[ArrayLike] = None, max_norm: Optional[float] = None,
+               mask: Optional[ArrayLike] = None) -> tuple[float, list]:
     """Zero the gradients, forward, loss, backward, clip the global gradient norm to
     `max_norm` (if given), and one optimizer step (if given; None leaves the gradients
     accumulated in the model). Returns (loss, final states)."""
@@ -33,7 +39,8 @@ def train_step(model, loss_fn, optimizer, x, target, states=None, lengths=None, 
     return loss, finals
 
 
-def truncated_bptt(model, loss_fn, optimizer, x, target, chunk, states=None, max_norm=None):
+def truncated_bptt(model: Any, loss_fn: Any, optimizer: Any, x: np.ndarray, target: np.ndarray, chunk: int,
+                   states: Optional[list] = None, max_norm: Optional[float] = None) -> tuple[float, Any]:
     """One pass over a long time-major series x (T, B, ...) with targets (T, B, ...) in
     chunks of `chunk` steps. Each chunk starts from the previous chunk's final state (the
     forward sees the whole history) but back-propagates within itself only, then steps
@@ -69,16 +76,16 @@ class EarlyStopping:
         if stopper.step(val_loss, model): break
         stopper.restore(model)"""
 
-    def __init__(self, patience=5, min_delta=0.0):
+    def __init__(self, patience: int = 5, min_delta: float = 0.0) -> None:
         self.patience = _validate.positive_int("patience", patience)
         self.min_delta = _validate.real("min_delta", min_delta, minimum=0)
         self.best = math.inf
-        self.best_step = None
-        self.best_state = None
+        self.best_step: Optional[int] = None
+        self.best_state: Optional[dict[str, np.ndarray]] = None
         self.checks = 0
         self._since_best = 0
 
-    def step(self, metric, model):
+    def step(self, metric: float, model: Any) -> bool:
         """Record one validation result; True when training should stop."""
         try:
             metric = float(metric)  # NaN counts as no improvement, as a diverged run should
@@ -92,7 +99,7 @@ class EarlyStopping:
             self._since_best += 1
         return self._since_best >= self.patience
 
-    def restore(self, model):
+    def restore(self, model: Any) -> None:
         """Load the best parameters seen back into the model."""
         if self.best_state is None:
             raise RuntimeError("EarlyStopping.restore: no finite validation result has been recorded")
@@ -109,7 +116,9 @@ def _progress(iterable, progress, desc):
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def fit(epoch_fn, epochs, validate=None, model=None, early_stopping=None, progress=True, desc="training"):
+def fit(epoch_fn: Callable[[int], float], epochs: int, validate: Optional[Callable[[], float]] = None,
+        model: Any = None, early_stopping: Optional[EarlyStopping] = None, progress: bool = True,
+        desc: str = "training") -> list[dict[str, Any]]:
     """Run `epoch_fn(epoch) -> mean training loss` for up to `epochs` epochs, with a
     progress bar (tqdm, when installed) showing the loss. With `validate() -> metric`
     and an `EarlyStopping`, stop when the metric stalls and restore the model's best
@@ -135,7 +144,7 @@ def fit(epoch_fn, epochs, validate=None, model=None, early_stopping=None, progre
     return history
 
 
-def minibatches(count, batch_size, rng):
+def minibatches(count: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled index arrays covering range(count), `batch_size` at a time (the last may
     be smaller), drawn from the numpy Generator `rng`."""
     count = _validate.positive_int("count", count)
@@ -154,7 +163,8 @@ def _inference(model):
     return was_training
 
 
-def generate(model, prompt, length, temperature=1.0, seed=None, states=None):
+def generate(model: Any, prompt: ArrayLike, length: int, temperature: float = 1.0,
+             seed: Union[int, np.random.Generator, None] = None, states: Optional[list] = None) -> np.ndarray:
     """Sample `length` tokens after `prompt` from a model mapping integer tokens (T, B)
     to logits (T, B, V), one step at a time with the recurrent state carried along.
     temperature > 0 samples from softmax(logits / temperature); temperature=0 is greedy
@@ -186,7 +196,7 @@ def generate(model, prompt, length, temperature=1.0, seed=None, states=None):
     return tokens
 
 
-def forecast(model, history, steps, states=None):
+def forecast(model: Any, history: ArrayLike, steps: int, states: Optional[list] = None) -> np.ndarray:
     """Run a one-step-ahead model (x_t -> x_{t+1}, features in = features out) over the
     time-major history (T, B, F) and then feed its own predictions back for `steps`
     more steps. Returns the forecasts (steps, B, F)."""
