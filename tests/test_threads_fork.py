@@ -113,6 +113,11 @@ def _layer_numbers(backend, bidirectional, training, threads=None):
         layer.eval()
     rng = np.random.default_rng(4)
     x = rng.standard_normal((SHAPE["steps"], SHAPE["batch"], SHAPE["input_size"])).astype(np.float32)
+    return _forward_backward(layer, x, training, rng)
+
+
+def _forward_backward(layer, x, training, rng):
+    """The outputs, final states and (training) every gradient of one call."""
     y, (h, c) = layer(x)
     numbers = [y, h, c]
     if training:
@@ -301,12 +306,7 @@ def compute(backend, bidirectional, training, threads):
         layer.eval()
     rng = np.random.default_rng(1)
     x = rng.standard_normal((10, 40, 8)).astype(np.float32)  # 40 rows: two numba chunks
-    y, (h, c) = layer(x)
-    numbers = [y, h, c]
-    if training:
-        dx, _ = layer.backward(rng.standard_normal(y.shape).astype(np.float32))
-        numbers += [dx] + [layer.grads[name] for name in sorted(layer.grads)]
-    return numbers
+    return _forward_backward(layer, x, training, rng)
 
 
 # The parent: runs every case itself first (so a fork copies a process that used the

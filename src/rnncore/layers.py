@@ -490,38 +490,47 @@ class _OneState(_Recurrent):
         return dx, dh0
 
 
+# The parameter entries the layers' docstrings share, filled in by `_shared_docs`
+_PARAMETER_DOCS = {
+    'input_size': 'input_size : int\n        Features per step of the input, I.',
+    'hidden_size': 'hidden_size : int\n        Units of the hidden state, H.',
+    'num_layers': "num_layers : int, default 1\n        Layers stacked, each reading the previous one's output.",
+    'bias': 'bias : bool, default True\n        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.',
+    'batch_first': 'batch_first : bool, default False\n        Whether batched input and output are (B, T, features) instead of (T, B, features).',
+    'dropout': 'dropout : float in [0, 1], default 0.0\n        Dropout on the output of every layer but the last, in training mode only.',
+    'bidirectional': "bidirectional : bool, default False\n        Whether each layer also runs backwards in time, its output concatenated after\n        the forward one's.",
+    'dtype': 'dtype : np.float32 or np.float64, default np.float32\n        The dtype of the parameters, and the one inputs must have.',
+    'seed': 'seed : int, optional\n        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.',
+    'backend': 'backend : str, optional\n        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.',
+    'raises': 'Raises\n    ------\n    ValueError, TypeError\n        A size, option or dtype out of range, naming the argument.',
+}
+
+
+def _shared_docs(cls):
+    """Fill the `%(name)s` entries of `cls`'s docstring from `_PARAMETER_DOCS`."""
+    cls.__doc__ = cls.__doc__ % _PARAMETER_DOCS
+    return cls
+
+
+@_shared_docs
 class RNN(_OneState):
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu.
 
     Parameters
     ----------
-    input_size : int
-        Features per step of the input, I.
-    hidden_size : int
-        Units of the hidden state, H.
-    num_layers : int, default 1
-        Layers stacked, each reading the previous one's output.
+    %(input_size)s
+    %(hidden_size)s
+    %(num_layers)s
     nonlinearity : {"tanh", "relu"}, default "tanh"
-    bias : bool, default True
-        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
-    batch_first : bool, default False
-        Whether batched input and output are (B, T, features) instead of (T, B, features).
-    dropout : float in [0, 1], default 0.0
-        Dropout on the output of every layer but the last, in training mode only.
-    bidirectional : bool, default False
-        Whether each layer also runs backwards in time, its output concatenated after
-        the forward one's.
-    dtype : np.float32 or np.float64, default np.float32
-        The dtype of the parameters, and the one inputs must have.
-    seed : int, optional
-        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
-    backend : str, optional
-        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+    %(bias)s
+    %(batch_first)s
+    %(dropout)s
+    %(bidirectional)s
+    %(dtype)s
+    %(seed)s
+    %(backend)s
 
-    Raises
-    ------
-    ValueError, TypeError
-        A size, option or dtype out of range, naming the argument.
+    %(raises)s
 
     Examples
     --------
@@ -542,40 +551,27 @@ class RNN(_OneState):
         self.nonlinearity = nonlinearity
 
 
+@_shared_docs
 class GRU(_OneState):
     """GRU, gates r, z, n. reset_after=True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     (PyTorch, cuDNN); False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.).
 
     Parameters
     ----------
-    input_size : int
-        Features per step of the input, I.
-    hidden_size : int
-        Units of the hidden state, H.
-    num_layers : int, default 1
-        Layers stacked, each reading the previous one's output.
-    bias : bool, default True
-        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
-    batch_first : bool, default False
-        Whether batched input and output are (B, T, features) instead of (T, B, features).
-    dropout : float in [0, 1], default 0.0
-        Dropout on the output of every layer but the last, in training mode only.
-    bidirectional : bool, default False
-        Whether each layer also runs backwards in time, its output concatenated after
-        the forward one's.
+    %(input_size)s
+    %(hidden_size)s
+    %(num_layers)s
+    %(bias)s
+    %(batch_first)s
+    %(dropout)s
+    %(bidirectional)s
     reset_after : bool, default True
         Which form of the candidate n (above).
-    dtype : np.float32 or np.float64, default np.float32
-        The dtype of the parameters, and the one inputs must have.
-    seed : int, optional
-        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
-    backend : str, optional
-        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+    %(dtype)s
+    %(seed)s
+    %(backend)s
 
-    Raises
-    ------
-    ValueError, TypeError
-        A size, option or dtype out of range, naming the argument.
+    %(raises)s
 
     Examples
     --------
@@ -596,27 +592,20 @@ class GRU(_OneState):
         self.reset_after = reset_after
 
 
+@_shared_docs
 class LSTM(_Recurrent):
     """LSTM, gates i, f, g, o; optional projection (proj_size), peepholes and coupled
     input-forget gate (then the weights hold i, g, o and f = 1 - i).
 
     Parameters
     ----------
-    input_size : int
-        Features per step of the input, I.
-    hidden_size : int
-        Units of the hidden state, H.
-    num_layers : int, default 1
-        Layers stacked, each reading the previous one's output.
-    bias : bool, default True
-        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
-    batch_first : bool, default False
-        Whether batched input and output are (B, T, features) instead of (T, B, features).
-    dropout : float in [0, 1], default 0.0
-        Dropout on the output of every layer but the last, in training mode only.
-    bidirectional : bool, default False
-        Whether each layer also runs backwards in time, its output concatenated after
-        the forward one's.
+    %(input_size)s
+    %(hidden_size)s
+    %(num_layers)s
+    %(bias)s
+    %(batch_first)s
+    %(dropout)s
+    %(bidirectional)s
     proj_size : int, default 0
         With 0 < proj_size < hidden_size, h is projected to proj_size by `weight_hr_l{k}`.
     peephole : bool, default False
@@ -624,17 +613,11 @@ class LSTM(_Recurrent):
         `weight_cf_l{k}`, `weight_co_l{k}` of shape (H,).
     coupled_input_forget : bool, default False
         Whether f = 1 - i (the weights then hold three gates, i, g, o).
-    dtype : np.float32 or np.float64, default np.float32
-        The dtype of the parameters, and the one inputs must have.
-    seed : int, optional
-        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
-    backend : str, optional
-        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+    %(dtype)s
+    %(seed)s
+    %(backend)s
 
-    Raises
-    ------
-    ValueError, TypeError
-        A size, option or dtype out of range, naming the argument.
+    %(raises)s
 
     Examples
     --------
@@ -730,6 +713,7 @@ def _pair(name, value):
     return tuple(value)
 
 
+@_shared_docs
 class JordanRNN(_Recurrent):
     """Jordan RNN, fed back from the previous output:
     h_t = act(W_ih x_t + b_ih + W_hh y_{t-1} + b_hh),  y_t = act_o(W_ho h_t + b_ho).
@@ -739,29 +723,19 @@ class JordanRNN(_Recurrent):
 
     Parameters
     ----------
-    input_size : int
-        Features per step of the input, I.
-    hidden_size : int
-        Units of the hidden state, H.
+    %(input_size)s
+    %(hidden_size)s
     output_size : int
         Units of the output y, O, which is fed back.
     nonlinearity : {"tanh", "relu"}, default "tanh"
     output_activation : {"identity", "tanh", "sigmoid"}, default "identity"
-    bias : bool, default True
-        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.
-    batch_first : bool, default False
-        Whether batched input and output are (B, T, features) instead of (T, B, features).
-    dtype : np.float32 or np.float64, default np.float32
-        The dtype of the parameters, and the one inputs must have.
-    seed : int, optional
-        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.
-    backend : str, optional
-        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.
+    %(bias)s
+    %(batch_first)s
+    %(dtype)s
+    %(seed)s
+    %(backend)s
 
-    Raises
-    ------
-    ValueError, TypeError
-        A size, option or dtype out of range, naming the argument.
+    %(raises)s
 
     Examples
     --------
