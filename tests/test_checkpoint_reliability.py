@@ -636,3 +636,53 @@ def test_concurrent_and_killed_savers_leave_one_checkpoint_and_no_temporaries(tm
     rc.save(path, rc.load(path))
     assert sorted(os.listdir(tmp_path)) == sorted(["model.ckpt"] + temporaries(tmp_path))
     assert not written_temporaries(tmp_path)
+
+
+def _overlapping_checkpoint(path, count, n):
+    """A checkpoint of `count` Linear(n, n) weights whose zip members overlap: each
+    member's data holds the local header and .npy header of the next, so the file is
+    about one array long while it declares `count` of them (CRCs all correct)."""
+    real = path.with_name("real.ckpt")
+    rc.save(real, rc.Sequential(*[rc.Linear(n, n, bias=False) for _ in range(count)]))
+    with zipfile.ZipFile(real) as archive:
+        header_member = archive.read("header.npy")
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": "<f4", "fortran_order": False, "shape": (n, n)})
+    npy_header = npy.getvalue()
+    size = len(npy_header) + n * n * 4
+
+    def local(name, crc, length):
+        raw = name.encode()
+        return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0x21, crc, length, length, len(raw), 0) + raw
+
+    names = ["header.npy"] + [f"state/{k}.weight.npy" for k in range(count)]
+    out = bytearray(local(names[0], zlib.crc32(header_member), len(header_member)) + header_member)
+    offsets, starts = [0], []
+    for name in names[1:]:
+        offsets.append(len(out))
+        out += local(name, 0, size)
+        starts.append(len(out))
+        out += npy_header
+    out += b"\0" * (starts[-1] + size - len(out))
+    for k in reversed(range(count)):  # a member's CRC covers the next ones' headers
+        struct.pack_into("<I", out, offsets[k + 1] + 14, zlib.crc32(bytes(out[starts[k]:starts[k] + size])))
+    directory = bytearray()
+    for offset, name in zip(offsets, names):
+        crc, length = struct.unpack_from("<II", out, offset + 14)
+        raw = name.encode()
+        directory += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0x21, crc, length, length,
+                                 len(raw), 0, 0, 0, 0, 0, offset) + raw
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(names), len(names), len(directory), len(out), 0)
+    path.write_bytes(bytes(out) + bytes(directory) + end)
+    return count * size
+
+
+def test_overlapping_members_are_refused(tmp_path):
+    """Members that overlap let a file declare arrays many times its size (200 Linear(256,
+    256) weights, 52 MB, in a 335 KB file loaded before the fix); zipfile itself refuses
+    this only from Python 3.11.8/3.12.2."""
+    path = tmp_path / "overlap.ckpt"
+    declared = _overlapping_checkpoint(path, 20, 64)
+    assert declared > 10 * path.stat().st_size
+    with pytest.raises(CheckpointError, match="overlap"):
+        rc.load(path)

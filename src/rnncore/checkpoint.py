@@ -372,13 +372,23 @@ class _Member:
         return flat.reshape(self.shape)
 
 
-def _members(archive, where):
-    """{name: ZipInfo} of the archive's members."""
+def _members(archive, size, where):
+    """{name: ZipInfo} of the archive's members, each within the file's `size` bytes and
+    none overlapping another."""
     infos = {}
     for info in archive.infolist():
         if info.filename in infos:
             raise CheckpointError(f"{where} holds two members named {info.filename!r} (corrupt or forged)")
         infos[info.filename] = info
+    # members must not overlap: one member's bytes holding the next ones would let a small
+    # file declare arrays many times its size (zipfile refuses this only from 3.11.8/3.12.2)
+    ordered = sorted(infos.values(), key=lambda i: i.header_offset)
+    for info in ordered:
+        _within(info, size, where)
+    for info, following in zip(ordered, ordered[1:]):
+        if info.header_offset + info.compress_size > following.header_offset:
+            raise CheckpointError(f"{where}: its members {info.filename!r} and {following.filename!r} overlap "
+                                  f"(corrupt or forged)")
     return infos
 
 
@@ -388,10 +398,21 @@ def _stored(info, size, where):
         raise CheckpointError(f"{where}: its member {info.filename!r} is compressed or encrypted; rnncore "
                               f"checkpoints store every member uncompressed (as rnncore.save writes them), so "
                               f"that no member can be larger than the file")
-    if info.file_size != info.compress_size or info.header_offset + info.compress_size > size:
-        raise CheckpointError(f"{where}: its member {info.filename!r} declares {info.file_size} bytes, more "
-                              f"than the file holds (truncated, corrupt or forged)")
+    if info.file_size != info.compress_size:
+        _too_large(info, where)
+    return _within(info, size, where)
+
+
+def _within(info, size, where):
+    """`info`, unless its member's bytes would run past the file's end."""
+    if info.header_offset + info.compress_size > size:
+        _too_large(info, where)
     return info
+
+
+def _too_large(info, where):
+    raise CheckpointError(f"{where}: its member {info.filename!r} declares {info.file_size} bytes, more "
+                          f"than the file holds (truncated, corrupt or forged)")
 
 
 _HEADER_ENTRIES = {
@@ -489,7 +510,7 @@ def read(path: Union[str, os.PathLike]) -> Checkpoint:
 
 
 def _read_archive(archive, size, where):
-    infos = _members(archive, where)
+    infos = _members(archive, size, where)
     header = _header(archive, infos, size, where)
     cls = _REGISTRY.get(header["class"])
     if cls is None:
