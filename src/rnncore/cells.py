@@ -9,9 +9,23 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend, _validate
 from ._spec import ACTIVATIONS, CellSpec
-from .layers import _Parametrised, _pair, commit, saved_context
+from .functional import _filled
+from .layers import _PARAMETER_DOCS, _Parametrised, _pair, commit, saved_context
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
+
+
+# The entries the cells' docstrings share: the layers' ones, where a cell differs
+# (parameter names without a layer suffix, no dropout) its own
+_CELL_DOCS = dict(
+    _PARAMETER_DOCS,
+    bias='bias : bool, default True\n        Whether the cell has the biases `bias_ih`, `bias_hh`.',
+    seed='seed : int, optional\n        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)).',
+    call_raises='Raises\n        ------\n        ValueError, TypeError\n            A wrong shape, dtype or non-finite value, before any compute.',
+    backward_raises='Raises\n        ------\n        RuntimeError\n            No training-mode call, or its context was already consumed by a backward.\n'
+                    '        ValueError, TypeError\n            A wrong shape, dtype or non-finite gradient; nothing changes.',
+    check_finite='check_finite : bool, default True\n            Whether to refuse NaN and infinity in x and the states.',
+)
 
 
 class _Cell(_Parametrised):
@@ -68,23 +82,84 @@ class _Cell(_Parametrised):
 class _OneStateCell(_Cell):
     """Calling and backward of the cells whose state is h alone (RNNCell, GRUCell)."""
 
+    @_filled(_CELL_DOCS)
     def __call__(self, x: ArrayLike, h0: Optional[ArrayLike] = None, check_finite: bool = True) -> np.ndarray:
-        """h1 = cell(x, h0=None)"""
+        """One step: ``h1 = cell(x, h0=None)``. In training mode the step is kept for
+        one `backward`.
+
+        Parameters
+        ----------
+        x : array_like, (B, I) or (I,) unbatched
+            The input, of the cell's dtype.
+        h0 : array_like, (B, H) or (H,), optional
+            The state before the step; zeros when None.
+        %(check_finite)s
+
+        Returns
+        -------
+        h1 : np.ndarray, (B, H) or (H,)
+            The state after the step.
+
+        %(call_raises)s
+        """
         (h1,) = self._step(x, (h0,), check_finite)
         return h1
 
     forward = __call__
 
+    @_filled(_CELL_DOCS)
     def backward(self, dh1: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        """dx, dh0 = cell.backward(dh1)"""
+        """Back-propagate through the last training-mode step, adding the parameter
+        gradients into `grads`: ``dx, dh0 = cell.backward(dh1)``.
+
+        Parameters
+        ----------
+        dh1 : array_like, the shape of h1
+            The gradient of the loss with respect to h1.
+
+        Returns
+        -------
+        dx : np.ndarray, the shape of x
+        dh0 : np.ndarray, the shape of h1
+
+        %(backward_raises)s
+        """
         dx, (dh0,) = self._step_back((dh1,))
         return dx, dh0
 
 
+@_filled(_CELL_DOCS)
 class RNNCell(_OneStateCell):
-    """h1 = cell(x, h0): h1 = act(W_ih x + b_ih + W_hh h0 + b_hh). The argument order is
-    API.md's (nonlinearity third); `bias` must be a bool, so PyTorch's positional order
-    (bias third) fails loudly instead of building the wrong cell."""
+    """Elman cell, one step: h1 = act(W_ih x + b_ih + W_hh h0 + b_hh), act tanh or relu.
+
+    The argument order has nonlinearity third; `bias` must be a bool, so PyTorch's
+    positional order (bias third) fails loudly instead of building the wrong cell.
+
+    Parameters
+    ----------
+    %(input_size)s
+    %(hidden_size)s
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    %(bias)s
+    %(dtype)s
+    %(seed)s
+    %(backend)s
+
+    %(raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> cell = rc.RNNCell(3, 4, nonlinearity="relu", seed=0)
+    >>> h = None
+    >>> for x in np.ones((6, 2, 3), dtype=np.float32):
+    ...     h = cell(x, h)
+    >>> h.shape, bool(np.all(h >= 0))
+    ((2, 4), True)
+    >>> dx, dh0 = cell.backward(np.ones_like(h))
+    >>> dx.shape, dh0.shape
+    ((2, 3), (2, 4))
+    """
 
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True,
                  dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
@@ -93,8 +168,35 @@ class RNNCell(_OneStateCell):
         self.nonlinearity = nonlinearity
 
 
+@_filled(_CELL_DOCS)
 class GRUCell(_OneStateCell):
-    """h1 = cell(x, h0), gates r, z, n (reset_after selects the form, as in GRU)."""
+    """GRU cell, one step, gates r, z, n. reset_after=True:
+    n = tanh(W_in x + b_in + r * (W_hn h0 + b_hn)) (PyTorch, cuDNN); False:
+    n = tanh(W_in x + b_in + W_hn (r * h0) + b_hn) (Cho et al.); h1 = (1 - z) n + z h0.
+
+    Parameters
+    ----------
+    %(input_size)s
+    %(hidden_size)s
+    %(bias)s
+    reset_after : bool, default True
+    %(dtype)s
+    %(seed)s
+    %(backend)s
+
+    %(raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> cell = rc.GRUCell(3, 4, dtype=np.float64, seed=0)
+    >>> h1 = cell(np.ones(3))
+    >>> h1.shape, h1.dtype
+    ((4,), dtype('float64'))
+    >>> dx, dh0 = cell.backward(np.ones(4))
+    >>> dx.shape, sorted(cell.grads)[:2]
+    ((3,), ['bias_hh', 'bias_ih'])
+    """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True,
                  dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
@@ -103,9 +205,37 @@ class GRUCell(_OneStateCell):
         self.reset_after = reset_after
 
 
+@_filled(_CELL_DOCS)
 class LSTMCell(_Cell):
-    """(h1, c1) = cell(x, (h0, c0)), gates i, f, g, o; peephole and coupled_input_forget
-    as in LSTM."""
+    """LSTM cell, one step: ``(h1, c1) = cell(x, (h0, c0))``, gates i, f, g, o.
+
+    Parameters
+    ----------
+    %(input_size)s
+    %(hidden_size)s
+    %(bias)s
+    peephole : bool, default False
+        Whether the gates also read the cell state (weights `weight_ci`, `weight_cf`,
+        `weight_co`).
+    coupled_input_forget : bool, default False
+        f = 1 - i (CIFG): three gates, no `weight_cf`.
+    %(dtype)s
+    %(seed)s
+    %(backend)s
+
+    %(raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> cell = rc.LSTMCell(3, 4, peephole=True, seed=0)
+    >>> h1, c1 = cell(np.ones((2, 3), dtype=np.float32))
+    >>> h1.shape, c1.shape
+    ((2, 4), (2, 4))
+    >>> dx, (dh0, dc0) = cell.backward((np.ones_like(h1), np.zeros_like(c1)))
+    >>> dx.shape, cell.grads["weight_ci"].shape
+    ((2, 3), (4,))
+    """
 
     _state_names = ("h0", "c0")
 
@@ -118,14 +248,49 @@ class LSTMCell(_Cell):
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
 
+    @_filled(_CELL_DOCS)
     def __call__(self, x: ArrayLike, hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
                  check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """One step: ``h1, c1 = cell(x, hx=None)``. In training mode the step is kept for
+        one `backward`.
+
+        Parameters
+        ----------
+        x : array_like, (B, I) or (I,) unbatched
+            The input, of the cell's dtype.
+        hx : (h0, c0), optional
+            The states before the step, each (B, H) or (H,); zeros for None or for
+            either one None.
+        %(check_finite)s
+
+        Returns
+        -------
+        h1, c1 : np.ndarray, (B, H) or (H,)
+            The states after the step.
+
+        %(call_raises)s
+        """
         h1, c1 = self._step(x, _pair("hx", hx), check_finite)
         return h1, c1
 
     forward = __call__
 
+    @_filled(_CELL_DOCS)
     def backward(self, dhx1: tuple[ArrayLike, ArrayLike]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """dx, (dh0, dc0) = cell.backward((dh1, dc1))"""
+        """Back-propagate through the last training-mode step, adding the parameter
+        gradients into `grads`: ``dx, (dh0, dc0) = cell.backward((dh1, dc1))``.
+
+        Parameters
+        ----------
+        dhx1 : (dh1, dc1), each array_like of the shape of h1
+            The gradients of the loss with respect to h1 and c1.
+
+        Returns
+        -------
+        dx : np.ndarray, the shape of x
+        (dh0, dc0) : tuple of np.ndarray, the shape of h1 each
+
+        %(backward_raises)s
+        """
         dx, (dh0, dc0) = self._step_back(_pair("dhx1", dhx1))
         return dx, (dh0, dc0)

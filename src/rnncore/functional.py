@@ -86,6 +86,36 @@ def _backward(ctx, dy, dstates_n, names):
     return dx, dstate0, grads
 
 
+def _filled(table):
+    """A decorator filling the `%(name)s` entries of a docstring from `table`."""
+    def fill(documented):
+        documented.__doc__ = documented.__doc__ % table
+        return documented
+    return fill
+
+
+# The entries the functions' docstrings share, filled in by `_filled(_DOCS)`
+_DOCS = {
+    'x': 'x : array_like, (T, B, I)\n        The input sequence, float32 or float64; every other array takes its dtype.',
+    'biases': 'bias_ih, bias_hh : array_like, optional\n        The biases, both or neither (None: no bias).',
+    'lengths': 'lengths : array_like of int, (B,), optional\n        Each sequence\'s length, 1 <= lengths[b] <= T: later steps give y = 0 and\n'
+               '        leave the state alone.',
+    'reverse': 'reverse : bool, default False\n        Run from the last step (each sequence\'s own last, with lengths) to the first.',
+    'training': 'training : bool, default False\n        Keep a context for the backward; False returns None in its place.',
+    'check_finite': 'check_finite : bool, default True\n        Whether to refuse NaN and infinity in x, the states and the weights.',
+    'backend': 'backend : str, optional\n        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.',
+    'ctx_out': 'ctx : context or None\n        What the backward needs (training=True), else None.',
+    'forward_raises': 'Raises\n    ------\n    ValueError, TypeError\n        A wrong shape, dtype, option, length or non-finite value, naming the\n'
+                      '        argument, before any compute.',
+    'ctx': 'ctx : context\n        The context a training-mode forward returned.',
+    'dy': 'dy : array_like, the shape of that forward\'s y\n        The gradient of the loss with respect to y, of the forward\'s dtype.',
+    'grads': 'grads : dict of str to np.ndarray\n        The parameter gradients, keyed by the forward\'s argument names (bias_ih and\n'
+             '        bias_hh get the same values where the kernels sum them).',
+    'backward_raises': 'Raises\n    ------\n    TypeError\n        ctx is not a training-mode context, or a dtype differs from the forward\'s.\n'
+                       '    ValueError\n        A wrong shape.',
+}
+
+
 def _matrix_shape(name, value):
     """The shape of a 2-d weight, from which the cell's sizes are read before the weight
     itself is checked against them."""
@@ -101,12 +131,51 @@ def _biases(bias_ih, bias_hh):
     return bias_ih is not None
 
 
+@_filled(_DOCS)
 def rnn_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, weight_hh: ArrayLike,
                 bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None, *,
                 nonlinearity: str = "tanh", lengths: Optional[ArrayLike] = None, reverse: bool = False,
                 training: bool = False, check_finite: bool = True, backend: Optional[str] = None,
                 ) -> tuple[np.ndarray, np.ndarray, Optional[_Context]]:
-    """Elman RNN over a sequence. Returns y (T, B, H), h_n (B, H), ctx."""
+    """Elman RNN over a sequence: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
+
+    Parameters
+    ----------
+    %(x)s
+    h0 : array_like, (B, H), optional
+        The initial state; zeros when None.
+    weight_ih : array_like, (H, I)
+    weight_hh : array_like, (H, H)
+    %(biases)s
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    %(lengths)s
+    %(reverse)s
+    %(training)s
+    %(check_finite)s
+    %(backend)s
+
+    Returns
+    -------
+    y : np.ndarray, (T, B, H)
+    h_n : np.ndarray, (B, H)
+        Each sequence's state after its last step.
+    %(ctx_out)s
+
+    %(forward_raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((5, 2, 3))
+    >>> w_ih, w_hh = rng.standard_normal((4, 3)), rng.standard_normal((4, 4))
+    >>> y, h_n, ctx = rc.functional.rnn_forward(x, None, w_ih, w_hh, training=True)
+    >>> y.shape, h_n.shape
+    ((5, 2, 4), (2, 4))
+    >>> dx, dh0, grads = rc.functional.rnn_backward(ctx, np.ones_like(y))
+    >>> dx.shape, sorted(grads)
+    ((5, 2, 3), ['weight_hh', 'weight_ih'])
+    """
     _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
     spec = CellSpec("rnn", _matrix_shape("weight_ih", weight_ih)[1], _matrix_shape("weight_hh", weight_hh)[0],
                     _biases(bias_ih, bias_hh), nonlinearity=nonlinearity)
@@ -115,19 +184,85 @@ def rnn_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, wei
     return y, h_n, ctx
 
 
+@_filled(_DOCS)
 def rnn_backward(ctx: _Context, dy: ArrayLike, dh_n: Optional[ArrayLike] = None,
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Returns dx (T, B, I), dh0 (B, H), grads."""
+    """Back-propagate through an `rnn_forward` or `gru_forward` (``gru_backward`` is
+    this function).
+
+    Parameters
+    ----------
+    %(ctx)s
+    %(dy)s
+    dh_n : array_like, (B, H), optional
+        The gradient with respect to h_n; zeros when None.
+
+    Returns
+    -------
+    dx : np.ndarray, (T, B, I)
+    dh0 : np.ndarray, (B, H)
+    %(grads)s
+
+    %(backward_raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rng = np.random.default_rng(0)
+    >>> x, w_ih, w_hh = rng.standard_normal((5, 2, 3)), rng.standard_normal((12, 3)), rng.standard_normal((12, 4))
+    >>> y, h_n, ctx = rc.functional.gru_forward(x, None, w_ih, w_hh, training=True)
+    >>> dx, dh0, grads = rc.functional.gru_backward(ctx, np.ones_like(y), dh_n=np.ones_like(h_n))
+    >>> dx.shape, dh0.shape, grads["weight_hh"].shape
+    ((5, 2, 3), (2, 4), (12, 4))
+    """
     dx, (dh0,), grads = _backward(ctx, dy, (dh_n,), ("dh_n",))
     return dx, dh0, grads
 
 
+@_filled(_DOCS)
 def gru_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, weight_hh: ArrayLike,
                 bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None, *,
                 reset_after: bool = True, lengths: Optional[ArrayLike] = None, reverse: bool = False,
                 training: bool = False, check_finite: bool = True, backend: Optional[str] = None,
                 ) -> tuple[np.ndarray, np.ndarray, Optional[_Context]]:
-    """GRU over a sequence (gates r, z, n). Returns y (T, B, H), h_n (B, H), ctx."""
+    """GRU over a sequence, gates r, z, n (PyTorch's order in the weights' rows).
+
+    reset_after=True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) (PyTorch, cuDNN);
+    False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.).
+
+    Parameters
+    ----------
+    %(x)s
+    h0 : array_like, (B, H), optional
+        The initial state; zeros when None.
+    weight_ih : array_like, (3H, I)
+    weight_hh : array_like, (3H, H)
+    %(biases)s
+    reset_after : bool, default True
+    %(lengths)s
+    %(reverse)s
+    %(training)s
+    %(check_finite)s
+    %(backend)s
+
+    Returns
+    -------
+    y : np.ndarray, (T, B, H)
+    h_n : np.ndarray, (B, H)
+        Each sequence's state after its last step.
+    %(ctx_out)s
+
+    %(forward_raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rng = np.random.default_rng(0)
+    >>> x, w_ih, w_hh = rng.standard_normal((5, 2, 3)), rng.standard_normal((12, 3)), rng.standard_normal((12, 4))
+    >>> y, h_n, _ = rc.functional.gru_forward(x, None, w_ih, w_hh, lengths=[5, 2])
+    >>> bool(np.all(y[2:, 1] == 0)), bool(np.array_equal(h_n[1], y[1, 1]))
+    (True, True)
+    """
     rows, columns = _matrix_shape("weight_ih", weight_ih)
     spec = CellSpec("gru", columns, rows // 3, _biases(bias_ih, bias_hh),
                     reset_after=_validate.flag("reset_after", reset_after))
@@ -139,6 +274,7 @@ def gru_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, wei
 gru_backward = rnn_backward
 
 
+@_filled(_DOCS)
 def lstm_forward(x: ArrayLike, h0: Optional[ArrayLike], c0: Optional[ArrayLike], weight_ih: ArrayLike,
                  weight_hh: ArrayLike, bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None,
                  *, weight_hr: Optional[ArrayLike] = None, weight_ci: Optional[ArrayLike] = None,
@@ -146,9 +282,52 @@ def lstm_forward(x: ArrayLike, h0: Optional[ArrayLike], c0: Optional[ArrayLike],
                  coupled_input_forget: bool = False, lengths: Optional[ArrayLike] = None, reverse: bool = False,
                  training: bool = False, check_finite: bool = True, backend: Optional[str] = None,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Optional[_Context]]:
-    """LSTM over a sequence (gates i, f, g, o; i, g, o when coupled). Peepholes are on
-    when weight_ci is given, the projection when weight_hr is given.
-    Returns y (T, B, P or H), h_n (B, P or H), c_n (B, H), ctx."""
+    """LSTM over a sequence, gates i, f, g, o (i, g, o when coupled), PyTorch's order
+    in the weights' rows. Peepholes are on when weight_ci is given, the projection
+    (h = W_hr m, P units) when weight_hr is given.
+
+    Parameters
+    ----------
+    %(x)s
+    h0 : array_like, (B, P or H), optional
+        The initial hidden state; zeros when None.
+    c0 : array_like, (B, H), optional
+        The initial cell state; zeros when None.
+    weight_ih : array_like, (G*H, I), G = 4 (3 when coupled)
+    weight_hh : array_like, (G*H, P or H)
+    %(biases)s
+    weight_hr : array_like, (P, H), optional
+        The projection.
+    weight_ci, weight_cf, weight_co : array_like, (H,), optional
+        The peepholes: all three, or weight_ci and weight_co when coupled.
+    coupled_input_forget : bool, default False
+        f = 1 - i (CIFG); the weights then have 3H rows.
+    %(lengths)s
+    %(reverse)s
+    %(training)s
+    %(check_finite)s
+    %(backend)s
+
+    Returns
+    -------
+    y : np.ndarray, (T, B, P or H)
+    h_n : np.ndarray, (B, P or H)
+    c_n : np.ndarray, (B, H)
+        Each sequence's states after its last step.
+    %(ctx_out)s
+
+    %(forward_raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rng = np.random.default_rng(0)
+    >>> x, w_ih, w_hh = rng.standard_normal((5, 2, 3)), rng.standard_normal((16, 3)), rng.standard_normal((16, 2))
+    >>> w_hr = rng.standard_normal((2, 4))
+    >>> y, h_n, c_n, ctx = rc.functional.lstm_forward(x, None, None, w_ih, w_hh, weight_hr=w_hr, training=True)
+    >>> y.shape, h_n.shape, c_n.shape
+    ((5, 2, 2), (2, 2), (2, 4))
+    """
     coupled_input_forget = _validate.flag("coupled_input_forget", coupled_input_forget)
     gates = 3 if coupled_input_forget else 4
     rows, columns = _matrix_shape("weight_ih", weight_ih)
@@ -162,20 +341,91 @@ def lstm_forward(x: ArrayLike, h0: Optional[ArrayLike], c0: Optional[ArrayLike],
     return y, h_n, c_n, ctx
 
 
+@_filled(_DOCS)
 def lstm_backward(ctx: _Context, dy: ArrayLike, dh_n: Optional[ArrayLike] = None, dc_n: Optional[ArrayLike] = None,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Returns dx, dh0, dc0, grads."""
+    """Back-propagate through an `lstm_forward`.
+
+    Parameters
+    ----------
+    %(ctx)s
+    %(dy)s
+    dh_n : array_like, (B, P or H), optional
+        The gradient with respect to h_n; zeros when None.
+    dc_n : array_like, (B, H), optional
+        The gradient with respect to c_n; zeros when None.
+
+    Returns
+    -------
+    dx : np.ndarray, (T, B, I)
+    dh0 : np.ndarray, (B, P or H)
+    dc0 : np.ndarray, (B, H)
+    %(grads)s
+
+    %(backward_raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rng = np.random.default_rng(0)
+    >>> x, w_ih, w_hh = rng.standard_normal((5, 2, 3)), rng.standard_normal((16, 3)), rng.standard_normal((16, 4))
+    >>> y, h_n, c_n, ctx = rc.functional.lstm_forward(x, None, None, w_ih, w_hh, training=True)
+    >>> dx, dh0, dc0, grads = rc.functional.lstm_backward(ctx, np.ones_like(y))
+    >>> dx.shape, dc0.shape, grads["weight_ih"].shape
+    ((5, 2, 3), (2, 4), (16, 3))
+    """
     dx, (dh0, dc0), grads = _backward(ctx, dy, (dh_n, dc_n), ("dh_n", "dc_n"))
     return dx, dh0, dc0, grads
 
 
+@_filled(_DOCS)
 def jordan_forward(x: ArrayLike, y0: Optional[ArrayLike], weight_ih: ArrayLike, weight_hh: ArrayLike,
                    weight_ho: ArrayLike, bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None,
                    bias_ho: Optional[ArrayLike] = None, *, nonlinearity: str = "tanh",
                    output_activation: str = "identity", lengths: Optional[ArrayLike] = None, reverse: bool = False,
                    training: bool = False, check_finite: bool = True, backend: Optional[str] = None,
                    ) -> tuple[np.ndarray, np.ndarray, Optional[_Context]]:
-    """Jordan RNN over a sequence. Returns y (T, B, O), y_n (B, O), ctx."""
+    """Jordan RNN over a sequence: the output, not the hidden state, is fed back.
+    h_t = act(W_ih x_t + b_ih + W_hh y_{t-1} + b_hh), y_t = out_act(W_ho h_t + b_ho).
+
+    Parameters
+    ----------
+    %(x)s
+    y0 : array_like, (B, O), optional
+        The initial fed-back output; zeros when None.
+    weight_ih : array_like, (H, I)
+    weight_hh : array_like, (H, O)
+    weight_ho : array_like, (O, H)
+    %(biases)s
+    bias_ho : array_like, (O,), optional
+        Given exactly when bias_ih and bias_hh are.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    output_activation : {"identity", "tanh", "sigmoid"}, default "identity"
+    %(lengths)s
+    %(reverse)s
+    %(training)s
+    %(check_finite)s
+    %(backend)s
+
+    Returns
+    -------
+    y : np.ndarray, (T, B, O)
+    y_n : np.ndarray, (B, O)
+        Each sequence's output at its last step.
+    %(ctx_out)s
+
+    %(forward_raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((5, 2, 3))
+    >>> w_ih, w_hh, w_ho = rng.standard_normal((4, 3)), rng.standard_normal((4, 1)), rng.standard_normal((1, 4))
+    >>> y, y_n, _ = rc.functional.jordan_forward(x, None, w_ih, w_hh, w_ho, output_activation="sigmoid")
+    >>> y.shape, bool(np.all((0 < y) & (y < 1)))
+    ((5, 2, 1), True)
+    """
     _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
     _validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     bias = _biases(bias_ih, bias_hh)
@@ -190,8 +440,36 @@ def jordan_forward(x: ArrayLike, y0: Optional[ArrayLike], weight_ih: ArrayLike, 
     return y, y_n, ctx
 
 
+@_filled(_DOCS)
 def jordan_backward(ctx: _Context, dy: ArrayLike, dy_n: Optional[ArrayLike] = None,
                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Returns dx, dy0, grads."""
+    """Back-propagate through a `jordan_forward`.
+
+    Parameters
+    ----------
+    %(ctx)s
+    %(dy)s
+    dy_n : array_like, (B, O), optional
+        The gradient with respect to y_n; zeros when None.
+
+    Returns
+    -------
+    dx : np.ndarray, (T, B, I)
+    dy0 : np.ndarray, (B, O)
+    %(grads)s
+
+    %(backward_raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((5, 2, 3))
+    >>> w_ih, w_hh, w_ho = rng.standard_normal((4, 3)), rng.standard_normal((4, 1)), rng.standard_normal((1, 4))
+    >>> y, y_n, ctx = rc.functional.jordan_forward(x, None, w_ih, w_hh, w_ho, training=True)
+    >>> dx, dy0, grads = rc.functional.jordan_backward(ctx, np.ones_like(y))
+    >>> dy0.shape, grads["weight_ho"].shape
+    ((2, 1), (1, 4))
+    """
     dx, (dy0,), grads = _backward(ctx, dy, (dy_n,), ("dy_n",))
     return dx, dy0, grads

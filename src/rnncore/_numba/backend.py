@@ -12,14 +12,19 @@ Importing it without numba installed raises ImportError, which marks the backend
 unavailable.
 """
 import contextlib
+import logging
 import os
+import sys
 import threading
+import time
 
 import numba
 import numpy as np
+from numba.core import event as numba_event
 
 from . import kernels
 from .. import _backend
+from .._spec import CellSpec
 
 ACTIVATION_CODES = {"tanh": kernels.TANH, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID,
                     "identity": kernels.IDENTITY}
@@ -93,12 +98,79 @@ def _turns():
     return _one_call_at_a_time
 
 
+# -- compile notices -------------------------------------------------------------------
+#
+# numba compiles each kernel per dtype at its first call in a process, unless its disk
+# cache holds it; a compile takes 15-20 s, so it is announced. numba fires a compile
+# event only for a real compile, not for a cache load, so a load stays silent.
+logger = logging.getLogger("rnncore")
+KERNEL_NAMES = {kernels.simple_forward: "rnn/jordan forward", kernels.simple_backward: "rnn/jordan backward",
+                kernels.lstm_forward: "lstm forward", kernels.lstm_backward: "lstm backward",
+                kernels.gru_forward: "gru forward", kernels.gru_backward: "gru backward"}
+_called = set()      # (kernel, dtype) pairs already called in this process: nothing left to announce
+_announced = set()   # (kernel, argument types) compiles announced, once whichever thread listens
+_announce_lock = threading.Lock()
+
+
+def notice(message):
+    """One compile notice: an INFO record of the "rnncore" logger where the application
+    configured logging (its handlers and levels decide), else a line on stderr. Setting
+    that logger above INFO silences both."""
+    if logger.level > logging.INFO:
+        return
+    if logger.hasHandlers():
+        logger.info(message)
+    else:
+        print(f"rnncore: {message}", file=sys.stderr, flush=True)
+
+
+class _CompileNotice(numba_event.Listener):
+    """Announces numba's compile of one kernel (the nested functions it compiles along
+    fire their own events: ignored) and, at its end, how long it took."""
+
+    def __init__(self, kernel, dtype):
+        self.kernel, self.what = kernel, f"{KERNEL_NAMES[kernel]} kernel for {dtype}"
+        self.started = None
+
+    def on_start(self, event):
+        if event.data["dispatcher"] is not self.kernel:
+            return
+        key = (self.kernel, tuple(event.data["args"]))
+        with _announce_lock:
+            if key in _announced:
+                return
+            _announced.add(key)
+        self.started = time.perf_counter()
+        notice(f"numba backend: compiling the {self.what} (first use here; numba's disk cache keeps it "
+               f"for later runs; rnncore.warmup() compiles ahead of time) ...")
+
+    def on_end(self, event):
+        if event.data["dispatcher"] is not self.kernel or self.started is None:
+            return
+        seconds, self.started = time.perf_counter() - self.started, None
+        # a compile that raised added no overload (numba's Event.is_failed reads inverted)
+        if tuple(event.data["args"]) in self.kernel.overloads:
+            notice(f"numba backend: compiled the {self.what} in {seconds:.1f} s")
+
+
 @contextlib.contextmanager
-def _kernel_call():
-    """Around one kernel call: numba at rnncore's thread count in the calling
-    thread (numba's setting is per thread, so rc.set_num_threads could not reach the
-    others), and BLAS at one thread: chunks running side by side are the threads, and
-    one BLAS thread per product keeps the numbers the same for any thread count."""
+def _compile_notices(kernel, dtype):
+    key = (kernel, dtype)
+    if key in _called:
+        yield
+        return
+    with numba_event.install_listener("numba:compile", _CompileNotice(kernel, dtype)):
+        yield
+    _called.add(key)
+
+
+@contextlib.contextmanager
+def _kernel_call(kernel, dtype):
+    """Around one call of `kernel` on arrays of `dtype`: numba at rnncore's thread count
+    in the calling thread (numba's setting is per thread, so rc.set_num_threads could
+    not reach the others), and BLAS at one thread: chunks running side by side are the
+    threads, and one BLAS thread per product keeps the numbers the same for any thread
+    count. A compile at the first call is announced."""
     if _gnu_openmp_before_fork:
         raise RuntimeError("numba backend: numba's 'omp' threading layer (GNU OpenMP) was started before this "
                            "process forked and cannot run here; start worker processes with 'spawn' or "
@@ -111,7 +183,8 @@ def _kernel_call():
         section = _backend.blas_section()
         token = section.blas_enter()
         try:
-            yield
+            with _compile_notices(kernel, dtype):
+                yield
         finally:
             section.blas_leave(token)
             if threads != previous:
@@ -228,7 +301,7 @@ def _simple_forward(spec, p, x, state0, order, training):
         w_ho, b_ho = _dummy(dtype, 2), _dummy(dtype, 1)
     act, out_act = ACTIVATION_CODES[spec.nonlinearity], ACTIVATION_CODES[spec.output_activation]
     chunk = rows_per_chunk(B)
-    with _kernel_call():
+    with _kernel_call(kernels.simple_forward, dtype):
         kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, order.active, chunk, act, out_act,
                                jordan, x_proj, states, hidden)
     saved = dict(x=x, states=states, hidden=hidden, w_ho=w_ho, act=act, out_act=out_act, jordan=jordan, chunk=chunk)
@@ -249,7 +322,7 @@ def _simple_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_ho", _dummy(dtype, 2))
     bias_grad = np.empty(H, dtype)
     bias_ho_grad = np.empty(S, dtype)
-    with _kernel_call():
+    with _kernel_call(kernels.simple_backward, dtype):
         kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
                                 s["out_act"], jordan, s["states"], s["hidden"], dy, d_state, d_pre, d_out, d_hidden, dx,
                                 g["weight_ih"], g["weight_hh"], g["weight_ho"], bias_grad, bias_ho_grad)
@@ -276,7 +349,7 @@ def _lstm_forward(spec, p, x, state0, order, training):
     w_cf = p["weight_cf"] if peephole and not coupled else _dummy(dtype, 1)
     w_co = p["weight_co"] if peephole else _dummy(dtype, 1)
     chunk = rows_per_chunk(B)
-    with _kernel_call():
+    with _kernel_call(kernels.lstm_forward, dtype):
         kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], w_hr, w_ci, w_cf, w_co, order.active, chunk,
                              peephole, coupled, projected, x_proj, states, cells, m)
     saved = dict(x=x, x_proj=x_proj, states=states, cells=cells, m=m, w_hr=w_hr, w_ci=w_ci, w_cf=w_cf, w_co=w_co,
@@ -300,7 +373,7 @@ def _lstm_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_hr", _dummy(dtype, 2))
     bias_grad = np.empty(G * H, dtype)
     peephole_grad = np.empty((3, H), dtype)
-    with _kernel_call():
+    with _kernel_call(kernels.lstm_backward, dtype):
         kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], s["w_hr"], s["w_ci"], s["w_cf"], s["w_co"],
                               order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
                               s["m"], dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, g["weight_ih"],
@@ -329,7 +402,7 @@ def _gru_forward(spec, p, x, state0, order, training):
     aux = _per_step(training, T, B, H, dtype)
     hh = np.empty((B, 3 * H), dtype) if reset_after else _dummy(dtype, 2)
     chunk = rows_per_chunk(B)
-    with _kernel_call():
+    with _kernel_call(kernels.gru_forward, dtype):
         kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, order.active, chunk, reset_after, x_proj,
                             states, aux, hh)
     saved = dict(x=x, x_proj=x_proj, states=states, aux=aux, chunk=chunk)
@@ -349,7 +422,7 @@ def _gru_backward(spec, p, s, dy, d_states, order):
     dx = np.empty((T, B, I), dtype)
     g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
     bias_ih_grad, bias_hh_grad = np.empty(3 * H, dtype), np.empty(3 * H, dtype)
-    with _kernel_call():
+    with _kernel_call(kernels.gru_backward, dtype):
         kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
                              s["states"], s["aux"], dy, d_state, d_direct, d_x_proj, d_hh, d_rh, dx, g["weight_ih"],
                              g["weight_hh"], bias_ih_grad, bias_hh_grad)
@@ -411,3 +484,17 @@ def layer_backward(ctx, dy, dstates_n):
         dstates0.append(tuple(order.unrows(s) for s in d_states0))
         grads.append(g)
     return dx, dstates0, grads
+
+
+def warmup(kind, dtype, training):
+    """Compile, or load from numba's disk cache, the kernels that layers of cell `kind`
+    call on `dtype` arrays: the forward, and the backward when `training`. Every variant
+    of a family (bias, peepholes, projection, lengths, direction) passes the same
+    argument types, so one tiny layer call covers them all."""
+    spec = CellSpec(kind, 1, 1, output_size=1 if kind == "jordan" else 0)
+    params = [{name: np.zeros(shape, dtype) for name, shape in spec.param_shapes().items()}]
+    x = np.zeros((1, 1, 1), dtype)
+    states = [tuple(np.zeros((1, width), dtype) for width in spec.state_sizes)]
+    y, states_n, ctx = layer_forward(spec, params, x, states, None, training, (False,))
+    if training:
+        layer_backward(ctx, np.zeros_like(y), [tuple(np.zeros_like(s) for s in states_n[0])])
