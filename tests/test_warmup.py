@@ -43,8 +43,6 @@ def test_warmup_returns_every_family_and_a_second_one_has_nothing_left_to_do(sel
     second = rc.warmup()
     assert set(second) == ALL_FAMILIES
     assert _loads_and_compiles() == before  # neither compiled nor loaded from the cache again
-    # a compile takes 15 s and more: this bound only says nothing was compiled
-    assert max(second.values()) < 5.0, second
 
 
 @needs_numba
