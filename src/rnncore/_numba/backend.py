@@ -156,7 +156,7 @@ class _CompileNotice(numba_event.Listener):
 @contextlib.contextmanager
 def _compile_notices(kernel, dtype):
     key = (kernel, dtype)
-    if key in _called:
+    if key in _called or kernel not in KERNEL_NAMES:  # not one of ours (a wrapped kernel): nothing to announce
         yield
         return
     with numba_event.install_listener("numba:compile", _CompileNotice(kernel, dtype)):
