@@ -130,6 +130,7 @@ class MSELoss(_Loss):
         return 2 * self._saved_or_raise()
 
 
+@_filled(_DOCS)
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy of logits (..., C), classes on the LAST axis, against integer
     targets (...): (B, C) with (B,) for one label per sequence (the last step), (T, B, C)
