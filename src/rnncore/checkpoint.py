@@ -49,6 +49,7 @@ except ImportError:  # Windows: no advisory locks, so no cleanup of killed saves
 
 from . import _backend, _validate, layers, optim
 from .cells import GRUCell, LSTMCell, RNNCell
+from .functional import _filled
 from .layers import GRU, LSTM, RNN, JordanRNN
 from .nn import Embedding, LastStep, Linear, ReLU, Sequential, Sigmoid, Tanh
 
@@ -56,6 +57,19 @@ __all__ = ["save", "load", "read", "register", "registered", "Checkpoint", "Chec
 
 FORMAT = "rnncore.checkpoint"
 FORMAT_VERSION = 1
+
+# The entries the functions' docstrings share, filled in by `_filled(_DOCS)`
+_DOCS = {
+    'path': 'path : str or os.PathLike\n        The checkpoint file.',
+    'read_raises': 'CheckpointError\n        A truncated, corrupt or forged file, one of a newer format, or one naming an\n'
+                   '        unregistered class, before anything larger than the file is allocated.\n'
+                   '    OSError\n        The path is missing or unreadable.',
+    'example': '>>> import os, tempfile, numpy as np, rnncore as rc\n'
+               '    >>> path = os.path.join(tempfile.mkdtemp(), "model.rnncore")\n'
+               '    >>> model = rc.Sequential(rc.GRU(2, 3, seed=0), rc.Linear(3, 1, seed=1))\n'
+               '    >>> opt = rc.optim.Adam(model)\n'
+               '    >>> rc.save(path, model, optimizer=opt)',
+}
 
 Checkpoint = namedtuple("Checkpoint", ["obj", "optimizer_state", "header"])
 
@@ -73,7 +87,43 @@ def register(cls=None, *, name=None):
     """Allow checkpoints of `cls` (saved and loaded under `name`, by default its class
     name). Usable as a decorator. The class needs state_dict(), load_state_dict(mapping)
     and get_config() returning JSON-serialisable constructor arguments; it is rebuilt by
-    `cls.from_config(config)` if it defines one, else `cls(**config)`."""
+    `cls.from_config(config)` if it defines one, else `cls(**config)`.
+
+    Parameters
+    ----------
+    cls : type, optional
+        The class; None returns a decorator that registers the class it decorates.
+    name : str, optional
+        The name checkpoints record; None: the class's name.
+
+    Returns
+    -------
+    cls, or a decorator
+        The class itself, so that it can decorate.
+
+    Raises
+    ------
+    TypeError
+        The class lacks state_dict, load_state_dict or get_config.
+    ValueError
+        The name is taken by another class.
+
+    Examples
+    --------
+    >>> import rnncore as rc
+    >>> @rc.checkpoint.register(name="docs.Scale")
+    ... class Scale:
+    ...     def __init__(self, factor=1.0):
+    ...         self.factor = factor
+    ...     def get_config(self):
+    ...         return {"factor": self.factor}
+    ...     def state_dict(self):
+    ...         return {}
+    ...     def load_state_dict(self, mapping):
+    ...         pass
+    >>> rc.checkpoint.registered()["docs.Scale"] is Scale
+    True
+    """
     def add(cls):
         missing = [m for m in ("state_dict", "load_state_dict", "get_config") if not callable(getattr(cls, m, None))]
         if missing:
@@ -88,7 +138,19 @@ def register(cls=None, *, name=None):
 
 
 def registered():
-    """The registered names and classes."""
+    """The registered names and classes.
+
+    Returns
+    -------
+    dict of str to type
+        A copy: changing it registers nothing.
+
+    Examples
+    --------
+    >>> import rnncore as rc
+    >>> rc.checkpoint.registered()["LSTM"] is rc.LSTM
+    True
+    """
     return dict(_REGISTRY)
 
 
@@ -146,11 +208,41 @@ def _decode(node, arrays):
 
 # -- save ---------------------------------------------------------------------------------
 
+@_filled(_DOCS)
 def save(path: Union[str, os.PathLike], obj: Any, optimizer: Any = None) -> None:
     """Write `obj` (a layer, cell or registered model) and, optionally, an optimizer's
     state (an object with state_dict(), or that dict itself) to `path`, atomically.
     Through a symbolic link the link's final target is replaced (the link stays); a
-    directory, device, FIFO or socket is refused before anything is written."""
+    directory, device, FIFO or socket is refused before anything is written.
+
+    Parameters
+    ----------
+    %(path)s
+    obj : layer, cell or registered model
+        Saved as its registered name, get_config() and state_dict().
+    optimizer : optimizer or dict, optional
+        An object with state_dict(), or that dict; None: no optimizer state.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        obj's class is not registered, its config is not JSON-serialisable, its state
+        holds object arrays, or optimizer is neither form.
+    ValueError
+        path is a directory, device, FIFO or socket.
+    OSError
+        The file cannot be written; the path is left as it was.
+
+    Examples
+    --------
+    %(example)s
+    >>> rc.load(path)[1]
+    Linear(3, 1)
+    """
     from . import __version__
     target = _target(path)
     name = _registered_name(obj)
@@ -491,11 +583,34 @@ def _references(node, where):
     return names
 
 
+@_filled(_DOCS)
 def read(path: Union[str, os.PathLike]) -> Checkpoint:
     """Checkpoint(obj, optimizer_state, header) from a file written by `save`;
     optimizer_state is None when none was saved. Truncated, corrupt or forged files,
     files of a newer format and unregistered classes raise CheckpointError, before
-    anything larger than the file itself is allocated."""
+    anything larger than the file itself is allocated.
+
+    Parameters
+    ----------
+    %(path)s
+
+    Returns
+    -------
+    Checkpoint
+        The named tuple (obj, optimizer_state, header): the object rebuilt, the saved
+        optimizer state dict or None, and the header's dict.
+
+    Raises
+    ------
+    %(read_raises)s
+
+    Examples
+    --------
+    %(example)s
+    >>> checkpoint = rc.checkpoint.read(path)
+    >>> checkpoint.header["class"], checkpoint.optimizer_state["type"]
+    ('Sequential', 'Adam')
+    """
     where = f"rnncore.load: {os.fspath(path)!r}"
     with open(path, "rb") as file:  # a missing or unreadable path raises as itself
         start = file.read(8)
@@ -571,13 +686,43 @@ def _read_archive(archive, size, where):
     return Checkpoint(obj, optimizer_state, header)
 
 
+@_filled(_DOCS)
 def load(path: Union[str, os.PathLike], optimizer: Any = None) -> Any:
     """The object saved in `path`. With `optimizer`, also restore the saved optimizer
     state into it (through its load_state_dict) and, when it has `rebind(modules)` (as
     rnncore's optimizers do), bind it to the returned object's parameters, so that
     `model = rc.load(path, optimizer=opt)` resumes training `model`. A file without an
     optimizer state, or an optimizer that does not fit the returned object, is an error
-    then, and leaves the optimizer unchanged."""
+    then, and leaves the optimizer unchanged.
+
+    Parameters
+    ----------
+    %(path)s
+    optimizer : optimizer, optional
+        Restored from the saved state and bound to the returned object; None: the
+        optimizer state, if any, is not read into anything.
+
+    Returns
+    -------
+    obj
+        The object saved, rebuilt from its registered class.
+
+    Raises
+    ------
+    %(read_raises)s
+    CheckpointError
+        With optimizer, a file that holds no optimizer state.
+    TypeError, ValueError, KeyError
+        An optimizer that does not fit the returned object or the saved state; it is
+        left unchanged.
+
+    Examples
+    --------
+    %(example)s
+    >>> resumed = rc.load(path, optimizer=opt)
+    >>> opt.steps
+    0
+    """
     obj, optimizer_state, _ = read(path)
     if optimizer is None:
         return obj

@@ -9,8 +9,16 @@ import numbers
 import numpy as np
 
 from . import _validate
+from .functional import _filled
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
+
+# The entries the functions' docstrings share, filled in by `_filled(_DOCS)`
+_DOCS = {
+    'grads': 'grads : dict of arrays, module, float array, or an iterable of these\n'
+             '        The gradients, clipped in place (a module\'s are its `grads`).',
+    'grads_raises': 'TypeError\n        grads is none of those, or holds an array that is not a float array.',
+}
 
 
 def _gradient_arrays(grads):
@@ -41,12 +49,46 @@ def _number(name, value):
     return float(value)
 
 
+@_filled(_DOCS)
 def clip_grad_norm_(grads: Any, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> float:
     """Scale all gradients so that their joint `norm_type` norm is at most `max_norm`.
 
     The total norm is the norm of the per-array norms (inf: the largest |g|); every
     array is multiplied by min(1, max_norm / (total + 1e-6)). Returns the total norm
-    before clipping, as a float."""
+    before clipping, as a float.
+
+    Parameters
+    ----------
+    %(grads)s
+    max_norm : float >= 0
+        The largest total norm left.
+    norm_type : float > 0 or inf (or "inf"), default 2.0
+        The order of the norm.
+    error_if_nonfinite : bool, default False
+        Whether a NaN or infinite total norm raises instead of clipping.
+
+    Returns
+    -------
+    total_norm : float
+        The total norm before clipping.
+
+    Raises
+    ------
+    %(grads_raises)s
+    ValueError
+        max_norm or norm_type out of range.
+    RuntimeError
+        A non-finite total norm with error_if_nonfinite=True; nothing changes.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> grads = {"a": np.array([3.0]), "b": np.array([4.0])}
+    >>> rc.clip_grad_norm_(grads, max_norm=1.0)
+    5.0
+    >>> np.round(grads["a"], 4), np.round(grads["b"], 4)
+    (array([0.6]), array([0.8]))
+    """
     arrays = _gradient_arrays(grads)
     max_norm = _number("max_norm", max_norm)
     if max_norm < 0:
@@ -76,8 +118,34 @@ def clip_grad_norm_(grads: Any, max_norm: float, norm_type: float = 2.0, error_i
     return total
 
 
+@_filled(_DOCS)
 def clip_grad_value_(grads: Any, clip_value: float) -> None:
-    """Clamp every gradient element into [-clip_value, clip_value]."""
+    """Clamp every gradient element into [-clip_value, clip_value], in place.
+
+    Parameters
+    ----------
+    %(grads)s
+    clip_value : float >= 0
+        The largest |element| left.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    %(grads_raises)s
+    ValueError
+        clip_value out of range.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> grads = {"w": np.array([-3.0, 0.5, 2.0])}
+    >>> rc.clip_grad_value_(grads, 1.0)
+    >>> grads["w"]
+    array([-1. ,  0.5,  1. ])
+    """
     arrays = _gradient_arrays(grads)
     clip_value = _number("clip_value", clip_value)
     if clip_value < 0:

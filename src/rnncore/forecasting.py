@@ -21,14 +21,19 @@ A series is an array of shape (n,), or (n, k) with the forecast column chosen by
     >>> len(scores["rmse"]), scores["forecasts"].shape
     (3, (3, 12))
 """
+from __future__ import annotations
+
 import csv
 import inspect
 import math
 import warnings
 from collections import namedtuple
 from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+import os
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .layers import GRU, LSTM, RNN
 from .losses import MSELoss
@@ -46,12 +51,12 @@ MIN_WINDOWS = 8
 MISSING = {"", "na", "nan", "n/a", "null", "none", "-", "?"}
 
 
-def rmse(forecast, actual):
+def rmse(forecast: ArrayLike, actual: ArrayLike) -> float:
     """Root mean squared error of `forecast` against `actual` (same shape)."""
     return float(np.sqrt(np.mean((np.asarray(forecast, float) - np.asarray(actual, float)) ** 2)))
 
 
-def mae(forecast, actual):
+def mae(forecast: ArrayLike, actual: ArrayLike) -> float:
     """Mean absolute error of `forecast` against `actual` (same shape)."""
     return float(np.mean(np.abs(np.asarray(forecast, float) - np.asarray(actual, float))))
 
@@ -94,7 +99,7 @@ class _Estimator:
         return [name for name, p in signature.parameters.items()
                 if name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD]
 
-    def get_params(self, deep=True):
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's arguments by name; with deep=True also those of nested
         estimators, as `name__argument`."""
         params = {}
@@ -105,7 +110,7 @@ class _Estimator:
                 params.update((f"{name}__{key}", item) for key, item in value.get_params(deep=True).items())
         return params
 
-    def set_params(self, **params):
+    def set_params(self, **params: Any) -> _Estimator:
         """Set constructor arguments (`name__argument` reaches a nested estimator);
         returns self. Takes effect at the next fit."""
         names = self._param_names()
@@ -143,7 +148,8 @@ class _Estimator:
         if not hasattr(self, "history_"):
             raise RuntimeError(f"{type(self).__name__}.predict: call fit(series) first")
 
-    def backtest(self, series, origins=5, horizon=None, step=None):
+    def backtest(self, series: ArrayLike, origins: int = 5, horizon: Optional[int] = None,
+                 step: Optional[int] = None) -> dict[str, Any]:
         """Rolling-origin evaluation; see `backtest` (the module function)."""
         return backtest(self, series, origins=origins, horizon=horizon, step=step)
 
@@ -155,7 +161,7 @@ class _Baseline(_Estimator):
         """The fewest values the baseline needs before an origin."""
         return 1
 
-    def fit(self, series, dates=None):
+    def fit(self, series: ArrayLike, dates: Optional[ArrayLike] = None) -> _Baseline:
         """Learn from `series` ((n,), or (n, k) with column `target` forecast); returns self."""
         values, target = _as_series(series, getattr(self, "target", 0))
         y = values[:, target]
@@ -164,7 +170,7 @@ class _Baseline(_Estimator):
         self.dates_ = None if dates is None else np.asarray(dates)
         return self
 
-    def predict(self, horizon):
+    def predict(self, horizon: int) -> np.ndarray:
         """The `horizon` values after the fitted series, shape (horizon,)."""
         self._check_fitted()
         horizon = _int("horizon", horizon)
@@ -178,7 +184,7 @@ class _Baseline(_Estimator):
 class Persistence(_Baseline):
     """Every future value equals the last known one."""
 
-    def __init__(self, target=0):
+    def __init__(self, target: int = 0) -> None:
         self.target = target
 
     def _fit(self, y):
@@ -194,7 +200,7 @@ class SeasonalNaive(_Baseline):
     series per season ahead: y[n + k] = y[n - s + (k % s)] + (k // s + 1) * d, k >= 0,
     d = mean(y[t] - y[t - s])."""
 
-    def __init__(self, season=12, drift=False, target=0):
+    def __init__(self, season: int = 12, drift: bool = False, target: int = 0) -> None:
         self.season = season
         self.drift = drift
         self.target = target
@@ -219,7 +225,7 @@ class LinearAR(_Baseline):
     fitted to the season-over-season changes x[t] = y[t] - y[t - s] (the seasonal
     difference) and the forecasts are integrated back; with seasonal=None, x = y."""
 
-    def __init__(self, p=12, seasonal=None, target=0):
+    def __init__(self, p: int = 12, seasonal: Optional[int] = None, target: int = 0) -> None:
         self.p = p
         self.seasonal = seasonal
         self.target = target
@@ -280,9 +286,11 @@ class Forecaster(_Estimator):
     learning_rate, batch_size, patience, max_grad_norm; verbose (a progress bar).
     """
 
-    def __init__(self, cell="lstm", window=None, horizon=12, season=None, hidden_size=16, epochs=200, seed=0,
-                 base="ar", ar_order=None, ensemble=3, target=0, learning_rate=0.005, batch_size=32,
-                 patience=30, max_grad_norm=1.0, verbose=False):
+    def __init__(self, cell: str = "lstm", window: Optional[int] = None, horizon: int = 12,
+                 season: Optional[int] = None, hidden_size: int = 16, epochs: int = 200, seed: int = 0,
+                 base: Union[str, _Baseline] = "ar", ar_order: Optional[int] = None, ensemble: int = 3,
+                 target: int = 0, learning_rate: float = 0.005, batch_size: int = 32, patience: int = 30,
+                 max_grad_norm: float = 1.0, verbose: bool = False) -> None:
         self.cell = cell
         self.window = window
         self.horizon = horizon
@@ -357,7 +365,7 @@ class Forecaster(_Estimator):
             columns.append((values[steps][..., self._covariates] - self._cov_mean) / self._cov_scale)
         return np.concatenate(columns, axis=-1).astype(np.float32)
 
-    def fit(self, series, dates=None):
+    def fit(self, series: ArrayLike, dates: Optional[ArrayLike] = None) -> Forecaster:
         """Learn from `series` ((n,) or (n, k)); `dates` (n,), optional, are kept for the
         caller (`dates_`). Returns self."""
         self._checked()
@@ -440,7 +448,7 @@ class Forecaster(_Estimator):
         out, _ = network(x)
         return out.astype(np.float64) * self._residual_scale
 
-    def predict(self, horizon=None):
+    def predict(self, horizon: Optional[int] = None) -> np.ndarray:
         """The next `horizon` values (default and most: the fitted horizon) after the
         fitted series, shape (horizon,). Covariates need no future values: the networks
         read them only up to the end of the fitted series."""
@@ -455,7 +463,8 @@ class Forecaster(_Estimator):
         return (base + correction)[:horizon]
 
 
-def backtest(estimator, series, origins=5, horizon=None, step=None):
+def backtest(estimator: Any, series: ArrayLike, origins: int = 5, horizon: Optional[int] = None,
+             step: Optional[int] = None) -> dict[str, Any]:
     """Rolling-origin evaluation of `estimator` on `series`: at each of `origins` origins
     t (the last at len(series) - horizon, the others `step` apart before it, default
     step = horizon: test stretches that do not overlap), a fresh copy of the estimator
@@ -506,7 +515,7 @@ numpy datetime64, or None without a date column; date_column its header name (or
 class MissingValueError(ValueError):
     """A CSV cell with no value; `path`, `line` (1-based) and `column` say where."""
 
-    def __init__(self, message, path, line, column):
+    def __init__(self, message: str, path: Union[str, os.PathLike], line: int, column: str) -> None:
         super().__init__(message)
         self.path, self.line, self.column = path, line, column
 
@@ -532,7 +541,9 @@ def _number(cell, decimal_comma):
         raise
 
 
-def read_csv(path, columns=None, date_column="auto", delimiter=None, fill=None):
+def read_csv(path: Union[str, os.PathLike], columns: Optional[Sequence[Union[str, int]]] = None,
+             date_column: Union[str, int, None] = "auto", delimiter: Optional[str] = None,
+             fill: Optional[str] = None) -> Table:
     """Read a series from a CSV file with a header row.
 
     columns: names or 0-based indices (negative from the end) of the numeric columns to
@@ -654,7 +665,7 @@ _SEASONS = [(np.timedelta64(1, "h"), 24), (np.timedelta64(1, "D"), 7), (np.timed
             (np.timedelta64(30, "D"), 12), (np.timedelta64(91, "D"), 4)]
 
 
-def infer_season(dates):
+def infer_season(dates: ArrayLike) -> Optional[int]:
     """The usual season for the sampling step of `dates` (datetime64, increasing): 24 for
     hourly, 7 for daily, 52 for weekly, 12 for monthly and 4 for quarterly data; None for
     other steps."""
@@ -669,7 +680,8 @@ def infer_season(dates):
     return None
 
 
-def mackey_glass(length, delay=17, every=3, noise=0.1, seed=None, warmup=500):
+def mackey_glass(length: int, delay: int = 17, every: int = 3, noise: float = 0.1, seed: Optional[int] = None,
+                 warmup: int = 500) -> np.ndarray:
     """A standardised Mackey-Glass series, the classic chaotic benchmark: Euler steps of
     dx/dt = 0.2 x(t - delay) / (1 + x(t - delay)^10) - 0.1 x(t) with unit time step, every
     `every`-th value kept after `warmup` steps, scaled to mean 0 and sd 1, plus Gaussian

@@ -11,10 +11,20 @@ from numpy.typing import ArrayLike
 
 from . import _validate
 from ._repr import ConfigRepr
+from .functional import _filled
 
 __all__ = ["MSELoss", "CrossEntropyLoss"]
 
 _REDUCTIONS = ("mean", "sum")
+
+# The entries the losses' docstrings share, filled in by `_filled(_DOCS)`
+_DOCS = {
+    'reduction': 'reduction : {"mean", "sum"}, default "mean"\n        Whether the loss is the mean or the sum over the elements counted.',
+    'loss': 'loss : float\n            The loss, accumulated in float64.',
+    'backward_returns': 'Returns\n        -------\n        dinput : np.ndarray, the shape and dtype of that call\'s input\n'
+                        '            The gradient of the loss with respect to the input.',
+    'backward_raises': 'Raises\n        ------\n        RuntimeError\n            The loss was not called yet.',
+}
 
 
 def _float_array(name: str, value: Any) -> np.ndarray:
@@ -40,14 +50,53 @@ class _Loss(ConfigRepr):
         return self._saved
 
 
+@_filled(_DOCS)
 class MSELoss(_Loss):
     """Mean (or sum) of (input - target)**2 over all elements, as torch.nn.MSELoss.
 
     `mask` (optional, broadcastable to input, 0/1 or weights) restricts the loss to the
     marked elements; "mean" then divides by the mask's sum, so masked-out elements such as
-    padding or missing values neither count nor dilute the mean."""
+    padding or missing values neither count nor dilute the mean.
 
+    Parameters
+    ----------
+    %(reduction)s
+
+    Raises
+    ------
+    ValueError
+        An unknown reduction.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> loss_fn = rc.MSELoss()
+    >>> loss_fn(np.array([1.0, 2.0, 5.0]), np.array([1.0, 2.0, 2.0]), mask=[1.0, 1.0, 0.0])
+    0.0
+    >>> loss_fn.backward()
+    array([0., 0., 0.])
+    """
+
+    @_filled(_DOCS)
     def __call__(self, input: ArrayLike, target: ArrayLike, mask: Optional[ArrayLike] = None) -> float:
+        """``loss = loss_fn(input, target, mask=None)``; keeps what `backward` needs.
+
+        Parameters
+        ----------
+        input : array_like of float, any shape
+        target : array_like of float, the shape of input
+        mask : array_like of float, broadcastable to input, optional
+            Weights (0/1 or any) of the elements counted; None: all, weight 1.
+
+        Returns
+        -------
+        %(loss)s
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape or dtype, a non-finite value, or a mask marking nothing.
+        """
         input = _float_array("input", input)
         target = _float_array("target", target)
         _validate.shape("target", target, input.shape)
@@ -70,16 +119,45 @@ class MSELoss(_Loss):
 
     forward = __call__
 
+    @_filled(_DOCS)
     def backward(self) -> np.ndarray:
+        """d loss / d input of the last call.
+
+        %(backward_returns)s
+
+        %(backward_raises)s
+        """
         return 2 * self._saved_or_raise()
 
 
+@_filled(_DOCS)
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy of logits (..., C), classes on the LAST axis, against integer
     targets (...): (B, C) with (B,) for one label per sequence (the last step), (T, B, C)
     with (T, B) for one per step. Targets equal to `ignore_index` count for nothing, and
     "mean" averages over the rest, as torch.nn.CrossEntropyLoss (whose classes are on
-    axis 1 instead)."""
+    axis 1 instead).
+
+    Parameters
+    ----------
+    %(reduction)s
+    ignore_index : int, default -100
+        The target value that counts for nothing (padding).
+
+    Raises
+    ------
+    ValueError, TypeError
+        An unknown reduction, or ignore_index not an int.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> loss_fn = rc.CrossEntropyLoss()
+    >>> round(loss_fn(np.zeros((2, 4)), np.array([3, -100])), 6)  # log(4)
+    1.386294
+    >>> loss_fn.backward()[0]  # the ignored row's gradient is zero
+    array([ 0.25,  0.25,  0.25, -0.75])
+    """
 
     def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
         super().__init__(reduction)
@@ -87,7 +165,27 @@ class CrossEntropyLoss(_Loss):
             raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
         self.ignore_index = int(ignore_index)
 
+    @_filled(_DOCS)
     def __call__(self, logits: ArrayLike, target: ArrayLike) -> float:
+        """``loss = loss_fn(logits, target)``; keeps what `backward` needs.
+
+        Parameters
+        ----------
+        logits : array_like of float, (..., C)
+            Unnormalised scores, the classes on the last axis.
+        target : array_like of int, (...)
+            Class indices in [0, C - 1], or ignore_index.
+
+        Returns
+        -------
+        %(loss)s
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape or dtype, a non-finite logit, a class out of range, or every
+            target ignored.
+        """
         logits = _float_array("logits", logits)
         target = _validate.to_numpy(target, "target")
         if target.dtype.kind not in "iu":
@@ -114,7 +212,14 @@ class CrossEntropyLoss(_Loss):
 
     forward = __call__
 
+    @_filled(_DOCS)
     def backward(self) -> np.ndarray:
+        """d loss / d input of the last call.
+
+        %(backward_returns)s
+
+        %(backward_raises)s
+        """
         log_probs, target, keep, scale = self._saved_or_raise()
         # d/dz -log softmax(z)[t] = softmax(z) - onehot(t)
         grad = np.exp(log_probs)

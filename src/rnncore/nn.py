@@ -17,9 +17,22 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend, _validate
 from ._repr import indent
+from .functional import _filled
 from .layers import _Module, _Parametrised, _Recurrent, commit, copy_state, deferred_commits, saved_context
 
 __all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential"]
+
+
+# The entries the modules' docstrings share, filled in by `_filled(_DOCS)`
+_DOCS = {
+    'dtype': 'dtype : np.float32 or np.float64, default np.float32\n        The dtype of the parameters, and the one inputs must have.',
+    'seed': 'seed : int, optional\n        Seeds the initialisation.',
+    'init_raises': 'Raises\n    ------\n    ValueError, TypeError\n        A size, option or dtype out of range, naming the argument.',
+    'call_raises': 'Raises\n        ------\n        ValueError, TypeError\n            A wrong shape, dtype or value, before any compute.',
+    'dy': 'dy : array_like, the shape of the forward\'s output\n            The gradient of the loss with respect to that output, of its dtype.',
+    'backward_raises': 'Raises\n        ------\n        RuntimeError\n            No training-mode forward, or its context was already consumed by a backward.\n'
+                       '        ValueError, TypeError\n            A wrong shape, dtype or non-finite gradient; nothing changes.',
+}
 
 
 def _saved_or_raise(module):
@@ -35,9 +48,34 @@ def _gradient(name: str, dy: Any, like: np.ndarray) -> np.ndarray:
     return dy
 
 
+@_filled(_DOCS)
 class Linear(_Parametrised):
     """y = x @ weight.T + bias over the last axis of x (..., in_features), as torch.nn.Linear:
-    weight (out_features, in_features), bias (out_features,), both U(-1/sqrt(in), 1/sqrt(in))."""
+    weight (out_features, in_features), bias (out_features,), both U(-1/sqrt(in), 1/sqrt(in)).
+
+    Parameters
+    ----------
+    in_features : int
+        Features of the input's last axis.
+    out_features : int
+        Features of the output's last axis.
+    bias : bool, default True
+        Whether the module has `bias`.
+    %(dtype)s
+    %(seed)s
+
+    %(init_raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> linear = rc.Linear(3, 2, seed=0)
+    >>> y = linear(np.ones((4, 3), dtype=np.float32))
+    >>> y.shape
+    (4, 2)
+    >>> linear.backward(np.ones_like(y)).shape
+    (4, 3)
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: DTypeLike = np.float32,
                  seed: Optional[int] = None) -> None:
@@ -50,7 +88,21 @@ class Linear(_Parametrised):
             shapes["bias"] = (self.out_features,)
         self._init_params(shapes, self.in_features, seed)
 
+    @_filled(_DOCS)
     def __call__(self, x: ArrayLike) -> np.ndarray:
+        """``y = linear(x)``; in training mode the input is kept for one `backward`.
+
+        Parameters
+        ----------
+        x : array_like, (..., in_features)
+            The input, of the module's dtype.
+
+        Returns
+        -------
+        y : np.ndarray, (..., out_features)
+
+        %(call_raises)s
+        """
         x = _validate.array("x", x, self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
@@ -63,8 +115,21 @@ class Linear(_Parametrised):
 
     forward = __call__
 
+    @_filled(_DOCS)
     def backward(self, dy: ArrayLike) -> np.ndarray:
-        """dx = linear.backward(dy); adds into grads["weight"], grads["bias"]."""
+        """``dx = linear.backward(dy)``; adds into grads["weight"], grads["bias"].
+
+        Parameters
+        ----------
+        %(dy)s
+
+        Returns
+        -------
+        dx : np.ndarray, (..., in_features)
+            The gradient of the loss with respect to x.
+
+        %(backward_raises)s
+        """
         saved = x, y = _saved_or_raise(self)
         dy = _gradient("dy", dy, y)
         rows_dy = dy.reshape(-1, self.out_features)
@@ -77,9 +142,32 @@ class Linear(_Parametrised):
         return dx
 
 
+@_filled(_DOCS)
 class Embedding(_Parametrised):
     """Row lookup: integer indices (...) -> weight[indices] (..., embedding_dim), as
-    torch.nn.Embedding, weight (num_embeddings, embedding_dim) drawn N(0, 1)."""
+    torch.nn.Embedding, weight (num_embeddings, embedding_dim) drawn N(0, 1).
+
+    Parameters
+    ----------
+    num_embeddings : int
+        Rows of the table: indices lie in [0, num_embeddings - 1].
+    embedding_dim : int
+        Features of each row.
+    %(dtype)s
+    %(seed)s
+
+    %(init_raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> embedding = rc.Embedding(10, 4, seed=0)
+    >>> y = embedding(np.array([[1, 2, 2]]))
+    >>> y.shape
+    (1, 3, 4)
+    >>> embedding.backward(np.ones_like(y)) is None
+    True
+    """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype: DTypeLike = np.float32,
                  seed: Optional[int] = None) -> None:
@@ -91,6 +179,25 @@ class Embedding(_Parametrised):
         self._params["weight"][...] = self._rng.standard_normal(self._params["weight"].shape)
 
     def __call__(self, indices: ArrayLike) -> np.ndarray:
+        """``y = embedding(indices)``; in training mode the indices are kept for one `backward`.
+
+        Parameters
+        ----------
+        indices : array_like of int, (...)
+            Row numbers in [0, num_embeddings - 1].
+
+        Returns
+        -------
+        y : np.ndarray, (..., embedding_dim)
+            The rows looked up (a copy).
+
+        Raises
+        ------
+        TypeError
+            indices are not integers.
+        ValueError
+            An index out of range.
+        """
         indices = _validate.to_numpy(indices, "indices")
         if indices.dtype.kind not in "iu":
             raise TypeError(f"indices: expected integers, got dtype {indices.dtype}")
@@ -103,8 +210,21 @@ class Embedding(_Parametrised):
 
     forward = __call__
 
+    @_filled(_DOCS)
     def backward(self, dy: ArrayLike) -> None:
-        """Adds into grads["weight"]; returns None (integer inputs have no gradient)."""
+        """Add into grads["weight"] the rows looked up (repeated indices accumulate).
+
+        Parameters
+        ----------
+        %(dy)s
+
+        Returns
+        -------
+        None
+            Integer inputs have no gradient.
+
+        %(backward_raises)s
+        """
         saved = indices, y = _saved_or_raise(self)
         dy = _gradient("dy", dy, y)
         # a row update: only the rows looked up change (commit adds them with np.add.at,
@@ -153,14 +273,40 @@ def _float_input(x: Any) -> np.ndarray:
 class _Activation(_Stateless):
     """Element-wise y = f(x) whose derivative is a function of y alone."""
 
+    @_filled(_DOCS)
     def __call__(self, x: ArrayLike) -> np.ndarray:
+        """``y = f(x)`` element-wise; in training mode y is kept for one `backward`.
+
+        Parameters
+        ----------
+        x : array_like of float, any shape
+
+        Returns
+        -------
+        y : np.ndarray, the shape and dtype of x
+
+        %(call_raises)s
+        """
         y = self._function(_float_input(x))
         self._saved = y if self.training else None
         return y
 
     forward = __call__
 
+    @_filled(_DOCS)
     def backward(self, dy: ArrayLike) -> np.ndarray:
+        """``dx = activation.backward(dy)``, dy * f'(x).
+
+        Parameters
+        ----------
+        %(dy)s
+
+        Returns
+        -------
+        dx : np.ndarray, the shape of x
+
+        %(backward_raises)s
+        """
         y = _saved_or_raise(self)
         dx = _gradient("dy", dy, y) * self._derivative(y)
         commit([(self, y, {})])
@@ -168,6 +314,15 @@ class _Activation(_Stateless):
 
 
 class Tanh(_Activation):
+    """y = tanh(x), element-wise; no parameters.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> print(np.round(rc.Tanh()(np.array([-1.0, 0.0, 1.0])), 4))
+    [-0.7616  0.      0.7616]
+    """
+
     @staticmethod
     def _function(x):
         return np.tanh(x)
@@ -178,6 +333,15 @@ class Tanh(_Activation):
 
 
 class Sigmoid(_Activation):
+    """y = 1 / (1 + exp(-x)), computed without overflow, element-wise; no parameters.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> print(np.round(rc.Sigmoid()(np.array([-1.0, 0.0, 1.0])), 4))
+    [0.2689 0.5    0.7311]
+    """
+
     @staticmethod
     def _function(x):
         # written via tanh: exact sigmoid without overflow in exp for large |x|
@@ -189,6 +353,15 @@ class Sigmoid(_Activation):
 
 
 class ReLU(_Activation):
+    """y = max(x, 0); NaN passes through, as torch.nn.ReLU, element-wise; no parameters.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> print(np.round(rc.ReLU()(np.array([-1.0, 0.0, 1.0])), 4))
+    [0. 0. 1.]
+    """
+
     @staticmethod
     def _function(x):
         return np.maximum(x, 0)
@@ -201,7 +374,26 @@ class ReLU(_Activation):
 
 class LastStep(_Stateless):
     """The output of each sequence's last valid step: (T, B, H) -> (B, H), or with
-    `lengths`, y[lengths[b] - 1, b]. `batch_first=True` takes (B, T, H)."""
+    `lengths`, y[lengths[b] - 1, b]. `batch_first=True` takes (B, T, H).
+
+    Parameters
+    ----------
+    batch_first : bool, default False
+        Whether the input is (B, T, H) instead of (T, B, H).
+
+    Raises
+    ------
+    ValueError
+        batch_first is not a bool.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> y = np.arange(12.0).reshape(3, 2, 2)
+    >>> rc.LastStep()(y, lengths=[3, 1])
+    array([[8., 9.],
+           [2., 3.]])
+    """
 
     def __init__(self, batch_first: bool = False) -> None:
         super().__init__()
@@ -211,6 +403,24 @@ class LastStep(_Stateless):
         return {"batch_first": self.batch_first}
 
     def __call__(self, y: ArrayLike, lengths: Optional[ArrayLike] = None) -> np.ndarray:
+        """``last = last_step(y, lengths=None)``.
+
+        Parameters
+        ----------
+        y : array_like of float, (T, B, H), or (B, T, H) with batch_first
+            A recurrent layer's output.
+        lengths : array_like of int, (B,), optional
+            Each sequence's length, 1 <= lengths[b] <= T; None: all T.
+
+        Returns
+        -------
+        last : np.ndarray, (B, H)
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape, dtype or length, before any compute.
+        """
         y = _float_input(y)
         if y.ndim != 3:
             raise ValueError(f"y: expected 3 dimensions ({'B, T' if self.batch_first else 'T, B'}, H), "
@@ -224,7 +434,21 @@ class LastStep(_Stateless):
 
     forward = __call__
 
+    @_filled(_DOCS)
     def backward(self, dlast: ArrayLike) -> np.ndarray:
+        """``dy = last_step.backward(dlast)``: dlast at each last step, zeros elsewhere.
+
+        Parameters
+        ----------
+        dlast : array_like, (B, H)
+            The gradient of the loss with respect to the output, of its dtype.
+
+        Returns
+        -------
+        dy : np.ndarray, the shape of y
+
+        %(backward_raises)s
+        """
         saved = shape, dtype, last = _saved_or_raise(self)
         dlast = _validate.array("dlast", dlast, dtype)
         _validate.shape("dlast", dlast, (shape[1], shape[2]))
@@ -252,7 +476,29 @@ class Sequential:
     long series (truncated BPTT). `lengths` goes to the recurrent layers and to LastStep.
     Parameters and gradients are named "<index>.<name>", as in a torch.nn.Sequential's
     state_dict. A Sequential of registered modules is a registered checkpoint class itself:
-    rnncore.save/load round-trip it whole, configuration and weights."""
+    rnncore.save/load round-trip it whole, configuration and weights.
+
+    Parameters
+    ----------
+    *modules : modules
+        Applied in this order; each needs forward, backward, parameters, grads and train.
+
+    Raises
+    ------
+    TypeError
+        A module lacks one of those, naming its index.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> model = rc.Sequential(rc.LSTM(3, 8, seed=0), rc.LastStep(), rc.Linear(8, 1, seed=1))
+    >>> out, states = model(np.zeros((5, 2, 3), dtype=np.float32))
+    >>> out.shape, len(states)
+    ((2, 1), 1)
+    >>> dx, dstates0 = model.backward(np.ones_like(out))
+    >>> dx.shape
+    (5, 2, 3)
+    """
 
     def __init__(self, *modules: Any) -> None:
         for i, module in enumerate(modules):
@@ -266,7 +512,17 @@ class Sequential:
 
     def get_config(self) -> dict[str, Any]:
         """{"modules": [{"class": registered name, "config": its get_config()}, ...]}: what
-        from_config needs to rebuild the chain (weights travel in state_dict)."""
+        from_config needs to rebuild the chain (weights travel in state_dict).
+
+        Returns
+        -------
+        config : dict
+
+        Raises
+        ------
+        TypeError
+            A module's class is not a registered checkpoint class.
+        """
         from .checkpoint import registered  # checkpoint imports this module, so not at the top
         names: dict[type, str] = {}
         for name, cls in registered().items():
@@ -281,7 +537,22 @@ class Sequential:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Sequential:
-        """A Sequential of freshly built modules, each from its registered class and config."""
+        """A Sequential of freshly built modules, each from its registered class and config.
+
+        Parameters
+        ----------
+        config : mapping
+            What get_config returned.
+
+        Returns
+        -------
+        Sequential
+
+        Raises
+        ------
+        ValueError
+            config is not of that form, or names a class not registered.
+        """
         from .checkpoint import registered
         classes = registered()
         entries = config.get("modules") if isinstance(config, Mapping) else None
@@ -327,6 +598,30 @@ class Sequential:
 
     def __call__(self, x: ArrayLike, states: Optional[list] = None, lengths: Optional[ArrayLike] = None,
                  ) -> tuple[Any, list]:
+        """``y, states = model(x, states=None, lengths=None)``.
+
+        Parameters
+        ----------
+        x : array_like
+            The first module's input.
+        states : list, optional
+            One initial state per recurrent layer, in order (h0, or (h0, c0) for an LSTM,
+            or None for zeros); None: zeros for all.
+        lengths : array_like of int, (B,), optional
+            Passed to the recurrent layers and to LastStep.
+
+        Returns
+        -------
+        y : np.ndarray
+            The last module's output.
+        states : list
+            The final state of each recurrent layer, in the form `states` takes.
+
+        Raises
+        ------
+        ValueError, TypeError
+            states of the wrong length, or what a module raises.
+        """
         states = iter(self._state_list("states", states))
         finals = []
         for module in self.modules:
@@ -345,7 +640,29 @@ class Sequential:
         """Back through every module; returns the input gradient (None when the first
         module takes integers) and the initial-state gradients, one per recurrent layer.
         All or nothing: every module's gradients are computed before any is added or any
-        saved context consumed, so an error in one module leaves them all as they were."""
+        saved context consumed, so an error in one module leaves them all as they were.
+
+        Parameters
+        ----------
+        dy : array_like
+            The gradient of the loss with respect to the last module's output.
+        dstates : list, optional
+            One gradient per recurrent layer for its final state (None entries: zeros).
+
+        Returns
+        -------
+        dx : np.ndarray or None
+            The gradient of the input; None when the first module takes integers.
+        dstates0 : list
+            The gradients of the initial states, one per recurrent layer.
+
+        Raises
+        ------
+        RuntimeError
+            A module has no training-mode forward to back-propagate through.
+        ValueError, TypeError
+            A wrong shape, dtype or number of states; no module changes.
+        """
         dstates = self._state_list("dstates", dstates)
         dstates0 = [None] * len(self._recurrent)
         # a module of the user's own adds its gradients at once: restored if a later one fails
@@ -385,25 +702,48 @@ class Sequential:
         return self._named(lambda m: m.grads)
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """Every module's state_dict, named "<index>.<name>"."""
         return self._named(lambda m: m.state_dict())
 
     def load_state_dict(self, mapping: Mapping[str, ArrayLike], strict: bool = True) -> None:
         """Load "<index>.<name>" keys into the modules; everything is checked before
-        anything is copied, so a bad mapping leaves every module unchanged."""
+        anything is copied, so a bad mapping leaves every module unchanged.
+
+        Parameters
+        ----------
+        mapping : mapping of str to array_like
+            As state_dict returns.
+        strict : bool, default True
+            Whether missing and unexpected keys are an error.
+
+        Raises
+        ------
+        KeyError, ValueError, TypeError
+            A missing or unexpected key (strict), or a wrong shape or dtype.
+        """
         copy_state(self.parameters(), mapping, strict)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every module's gradients to zero, in place."""
         for module in self.modules:
             module.zero_grad()
 
     def train(self, mode: bool = True) -> Sequential:
+        """Set training mode (or eval mode, mode=False) on every module; returns self.
+
+        Parameters
+        ----------
+        mode : bool, default True
+        """
         self.training = _validate.flag("mode", mode)
         for module in self.modules:
             module.train(mode)
         return self
 
     def eval(self) -> Sequential:
+        """Eval mode on every module, ``train(False)``; returns self."""
         return self.train(False)
 
     def num_parameters(self) -> int:
+        """The number of scalar parameters of all the modules."""
         return sum(int(math.prod(p.shape)) for p in self.parameters().values())

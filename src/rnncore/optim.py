@@ -19,8 +19,19 @@ import numpy as np
 
 from . import _validate
 from ._repr import call_repr, indent
+from .functional import _filled
 
 __all__ = ["SGD", "Adam"]
+
+# The entries the optimizers' docstrings share, filled in by `_filled(_DOCS)`
+_DOCS = {
+    'modules': 'modules : module or list of modules\n        Anything with parameters() and grads (a layer, Linear, Sequential); several\n'
+               '        name their parameters "<index>.<name>".',
+    'lr': 'lr : float >= 0\n        The learning rate.',
+    'weight_decay': 'weight_decay : float >= 0, default 0.0\n        L2 penalty, weight_decay * p added to the gradient.',
+    'raises': 'Raises\n    ------\n    ValueError, TypeError\n        A hyper-parameter out of range, or a module without parameters() and grads,\n'
+              '        naming the argument.',
+}
 
 
 def _number(name, value, minimum=0.0, below=None):
@@ -75,8 +86,25 @@ class _Optimizer:
         from now on, keeping every hyper-parameter and buffer: for a model rebuilt from a
         checkpoint (rnncore.load does this) or a copy of the model. Parameters are matched
         by name; the new ones must have the same names, shapes and dtypes as the current
-        ones, else ValueError, listing every difference, and nothing changes. Returns the
-        optimizer."""
+        ones, else ValueError, listing every difference, and nothing changes.
+
+        Parameters
+        ----------
+        modules : module or list of modules
+            As the constructor takes, with the same parameter names, shapes and dtypes.
+
+        Returns
+        -------
+        optimizer
+            self.
+
+        Raises
+        ------
+        ValueError
+            A parameter missing, unexpected, or of another shape or dtype.
+        TypeError
+            A module without parameters() and grads.
+        """
         new_modules, names, pairs = _bound(modules)
         by_name = dict(zip(names, pairs))
         listed = {"parameters missing": [n for n in self._names if n not in by_name],
@@ -98,6 +126,7 @@ class _Optimizer:
         return call_repr(self, self._hyperparameters(), leading=[indent(repr(modules))])
 
     def zero_grad(self) -> None:
+        """Set the gradient of every parameter stepped to zero, in place."""
         for _, grad in self._pairs:
             grad.fill(0)
 
@@ -112,7 +141,12 @@ class _Optimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """{"type", "steps", "param_groups": [hyper-parameters and "params" (the names)],
-        "state": {name: that parameter's buffers}}, every array a copy."""
+        "state": {name: that parameter's buffers}}, every array a copy.
+
+        Returns
+        -------
+        state_dict : dict
+        """
         group = {**self._hyperparameters(), "params": list(self._names)}
         state = {name: {key: value.copy() if isinstance(value, np.ndarray) else value
                         for key, value in entries.items()}
@@ -123,7 +157,21 @@ class _Optimizer:
         """Restore what state_dict() returned (copying its arrays), so that stepping goes on
         exactly as it would have from the saved optimizer. Missing or unexpected names raise
         KeyError, wrong types, shapes or values ValueError, each listing every problem; on
-        error nothing is changed."""
+        error nothing is changed.
+
+        Parameters
+        ----------
+        state_dict : mapping
+            What state_dict() returned, from an optimizer of this type over parameters of
+            the same names.
+
+        Raises
+        ------
+        KeyError
+            Missing or unexpected names.
+        ValueError, TypeError
+            Wrong types, shapes or values.
+        """
         where = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{where}: expected a mapping from state_dict(), got {type(state_dict).__name__}")
@@ -196,10 +244,36 @@ class _Optimizer:
         self.state = state
 
 
+@_filled(_DOCS)
 class SGD(_Optimizer):
     """Stochastic gradient descent as torch.optim.SGD:
     g = grad + weight_decay * p; b = momentum * b + (1 - dampening) * g (b = g at the
-    first step); g = g + momentum * b if nesterov else b; p -= lr * g."""
+    first step); g = g + momentum * b if nesterov else b; p -= lr * g.
+
+    Parameters
+    ----------
+    %(modules)s
+    %(lr)s
+    momentum : float >= 0, default 0.0
+    dampening : float >= 0, default 0.0
+    %(weight_decay)s
+    nesterov : bool, default False
+        Nesterov momentum; needs momentum > 0 and dampening == 0.
+
+    %(raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> linear = rc.Linear(2, 1, bias=False, seed=0)
+    >>> linear.parameters()["weight"][...] = 1.0
+    >>> opt = rc.optim.SGD(linear, lr=0.5)
+    >>> linear.grads["weight"][...] = 1.0
+    >>> opt.step()
+    >>> linear.parameters()["weight"]
+    array([[0.5, 0.5]], dtype=float32)
+    >>> opt.zero_grad()
+    """
 
     _hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
     _state_keys = ("momentum_buffer",)
@@ -233,10 +307,40 @@ class SGD(_Optimizer):
         param -= param.dtype.type(self.lr) * g
 
 
+@_filled(_DOCS)
 class Adam(_Optimizer):
     """Adam as torch.optim.Adam (L2 weight decay added to the gradient, bias-corrected
     moments, eps added after the square root; amsgrad keeps the running maximum of the
-    second moment)."""
+    second moment).
+
+    Parameters
+    ----------
+    %(modules)s
+    lr : float >= 0, default 1e-3
+        The learning rate.
+    betas : pair of float in [0, 1), default (0.9, 0.999)
+        Decay rates of the first and second moments.
+    eps : float >= 0, default 1e-8
+        Added to the denominator.
+    %(weight_decay)s
+    amsgrad : bool, default False
+        Whether to use the running maximum of the second moment.
+
+    %(raises)s
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> linear = rc.Linear(2, 1, bias=False, seed=0)
+    >>> linear.parameters()["weight"][...] = 1.0
+    >>> opt = rc.optim.Adam(linear, lr=0.1)
+    >>> linear.grads["weight"][...] = 3.0
+    >>> opt.step()  # the first step moves each weight by about lr
+    >>> np.round(linear.parameters()["weight"], 4)
+    array([[0.9, 0.9]], dtype=float32)
+    >>> sorted(opt.state_dict())
+    ['param_groups', 'state', 'steps', 'type']
+    """
 
     _hyper_names = ("lr", "betas", "eps", "weight_decay", "amsgrad")
     _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
