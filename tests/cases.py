@@ -1,4 +1,6 @@
 """Layer configurations, random data and checking helpers shared by the test files."""
+import doctest
+
 import numpy as np
 
 import rnncore as rc
@@ -101,3 +103,12 @@ def assert_same_tree(a, b):
 def assert_same_state(a, b):
     """Two modules hold the same parameters, names, order, dtypes and bits."""
     assert_same_tree(a.state_dict(), b.state_dict())
+
+
+def assert_examples_run(documented, recurse=True):
+    """The doctest examples of `documented` (a module, class or function): at least one,
+    none failing."""
+    tests = doctest.DocTestFinder(recurse=recurse).find(documented)
+    results = [doctest.DocTestRunner().run(test) for test in tests]
+    assert sum(r.attempted for r in results) > 0, documented
+    assert sum(r.failed for r in results) == 0, documented

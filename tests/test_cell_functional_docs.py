@@ -1,10 +1,10 @@
 """The cells' and the functional kernels' docstrings: numpydoc sections filled in from
 their shared tables, and examples that run."""
-import doctest
 
 import pytest
 
 import rnncore as rc
+from cases import assert_examples_run
 from rnncore import functional
 
 CELLS = [rc.RNNCell, rc.LSTMCell, rc.GRUCell]
@@ -13,10 +13,7 @@ FUNCTIONS = [getattr(functional, name) for name in functional.__all__]
 
 @pytest.mark.parametrize("documented", CELLS + [functional, rc.warmup], ids=lambda d: d.__name__)
 def test_docstring_examples_run(documented):
-    tests = doctest.DocTestFinder().find(documented)
-    results = [doctest.DocTestRunner().run(test) for test in tests]
-    assert sum(r.attempted for r in results) > 0
-    assert sum(r.failed for r in results) == 0
+    assert_examples_run(documented)
 
 
 @pytest.mark.parametrize("documented", CELLS + FUNCTIONS, ids=lambda d: d.__name__)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import rnncore as rc
+from cases import assert_examples_run
 
 NAMESPACE = {name: getattr(rc, name) for name in rc.__all__}
 NAMESPACE.update(SGD=rc.optim.SGD, Adam=rc.optim.Adam)
@@ -121,8 +122,4 @@ def test_every_rc_name_in_the_api_reference_exists():
 
 @pytest.mark.parametrize("cls", [rc.RNN, rc.LSTM, rc.GRU, rc.JordanRNN], ids=lambda c: c.__name__)
 def test_layer_docstring_examples_run(cls):
-    import doctest
-    tests = doctest.DocTestFinder(recurse=False).find(cls)
-    results = [doctest.DocTestRunner().run(test) for test in tests]
-    assert sum(r.attempted for r in results) > 0
-    assert sum(r.failed for r in results) == 0
+    assert_examples_run(cls, recurse=False)

@@ -1,12 +1,12 @@
 """The toolkit's docstrings (nn, losses, optim, clip, train, checkpoint): numpydoc sections
 filled in from their shared tables, examples that run, and forecasting's type hints."""
-import doctest
 import inspect
 import typing
 
 import pytest
 
 import rnncore as rc
+from cases import assert_examples_run
 from rnncore import checkpoint, clip, forecasting, losses, nn, optim, train
 
 MODULES = [nn, losses, optim, clip, train, checkpoint]
@@ -31,10 +31,7 @@ def _takes_arguments(function):
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
-    tests = doctest.DocTestFinder().find(module)
-    results = [doctest.DocTestRunner().run(test) for test in tests]
-    assert sum(r.attempted for r in results) > 0
-    assert sum(r.failed for r in results) == 0
+    assert_examples_run(module)
 
 
 @pytest.mark.parametrize("documented", CLASSES + FUNCTIONS, ids=lambda d: d.__name__)
