@@ -1,6 +1,6 @@
 """Declares the compiled extensions; everything else is in pyproject.toml.
 
-Each `src/rnncore/_cython/*.pyx` becomes an extension module that reaches BLAS through
+Each `src/rnncore/backends/cython/*.pyx` becomes an extension module that reaches BLAS through
 scipy.linalg.cython_blas and includes the C element-wise kernels of `csrc/`.
 
 The extension is optional: where Cython or the C compiler fails, the package installs
@@ -26,7 +26,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CYTHON_DIRECTIVES = {"boundscheck": False, "wraparound": False, "cdivision": True, "initializedcheck": False}
-HEADERS = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc") + glob.glob("src/rnncore/_cython/*.pxd"))
+HEADERS = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc") + glob.glob("src/rnncore/backends/cython/*.pxd"))
 
 _OPENMP_PROBE = textwrap.dedent("""
     #include <omp.h>
@@ -103,13 +103,13 @@ class OptionalBuildExt(build_ext):
 
 extensions = [
     Extension(
-        "rnncore._cython." + os.path.splitext(os.path.basename(path))[0],
+        "rnncore.backends.cython." + os.path.splitext(os.path.basename(path))[0],
         [path],
         include_dirs=["csrc"],
         depends=HEADERS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
-    for path in sorted(glob.glob("src/rnncore/_cython/*.pyx"))
+    for path in sorted(glob.glob("src/rnncore/backends/cython/*.pyx"))
 ]
 
 setup(ext_modules=extensions, cmdclass={"build_ext": OptionalBuildExt})

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import rnncore as rc
-from rnncore import _backend, _reference
-from rnncore._spec import CellSpec
+from rnncore.backends import registry as _backend
+from rnncore.backends.reference import backend as _reference
+from rnncore.core.spec import CellSpec
 from cases import VARIANTS, back, build, call, random_states
 from conftest import assert_close
 

@@ -6,14 +6,14 @@ import pytest
 from scipy.special import expit
 
 import rnncore as rc
-from rnncore import _reference
-from rnncore._spec import CellSpec
+from rnncore.backends.reference import backend as _reference
+from rnncore.core.spec import CellSpec
 
 from conftest import assert_close
 
 # an install without the compiled extension (no compiler at build time) skips this file
-_recurrent = pytest.importorskip("rnncore._cython._recurrent", reason="the compiled extension is not built here")
-cython_backend = pytest.importorskip("rnncore._cython.backend", reason="the compiled extension is not built here")
+_recurrent = pytest.importorskip("rnncore.backends.cython._recurrent", reason="the compiled extension is not built here")
+cython_backend = pytest.importorskip("rnncore.backends.cython.backend", reason="the compiled extension is not built here")
 
 
 def _ulp_error(dtype, name, x):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rnncore as rc
-from rnncore import demo
+from rnncore.app import demo
 
 SRC = Path(rc.__file__).resolve().parents[1]  # where the rnncore under test is installed
 

@@ -62,7 +62,7 @@ def _check_numbers(report):
 
 @pytest.mark.skipif("numba" not in rc.backends(), reason="numba is not installed here")
 def test_without_the_compiled_extension_numba_is_used_with_one_warning():
-    report = _run(["rnncore._cython.backend"])
+    report = _run(["rnncore.backends.cython.backend"])
     assert report["backend"] == "numba"
     assert report["available"] == ["numba", "numpy"]
     runtime = [message for category, message in report["warnings"] if category == "RuntimeWarning"]
@@ -72,7 +72,7 @@ def test_without_the_compiled_extension_numba_is_used_with_one_warning():
 
 
 def test_without_the_extension_and_numba_the_reference_is_used_with_one_warning():
-    report = _run(["rnncore._cython.backend", "numba"])
+    report = _run(["rnncore.backends.cython.backend", "numba"])
     assert report["backend"] == "numpy"
     assert report["available"] == ["numpy"]
     runtime = [message for category, message in report["warnings"] if category == "RuntimeWarning"]

@@ -345,7 +345,7 @@ def test_read_csv_reads_only_the_columns_asked_for(tmp_path):
 
 
 def test_shipped_series_reads_as_monthly():
-    from rnncore import demo
+    from rnncore.app import demo
     table = fc.read_csv(demo.DEFAULT_CSV)
     assert table.values.shape == (526, 1) and str(table.dates[0]) == "1958-03"
     assert fc.infer_season(table.dates) == 12

@@ -497,20 +497,20 @@ def test_keras_config_that_rnncore_computes_loads(kind, activation, reset_after,
                    **({"unit_forget_bias": False} if kind == "lstm" else {}))
     config = keras3_config(kind, **changes)
     if form == "config dict":
-        layer.load_keras_weights(weights, config=config)
+        rc.keras.load_weights(layer, weights, config=config)
     elif form == "serialised dict":
         rc.keras.load_weights(layer, weights, config={"class_name": KERAS_CLASS[kind], "config": config})
     elif form == "layer object":
         rc.keras.load_weights(layer, fake_keras_layer(KERAS_CLASS[kind], config, weights))
     else:
-        layer.load_keras_weights(*weights, config={"activation": activation})
+        rc.keras.load_weights(layer, *weights, config={"activation": activation})
     assert_computes_like_keras(layer, weights, kind, 1, False, bias, activation, reset_after)
 
 
 def test_keras_stack_of_bidirectional_layers_loads_from_its_configs():
     layer, weights = keras_case("gru", num_layers=2, bidirectional=True)
     configs = [keras3_bidirectional("gru"), keras3_bidirectional("gru", return_sequences=False)]
-    layer.load_keras_weights(weights, config=configs)
+    rc.keras.load_weights(layer, weights, config=configs)
     assert_computes_like_keras(layer, weights, "gru", 2, True, True, "tanh")
     # the same from layer objects: each Bidirectional lists forward then backward arrays
     again, _ = keras_case("gru", num_layers=2, bidirectional=True)
@@ -592,7 +592,7 @@ def test_keras_config_that_changes_the_math_is_refused(case):
     before = layer.state_dict()
     error = TypeError if case == "not a config" else ValueError
     with pytest.raises(error, match=message):
-        layer.load_keras_weights(weights, config=config)
+        rc.keras.load_weights(layer, weights, config=config)
     if not isinstance(config, str):  # the same refusal through Keras layer objects
         objects = as_keras_layers(kind, config, weights)
         with pytest.raises(error, match=message.replace("config:", "config(\\[0\\])?:")):

@@ -120,9 +120,9 @@ def test_matches_keras_formulas(kind, activation, reset_after, num_layers, bidir
 
     layer = make_layer(kind, num_layers, bidirectional, bias, activation, reset_after)
     if num_layers == 1 and not bidirectional:
-        layer.load_keras_weights(*weights)  # the plain (kernel, recurrent_kernel, bias) form
+        rc.keras.load_weights(layer, *weights)  # the plain (kernel, recurrent_kernel, bias) form
     else:
-        layer.load_keras_weights(weights)
+        rc.keras.load_weights(layer, weights)
     y, h_n = layer(x)
     if kind == "lstm":
         h_n, c_n = h_n
@@ -140,7 +140,7 @@ def test_to_keras_weights_is_the_inverse(kind, activation, reset_after):
     expected_y, _ = keras_stack(kind, x, weights, 2, True, True, activation, reset_after)
     assert_close(layer(x)[0], expected_y, what="y")
     again = make_layer(kind, 2, True, True, activation, reset_after)
-    again.load_keras_weights(weights)
+    rc.keras.load_weights(again, weights)
     for name, value in layer.state_dict().items():
         if name.startswith("weight") or (kind == "gru" and reset_after):
             np.testing.assert_array_equal(again.state_dict()[name], value, err_msg=name)
@@ -171,7 +171,7 @@ def test_gru_variant_mismatch_is_named(layer_reset_after):
     before = layer.state_dict()
     with pytest.raises(ValueError, match=f"reset_after={not layer_reset_after}.*but this layer has "
                                          f"reset_after={layer_reset_after}"):
-        layer.load_keras_weights(gru_weights(not layer_reset_after))
+        rc.keras.load_weights(layer, gru_weights(not layer_reset_after))
     for name, value in layer.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
 
@@ -180,20 +180,20 @@ def test_wrong_count_shape_dtype_and_kind():
     layer = make_layer("lstm", 2, True, True)
     weights = random_keras_weights("lstm", 2, True, True, True, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"expected 12 arrays .*2 layer\(s\) x 2 direction\(s\).*got 11"):
-        layer.load_keras_weights(weights[:-1])
+        rc.keras.load_weights(layer, weights[:-1])
     bad = list(weights)
     bad[6] = bad[6][:, :-4]  # layer 1 forward kernel, one gate short
     with pytest.raises(ValueError, match=r"weights\[6\] \(layer 1 forward kernel\): expected shape \(8, 16\), "
                                          r"got \(8, 12\)"):
-        layer.load_keras_weights(bad)
+        rc.keras.load_weights(layer, bad)
     bad = list(weights)
     bad[5] = bad[5].astype(complex)
     with pytest.raises(TypeError, match=r"weights\[5\] \(layer 0 backward bias\).*complex"):
-        layer.load_keras_weights(bad)
+        rc.keras.load_weights(layer, bad)
     with pytest.raises(ValueError, match="no Jordan"):
-        rc.JordanRNN(I, U, 2).load_keras_weights(weights[:3])
+        rc.keras.load_weights(rc.JordanRNN(I, U, 2), weights[:3])
     with pytest.raises(ValueError, match="no peephole, coupled_input_forget"):
-        make_layer("lstm", 1, False, True, peephole=True, coupled_input_forget=True).load_keras_weights(weights[:3])
+        rc.keras.load_weights(make_layer("lstm", 1, False, True, peephole=True, coupled_input_forget=True), weights[:3])
     with pytest.raises(ValueError, match="no proj_size"):
         to_keras_weights(make_layer("lstm", 1, False, True, proj_size=2))
     with pytest.raises(TypeError, match="expected an rnncore RNN, LSTM or GRU layer"):
@@ -219,6 +219,6 @@ def test_matches_keras_itself(kind, reset_after):
     expected = keras.ops.convert_to_numpy(model(x))
 
     layer = make_layer(kind, 2, True, True, reset_after=reset_after, dtype=np.float32, batch_first=True)
-    layer.load_keras_weights(model.get_weights())
+    rc.keras.load_weights(layer, model.get_weights())
     # float32 on both sides with different operation orders: the project's 1e-5
     assert_close(layer(x)[0], expected, what="y")

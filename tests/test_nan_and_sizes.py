@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import rnncore as rc
-from rnncore import _reference
+from rnncore.backends.reference import backend as _reference
 from rnncore import functional as F
-from rnncore._spec import CellSpec
+from rnncore.core.spec import CellSpec
 
 from cases import VARIANT_IDS, VARIANTS, back, build, call
 from conftest import RTOL
@@ -151,7 +151,7 @@ def test_compiled_empty_product_writes_zeros(lengths, directions):
     """Below the functional's check, the compiled backend with hidden_size 0: dx is the
     product (T*B, 0) x (0, I), which must be zeros (beta 0), not the buffer's old
     contents. The allocator is primed with NaN so that a skipped write shows."""
-    cython_backend = pytest.importorskip("rnncore._cython.backend")
+    cython_backend = pytest.importorskip("rnncore.backends.cython.backend")
     spec = CellSpec("rnn", 4, 0, bias=False)
     T, B, I = 3, 2, 4
     params = [{name: np.zeros(shape) for name, shape in spec.param_shapes().items()} for _ in range(directions)]

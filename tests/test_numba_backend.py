@@ -33,7 +33,7 @@ _CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
     import rnncore as rc
-    from rnncore._numba import kernels
+    from rnncore.backends.numba import kernels
     layer = rc.LSTM(5, 7, proj_size=3, peephole=True, bidirectional=True, dtype=np.float64, seed=1,
                     backend="numba")
     rng = np.random.default_rng(2)
@@ -76,7 +76,7 @@ def restore_threads():
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "gru_cho", "jordan"])
 def test_two_threads_give_bitwise_the_numbers_of_one(kind, restore_threads):
-    from rnncore._numba.backend import rows_per_chunk
+    from rnncore.backends.numba.backend import rows_per_chunk
     T, B = 5, 97
     assert -(-B // rows_per_chunk(B)) >= 3, "the case must cut the batch in several chunks"
     rng = np.random.default_rng(3)
@@ -101,7 +101,7 @@ def test_two_threads_give_bitwise_the_numbers_of_one(kind, restore_threads):
 
 
 def test_each_family_compiles_once_per_dtype_whatever_the_variant():
-    from rnncore._numba import kernels
+    from rnncore.backends.numba import kernels
     rng = np.random.default_rng(4)
     x = rng.standard_normal((4, 3, 5))
     for options in [dict(), dict(proj_size=2), dict(peephole=True, coupled_input_forget=True),
@@ -189,7 +189,7 @@ def _ulp_errors(fast, exact, x, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vectorised_activations_are_a_few_ulp_from_libm(dtype):
     from numba import njit
-    from rnncore._numba import kernels
+    from rnncore.backends.numba import kernels
 
     @njit(error_model="numpy")
     def tanh(x, out):

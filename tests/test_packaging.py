@@ -73,8 +73,8 @@ def test_sdist_holds_every_build_input(tmp_path):
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     needed = ["setup.py", "pyproject.toml", "README.md", "LICENSE", "tests/conftest.py", "tests/cases.py"]
-    needed += [str(p.relative_to(ROOT)) for pattern in ("csrc/*", "src/rnncore/_cython/*.pyx",
-                                                        "src/rnncore/_cython/*.pxd", "src/rnncore/data/*")
+    needed += [str(p.relative_to(ROOT)) for pattern in ("csrc/*", "src/rnncore/backends/cython/*.pyx",
+                                                        "src/rnncore/backends/cython/*.pxd", "src/rnncore/data/*")
                for p in ROOT.glob(pattern)]
     missing = sorted(set(needed) - names)
     assert not missing, f"sdist lacks {missing}"
@@ -89,9 +89,9 @@ def test_failed_extension_build_still_installs_with_one_message(tmp_path, breaka
     if breakage == "no compiler":
         env = {"CC": "/bin/false", "CXX": "/bin/false", "LDSHARED": "/bin/false"}
     else:
-        for generated in (tree / "src/rnncore/_cython").glob("*.c"):
+        for generated in (tree / "src/rnncore/backends/cython").glob("*.c"):
             generated.unlink()
-        with open(tree / "src/rnncore/_cython/_recurrent.pyx", "a") as f:
+        with open(tree / "src/rnncore/backends/cython/_recurrent.pyx", "a") as f:
             f.write("\ncdef int broken(:\n")
     done, built = _build_ext(tree, **env)
     assert done.returncode == 0, done.stderr[-3000:]

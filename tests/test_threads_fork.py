@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import rnncore as rc
-from rnncore import _backend
+from rnncore.backends import registry as _backend
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(rc.__file__))
@@ -187,7 +187,7 @@ def _sections():
     backend uses where the extension is absent."""
     found = [pytest.param(lambda functions: _backend._OneBlasThread(functions), id="python")]
     if "cython" in rc.backends():
-        from rnncore._cython import _recurrent
+        from rnncore.backends.cython import _recurrent
 
         def configured(functions):
             _recurrent.configure_blas(functions)
@@ -200,7 +200,7 @@ def _sections():
 def section_factory(request):
     yield request.param
     if "cython" in rc.backends():  # the extension's section back on the real libraries
-        from rnncore._cython import _recurrent
+        from rnncore.backends.cython import _recurrent
         _recurrent.configure_blas(_backend.blas_thread_functions())
 
 
@@ -265,7 +265,7 @@ def test_per_thread_settings_are_set_and_restored_by_each_thread(section_factory
 @pytest.mark.parametrize("where", ["main thread", "worker thread"])
 def test_numba_runs_at_the_thread_count_in_every_calling_thread(where, monkeypatch, restore_threads):
     import numba
-    from rnncore._numba import kernels
+    from rnncore.backends.numba import kernels
     seen = []
     compiled = kernels.gru_forward
 
@@ -377,7 +377,7 @@ def test_fork_while_another_thread_is_inside_a_kernel_call(backend, blas_threads
 
     def hold():
         if backend == "numba":
-            from rnncore._numba import backend as numba_backend
+            from rnncore.backends.numba import backend as numba_backend
             turn = numba_backend._turns()
         else:
             turn = contextlib.nullcontext()

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 import rnncore as rc  # noqa: E402
 import rnncore.torch as rct  # noqa: E402
-from rnncore import _backend  # noqa: E402
+from rnncore.backends import registry as _backend  # noqa: E402
 from conftest import assert_close  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rnncore as rc
-from rnncore import _backend
+from rnncore.backends import registry as _backend
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 ALL_FAMILIES = {(kind, dtype) for kind in ("rnn", "lstm", "gru", "jordan") for dtype in ("float32", "float64")}
@@ -25,7 +25,7 @@ def selected(monkeypatch):
 
 
 def _entries():
-    from rnncore._numba import backend
+    from rnncore.backends.numba import backend
     return list(backend.KERNEL_NAMES)
 
 
@@ -75,7 +75,7 @@ def test_warmup_refuses_bad_arguments_by_name(selected, kwargs, error, words):
 
 @needs_numba
 def test_a_notice_goes_to_the_configured_logging_and_is_silenced_by_its_level(caplog, capsys):
-    from rnncore._numba.backend import notice
+    from rnncore.backends.numba.backend import notice
     with caplog.at_level(logging.INFO, logger="rnncore"):
         notice("compiling something")
     assert [r.getMessage() for r in caplog.records] == ["compiling something"]

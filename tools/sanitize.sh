@@ -23,7 +23,7 @@ flags="-fsanitize=address,undefined -fno-omit-frame-pointer -g"
 RNNCORE_REQUIRE_EXTENSION=1 RNNCORE_EXTRA_CFLAGS="$flags" RNNCORE_EXTRA_LDFLAGS="$flags" \
     python setup.py -q build_ext --inplace > build.log 2>&1 || { cat build.log; exit 1; }
 # the build really is instrumented (a flag lost on the way would make a clean run meaningless)
-so=$(ls src/rnncore/_cython/_recurrent*.so)
+so=$(ls src/rnncore/backends/cython/_recurrent*.so)
 nm -D "$so" > symbols.txt  # into a file: `grep -q` closing a pipe early fails the pipeline
 for symbol in __asan_init __ubsan_handle_; do
     grep -q "$symbol" symbols.txt || { echo "sanitize: $so lacks $symbol" >&2; exit 1; }

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from ._backend import get_backend, set_num_threads
-from .forecasting import (CELLS, MIN_WINDOWS, Forecaster, LinearAR, MissingValueError, Persistence,
+from .._version import __version__
+from ..backends.registry import get_backend, set_num_threads
+from ..toolkit.forecasting import (CELLS, MIN_WINDOWS, Forecaster, LinearAR, MissingValueError, Persistence,
                           SeasonalNaive, backtest, infer_season, mackey_glass, read_csv)
 
-DEFAULT_CSV = Path(__file__).with_name("data") / "co2_mauna_loa_monthly.csv"
+DEFAULT_CSV = Path(__file__).parent.parent / "data" / "co2_mauna_loa_monthly.csv"
 DEFAULT_NAME = "Mauna Loa CO2, monthly mean (ppm), 1958-2001"
 MACKEY_GLASS_NAME = "Mackey-Glass (delay 17, every 3rd step), standardised, plus noise of sd 0.1; generated"
 MACKEY_GLASS_LENGTH = 800

@@ -1,4 +1,4 @@
-"""The numba backend: the backend contract (written at the end of rnncore._reference)
+"""The numba backend: the backend contract (written at the end of rnncore.backends.contract)
 over the compiled loops of `kernels`.
 
 This module does the layout work the kernels trust. Per direction it puts the batch in
@@ -23,8 +23,7 @@ import numpy as np
 from numba.core import event as numba_event
 
 from . import kernels
-from .. import _backend
-from .._spec import CellSpec
+from .. import registry
 
 ACTIVATION_CODES = {"tanh": kernels.TANH, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID,
                     "identity": kernels.IDENTITY}
@@ -176,11 +175,11 @@ def _kernel_call(kernel, dtype):
                            "process forked and cannot run here; start worker processes with 'spawn' or "
                            "'forkserver', or set NUMBA_THREADING_LAYER to 'workqueue' or 'tbb'")
     with _turns():
-        threads = min(_backend.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        threads = min(registry.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
         previous = numba.get_num_threads()
         if threads != previous:
             numba.set_num_threads(threads)
-        section = _backend.blas_section()
+        section = registry.blas_section()
         token = section.blas_enter()
         try:
             with _compile_notices(kernel, dtype):
@@ -441,7 +440,7 @@ _FAMILIES = {
 # -- the contract ----------------------------------------------------------------------
 
 def layer_forward(spec, params, x, states, lengths, training, reverse):
-    """(y, states_n, ctx): see rnncore._reference.layer_forward."""
+    """(y, states_n, ctx): see rnncore.backends.contract.layer_forward."""
     forward, _ = _FAMILIES[spec.kind]
     T, B, _ = x.shape
     D, S = len(params), spec.out_size
@@ -467,7 +466,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
 
 
 def layer_backward(ctx, dy, dstates_n):
-    """(dx, dstates0, grads): see rnncore._reference.layer_backward."""
+    """(dx, dstates0, grads): see rnncore.backends.contract.layer_backward."""
     width = dy.shape[2] // len(ctx)
     dx, dstates0, grads = None, [], []
     for d, (c, d_states_n) in enumerate(zip(ctx, dstates_n)):
@@ -486,12 +485,11 @@ def layer_backward(ctx, dy, dstates_n):
     return dx, dstates0, grads
 
 
-def warmup(kind, dtype, training):
-    """Compile, or load from numba's disk cache, the kernels that layers of cell `kind`
-    call on `dtype` arrays: the forward, and the backward when `training`. Every variant
-    of a family (bias, peepholes, projection, lengths, direction) passes the same
-    argument types, so one tiny layer call covers them all."""
-    spec = CellSpec(kind, 1, 1, output_size=1 if kind == "jordan" else 0)
+def warmup(spec, dtype, training):
+    """Compile, or load from numba's disk cache, the kernels that layers of `spec`'s cell
+    kind call on `dtype` arrays: the forward, and the backward when `training`. Every
+    variant of a family (bias, peepholes, projection, lengths, direction) passes the same
+    argument types, so one tiny layer call (a spec of size 1) covers them all."""
     params = [{name: np.zeros(shape, dtype) for name, shape in spec.param_shapes().items()}]
     x = np.zeros((1, 1, 1), dtype)
     states = [tuple(np.zeros((1, width), dtype) for width in spec.state_sizes)]

@@ -47,18 +47,17 @@ try:
 except ImportError:  # Windows: no advisory locks, so no cleanup of killed saves' temporaries
     fcntl = None
 
-from . import _backend, _validate, layers, optim
-from .cells import GRUCell, LSTMCell, RNNCell
-from .functional import _filled
-from .layers import GRU, LSTM, RNN, JordanRNN
-from .nn import Embedding, LastStep, Linear, ReLU, Sequential, Sigmoid, Tanh
+from .._version import __version__
+from ..core import functional, module, validate
+from ..core.docs import filled
+from ..core.module import register, registered, _REGISTRY
 
 __all__ = ["save", "load", "read", "register", "registered", "Checkpoint", "CheckpointError", "FORMAT_VERSION"]
 
 FORMAT = "rnncore.checkpoint"
 FORMAT_VERSION = 1
 
-# The entries the functions' docstrings share, filled in by `_filled(_DOCS)`
+# The entries the functions' docstrings share, filled in by `filled(_DOCS)`
 _DOCS = {
     'path': 'path : str or os.PathLike\n        The checkpoint file.',
     'read_raises': 'CheckpointError\n        A truncated, corrupt or forged file, one of a newer format, or one naming an\n'
@@ -76,87 +75,6 @@ Checkpoint = namedtuple("Checkpoint", ["obj", "optimizer_state", "header"])
 
 class CheckpointError(ValueError):
     """A file that is not a complete, readable rnncore checkpoint of a known format."""
-
-
-# -- the registry: the only classes a checkpoint may name --------------------------------
-
-_REGISTRY: dict[str, type] = {}
-
-
-def register(cls=None, *, name=None):
-    """Allow checkpoints of `cls` (saved and loaded under `name`, by default its class
-    name). Usable as a decorator. The class needs state_dict(), load_state_dict(mapping)
-    and get_config() returning JSON-serialisable constructor arguments; it is rebuilt by
-    `cls.from_config(config)` if it defines one, else `cls(**config)`.
-
-    Parameters
-    ----------
-    cls : type, optional
-        The class; None returns a decorator that registers the class it decorates.
-    name : str, optional
-        The name checkpoints record; None: the class's name.
-
-    Returns
-    -------
-    cls, or a decorator
-        The class itself, so that it can decorate.
-
-    Raises
-    ------
-    TypeError
-        The class lacks state_dict, load_state_dict or get_config.
-    ValueError
-        The name is taken by another class.
-
-    Examples
-    --------
-    >>> import rnncore as rc
-    >>> @rc.checkpoint.register(name="docs.Scale")
-    ... class Scale:
-    ...     def __init__(self, factor=1.0):
-    ...         self.factor = factor
-    ...     def get_config(self):
-    ...         return {"factor": self.factor}
-    ...     def state_dict(self):
-    ...         return {}
-    ...     def load_state_dict(self, mapping):
-    ...         pass
-    >>> rc.checkpoint.registered()["docs.Scale"] is Scale
-    True
-    """
-    def add(cls):
-        missing = [m for m in ("state_dict", "load_state_dict", "get_config") if not callable(getattr(cls, m, None))]
-        if missing:
-            raise TypeError(f"register: {cls.__name__} lacks {missing}, which checkpoints need")
-        key = name or cls.__name__
-        if _REGISTRY.get(key, cls) is not cls:
-            raise ValueError(f"register: the name {key!r} is already taken by {_REGISTRY[key].__module__}."
-                             f"{_REGISTRY[key].__qualname__}; pass name= to register {cls.__qualname__}")
-        _REGISTRY[key] = cls
-        return cls
-    return add if cls is None else add(cls)
-
-
-def registered():
-    """The registered names and classes.
-
-    Returns
-    -------
-    dict of str to type
-        A copy: changing it registers nothing.
-
-    Examples
-    --------
-    >>> import rnncore as rc
-    >>> rc.checkpoint.registered()["LSTM"] is rc.LSTM
-    True
-    """
-    return dict(_REGISTRY)
-
-
-for _cls in (RNN, LSTM, GRU, JordanRNN, RNNCell, LSTMCell, GRUCell,
-             Linear, Embedding, Tanh, ReLU, Sigmoid, LastStep, Sequential):
-    register(_cls)
 
 
 def _registered_name(obj):
@@ -182,7 +100,7 @@ def _encode(value, arrays, where):
     if value is None or isinstance(value, (bool, int, float, str)):
         return {"value": value}
     if isinstance(value, np.generic) or hasattr(value, "__array__") or hasattr(value, "detach"):
-        array = _validate.to_numpy(value)
+        array = validate.to_numpy(value)
         if array.dtype.hasobject:
             raise TypeError(f"save: optimizer state {where} is an object array; only numeric arrays are stored")
         key = f"optimizer/{len(arrays)}"
@@ -208,7 +126,7 @@ def _decode(node, arrays):
 
 # -- save ---------------------------------------------------------------------------------
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def save(path: Union[str, os.PathLike], obj: Any, optimizer: Any = None) -> None:
     """Write `obj` (a layer, cell or registered model) and, optionally, an optimizer's
     state (an object with state_dict(), or that dict itself) to `path`, atomically.
@@ -243,11 +161,10 @@ def save(path: Union[str, os.PathLike], obj: Any, optimizer: Any = None) -> None
     >>> rc.load(path)[1]
     Linear(3, 1)
     """
-    from . import __version__
     target = _target(path)
     name = _registered_name(obj)
     config = obj.get_config()
-    state = {key: _validate.to_numpy(value) for key, value in obj.state_dict().items()}
+    state = {key: validate.to_numpy(value) for key, value in obj.state_dict().items()}
     objects = [key for key, value in state.items() if value.dtype.hasobject]
     if objects:
         raise TypeError(f"save: state_dict entries {objects} are object arrays; only numeric arrays are stored")
@@ -583,7 +500,7 @@ def _references(node, where):
     return names
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def read(path: Union[str, os.PathLike]) -> Checkpoint:
     """Checkpoint(obj, optimizer_state, header) from a file written by `save`;
     optimizer_state is None when none was saved. Truncated, corrupt or forged files,
@@ -651,7 +568,7 @@ def _read_archive(archive, size, where):
         arrays = {name: _Member(archive, _stored(infos[f"{name}.npy"], size, where), where) for name in references}
 
     config = dict(header["config"])
-    if config.get("backend") is not None and config["backend"] not in _backend.backends():
+    if config.get("backend") is not None and config["backend"] not in functional.backends():
         warnings.warn(f"{where} was saved with backend={config['backend']!r}, which is not available here; "
                       f"loading it with the default backend", RuntimeWarning, stacklevel=4)
         config["backend"] = None
@@ -659,9 +576,9 @@ def _read_archive(archive, size, where):
     try:
         # twice the arrays' bytes (and 64 KiB) rather than exactly them: a configuration
         # that nearly fits is built, so that the check below can say which array differs
-        with layers.parameter_budget(2 * holds + (64 << 10)):
+        with module.parameter_budget(2 * holds + (64 << 10)):
             obj = cls.from_config(config) if callable(getattr(cls, "from_config", None)) else cls(**config)
-    except layers.ParameterBudgetExceeded as exc:
+    except module.ParameterBudgetExceeded as exc:
         raise CheckpointError(f"{where}: its configuration asks for far more than its arrays hold ({holds} "
                               f"bytes): {exc}; truncated, corrupt or forged") from None
     except (TypeError, ValueError) as exc:
@@ -686,7 +603,7 @@ def _read_archive(archive, size, where):
     return Checkpoint(obj, optimizer_state, header)
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def load(path: Union[str, os.PathLike], optimizer: Any = None) -> Any:
     """The object saved in `path`. With `optimizer`, also restore the saved optimizer
     state into it (through its load_state_dict) and, when it has `rebind(modules)` (as
@@ -728,7 +645,7 @@ def load(path: Union[str, os.PathLike], optimizer: Any = None) -> Any:
         return obj
     if optimizer_state is None:
         raise CheckpointError(f"rnncore.load: {os.fspath(path)!r} holds no optimizer state to restore")
-    if isinstance(optimizer, optim._Optimizer):
+    if callable(getattr(optimizer, "rebind", None)):  # rnncore's optimizers; another steps what it holds
         previous = optimizer._modules
         try:
             optimizer.rebind(obj)

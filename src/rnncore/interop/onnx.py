@@ -22,7 +22,9 @@ import re
 
 import numpy as np
 
-from . import _validate
+from .._version import __version__
+from ..core import validate
+from ..core.layers import GRU, LSTM, RNN, _Recurrent
 from .keras import native_gates, reorder_gates
 
 __all__ = ["export", "load", "OPSET"]
@@ -60,7 +62,6 @@ def _onnx():
 # -- export -----------------------------------------------------------------------------
 
 def _exportable(layer):
-    from .layers import _Recurrent
     if not isinstance(layer, _Recurrent):
         raise TypeError(f"rnncore.onnx.export: expected an rnncore RNN, LSTM or GRU layer, got {type(layer).__name__}")
     spec = layer.specs[0]
@@ -181,7 +182,6 @@ def export(layer, path, *, initial_state=False, lengths=False, opset=OPSET):
         node("Concat", parts, [final], axis=0)
         outputs.append(helper.make_tensor_value_info(final, element, [D * layer.num_layers, "batch", H]))
 
-    from . import __version__
     graph = helper.make_graph(nodes, f"rnncore_{type(layer).__name__}", inputs, outputs, initializers)
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="rnncore", producer_version=__version__)
@@ -654,11 +654,10 @@ def _signature(found):
 def _build(layers, batch_first, backend):
     """The layer holding the weights of the recurrent nodes `layers`, checked against
     one another."""
-    from .layers import GRU, LSTM, RNN
     first = layers[0]
     kind = _KINDS[first["node"].op_type]
     D, H = first["D"], first["H"]
-    dtype = _validate.float_dtype(first["W"].dtype, name=f"W of {_describe(first['node'])}")
+    dtype = validate.float_dtype(first["W"].dtype, name=f"W of {_describe(first['node'])}")
     G = 4 if kind == "lstm" else 3 if kind == "gru" else 1
     for k, found in enumerate(layers):
         where = f"rnncore.onnx.load: {_describe(found['node'])}"

@@ -11,18 +11,15 @@ import itertools
 import numbers
 import os
 import threading
-import time
 import warnings
 
 import numpy as np
 
-from ._spec import KINDS
-from ._validate import FLOAT_DTYPES, flag, float_dtype
 
 _MODULES = {
-    "cython": "rnncore._cython.backend",
-    "numba": "rnncore._numba.backend",
-    "numpy": "rnncore._reference",
+    "cython": "rnncore.backends.cython.backend",
+    "numba": "rnncore.backends.numba.backend",
+    "numpy": "rnncore.backends.reference.backend",
 }
 _PREFERENCE = ("cython", "numba", "numpy")
 
@@ -48,7 +45,7 @@ def backends():
     return [name for name in _PREFERENCE if _load(name) is not None]
 
 
-def _check_name(name):
+def check_name(name):
     if name not in _MODULES:
         raise ValueError(f"backend: expected one of {list(_MODULES)}, got {name!r}")
     if _load(name) is None:
@@ -58,7 +55,7 @@ def _check_name(name):
 def set_backend(name):
     """Select the backend used by layers and functions that were not given one."""
     global _selected
-    _check_name(name)
+    check_name(name)
     _selected = name
 
 
@@ -67,7 +64,7 @@ def _default():
     requested = os.environ.get("RNNCORE_BACKEND")
     if requested:
         try:
-            _check_name(requested)
+            check_name(requested)
         except ValueError as exc:
             raise ValueError(f"RNNCORE_BACKEND: {exc}") from None
         _selected = requested
@@ -92,93 +89,8 @@ def resolve(name=None):
     if name is None:
         name = get_backend()
     else:
-        _check_name(name)
+        check_name(name)
     return _loaded[name]
-
-
-def _warmup_kinds(kinds):
-    if kinds is None:
-        return KINDS
-    if isinstance(kinds, str):
-        kinds = (kinds,)
-    try:
-        kinds = tuple(kinds)
-    except TypeError:
-        raise TypeError(f"warmup: kinds: expected None, a cell kind or a list of them, got {kinds!r}") from None
-    for kind in kinds:
-        if not isinstance(kind, str) or kind not in KINDS:
-            raise ValueError(f"warmup: kinds: expected names from {list(KINDS)}, got {kind!r}")
-    return tuple(dict.fromkeys(kinds))
-
-
-def _warmup_dtypes(dtypes):
-    if dtypes is None:
-        return FLOAT_DTYPES
-    if isinstance(dtypes, (str, type, np.dtype)):
-        dtypes = (dtypes,)
-    try:
-        dtypes = tuple(dtypes)
-    except TypeError:
-        raise TypeError(f"warmup: dtypes: expected None, float32, float64 or a list of them, got {dtypes!r}") from None
-    return tuple(dict.fromkeys(float_dtype(dtype, "warmup: dtypes") for dtype in dtypes))
-
-
-def warmup(kinds=None, dtypes=None, training=True):
-    """Compile the numba backend's kernels ahead of their first use.
-
-    The numba backend compiles each kernel family at its first call in a process
-    (15-20 s each, announced on stderr or through the "rnncore" logger) unless numba's
-    disk cache already holds it, in which case it is loaded in well under a second.
-    `warmup` does that work now, for the families named, so that the first real call
-    is fast. On the cython and numpy backends there is nothing to compile: it checks its
-    arguments and returns an empty dict at once.
-
-    Parameters
-    ----------
-    kinds : str or sequence of str, optional
-        Cell kinds among "rnn", "lstm", "gru", "jordan"; None (default) means all.
-        "rnn" and "jordan" share their kernels.
-    dtypes : dtype or sequence of dtypes, optional
-        float32 and/or float64; None (default) means both.
-    training : bool, default True
-        Also compile the backward kernels; False compiles the forward (inference and
-        training forward share one kernel) only.
-
-    Returns
-    -------
-    dict
-        Seconds spent per family, keyed by ``(kind, dtype name)``, e.g.
-        ``("lstm", "float32")``: near zero for a family already loaded in this process,
-        under a second for one loaded from the cache. Empty on the cython and numpy
-        backends.
-
-    Raises
-    ------
-    ValueError
-        An unknown cell kind.
-    TypeError
-        A dtype other than float32 or float64, `kinds` or `dtypes` of the wrong type,
-        or `training` not a bool.
-
-    Examples
-    --------
-    >>> import rnncore as rc
-    >>> times = rc.warmup(kinds=["lstm"], dtypes=["float32"])
-    >>> list(times) in ([], [("lstm", "float32")])
-    True
-    """
-    kinds, dtypes = _warmup_kinds(kinds), _warmup_dtypes(dtypes)
-    training = flag("warmup: training", training)
-    if get_backend() != "numba":
-        return {}
-    numba_backend = resolve("numba")
-    times = {}
-    for kind in kinds:
-        for dtype in dtypes:
-            start = time.perf_counter()
-            numba_backend.warmup(kind, dtype, training)
-            times[(kind, dtype.name)] = time.perf_counter() - start
-    return times
 
 
 # The thread count's upper bound: far above any useful count, and well inside the C int
@@ -348,6 +260,9 @@ def blas_section():
     """The object whose `blas_enter()`/`blas_leave(token)` hold the kernels' BLAS at one thread:
     the compiled extension's where it exists, else the Python one."""
     if _load("cython") is not None:
-        from ._cython import _recurrent
+        from .cython import _recurrent
         return _recurrent
     return _OneBlasThread(blas_thread_functions())
+
+
+_init_threads_from_env()

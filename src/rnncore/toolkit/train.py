@@ -15,13 +15,13 @@ import numbers
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _validate
+from ..core import validate as _validate
+from ..core.docs import filled
 from .clip import clip_grad_norm_
-from .functional import _filled
 
 __all__ = ["train_step", "truncated_bptt", "EarlyStopping", "fit", "minibatches", "generate", "forecast"]
 
-# The entries the functions' docstrings share, filled in by `_filled(_DOCS)`
+# The entries the functions' docstrings share, filled in by `filled(_DOCS)`
 _DOCS = {
     'model': 'model : model\n        Called as ``y, states = model(x, states, lengths)``, with ``model.backward(dy)``\n'
              '        (a Sequential, usually).',
@@ -37,7 +37,7 @@ _DOCS = {
 }
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def train_step(model: Any, loss_fn: Any, optimizer: Any, x: ArrayLike, target: ArrayLike, states: Optional[list] = None,
                lengths: Optional[ArrayLike] = None, max_norm: Optional[float] = None,
                mask: Optional[ArrayLike] = None) -> tuple[float, list]:
@@ -89,7 +89,7 @@ def train_step(model: Any, loss_fn: Any, optimizer: Any, x: ArrayLike, target: A
     return loss, finals
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def truncated_bptt(model: Any, loss_fn: Any, optimizer: Any, x: np.ndarray, target: np.ndarray, chunk: int,
                    states: Optional[list] = None, max_norm: Optional[float] = None) -> tuple[float, Any]:
     """One pass over a long time-major series x (T, B, ...) with targets (T, B, ...) in
@@ -426,7 +426,7 @@ def generate(model: Any, prompt: ArrayLike, length: int, temperature: float = 1.
     return tokens
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def forecast(model: Any, history: ArrayLike, steps: int, states: Optional[list] = None) -> np.ndarray:
     """Run a one-step-ahead model (x_t -> x_{t+1}, features in = features out) over the
     time-major history (T, B, F) and then feed its own predictions back for `steps`

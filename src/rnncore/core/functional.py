@@ -9,16 +9,116 @@ context is None and nothing is kept.
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _backend, _validate
-from ._spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
+from ..backends import registry
+from ..backends.registry import backends, follow_threads  # noqa: F401  the door's other uses
+from . import validate
+from .docs import filled
+from .spec import ACTIVATIONS, KINDS, OUTPUT_ACTIVATIONS, CellSpec
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
            "jordan_forward", "jordan_backward"]
+
+
+def check_backend(name):
+    """Refuse a backend name that is unknown or unavailable here (a ValueError naming it)."""
+    registry.check_name(name)
+
+
+def resolve_backend(name):
+    """The backend module for `name` (None: the current selection)."""
+    return registry.resolve(name)
+
+
+def _warmup_kinds(kinds):
+    if kinds is None:
+        return KINDS
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    try:
+        kinds = tuple(kinds)
+    except TypeError:
+        raise TypeError(f"warmup: kinds: expected None, a cell kind or a list of them, got {kinds!r}") from None
+    for kind in kinds:
+        if not isinstance(kind, str) or kind not in KINDS:
+            raise ValueError(f"warmup: kinds: expected names from {list(KINDS)}, got {kind!r}")
+    return tuple(dict.fromkeys(kinds))
+
+
+def _warmup_dtypes(dtypes):
+    if dtypes is None:
+        return validate.FLOAT_DTYPES
+    if isinstance(dtypes, (str, type, np.dtype)):
+        dtypes = (dtypes,)
+    try:
+        dtypes = tuple(dtypes)
+    except TypeError:
+        raise TypeError(f"warmup: dtypes: expected None, float32, float64 or a list of them, got {dtypes!r}") from None
+    return tuple(dict.fromkeys(validate.float_dtype(dtype, "warmup: dtypes") for dtype in dtypes))
+
+
+def warmup(kinds=None, dtypes=None, training=True):
+    """Compile the numba backend's kernels ahead of their first use.
+
+    The numba backend compiles each kernel family at its first call in a process
+    (15-20 s each, announced on stderr or through the "rnncore" logger) unless numba's
+    disk cache already holds it, in which case it is loaded in well under a second.
+    `warmup` does that work now, for the families named, so that the first real call
+    is fast. On the cython and numpy backends there is nothing to compile: it checks its
+    arguments and returns an empty dict at once.
+
+    Parameters
+    ----------
+    kinds : str or sequence of str, optional
+        Cell kinds among "rnn", "lstm", "gru", "jordan"; None (default) means all.
+        "rnn" and "jordan" share their kernels.
+    dtypes : dtype or sequence of dtypes, optional
+        float32 and/or float64; None (default) means both.
+    training : bool, default True
+        Also compile the backward kernels; False compiles the forward (inference and
+        training forward share one kernel) only.
+
+    Returns
+    -------
+    dict
+        Seconds spent per family, keyed by ``(kind, dtype name)``, e.g.
+        ``("lstm", "float32")``: near zero for a family already loaded in this process,
+        under a second for one loaded from the cache. Empty on the cython and numpy
+        backends.
+
+    Raises
+    ------
+    ValueError
+        An unknown cell kind.
+    TypeError
+        A dtype other than float32 or float64, `kinds` or `dtypes` of the wrong type,
+        or `training` not a bool.
+
+    Examples
+    --------
+    >>> import rnncore as rc
+    >>> times = rc.warmup(kinds=["lstm"], dtypes=["float32"])
+    >>> list(times) in ([], [("lstm", "float32")])
+    True
+    """
+    kinds, dtypes = _warmup_kinds(kinds), _warmup_dtypes(dtypes)
+    training = validate.flag("warmup: training", training)
+    if registry.get_backend() != "numba":
+        return {}
+    numba_backend = registry.resolve("numba")
+    times = {}
+    for kind in kinds:
+        for dtype in dtypes:
+            start = time.perf_counter()
+            numba_backend.warmup(CellSpec(kind, 1, 1, output_size=1 if kind == "jordan" else 0), dtype, training)
+            times[(kind, dtype.name)] = time.perf_counter() - start
+    return times
+
 
 
 class _Context:
@@ -31,15 +131,15 @@ class _Context:
 
 def _forward(spec, params, x, states, lengths, reverse, training, check_finite, backend):
     """Validate everything against `spec`, then run one direction."""
-    reverse, training, check_finite = (_validate.flag(name, value) for name, value in
+    reverse, training, check_finite = (validate.flag(name, value) for name, value in
                                        (("reverse", reverse), ("training", training), ("check_finite", check_finite)))
-    x = _validate.to_numpy(x, "x")
-    dtype = _validate.float_dtype(x.dtype, "x")
+    x = validate.to_numpy(x, "x")
+    dtype = validate.float_dtype(x.dtype, "x")
     if x.ndim != 3 or x.shape[2] != spec.input_size or 0 in x.shape:
         raise ValueError(f"x: expected shape (T, B, {spec.input_size}) with T, B >= 1, got {x.shape}")
     T, B, _ = x.shape
     # every size is read from a weight's shape: a size 0 shows as an empty axis there
-    shapes = {name: _validate.to_numpy(value).shape for name, value in params.items() if value is not None}
+    shapes = {name: validate.to_numpy(value).shape for name, value in params.items() if value is not None}
     empty = [name for name, shape in shapes.items() if 0 in shape]
     if empty:
         raise ValueError(f"{empty[0]}: expected every size (hidden_size, proj_size, output_size) >= 1, got shape "
@@ -55,19 +155,19 @@ def _forward(spec, params, x, states, lengths, reverse, training, check_finite, 
         value = params.get(name)
         if value is None:
             raise ValueError(f"{name}: expected an array of shape {shape}, got None")
-        arr = _validate.array(name, value, dtype, source="x's dtype")
-        _validate.shape(name, arr, shape)
+        arr = validate.array(name, value, dtype, source="x's dtype")
+        validate.shape(name, arr, shape)
         arrays[name] = np.ascontiguousarray(arr)
-    state_arrays = _validate.states([v for _, v in states], [n for n, _ in states], spec.state_sizes, dtype, (B,),
+    state_arrays = validate.states([v for _, v in states], [n for n, _ in states], spec.state_sizes, dtype, (B,),
                                     check_finite, source="x's dtype")
     state_arrays = [np.ascontiguousarray(s) for s in state_arrays]
     if lengths is not None:
-        lengths = _validate.lengths(lengths, B, T)
+        lengths = validate.lengths(lengths, B, T)
     if check_finite:
         for name, arr in [("x", x)] + list(arrays.items()):
-            _validate.finite(name, arr)
-    module = _backend.resolve(backend)
-    y, (state_n,), inner = module.layer_forward(spec, [arrays], _validate.kernel_input(x, training), [tuple(state_arrays)],
+            validate.finite(name, arr)
+    module = registry.resolve(backend)
+    y, (state_n,), inner = module.layer_forward(spec, [arrays], validate.kernel_input(x, training), [tuple(state_arrays)],
                                                lengths, training, (bool(reverse),))
     ctx = _Context(module, inner, spec, (T, B), dtype) if training else None
     return y, state_n, ctx
@@ -77,24 +177,16 @@ def _backward(ctx, dy, dstates_n, names):
     if not isinstance(ctx, _Context):
         raise TypeError(f"ctx: expected the context of a training-mode forward, got {type(ctx).__name__}")
     T, B = ctx.shape
-    dy = _validate.array("dy", dy, ctx.dtype, source="the forward's dtype")
-    _validate.shape("dy", dy, (T, B, ctx.spec.out_size))
+    dy = validate.array("dy", dy, ctx.dtype, source="the forward's dtype")
+    validate.shape("dy", dy, (T, B, ctx.spec.out_size))
     arrays = [np.ascontiguousarray(a) for a in
-              _validate.states(dstates_n, names, ctx.spec.state_sizes, ctx.dtype, (B,), check_finite=False,
+              validate.states(dstates_n, names, ctx.spec.state_sizes, ctx.dtype, (B,), check_finite=False,
                                source="the forward's dtype")]
     dx, (dstate0,), (grads,) = ctx.backend.layer_backward(ctx.inner, np.ascontiguousarray(dy), [tuple(arrays)])
     return dx, dstate0, grads
 
 
-def _filled(table):
-    """A decorator filling the `%(name)s` entries of a docstring from `table`."""
-    def fill(documented):
-        documented.__doc__ = documented.__doc__ % table
-        return documented
-    return fill
-
-
-# The entries the functions' docstrings share, filled in by `_filled(_DOCS)`
+# The entries the functions' docstrings share, filled in by `filled(_DOCS)`
 _DOCS = {
     'x': 'x : array_like, (T, B, I)\n        The input sequence, float32 or float64; every other array takes its dtype.',
     'biases': 'bias_ih, bias_hh : array_like, optional\n        The biases, both or neither (None: no bias).',
@@ -119,7 +211,7 @@ _DOCS = {
 def _matrix_shape(name, value):
     """The shape of a 2-d weight, from which the cell's sizes are read before the weight
     itself is checked against them."""
-    shape = np.shape(_validate.to_numpy(value, name))
+    shape = np.shape(validate.to_numpy(value, name))
     if len(shape) != 2:
         raise ValueError(f"{name}: expected a 2-d array, got {type(value).__name__} of shape {shape}")
     return shape
@@ -131,7 +223,7 @@ def _biases(bias_ih, bias_hh):
     return bias_ih is not None
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def rnn_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, weight_hh: ArrayLike,
                 bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None, *,
                 nonlinearity: str = "tanh", lengths: Optional[ArrayLike] = None, reverse: bool = False,
@@ -176,7 +268,7 @@ def rnn_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, wei
     >>> dx.shape, sorted(grads)
     ((5, 2, 3), ['weight_hh', 'weight_ih'])
     """
-    _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+    validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
     spec = CellSpec("rnn", _matrix_shape("weight_ih", weight_ih)[1], _matrix_shape("weight_hh", weight_hh)[0],
                     _biases(bias_ih, bias_hh), nonlinearity=nonlinearity)
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
@@ -184,7 +276,7 @@ def rnn_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, wei
     return y, h_n, ctx
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def rnn_backward(ctx: _Context, dy: ArrayLike, dh_n: Optional[ArrayLike] = None,
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Back-propagate through an `rnn_forward` or `gru_forward` (``gru_backward`` is
@@ -219,7 +311,7 @@ def rnn_backward(ctx: _Context, dy: ArrayLike, dh_n: Optional[ArrayLike] = None,
     return dx, dh0, grads
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def gru_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, weight_hh: ArrayLike,
                 bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None, *,
                 reset_after: bool = True, lengths: Optional[ArrayLike] = None, reverse: bool = False,
@@ -265,7 +357,7 @@ def gru_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, wei
     """
     rows, columns = _matrix_shape("weight_ih", weight_ih)
     spec = CellSpec("gru", columns, rows // 3, _biases(bias_ih, bias_hh),
-                    reset_after=_validate.flag("reset_after", reset_after))
+                    reset_after=validate.flag("reset_after", reset_after))
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
     y, (h_n,), ctx = _forward(spec, params, x, [("h0", h0)], lengths, reverse, training, check_finite, backend)
     return y, h_n, ctx
@@ -274,7 +366,7 @@ def gru_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, wei
 gru_backward = rnn_backward
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def lstm_forward(x: ArrayLike, h0: Optional[ArrayLike], c0: Optional[ArrayLike], weight_ih: ArrayLike,
                  weight_hh: ArrayLike, bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None,
                  *, weight_hr: Optional[ArrayLike] = None, weight_ci: Optional[ArrayLike] = None,
@@ -328,7 +420,7 @@ def lstm_forward(x: ArrayLike, h0: Optional[ArrayLike], c0: Optional[ArrayLike],
     >>> y.shape, h_n.shape, c_n.shape
     ((5, 2, 2), (2, 2), (2, 4))
     """
-    coupled_input_forget = _validate.flag("coupled_input_forget", coupled_input_forget)
+    coupled_input_forget = validate.flag("coupled_input_forget", coupled_input_forget)
     gates = 3 if coupled_input_forget else 4
     rows, columns = _matrix_shape("weight_ih", weight_ih)
     spec = CellSpec("lstm", columns, rows // gates, _biases(bias_ih, bias_hh),
@@ -341,7 +433,7 @@ def lstm_forward(x: ArrayLike, h0: Optional[ArrayLike], c0: Optional[ArrayLike],
     return y, h_n, c_n, ctx
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def lstm_backward(ctx: _Context, dy: ArrayLike, dh_n: Optional[ArrayLike] = None, dc_n: Optional[ArrayLike] = None,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Back-propagate through an `lstm_forward`.
@@ -378,7 +470,7 @@ def lstm_backward(ctx: _Context, dy: ArrayLike, dh_n: Optional[ArrayLike] = None
     return dx, dh0, dc0, grads
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def jordan_forward(x: ArrayLike, y0: Optional[ArrayLike], weight_ih: ArrayLike, weight_hh: ArrayLike,
                    weight_ho: ArrayLike, bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None,
                    bias_ho: Optional[ArrayLike] = None, *, nonlinearity: str = "tanh",
@@ -426,8 +518,8 @@ def jordan_forward(x: ArrayLike, y0: Optional[ArrayLike], weight_ih: ArrayLike, 
     >>> y.shape, bool(np.all((0 < y) & (y < 1)))
     ((5, 2, 1), True)
     """
-    _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
-    _validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+    validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+    validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     bias = _biases(bias_ih, bias_hh)
     if bias != (bias_ho is not None):
         raise ValueError("bias_ho: expected it exactly when bias_ih and bias_hh are given")
@@ -440,7 +532,7 @@ def jordan_forward(x: ArrayLike, y0: Optional[ArrayLike], weight_ih: ArrayLike, 
     return y, y_n, ctx
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def jordan_backward(ctx: _Context, dy: ArrayLike, dy_n: Optional[ArrayLike] = None,
                     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Back-propagate through a `jordan_forward`.

@@ -9,15 +9,15 @@ import numbers
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _validate
-from ._repr import ConfigRepr
-from .functional import _filled
+from ..core import validate
+from ..core.docs import filled
+from ..core.module import ConfigRepr
 
 __all__ = ["MSELoss", "CrossEntropyLoss"]
 
 _REDUCTIONS = ("mean", "sum")
 
-# The entries the losses' docstrings share, filled in by `_filled(_DOCS)`
+# The entries the losses' docstrings share, filled in by `filled(_DOCS)`
 _DOCS = {
     'reduction': 'reduction : {"mean", "sum"}, default "mean"\n        Whether the loss is the mean or the sum over the elements counted.',
     'loss': 'loss : float\n            The loss, accumulated in float64.',
@@ -28,15 +28,15 @@ _DOCS = {
 
 
 def _float_array(name: str, value: Any) -> np.ndarray:
-    arr = _validate.to_numpy(value, name)
-    _validate.float_dtype(arr.dtype, name)
-    _validate.finite(name, arr)
+    arr = validate.to_numpy(value, name)
+    validate.float_dtype(arr.dtype, name)
+    validate.finite(name, arr)
     return arr
 
 
 class _Loss(ConfigRepr):
     def __init__(self, reduction: str = "mean") -> None:
-        self.reduction = _validate.choice("reduction", reduction, _REDUCTIONS)
+        self.reduction = validate.choice("reduction", reduction, _REDUCTIONS)
         self._saved = None
 
     def get_config(self) -> dict[str, Any]:
@@ -50,7 +50,7 @@ class _Loss(ConfigRepr):
         return self._saved
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 class MSELoss(_Loss):
     """Mean (or sum) of (input - target)**2 over all elements, as torch.nn.MSELoss.
 
@@ -77,7 +77,7 @@ class MSELoss(_Loss):
     array([0., 0., 0.])
     """
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def __call__(self, input: ArrayLike, target: ArrayLike, mask: Optional[ArrayLike] = None) -> float:
         """``loss = loss_fn(input, target, mask=None)``; keeps what `backward` needs.
 
@@ -99,7 +99,7 @@ class MSELoss(_Loss):
         """
         input = _float_array("input", input)
         target = _float_array("target", target)
-        _validate.shape("target", target, input.shape)
+        validate.shape("target", target, input.shape)
         diff = input - target.astype(input.dtype)
         if mask is None:
             weights, count = input.dtype.type(1), diff.size
@@ -119,7 +119,7 @@ class MSELoss(_Loss):
 
     forward = __call__
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def backward(self) -> np.ndarray:
         """d loss / d input of the last call.
 
@@ -130,7 +130,7 @@ class MSELoss(_Loss):
         return 2 * self._saved_or_raise()
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy of logits (..., C), classes on the LAST axis, against integer
     targets (...): (B, C) with (B,) for one label per sequence (the last step), (T, B, C)
@@ -165,7 +165,7 @@ class CrossEntropyLoss(_Loss):
             raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
         self.ignore_index = int(ignore_index)
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def __call__(self, logits: ArrayLike, target: ArrayLike) -> float:
         """``loss = loss_fn(logits, target)``; keeps what `backward` needs.
 
@@ -187,7 +187,7 @@ class CrossEntropyLoss(_Loss):
             target ignored.
         """
         logits = _float_array("logits", logits)
-        target = _validate.to_numpy(target, "target")
+        target = validate.to_numpy(target, "target")
         if target.dtype.kind not in "iu":
             raise TypeError(f"target: expected integer class indices, got dtype {target.dtype}")
         if logits.ndim < 1 or target.shape != logits.shape[:-1]:
@@ -212,7 +212,7 @@ class CrossEntropyLoss(_Loss):
 
     forward = __call__
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def backward(self) -> np.ndarray:
         """d loss / d input of the last call.
 

@@ -7,10 +7,11 @@ from typing import Optional
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _backend, _validate
-from ._spec import ACTIVATIONS, CellSpec
-from .functional import _filled
-from .layers import _PARAMETER_DOCS, _Parametrised, _pair, commit, saved_context
+from . import functional, validate
+from .docs import PARAMETER_DOCS, filled
+from .layers import _pair
+from .module import Module, commit, register, saved_context
+from .spec import ACTIVATIONS, CellSpec
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
@@ -18,7 +19,7 @@ __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 # The entries the cells' docstrings share: the layers' ones, where a cell differs
 # (parameter names without a layer suffix, no dropout) its own
 _CELL_DOCS = dict(
-    _PARAMETER_DOCS,
+    PARAMETER_DOCS,
     bias='bias : bool, default True\n        Whether the cell has the biases `bias_ih`, `bias_hh`.',
     seed='seed : int, optional\n        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)).',
     call_raises='Raises\n        ------\n        ValueError, TypeError\n            A wrong shape, dtype or non-finite value, before any compute.',
@@ -28,23 +29,23 @@ _CELL_DOCS = dict(
 )
 
 
-class _Cell(_Parametrised):
+class _Cell(Module):
     _state_names: tuple[str, ...] = ("h0",)
 
     def __init__(self, kind, input_size, hidden_size, bias, dtype, seed, backend, **variant):
-        self.input_size = _validate.positive_int("input_size", input_size)
-        self.hidden_size = _validate.positive_int("hidden_size", hidden_size)
-        self.dtype = _validate.float_dtype(dtype)
+        self.input_size = validate.positive_int("input_size", input_size)
+        self.hidden_size = validate.positive_int("hidden_size", hidden_size)
+        self.dtype = validate.float_dtype(dtype)
         if backend is not None:
-            _backend._check_name(backend)
+            functional.check_backend(backend)
         self._backend_name = backend
-        self.bias = _validate.flag("bias", bias)
+        self.bias = validate.flag("bias", bias)
         self.spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
         self._init_params(self.spec.param_shapes(), self.hidden_size, seed)
 
     def _step(self, x, states, check_finite):
-        check_finite = _validate.flag("check_finite", check_finite)
-        x = _validate.array("x", x, self.dtype)
+        check_finite = validate.flag("check_finite", check_finite)
+        x = validate.array("x", x, self.dtype)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected shape (B, {self.input_size}) or ({self.input_size},), got {x.shape}")
         batched = x.ndim == 2
@@ -53,17 +54,17 @@ class _Cell(_Parametrised):
         if B < 1:
             raise ValueError(f"x: expected at least one row, got shape {x.shape}")
         if check_finite:
-            _validate.finite("x", x)
+            validate.finite("x", x)
         states = self._check_states(states, self._state_names, B, batched, check_finite)
-        backend = self._backend()
-        _, (states_n,), ctx = backend.layer_forward(self.spec, [self._params], _validate.kernel_input(x[None], self.training),
+        backend = functional.resolve_backend(self._backend_name)
+        _, (states_n,), ctx = backend.layer_forward(self.spec, [self._params], validate.kernel_input(x[None], self.training),
                                                      [states], None, self.training, (False,))
         self._saved = dict(backend=backend, ctx=ctx, batched=batched, B=B) if self.training else None
         return tuple(s if batched else s[0] for s in states_n)
 
     def _check_states(self, given, names, B, batched, check_finite):
         lead = (B,) if batched else ()
-        out = _validate.states(given, names, self.spec.state_sizes, self.dtype, lead, check_finite)
+        out = validate.states(given, names, self.spec.state_sizes, self.dtype, lead, check_finite)
         return tuple(np.ascontiguousarray(s if batched else s[None]) for s in out)
 
     def _step_back(self, dstates):
@@ -82,7 +83,7 @@ class _Cell(_Parametrised):
 class _OneStateCell(_Cell):
     """Calling and backward of the cells whose state is h alone (RNNCell, GRUCell)."""
 
-    @_filled(_CELL_DOCS)
+    @filled(_CELL_DOCS)
     def __call__(self, x: ArrayLike, h0: Optional[ArrayLike] = None, check_finite: bool = True) -> np.ndarray:
         """One step: ``h1 = cell(x, h0=None)``. In training mode the step is kept for
         one `backward`.
@@ -107,7 +108,7 @@ class _OneStateCell(_Cell):
 
     forward = __call__
 
-    @_filled(_CELL_DOCS)
+    @filled(_CELL_DOCS)
     def backward(self, dh1: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Back-propagate through the last training-mode step, adding the parameter
         gradients into `grads`: ``dx, dh0 = cell.backward(dh1)``.
@@ -128,7 +129,8 @@ class _OneStateCell(_Cell):
         return dx, dh0
 
 
-@_filled(_CELL_DOCS)
+@filled(_CELL_DOCS)
+@register
 class RNNCell(_OneStateCell):
     """Elman cell, one step: h1 = act(W_ih x + b_ih + W_hh h0 + b_hh), act tanh or relu.
 
@@ -163,12 +165,13 @@ class RNNCell(_OneStateCell):
 
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True,
                  dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
-        _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+        validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
         super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, backend, nonlinearity=nonlinearity)
         self.nonlinearity = nonlinearity
 
 
-@_filled(_CELL_DOCS)
+@filled(_CELL_DOCS)
+@register
 class GRUCell(_OneStateCell):
     """GRU cell, one step, gates r, z, n. reset_after=True:
     n = tanh(W_in x + b_in + r * (W_hn h0 + b_hn)) (PyTorch, cuDNN); False:
@@ -200,12 +203,13 @@ class GRUCell(_OneStateCell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True,
                  dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
-        reset_after = _validate.flag("reset_after", reset_after)
+        reset_after = validate.flag("reset_after", reset_after)
         super().__init__("gru", input_size, hidden_size, bias, dtype, seed, backend, reset_after=reset_after)
         self.reset_after = reset_after
 
 
-@_filled(_CELL_DOCS)
+@filled(_CELL_DOCS)
+@register
 class LSTMCell(_Cell):
     """LSTM cell, one step: ``(h1, c1) = cell(x, (h0, c0))``, gates i, f, g, o.
 
@@ -243,12 +247,12 @@ class LSTMCell(_Cell):
                  coupled_input_forget: bool = False, dtype: DTypeLike = np.float32, seed: Optional[int] = None,
                  backend: Optional[str] = None) -> None:
         super().__init__("lstm", input_size, hidden_size, bias, dtype, seed, backend,
-                         peephole=_validate.flag("peephole", peephole),
-                         coupled_input_forget=_validate.flag("coupled_input_forget", coupled_input_forget))
+                         peephole=validate.flag("peephole", peephole),
+                         coupled_input_forget=validate.flag("coupled_input_forget", coupled_input_forget))
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
 
-    @_filled(_CELL_DOCS)
+    @filled(_CELL_DOCS)
     def __call__(self, x: ArrayLike, hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
                  check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """One step: ``h1, c1 = cell(x, hx=None)``. In training mode the step is kept for
@@ -275,7 +279,7 @@ class LSTMCell(_Cell):
 
     forward = __call__
 
-    @_filled(_CELL_DOCS)
+    @filled(_CELL_DOCS)
     def backward(self, dhx1: tuple[ArrayLike, ArrayLike]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Back-propagate through the last training-mode step, adding the parameter
         gradients into `grads`: ``dx, (dh0, dc0) = cell.backward((dh1, dc1))``.

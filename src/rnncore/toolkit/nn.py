@@ -15,15 +15,15 @@ from typing import Any, Optional
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _backend, _validate
-from ._repr import indent
-from .functional import _filled
-from .layers import _Module, _Parametrised, _Recurrent, commit, copy_state, deferred_commits, saved_context
+from ..core import functional, validate
+from ..core.docs import filled
+from ..core.layers import _Recurrent
+from ..core.module import Module, commit, copy_state, deferred_commits, indent, register, registered, saved_context
 
 __all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential"]
 
 
-# The entries the modules' docstrings share, filled in by `_filled(_DOCS)`
+# The entries the modules' docstrings share, filled in by `filled(_DOCS)`
 _DOCS = {
     'dtype': 'dtype : np.float32 or np.float64, default np.float32\n        The dtype of the parameters, and the one inputs must have.',
     'seed': 'seed : int, optional\n        Seeds the initialisation.',
@@ -42,14 +42,15 @@ def _saved_or_raise(module):
 
 def _gradient(name: str, dy: Any, like: np.ndarray) -> np.ndarray:
     """`dy` checked against the output `like` of the forward it belongs to."""
-    dy = _validate.array(name, dy, like.dtype)
-    _validate.shape(name, dy, like.shape)
-    _validate.finite(name, dy)
+    dy = validate.array(name, dy, like.dtype)
+    validate.shape(name, dy, like.shape)
+    validate.finite(name, dy)
     return dy
 
 
-@_filled(_DOCS)
-class Linear(_Parametrised):
+@filled(_DOCS)
+@register
+class Linear(Module):
     """y = x @ weight.T + bias over the last axis of x (..., in_features), as torch.nn.Linear:
     weight (out_features, in_features), bias (out_features,), both U(-1/sqrt(in), 1/sqrt(in)).
 
@@ -79,16 +80,16 @@ class Linear(_Parametrised):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: DTypeLike = np.float32,
                  seed: Optional[int] = None) -> None:
-        self.in_features = _validate.positive_int("in_features", in_features)
-        self.out_features = _validate.positive_int("out_features", out_features)
-        self.dtype = _validate.float_dtype(dtype)
-        self.bias = _validate.flag("bias", bias)
+        self.in_features = validate.positive_int("in_features", in_features)
+        self.out_features = validate.positive_int("out_features", out_features)
+        self.dtype = validate.float_dtype(dtype)
+        self.bias = validate.flag("bias", bias)
         shapes: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
         if self.bias:
             shapes["bias"] = (self.out_features,)
         self._init_params(shapes, self.in_features, seed)
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def __call__(self, x: ArrayLike) -> np.ndarray:
         """``y = linear(x)``; in training mode the input is kept for one `backward`.
 
@@ -103,10 +104,10 @@ class Linear(_Parametrised):
 
         %(call_raises)s
         """
-        x = _validate.array("x", x, self.dtype)
+        x = validate.array("x", x, self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
-        _validate.finite("x", x)
+        validate.finite("x", x)
         y = x @ self._params["weight"].T
         if self.bias:
             y += self._params["bias"]
@@ -115,7 +116,7 @@ class Linear(_Parametrised):
 
     forward = __call__
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def backward(self, dy: ArrayLike) -> np.ndarray:
         """``dx = linear.backward(dy)``; adds into grads["weight"], grads["bias"].
 
@@ -142,8 +143,9 @@ class Linear(_Parametrised):
         return dx
 
 
-@_filled(_DOCS)
-class Embedding(_Parametrised):
+@filled(_DOCS)
+@register
+class Embedding(Module):
     """Row lookup: integer indices (...) -> weight[indices] (..., embedding_dim), as
     torch.nn.Embedding, weight (num_embeddings, embedding_dim) drawn N(0, 1).
 
@@ -171,9 +173,9 @@ class Embedding(_Parametrised):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype: DTypeLike = np.float32,
                  seed: Optional[int] = None) -> None:
-        self.num_embeddings = _validate.positive_int("num_embeddings", num_embeddings)
-        self.embedding_dim = _validate.positive_int("embedding_dim", embedding_dim)
-        self.dtype = _validate.float_dtype(dtype)
+        self.num_embeddings = validate.positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = validate.positive_int("embedding_dim", embedding_dim)
+        self.dtype = validate.float_dtype(dtype)
         self._init_params({"weight": (self.num_embeddings, self.embedding_dim)}, 1, seed)
         # PyTorch draws embeddings from N(0, 1), not the recurrent layers' uniform
         self._params["weight"][...] = self._rng.standard_normal(self._params["weight"].shape)
@@ -198,7 +200,7 @@ class Embedding(_Parametrised):
         ValueError
             An index out of range.
         """
-        indices = _validate.to_numpy(indices, "indices")
+        indices = validate.to_numpy(indices, "indices")
         if indices.dtype.kind not in "iu":
             raise TypeError(f"indices: expected integers, got dtype {indices.dtype}")
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_embeddings):
@@ -210,7 +212,7 @@ class Embedding(_Parametrised):
 
     forward = __call__
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def backward(self, dy: ArrayLike) -> None:
         """Add into grads["weight"] the rows looked up (repeated indices accumulate).
 
@@ -233,47 +235,16 @@ class Embedding(_Parametrised):
         return None
 
 
-class _Stateless(_Module):
-    """The conventions of a module without parameters."""
-
-    def __init__(self):
-        self.grads = {}
-        self.training = True
-        self._saved = None
-
-    def parameters(self):
-        return {}
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, mapping, strict=True):
-        copy_state({}, mapping, strict)
-
-    def zero_grad(self):
-        pass
-
-    def train(self, mode=True):
-        self.training = _validate.flag("mode", mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def get_config(self):
-        return {}
-
-
 def _float_input(x: Any) -> np.ndarray:
-    x = _validate.to_numpy(x, "x")
-    _validate.float_dtype(x.dtype, "x")
+    x = validate.to_numpy(x, "x")
+    validate.float_dtype(x.dtype, "x")
     return x
 
 
-class _Activation(_Stateless):
+class _Activation(Module):
     """Element-wise y = f(x) whose derivative is a function of y alone."""
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def __call__(self, x: ArrayLike) -> np.ndarray:
         """``y = f(x)`` element-wise; in training mode y is kept for one `backward`.
 
@@ -293,7 +264,7 @@ class _Activation(_Stateless):
 
     forward = __call__
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def backward(self, dy: ArrayLike) -> np.ndarray:
         """``dx = activation.backward(dy)``, dy * f'(x).
 
@@ -313,6 +284,7 @@ class _Activation(_Stateless):
         return dx
 
 
+@register
 class Tanh(_Activation):
     """y = tanh(x), element-wise; no parameters.
 
@@ -332,6 +304,7 @@ class Tanh(_Activation):
         return 1 - y * y
 
 
+@register
 class Sigmoid(_Activation):
     """y = 1 / (1 + exp(-x)), computed without overflow, element-wise; no parameters.
 
@@ -352,6 +325,7 @@ class Sigmoid(_Activation):
         return y * (1 - y)
 
 
+@register
 class ReLU(_Activation):
     """y = max(x, 0); NaN passes through, as torch.nn.ReLU, element-wise; no parameters.
 
@@ -372,7 +346,8 @@ class ReLU(_Activation):
         return (~(y <= 0)).astype(y.dtype)
 
 
-class LastStep(_Stateless):
+@register
+class LastStep(Module):
     """The output of each sequence's last valid step: (T, B, H) -> (B, H), or with
     `lengths`, y[lengths[b] - 1, b]. `batch_first=True` takes (B, T, H).
 
@@ -397,7 +372,7 @@ class LastStep(_Stateless):
 
     def __init__(self, batch_first: bool = False) -> None:
         super().__init__()
-        self.batch_first = _validate.flag("batch_first", batch_first)
+        self.batch_first = validate.flag("batch_first", batch_first)
 
     def get_config(self):
         return {"batch_first": self.batch_first}
@@ -428,13 +403,13 @@ class LastStep(_Stateless):
         time_major = y.transpose(1, 0, 2) if self.batch_first else y
         T, B, _ = time_major.shape
         last = (np.full(B, T - 1, dtype=np.int64) if lengths is None
-                else _validate.lengths(lengths, B, T) - 1)
+                else validate.lengths(lengths, B, T) - 1)
         self._saved = (time_major.shape, time_major.dtype, last) if self.training else None
         return time_major[last, np.arange(B)]
 
     forward = __call__
 
-    @_filled(_DOCS)
+    @filled(_DOCS)
     def backward(self, dlast: ArrayLike) -> np.ndarray:
         """``dy = last_step.backward(dlast)``: dlast at each last step, zeros elsewhere.
 
@@ -450,8 +425,8 @@ class LastStep(_Stateless):
         %(backward_raises)s
         """
         saved = shape, dtype, last = _saved_or_raise(self)
-        dlast = _validate.array("dlast", dlast, dtype)
-        _validate.shape("dlast", dlast, (shape[1], shape[2]))
+        dlast = validate.array("dlast", dlast, dtype)
+        validate.shape("dlast", dlast, (shape[1], shape[2]))
         dy = np.zeros(shape, dtype=dtype)
         dy[last, np.arange(shape[1])] = dlast
         commit([(self, saved, {})])
@@ -461,9 +436,10 @@ class LastStep(_Stateless):
 def _commits(module):
     """Whether `module`'s backward adds its gradients through `commit`, so that a chain can
     defer them (rnncore's own modules do)."""
-    return isinstance(module, (_Module, Sequential))
+    return isinstance(module, (Module, Sequential))
 
 
+@register
 class Sequential:
     """Modules applied in order, with forward and backward through all of them.
 
@@ -523,7 +499,6 @@ class Sequential:
         TypeError
             A module's class is not a registered checkpoint class.
         """
-        from .checkpoint import registered  # checkpoint imports this module, so not at the top
         names: dict[type, str] = {}
         for name, cls in registered().items():
             # the first name of a class registered twice, the one rnncore.save records
@@ -553,7 +528,6 @@ class Sequential:
         ValueError
             config is not of that form, or names a class not registered.
         """
-        from .checkpoint import registered
         classes = registered()
         entries = config.get("modules") if isinstance(config, Mapping) else None
         if not isinstance(entries, (list, tuple)):
@@ -567,7 +541,7 @@ class Sequential:
             module_class, module_config = classes[entry["class"]], dict(entry["config"])
             # the same fallback a checkpointed layer gets at the top level: a backend this
             # machine lacks must not make the whole model unloadable
-            if module_config.get("backend") is not None and module_config["backend"] not in _backend.backends():
+            if module_config.get("backend") is not None and module_config["backend"] not in functional.backends():
                 warnings.warn(f"Sequential.from_config: modules[{i}] was configured with backend="
                               f"{module_config['backend']!r}, which is not available here; using the default "
                               f"backend", RuntimeWarning, stacklevel=2)
@@ -735,7 +709,7 @@ class Sequential:
         ----------
         mode : bool, default True
         """
-        self.training = _validate.flag("mode", mode)
+        self.training = validate.flag("mode", mode)
         for module in self.modules:
             module.train(mode)
         return self

@@ -35,7 +35,7 @@ import os
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .layers import GRU, LSTM, RNN
+from ..core.layers import GRU, LSTM, RNN
 from .losses import MSELoss
 from .nn import LastStep, Linear, Sequential
 from .optim import Adam

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _validate
+from ..core import validate
+from ..core.layers import _Recurrent
 
 __all__ = ["load_weights", "to_keras_weights", "reorder_gates", "KERAS_GATES"]
 
@@ -56,7 +57,6 @@ def reorder_gates(array, source, target, axis=0):
 
 def _convertible(layer, verb):
     """The layer's cell spec, if Keras has a layer computing the same thing."""
-    from .layers import _Recurrent  # layers imports this module lazily; no cycle at import time
     if not isinstance(layer, _Recurrent):
         raise TypeError(f"{verb}: expected an rnncore RNN, LSTM or GRU layer, got {type(layer).__name__}")
     spec = layer.specs[0]
@@ -82,7 +82,7 @@ def _suffix(k, d):
 def _gru_bias_variant_error(bias_shape, layer_reset_after, units):
     keras_form = "reset_after=True" if len(bias_shape) == 2 else "reset_after=False"
     return ValueError(
-        f"load_keras_weights: got a GRU bias of shape {bias_shape}, the layout of a Keras GRU with "
+        f"load_weights: got a GRU bias of shape {bias_shape}, the layout of a Keras GRU with "
         f"{keras_form}, but this layer has reset_after={layer_reset_after}, which computes a different "
         f"candidate gate; build rnncore.GRU(..., reset_after={not layer_reset_after}) for these weights "
         f"(a Keras reset_after=True bias is (2, {3 * units}), reset_after=False is ({3 * units},))")
@@ -90,7 +90,7 @@ def _gru_bias_variant_error(bias_shape, layer_reset_after, units):
 
 def keras_state_dict(layer, *weights):
     """The rnncore state_dict equivalent to Keras weights (see `load_weights`)."""
-    spec0 = _convertible(layer, "load_keras_weights")
+    spec0 = _convertible(layer, "load_weights")
     if len(weights) == 1 and isinstance(weights[0], (list, tuple)):
         weights = tuple(weights[0])
     per_set = 3 if layer.bias else 2
@@ -98,20 +98,20 @@ def keras_state_dict(layer, *weights):
     if len(weights) != per_set * len(slots):
         listing = "kernel, recurrent_kernel" + (", bias" if layer.bias else "")
         raise ValueError(
-            f"load_keras_weights: expected {per_set * len(slots)} arrays ({listing} for each of "
+            f"load_weights: expected {per_set * len(slots)} arrays ({listing} for each of "
             f"{layer.num_layers} layer(s) x {layer.num_directions} direction(s), forward first), "
             f"got {len(weights)}" + ("" if layer.bias else " (this layer has bias=False)"))
     keras_order, native = KERAS_GATES[spec0.kind], native_gates(spec0)
     H = layer.hidden_size
     state, wrong = {}, []
     for n, (k, d, spec, label) in enumerate(slots):
-        arrays = [_validate.to_numpy(w, f"weights[{n * per_set + j}]")
+        arrays = [validate.to_numpy(w, f"weights[{n * per_set + j}]")
                   for j, w in enumerate(weights[n * per_set:(n + 1) * per_set])]
         bad = [f"weights[{n * per_set + j}] ({label} {name}): expected a real number array, got dtype {a.dtype}"
                for j, (name, a) in enumerate(zip(("kernel", "recurrent_kernel", "bias"), arrays))
                if a.dtype.kind not in "iuf"]
         if bad:
-            raise TypeError("load_keras_weights: " + "; ".join(bad))
+            raise TypeError("load_weights: " + "; ".join(bad))
         G = spec.num_gates
         bias = arrays[2] if layer.bias else None
         if spec.kind == "gru" and bias is not None and bias.shape in ((2, G * H), (G * H,)) \
@@ -139,7 +139,7 @@ def keras_state_dict(layer, *weights):
         state["bias_ih" + suffix] = reorder_gates(input_bias, keras_order, native)
         state["bias_hh" + suffix] = reorder_gates(recurrent_bias, keras_order, native)
     if wrong:
-        raise ValueError("load_keras_weights: " + "; ".join(wrong))
+        raise ValueError("load_weights: " + "; ".join(wrong))
     return state
 
 
@@ -265,7 +265,7 @@ def _check_config(layer, config):
                 problems.append(f"{label}: got return_sequences={inner_config['return_sequences']!r} in layer {k} "
                                 f"of {layer.num_layers}; the next layer reads its whole output sequence")
     if problems:
-        raise ValueError("load_keras_weights: " + "; ".join(problems))
+        raise ValueError("load_weights: " + "; ".join(problems))
 
 
 def load_weights(layer, *weights, config=None):
@@ -296,7 +296,7 @@ def load_weights(layer, *weights, config=None):
         config = given if len(given) > 1 else given[0]
         weights = ([w for keras_layer in given for w in keras_layer.get_weights()],)
     if config is not None:
-        _convertible(layer, "load_keras_weights")
+        _convertible(layer, "load_weights")
         _check_config(layer, config)
     layer.load_state_dict(keras_state_dict(layer, *weights))
 

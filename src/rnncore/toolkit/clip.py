@@ -8,12 +8,12 @@ import numbers
 
 import numpy as np
 
-from . import _validate
-from .functional import _filled
+from ..core import validate
+from ..core.docs import filled
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
-# The entries the functions' docstrings share, filled in by `_filled(_DOCS)`
+# The entries the functions' docstrings share, filled in by `filled(_DOCS)`
 _DOCS = {
     'grads': 'grads : dict of arrays, module, float array, or an iterable of these\n'
              '        The gradients, clipped in place (a module\'s are its `grads`).',
@@ -49,7 +49,7 @@ def _number(name, value):
     return float(value)
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def clip_grad_norm_(grads: Any, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> float:
     """Scale all gradients so that their joint `norm_type` norm is at most `max_norm`.
 
@@ -93,7 +93,7 @@ def clip_grad_norm_(grads: Any, max_norm: float, norm_type: float = 2.0, error_i
     max_norm = _number("max_norm", max_norm)
     if max_norm < 0:
         raise ValueError(f"max_norm: expected a number >= 0, got {max_norm}")
-    error_if_nonfinite = _validate.flag("error_if_nonfinite", error_if_nonfinite)
+    error_if_nonfinite = validate.flag("error_if_nonfinite", error_if_nonfinite)
     if isinstance(norm_type, str) and norm_type.lower() in ("inf", "infinity"):
         norm_type = math.inf  # torch accepts the string too
     norm_type = _number("norm_type", norm_type)
@@ -118,7 +118,7 @@ def clip_grad_norm_(grads: Any, max_norm: float, norm_type: float = 2.0, error_i
     return total
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 def clip_grad_value_(grads: Any, clip_value: float) -> None:
     """Clamp every gradient element into [-clip_value, clip_value], in place.
 

@@ -20,9 +20,10 @@ from typing import Any, Optional, Union
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _backend, _validate
-from ._repr import ConfigRepr
-from ._spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
+from . import functional, validate
+from .docs import PARAMETER_DOCS, shared_docs
+from .module import Module, _check_budget, commit, register, saved_context
+from .spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
 
 __all__ = ["RNN", "LSTM", "GRU", "JordanRNN"]
 
@@ -31,207 +32,7 @@ def _param_name(base, layer, direction):
     return f"{base}_l{layer}" + ("_reverse" if direction else "")
 
 
-def copy_state(params, mapping, strict=True):
-    """Copy `mapping` (name -> array-like) into the live arrays `params`, in place so that
-    references stay valid. Every name, shape and dtype is checked first, and each problem
-    listed, so a bad mapping changes nothing."""
-    if not isinstance(mapping, Mapping):
-        raise TypeError(f"load_state_dict: expected a mapping of parameter names to arrays, got "
-                        f"{type(mapping).__name__}")
-    strict = _validate.flag("strict", strict)
-    given = {name: _validate.to_numpy(value, name) for name, value in mapping.items()}
-    if strict:
-        missing = [n for n in params if n not in given]
-        unexpected = [n for n in given if n not in params]
-        if missing or unexpected:
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-    given = {n: v for n, v in given.items() if n in params}
-    wrong = [f"{n}: expected shape {params[n].shape}, got {v.shape}" for n, v in given.items()
-             if v.shape != params[n].shape]
-    if wrong:
-        raise ValueError("load_state_dict: " + "; ".join(wrong))
-    bad_type = [f"{n}: expected a real number array, got dtype {v.dtype}" for n, v in given.items()
-                if v.dtype.kind not in "iuf"]
-    if bad_type:
-        raise TypeError("load_state_dict: " + "; ".join(bad_type))
-    for name, value in given.items():
-        params[name][...] = value
-
-
-# -- the one-context rule ------------------------------------------------------------------
-# A training-mode forward saves one context in `module._saved`; the first backward through
-# it consumes it (as PyTorch frees its graph without retain_graph=True), so a second one
-# cannot silently add the same gradients again. A backward reads the context, computes,
-# and only then, in `commit`, consumes it and adds its gradients: on error nothing changed.
-
-_CONSUMED = object()  # `_saved` after backward consumed the context
-# taken for a few identity checks and the gradient additions of one backward, so that
-# of two threads back-propagating through one forward exactly one succeeds
-_commit_lock = threading.Lock()
-_deferred = threading.local()
-
-
-def _consumed(module):
-    return RuntimeError(f"{type(module).__name__}.backward: the last training-mode forward was already "
-                        "back-propagated through; backward frees its saved context, as PyTorch does without "
-                        "retain_graph=True (run the forward again, or use rnncore.functional, whose contexts "
-                        "can be back-propagated more than once)")
-
-
-def saved_context(module, missing):
-    """The context `module`'s last training-mode forward saved, for its backward to read;
-    `missing` is the error message when there was no such forward."""
-    saved = module._saved
-    if saved is _CONSUMED:
-        raise _consumed(module)
-    if saved is None:
-        raise RuntimeError(missing)
-    return saved
-
-
-def commit(entries):
-    """Consume the contexts a backward read and add its gradients, all or nothing.
-
-    entries: [(module, the saved context its gradients came from, {name: gradient})], a
-    gradient being an array of the parameter's shape or a pair (row indices, rows) that
-    adds into those rows only. A context that another backward consumed, or a newer
-    forward replaced, since it was read refuses the whole backward. Inside
-    `deferred_commits` the entries are only collected."""
-    pending = getattr(_deferred, "entries", None)
-    if pending is not None:
-        pending.extend(entries)
-        return
-    with _commit_lock:
-        for module, saved, _ in entries:
-            if module._saved is _CONSUMED:
-                raise _consumed(module)
-            if module._saved is not saved:
-                raise RuntimeError(f"{type(module).__name__}.backward: a new forward replaced the saved context "
-                                   "while this backward ran (forward and backward of one module must not run "
-                                   "at the same time)")
-        for module, _, grads in entries:
-            module._saved = _CONSUMED
-            for name, value in grads.items():
-                if isinstance(value, tuple):
-                    np.add.at(module.grads[name], *value)
-                else:
-                    module.grads[name] += value
-
-
-@contextlib.contextmanager
-def deferred_commits():
-    """Within the block, this thread's `commit` calls collect their entries into the list
-    it yields instead of applying them: a chain of modules commits once, all or nothing."""
-    outer = getattr(_deferred, "entries", None)
-    _deferred.entries = entries = []
-    try:
-        yield entries
-    finally:
-        _deferred.entries = outer
-
-
-class _Module(ConfigRepr):
-    """Pickling and copying: the saved context is dropped (it holds a backend module and
-    buffers only its own backward needs), so a copy needs a training-mode forward of its
-    own before backward; parameters, gradients, mode and random generator are copied.
-    The repr is the constructor call of get_config()."""
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_saved"] = None
-        # a cache of views into the parameter arrays: rebuilt on first use by the copy
-        state.pop("_by_layer", None)
-        return state
-
-
-class ParameterBudgetExceeded(ValueError):
-    """Building an object would allocate more parameter bytes than `parameter_budget` allows."""
-
-
-# [bytes left] while a parameter_budget is active in this thread or task, else None
-_budget: contextvars.ContextVar[Optional[list[int]]] = contextvars.ContextVar("rnncore_parameter_budget", default=None)
-
-
-@contextlib.contextmanager
-def parameter_budget(nbytes: int) -> Iterator[None]:
-    """Within this block, layers, cells, Linear and Embedding built here may allocate at
-    most `nbytes` of parameters in all; one that would exceed it raises
-    ParameterBudgetExceeded before allocating anything. Loading a checkpoint builds its
-    model under the size of the arrays the file holds, so that a configuration claiming
-    a larger model costs nothing."""
-    token = _budget.set([int(nbytes)])
-    try:
-        yield
-    finally:
-        _budget.reset(token)
-
-
-def _check_budget(count, dtype, charge):
-    """Refuse `count` parameter values of `dtype` beyond the active budget; with `charge`,
-    spend it."""
-    left = _budget.get()
-    if left is None:
-        return
-    need = count * np.dtype(dtype).itemsize
-    if need > left[0]:
-        raise ParameterBudgetExceeded(f"parameters of at least {need} bytes, beyond the {left[0]} bytes left of the "
-                                      f"budget")
-    if charge:
-        left[0] -= need
-
-
-class _Parametrised(_Module):
-    """Parameters by name, their gradients, state_dict, train/eval: shared by layers
-    and cells. Subclasses fill `self._params` in `_init_params` order."""
-
-    def _init_params(self, shapes, hidden_size, seed):
-        _check_budget(sum(math.prod(shape) for shape in shapes.values()), self.dtype, charge=True)
-        # every parameter U(-1/sqrt(H), 1/sqrt(H)), as PyTorch; drawn in float64 so that
-        # float32 and float64 layers with the same seed hold the same values
-        bound = 1.0 / math.sqrt(hidden_size)
-        self._rng = np.random.default_rng(_validate.seed(seed))
-        self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
-                        for name, shape in shapes.items()}
-        self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
-        self.training = True
-        self._saved = None
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        """The live parameter arrays by name (updating them updates the layer)."""
-        return dict(self._params)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters, with PyTorch's names, shapes and gate orders."""
-        return {name: value.copy() for name, value in self._params.items()}
-
-    def load_state_dict(self, mapping: Mapping[str, ArrayLike], strict: bool = True) -> None:
-        """Copy parameters in from any mapping of name to array-like (a PyTorch
-        state_dict as it is). Wrong names or shapes leave the layer unchanged."""
-        copy_state(self._params, mapping, strict)
-
-    def zero_grad(self) -> None:
-        for g in self.grads.values():
-            g.fill(0)
-
-    def train(self, mode: bool = True) -> _Parametrised:
-        self.training = _validate.flag("mode", mode)
-        return self
-
-    def eval(self) -> _Parametrised:
-        return self.train(False)
-
-    def _backend(self):
-        return _backend.resolve(self._backend_name)
-
-    def get_config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this object (seed excepted), by name."""
-        names = [n for n in inspect.signature(type(self).__init__).parameters if n not in ("self", "seed")]
-        config = {n: getattr(self, n if n != "backend" else "_backend_name") for n in names}
-        config["dtype"] = self.dtype.name
-        return config
-
-
-class _Recurrent(_Parametrised):
+class _Recurrent(Module):
     """A stack of `num_layers` layers of one cell type, one or two directions each."""
 
     _state_names: tuple[str, ...] = ("h0",)
@@ -239,21 +40,21 @@ class _Recurrent(_Parametrised):
     def __init__(self, kind, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, backend=None,
                  **variant):
-        self.input_size = _validate.positive_int("input_size", input_size)
-        self.hidden_size = _validate.positive_int("hidden_size", hidden_size)
-        self.num_layers = _validate.positive_int("num_layers", num_layers)
-        self.dtype = _validate.float_dtype(dtype)
+        self.input_size = validate.positive_int("input_size", input_size)
+        self.hidden_size = validate.positive_int("hidden_size", hidden_size)
+        self.num_layers = validate.positive_int("num_layers", num_layers)
+        self.dtype = validate.float_dtype(dtype)
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between layers; with num_layers=1 it does nothing", UserWarning,
                           stacklevel=3)
         if backend is not None:
-            _backend._check_name(backend)
-        self.bias = _validate.flag("bias", bias)
-        self.batch_first = _validate.flag("batch_first", batch_first)
+            functional.check_backend(backend)
+        self.bias = validate.flag("bias", bias)
+        self.batch_first = validate.flag("batch_first", batch_first)
         self.dropout = float(dropout)
-        self.bidirectional = _validate.flag("bidirectional", bidirectional)
+        self.bidirectional = validate.flag("bidirectional", bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self._backend_name = backend
 
@@ -274,14 +75,6 @@ class _Recurrent(_Parametrised):
                   for base, shape in spec.param_shapes().items()}
         self._init_params(shapes, self.hidden_size, seed)
 
-    def load_keras_weights(self, *weights: Any, config: Optional[Mapping[str, Any]] = None) -> None:
-        """Copy in the weights of the equivalent Keras layer, Bidirectional or stack:
-        `(kernel, recurrent_kernel, bias)`, the list Keras' get_weights() returns, or the
-        Keras layer(s) themselves; `config` (the Keras layer's get_config()) refuses what
-        this layer does not compute (see rnncore.keras.load_weights)."""
-        from . import keras  # lazily: rnncore.keras imports this module
-        keras.load_weights(self, *weights, config=config)
-
     def _direction_params(self, layer):
         """[{base name: live array}] per direction of one layer of the stack. Built once:
         the arrays are never replaced (loading copies into them), and a short call
@@ -297,7 +90,7 @@ class _Recurrent(_Parametrised):
 
     def _input(self, x, check_finite):
         """x as C-contiguous time-major (T, B, I), and whether it had a batch axis."""
-        x = _validate.array("x", x, self.dtype)
+        x = validate.array("x", x, self.dtype)
         if x.ndim not in (2, 3):
             raise ValueError(f"x: expected 3 dimensions (T, B, I), or 2 (T, I) unbatched, got shape {x.shape}")
         given = x.shape  # errors report the caller's shape, not the time-major view
@@ -312,14 +105,14 @@ class _Recurrent(_Parametrised):
         if T < 1 or B < 1:
             raise ValueError(f"x: expected at least one step and one sequence, got shape {given}")
         if check_finite:
-            _validate.finite("x", x)
-        return _validate.kernel_input(x, self.training), batched
+            validate.finite("x", x)
+        return validate.kernel_input(x, self.training), batched
 
     def _states(self, given, names, B, batched, check_finite):
         """The initial (or final-gradient) states as (D*L, B, n) arrays, zeros for None."""
         rows = self.num_directions * self.num_layers
         lead = (rows, B) if batched else (rows,)
-        out = _validate.states(given, names, self.specs[0].state_sizes, self.dtype, lead, check_finite)
+        out = validate.states(given, names, self.specs[0].state_sizes, self.dtype, lead, check_finite)
         return out if batched else [s[:, None, :] for s in out]
 
     def _output(self, y, batched):
@@ -330,13 +123,13 @@ class _Recurrent(_Parametrised):
     # -- forward and backward through the stack ----------------------------------------
 
     def _forward(self, x, states, lengths, check_finite):
-        check_finite = _validate.flag("check_finite", check_finite)
+        check_finite = validate.flag("check_finite", check_finite)
         x, batched = self._input(x, check_finite)
         T, B, _ = x.shape
         if lengths is not None:
             if not batched:
                 raise ValueError("lengths: expected None for unbatched input (slice x instead), got an array")
-            lengths = _validate.lengths(lengths, B, T)
+            lengths = validate.lengths(lengths, B, T)
         states = self._states(states, self._state_names, B, batched, check_finite)
         dropout_mask = self._dropout_mask if self.training and self.dropout > 0 else None
         y, finals, saved = self._stack_forward(x, states, lengths, self.training, dropout_mask)
@@ -351,7 +144,7 @@ class _Recurrent(_Parametrised):
         of each layer's output but the last. It stores nothing on the layer, so calls
         may interleave."""
         T, B, _ = x.shape
-        backend = self._backend()
+        backend = functional.resolve_backend(self._backend_name)
         D = self.num_directions
         reverse = (False, True)[:D]
         finals = [np.empty_like(s) for s in states]
@@ -389,9 +182,9 @@ class _Recurrent(_Parametrised):
         batched = saved["batched"]
         T, B, W = saved["y_shape"]
         expected = (T, B, W) if not self.batch_first else (B, T, W)
-        dy = _validate.array("dy", dy, self.dtype)
-        _validate.shape("dy", dy, expected if batched else (T, W))
-        _validate.finite("dy", dy, skippable=False)
+        dy = validate.array("dy", dy, self.dtype)
+        validate.shape("dy", dy, expected if batched else (T, W))
+        validate.finite("dy", dy, skippable=False)
         names = tuple("d" + n.replace("0", "_n") for n in self._state_names)
         dstates = self._states(dstates_n, names, B, batched, check_finite=True)
         if not batched:
@@ -490,29 +283,8 @@ class _OneState(_Recurrent):
         return dx, dh0
 
 
-# The parameter entries the layers' docstrings share, filled in by `_shared_docs`
-_PARAMETER_DOCS = {
-    'input_size': 'input_size : int\n        Features per step of the input, I.',
-    'hidden_size': 'hidden_size : int\n        Units of the hidden state, H.',
-    'num_layers': "num_layers : int, default 1\n        Layers stacked, each reading the previous one's output.",
-    'bias': 'bias : bool, default True\n        Whether the layer has the biases `bias_ih_l{k}`, `bias_hh_l{k}`.',
-    'batch_first': 'batch_first : bool, default False\n        Whether batched input and output are (B, T, features) instead of (T, B, features).',
-    'dropout': 'dropout : float in [0, 1], default 0.0\n        Dropout on the output of every layer but the last, in training mode only.',
-    'bidirectional': "bidirectional : bool, default False\n        Whether each layer also runs backwards in time, its output concatenated after\n        the forward one's.",
-    'dtype': 'dtype : np.float32 or np.float64, default np.float32\n        The dtype of the parameters, and the one inputs must have.',
-    'seed': 'seed : int, optional\n        Seeds the initialisation, U(-1/sqrt(H), 1/sqrt(H)), and the dropout masks.',
-    'backend': 'backend : str, optional\n        "cython", "numba" or "numpy"; None follows `rnncore.set_backend`.',
-    'raises': 'Raises\n    ------\n    ValueError, TypeError\n        A size, option or dtype out of range, naming the argument.',
-}
-
-
-def _shared_docs(cls):
-    """Fill the `%(name)s` entries of `cls`'s docstring from `_PARAMETER_DOCS`."""
-    cls.__doc__ = cls.__doc__ % _PARAMETER_DOCS
-    return cls
-
-
-@_shared_docs
+@shared_docs
+@register
 class RNN(_OneState):
     """Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu.
 
@@ -545,13 +317,14 @@ class RNN(_OneState):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
-        _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+        validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
         super().__init__("rnn", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, backend, nonlinearity=nonlinearity)
         self.nonlinearity = nonlinearity
 
 
-@_shared_docs
+@shared_docs
+@register
 class GRU(_OneState):
     """GRU, gates r, z, n. reset_after=True: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     (PyTorch, cuDNN); False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) (Cho et al.).
@@ -586,13 +359,14 @@ class GRU(_OneState):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  reset_after: bool = True, dtype: DTypeLike = np.float32, seed: Optional[int] = None,
                  backend: Optional[str] = None) -> None:
-        reset_after = _validate.flag("reset_after", reset_after)
+        reset_after = validate.flag("reset_after", reset_after)
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, backend, reset_after=reset_after)
         self.reset_after = reset_after
 
 
-@_shared_docs
+@shared_docs
+@register
 class LSTM(_Recurrent):
     """LSTM, gates i, f, g, o; optional projection (proj_size), peepholes and coupled
     input-forget gate (then the weights hold i, g, o and f = 1 - i).
@@ -635,13 +409,13 @@ class LSTM(_Recurrent):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  peephole: bool = False, coupled_input_forget: bool = False, dtype: DTypeLike = np.float32,
                  seed: Optional[int] = None, backend: Optional[str] = None) -> None:
-        _validate.positive_int("proj_size", proj_size, minimum=0)
-        if proj_size >= _validate.positive_int("hidden_size", hidden_size):
+        validate.positive_int("proj_size", proj_size, minimum=0)
+        if proj_size >= validate.positive_int("hidden_size", hidden_size):
             raise ValueError(f"proj_size: expected 0 or less than hidden_size ({hidden_size}), got {proj_size}")
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, backend, proj_size=int(proj_size),
-                         peephole=_validate.flag("peephole", peephole),
-                         coupled_input_forget=_validate.flag("coupled_input_forget", coupled_input_forget))
+                         peephole=validate.flag("peephole", peephole),
+                         coupled_input_forget=validate.flag("coupled_input_forget", coupled_input_forget))
         self.proj_size = int(proj_size)
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
@@ -713,7 +487,8 @@ def _pair(name, value):
     return tuple(value)
 
 
-@_shared_docs
+@shared_docs
+@register
 class JordanRNN(_Recurrent):
     """Jordan RNN, fed back from the previous output:
     h_t = act(W_ih x_t + b_ih + W_hh y_{t-1} + b_hh),  y_t = act_o(W_ho h_t + b_ho).
@@ -751,11 +526,11 @@ class JordanRNN(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, output_size: int, nonlinearity: str = "tanh",
                  output_activation: str = "identity", bias: bool = True, batch_first: bool = False,
                  dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
-        _validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
-        _validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
+        validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
         super().__init__("jordan", input_size, hidden_size, 1, bias, batch_first, 0.0, False, dtype, seed,
                          backend, nonlinearity=nonlinearity, output_activation=output_activation,
-                         output_size=_validate.positive_int("output_size", output_size))
+                         output_size=validate.positive_int("output_size", output_size))
         self.output_size = int(output_size)
         self.nonlinearity = nonlinearity
         self.output_activation = output_activation

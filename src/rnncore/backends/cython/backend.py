@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from . import _recurrent
-from .. import _backend
+from .. import registry
 
 _KINDS = {"rnn": 0, "jordan": 1, "lstm": 2, "gru": 3}
 _ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
@@ -26,7 +26,7 @@ _ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
 SMALL_ROWS = 32
 
 # the kernels hold this BLAS at one thread while they run (see _recurrent's "threads")
-_recurrent.configure_blas(_backend.blas_thread_functions())
+_recurrent.configure_blas(registry.blas_thread_functions())
 
 
 class _Schedule:
@@ -219,7 +219,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
     schedule = _schedule(T, B, lengths)
     plans = [_plan(spec, p, x, s, schedule, rev, training, dtype)
              for p, s, rev in zip(params, states, reverse)]
-    _recurrent.forward_all(plans, is_double, _backend.get_num_threads())
+    _recurrent.forward_all(plans, is_double, registry.get_num_threads())
 
     D, P = len(plans), spec.out_size
     if D == 1 and not schedule.packed and not training:
@@ -283,7 +283,7 @@ def layer_backward(ctx, dy, dstates_n):
                           ("g_b_ho", "bias_ho")):
             plan[key] = g.get(name)
 
-    _recurrent.backward_all(plans, is_double, _backend.get_num_threads())
+    _recurrent.backward_all(plans, is_double, registry.get_num_threads())
     _recurrent.weight_gradients_all(plans, is_double)
 
     dstates0 = []

@@ -17,13 +17,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _validate
-from ._repr import call_repr, indent
-from .functional import _filled
+from ..core import validate
+from ..core.docs import filled
+from ..core.module import call_repr, indent
 
 __all__ = ["SGD", "Adam"]
 
-# The entries the optimizers' docstrings share, filled in by `_filled(_DOCS)`
+# The entries the optimizers' docstrings share, filled in by `filled(_DOCS)`
 _DOCS = {
     'modules': 'modules : module or list of modules\n        Anything with parameters() and grads (a layer, Linear, Sequential); several\n'
                '        name their parameters "<index>.<name>".',
@@ -228,7 +228,7 @@ class _Optimizer:
                     except ValueError as exc:
                         problems.append(str(exc))
                     continue
-                array = _validate.to_numpy(value, f"{name}.{key}")
+                array = validate.to_numpy(value, f"{name}.{key}")
                 if array.shape != param.shape or array.dtype.kind not in "fiu":
                     problems.append(f"{name}.{key}: expected a numeric array of shape {param.shape}, got "
                                     f"{array.dtype}{array.shape}")
@@ -244,7 +244,7 @@ class _Optimizer:
         self.state = state
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 class SGD(_Optimizer):
     """Stochastic gradient descent as torch.optim.SGD:
     g = grad + weight_decay * p; b = momentum * b + (1 - dampening) * g (b = g at the
@@ -288,7 +288,7 @@ class SGD(_Optimizer):
         values = {"lr": _number("lr", lr), "momentum": _number("momentum", momentum),
                   "dampening": _number("dampening", dampening),
                   "weight_decay": _number("weight_decay", weight_decay),
-                  "nesterov": _validate.flag("nesterov", nesterov)}
+                  "nesterov": validate.flag("nesterov", nesterov)}
         if values["nesterov"] and (values["momentum"] == 0 or values["dampening"] != 0):
             raise ValueError(f"nesterov: expected momentum > 0 and dampening == 0, got momentum "
                              f"{values['momentum']}, dampening {values['dampening']}")
@@ -307,7 +307,7 @@ class SGD(_Optimizer):
         param -= param.dtype.type(self.lr) * g
 
 
-@_filled(_DOCS)
+@filled(_DOCS)
 class Adam(_Optimizer):
     """Adam as torch.optim.Adam (L2 weight decay added to the gradient, bias-corrected
     moments, eps added after the square root; amsgrad keeps the running maximum of the
@@ -357,7 +357,7 @@ class Adam(_Optimizer):
         return {"lr": _number("lr", lr),
                 "betas": (_number("betas[0]", betas[0], below=1.0), _number("betas[1]", betas[1], below=1.0)),
                 "eps": _number("eps", eps), "weight_decay": _number("weight_decay", weight_decay),
-                "amsgrad": _validate.flag("amsgrad", amsgrad)}
+                "amsgrad": validate.flag("amsgrad", amsgrad)}
 
     def _update(self, param, grad, state):
         beta1, beta2 = self.betas

@@ -1,0 +1,1 @@
+"""The command line (`python -m rnncore`) and the demo. May import anything."""

@@ -1,0 +1,1 @@
+"""The NumPy reference, the oracle every other backend is tested against (backend "numpy")."""

@@ -1,0 +1,2 @@
+"""Other formats and frameworks: checkpoints, ONNX, Keras weights, the PyTorch adapter.
+Imports core only."""
