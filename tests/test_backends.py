@@ -21,7 +21,7 @@ import rnncore as rc
 from rnncore.backends import registry as _backend
 from rnncore.backends.reference import backend as _reference
 from rnncore.core.spec import CellSpec
-from cases import VARIANTS, back, build, call, random_states
+from cases import THREADS, VARIANTS, back, build, call, random_states
 from conftest import assert_close
 
 FAST_BACKENDS = [name for name in rc.backends() if name != "numpy"]
@@ -243,20 +243,20 @@ def test_contract_reverse_only_and_eval(fast_backend, spec, lengths, dtype):
     states = [tuple(rng.standard_normal((B, n)).astype(dtype) for n in spec.state_sizes)]
     lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
 
-    y_ref, states_ref, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, (True,))
-    y, states_n, ctx = module.layer_forward(spec, params, x, states, lengths, False, (True,))
+    y_ref, states_ref, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, (True,), THREADS)
+    y, states_n, ctx = module.layer_forward(spec, params, x, states, lengths, False, (True,), THREADS)
     assert ctx is None
     assert_close(y, y_ref, dtype, what="eval y")
     for s, s_ref in zip(states_n[0], states_ref[0]):
         assert_close(s, s_ref, dtype, what="eval final state")
 
-    y, states_n, ctx = module.layer_forward(spec, params, x, states, lengths, True, (True,))
+    y, states_n, ctx = module.layer_forward(spec, params, x, states, lengths, True, (True,), THREADS)
     assert ctx is not None
     assert_close(y, y_ref, dtype, what="training y")
     dy = rng.standard_normal(y.shape).astype(dtype)
     dstates_n = [tuple(rng.standard_normal((B, n)).astype(dtype) for n in spec.state_sizes)]
-    dx_ref, dstates0_ref, grads_ref = _reference.layer_backward(ctx_ref, dy, dstates_n)
-    dx, dstates0, grads = module.layer_backward(ctx, dy, dstates_n)
+    dx_ref, dstates0_ref, grads_ref = _reference.layer_backward(ctx_ref, dy, dstates_n, THREADS)
+    dx, dstates0, grads = module.layer_backward(ctx, dy, dstates_n, THREADS)
     assert_close(dx, dx_ref, dtype, what="dx")
     for d, d_ref in zip(dstates0[0], dstates0_ref[0]):
         assert_close(d, d_ref, dtype, what="dstate0")

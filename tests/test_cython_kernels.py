@@ -9,6 +9,7 @@ import rnncore as rc
 from rnncore.backends.reference import backend as _reference
 from rnncore.core.spec import CellSpec
 
+from cases import THREADS
 from conftest import assert_close
 
 # an install without the compiled extension (no compiler at build time) skips this file
@@ -96,8 +97,8 @@ def test_inference_path_keeps_nothing_and_matches_training(spec):
     params, x, states, _ = _random_case(spec, 6, 3, 2, np.float64, 1)
     lengths = np.array([6, 2, 4])
     reverse = (False, True)
-    y_train, s_train, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse)
-    y_eval, s_eval, none = cython_backend.layer_forward(spec, params, x, states, lengths, False, reverse)
+    y_train, s_train, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse, THREADS)
+    y_eval, s_eval, none = cython_backend.layer_forward(spec, params, x, states, lengths, False, reverse, THREADS)
     assert none is None and ctx is not None
     # the same kernels run in both modes; only where the state is written differs
     np.testing.assert_array_equal(y_eval, y_train)
@@ -114,16 +115,16 @@ def test_packed_lengths_equal_separate_runs(spec):
     params, x, states, rng = _random_case(spec, T, B, D, np.float64, 2)
     lengths = np.array([3, 7, 1, 5])
     reverse = (False, True)
-    y, states_n, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse)
+    y, states_n, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse, THREADS)
     dy = rng.standard_normal(y.shape)
     dstates_n = [tuple(rng.standard_normal(s.shape) for s in st) for st in states]
-    dx, dstates0, grads = cython_backend.layer_backward(ctx, dy, dstates_n)
+    dx, dstates0, grads = cython_backend.layer_backward(ctx, dy, dstates_n, THREADS)
     grads_sum = [{k: np.zeros_like(v) for k, v in g.items()} for g in grads]
     for b in range(B):
         L = lengths[b]
         one = [tuple(s[b:b + 1] for s in st) for st in states]
         y_b, sn_b, ctx_b = cython_backend.layer_forward(spec, params, np.ascontiguousarray(x[:L, b:b + 1]), one,
-                                                        None, True, reverse)
+                                                        None, True, reverse, THREADS)
         # float64 with different GEMM shapes: rounding only, so the float64 tolerance
         assert_close(y[:L, b:b + 1], y_b, what=f"y of sequence {b}")
         assert not np.any(y[L:, b]), "outputs past a sequence's end are zero"
@@ -131,7 +132,7 @@ def test_packed_lengths_equal_separate_runs(spec):
             for got, want in zip(states_n[d], sn_b[d]):
                 assert_close(got[b:b + 1], want, what=f"final state of {b}")
         dn_b = [tuple(s[b:b + 1] for s in st) for st in dstates_n]
-        dx_b, ds0_b, g_b = cython_backend.layer_backward(ctx_b, np.ascontiguousarray(dy[:L, b:b + 1]), dn_b)
+        dx_b, ds0_b, g_b = cython_backend.layer_backward(ctx_b, np.ascontiguousarray(dy[:L, b:b + 1]), dn_b, THREADS)
         assert_close(dx[:L, b:b + 1], dx_b, what=f"dx of {b}")
         assert not np.any(dx[L:, b]), "no gradient reaches inputs past a sequence's end"
         for d in range(D):
@@ -156,10 +157,10 @@ def test_results_do_not_depend_on_thread_count(dtype):
     try:
         for threads in (1, 2):
             rc.set_num_threads(threads)
-            y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, (False, True))
+            y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, (False, True), THREADS)
             dy = np.random.default_rng(4).standard_normal(y.shape).astype(dtype)
             dx, ds0, grads = cython_backend.layer_backward(ctx, dy, [tuple(np.ones_like(s) for s in st)
-                                                                     for st in states])
+                                                                     for st in states], THREADS)
             runs.append([y, dx] + [a for st in sn + ds0 for a in st] + [g[k] for g in grads for k in sorted(g)])
     finally:
         rc.set_num_threads(old)
@@ -171,11 +172,11 @@ def test_backward_twice_from_one_context():
     """A saved context can be back-propagated through again with the same result."""
     spec = CellSpec("gru", 4, 5, reset_after=False)
     params, x, states, rng = _random_case(spec, 5, 3, 1, np.float64, 5)
-    y, _, ctx = cython_backend.layer_forward(spec, params, x, states, np.array([5, 2, 4]), True, (True,))
+    y, _, ctx = cython_backend.layer_forward(spec, params, x, states, np.array([5, 2, 4]), True, (True,), THREADS)
     dy = rng.standard_normal(y.shape)
     ds = [tuple(np.zeros_like(s) for s in states[0])]
-    first = cython_backend.layer_backward(ctx, dy, ds)
-    second = cython_backend.layer_backward(ctx, dy, ds)
+    first = cython_backend.layer_backward(ctx, dy, ds, THREADS)
+    second = cython_backend.layer_backward(ctx, dy, ds, THREADS)
     np.testing.assert_array_equal(first[0], second[0])
     for k in first[2][0]:
         np.testing.assert_array_equal(first[2][0][k], second[2][0][k])
@@ -185,8 +186,8 @@ def test_long_float64_sequence_keeps_reference_agreement():
     """The fast float64 tanh/sigmoid keep 1e-10 agreement over a long sequence."""
     spec = CellSpec("lstm", 3, 8, peephole=True)
     params, x, states, rng = _random_case(spec, 300, 2, 1, np.float64, 6)
-    y, sn, _ = cython_backend.layer_forward(spec, params, x, states, None, False, (False,))
-    y_ref, sn_ref, _ = _reference.layer_forward(spec, params, x, states, None, False, (False,))
+    y, sn, _ = cython_backend.layer_forward(spec, params, x, states, None, False, (False,), THREADS)
+    y_ref, sn_ref, _ = _reference.layer_forward(spec, params, x, states, None, False, (False,), THREADS)
     assert_close(y, y_ref, what="y")
     assert_close(sn[0][1], sn_ref[0][1], what="c_n")
 
@@ -206,16 +207,16 @@ def _assert_both_directions_match_reference(spec, params, x, states, lengths, rn
     """Forward (y, final states) and backward (dx, initial-state and parameter gradients)
     of both directions with `lengths`, against the reference, at the dtype's tolerance."""
     reverse = (False, True)
-    y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse)
-    y_ref, sn_ref, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, reverse)
+    y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse, THREADS)
+    y_ref, sn_ref, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, reverse, THREADS)
     assert_close(y, y_ref, what="y")
     for d in range(2):
         for a, b in zip(sn[d], sn_ref[d]):
             assert_close(a, b, what="final state")
     dy = rng.standard_normal(y.shape).astype(x.dtype)
     dsn = [tuple(rng.standard_normal(s.shape).astype(x.dtype) for s in st) for st in states]
-    dx, ds0, grads = cython_backend.layer_backward(ctx, dy, dsn)
-    dx_ref, ds0_ref, grads_ref = _reference.layer_backward(ctx_ref, dy, dsn)
+    dx, ds0, grads = cython_backend.layer_backward(ctx, dy, dsn, THREADS)
+    dx_ref, ds0_ref, grads_ref = _reference.layer_backward(ctx_ref, dy, dsn, THREADS)
     assert_close(dx, dx_ref, what="dx")
     for d in range(2):
         for a, b in zip(ds0[d], ds0_ref[d]):

@@ -9,7 +9,7 @@ from rnncore.backends.reference import backend as _reference
 from rnncore import functional as F
 from rnncore.core.spec import CellSpec
 
-from cases import VARIANT_IDS, VARIANTS, back, build, call
+from cases import THREADS, VARIANT_IDS, VARIANTS, back, build, call
 from conftest import RTOL
 
 DTYPES = [np.float32, np.float64]
@@ -157,15 +157,15 @@ def test_compiled_empty_product_writes_zeros(lengths, directions):
     params = [{name: np.zeros(shape) for name, shape in spec.param_shapes().items()} for _ in range(directions)]
     states = [(np.zeros((B, 0)),) for _ in range(directions)]
     x = np.ones((T, B, I))
-    y, _, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, (False, True)[:directions])
+    y, _, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, (False, True)[:directions], THREADS)
     for _ in range(3):
         primed = np.full((T, B, I), np.nan)
         packed = np.full((T * B if lengths is None else int(lengths.sum()), I), np.nan)
         del primed, packed
-        dx, dstates0, grads = cython_backend.layer_backward(ctx, np.zeros(y.shape), states)
+        dx, dstates0, grads = cython_backend.layer_backward(ctx, np.zeros(y.shape), states, THREADS)
         np.testing.assert_array_equal(dx, np.zeros((T, B, I)))
         for g in grads:
             assert g["weight_ih"].shape == (0, I)
     y_ref, _, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True,
-                                                 (False, True)[:directions])
-    np.testing.assert_array_equal(_reference.layer_backward(ctx_ref, np.zeros(y.shape), states)[0], dx)
+                                                 (False, True)[:directions], THREADS)
+    np.testing.assert_array_equal(_reference.layer_backward(ctx_ref, np.zeros(y.shape), states, THREADS)[0], dx)

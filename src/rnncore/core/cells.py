@@ -58,7 +58,8 @@ class _Cell(Module):
         states = self._check_states(states, self._state_names, B, batched, check_finite)
         backend = functional.resolve_backend(self._backend_name)
         _, (states_n,), ctx = backend.layer_forward(self.spec, [self._params], validate.kernel_input(x[None], self.training),
-                                                     [states], None, self.training, (False,))
+                                                     [states], None, self.training, (False,),
+                                                     functional.num_threads())
         self._saved = dict(backend=backend, ctx=ctx, batched=batched, B=B) if self.training else None
         return tuple(s if batched else s[0] for s in states_n)
 
@@ -73,7 +74,7 @@ class _Cell(Module):
         names = tuple("d" + n.replace("0", "1") for n in self._state_names)
         dstates = self._check_states(dstates, names, saved["B"], saved["batched"], check_finite=True)
         dy = np.zeros((1, saved["B"], self.spec.out_size), dtype=self.dtype)
-        dx, (dstates0,), (grads,) = saved["backend"].layer_backward(saved["ctx"], dy, [dstates])
+        dx, (dstates0,), (grads,) = saved["backend"].layer_backward(saved["ctx"], dy, [dstates], functional.num_threads())
         commit([(self, saved, grads)])
         if saved["batched"]:
             return dx[0], dstates0

@@ -30,6 +30,12 @@ def check_backend(name):
     registry.check_name(name)
 
 
+def num_threads():
+    """The thread count a backend call gets: rnncore's own, else the host framework's,
+    else the CPUs this process may use."""
+    return registry.get_num_threads()
+
+
 def resolve_backend(name):
     """The backend module for `name` (None: the current selection)."""
     return registry.resolve(name)
@@ -168,7 +174,7 @@ def _forward(spec, params, x, states, lengths, reverse, training, check_finite, 
             validate.finite(name, arr)
     module = registry.resolve(backend)
     y, (state_n,), inner = module.layer_forward(spec, [arrays], validate.kernel_input(x, training), [tuple(state_arrays)],
-                                               lengths, training, (bool(reverse),))
+                                               lengths, training, (bool(reverse),), registry.get_num_threads())
     ctx = _Context(module, inner, spec, (T, B), dtype) if training else None
     return y, state_n, ctx
 
@@ -182,7 +188,7 @@ def _backward(ctx, dy, dstates_n, names):
     arrays = [np.ascontiguousarray(a) for a in
               validate.states(dstates_n, names, ctx.spec.state_sizes, ctx.dtype, (B,), check_finite=False,
                                source="the forward's dtype")]
-    dx, (dstate0,), (grads,) = ctx.backend.layer_backward(ctx.inner, np.ascontiguousarray(dy), [tuple(arrays)])
+    dx, (dstate0,), (grads,) = ctx.backend.layer_backward(ctx.inner, np.ascontiguousarray(dy), [tuple(arrays)], registry.get_num_threads())
     return dx, dstate0, grads
 
 

@@ -154,7 +154,8 @@ class _Recurrent(Module):
             rows = range(k * D, (k + 1) * D)
             states_k = [tuple(np.ascontiguousarray(s[r]) for s in states) for r in rows]
             y, states_n, ctx = backend.layer_forward(spec, self._direction_params(k), layer_input, states_k,
-                                                     lengths, keep_context, reverse)
+                                                     lengths, keep_context, reverse,
+                                                     functional.num_threads())
             for r, state in zip(rows, states_n):
                 for final, value in zip(finals, state):
                     final[r] = value
@@ -208,7 +209,7 @@ class _Recurrent(Module):
         for k in reversed(range(self.num_layers)):
             rows = range(k * D, (k + 1) * D)
             dstates_k = [tuple(np.ascontiguousarray(s[r]) for s in dstates) for r in rows]
-            dx, ds0, grads = backend.layer_backward(saved["contexts"][k], dy, dstates_k)
+            dx, ds0, grads = backend.layer_backward(saved["contexts"][k], dy, dstates_k, functional.num_threads())
             for r, state in zip(rows, ds0):
                 for d0, value in zip(dstates0, state):
                     d0[r] = value

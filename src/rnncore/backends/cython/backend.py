@@ -212,14 +212,14 @@ def _final_states(spec, plan, schedule):
     return h_n, schedule.unsort(c_last)
 
 
-def layer_forward(spec, params, x, states, lengths, training, reverse):
+def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads):
     T, B, _ = x.shape
     dtype = x.dtype
     is_double = dtype == np.float64
     schedule = _schedule(T, B, lengths)
     plans = [_plan(spec, p, x, s, schedule, rev, training, dtype)
              for p, s, rev in zip(params, states, reverse)]
-    _recurrent.forward_all(plans, is_double, registry.get_num_threads())
+    _recurrent.forward_all(plans, is_double, num_threads)
 
     D, P = len(plans), spec.out_size
     if D == 1 and not schedule.packed and not training:
@@ -242,7 +242,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
     return y, states_n, ctx
 
 
-def layer_backward(ctx, dy, dstates_n):
+def layer_backward(ctx, dy, dstates_n, num_threads):
     spec, plans, schedule = ctx["spec"], ctx["plans"], ctx["schedule"]
     T, B, I = ctx["x_shape"]
     dtype = ctx["dtype"]
@@ -283,7 +283,7 @@ def layer_backward(ctx, dy, dstates_n):
                           ("g_b_ho", "bias_ho")):
             plan[key] = g.get(name)
 
-    _recurrent.backward_all(plans, is_double, registry.get_num_threads())
+    _recurrent.backward_all(plans, is_double, num_threads)
     _recurrent.weight_gradients_all(plans, is_double)
 
     dstates0 = []

@@ -164,7 +164,7 @@ def _compile_notices(kernel, dtype):
 
 
 @contextlib.contextmanager
-def _kernel_call(kernel, dtype):
+def _kernel_call(kernel, dtype, threads):
     """Around one call of `kernel` on arrays of `dtype`: numba at rnncore's thread count
     in the calling thread (numba's setting is per thread, so rc.set_num_threads could
     not reach the others), and BLAS at one thread: chunks running side by side are the
@@ -175,7 +175,7 @@ def _kernel_call(kernel, dtype):
                            "process forked and cannot run here; start worker processes with 'spawn' or "
                            "'forkserver', or set NUMBA_THREADING_LAYER to 'workqueue' or 'tbb'")
     with _turns():
-        threads = min(registry.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        threads = min(threads, numba.config.NUMBA_NUM_THREADS)
         previous = numba.get_num_threads()
         if threads != previous:
             numba.set_num_threads(threads)
@@ -283,7 +283,7 @@ def _grads_dict(spec, values):
 
 # -- Elman and Jordan ------------------------------------------------------------------
 
-def _simple_forward(spec, p, x, state0, order, training):
+def _simple_forward(spec, p, x, state0, order, training, threads):
     T, B, _ = x.shape
     H, S, dtype = spec.hidden_size, spec.out_size, x.dtype
     jordan = spec.kind == "jordan"
@@ -300,14 +300,14 @@ def _simple_forward(spec, p, x, state0, order, training):
         w_ho, b_ho = _dummy(dtype, 2), _dummy(dtype, 1)
     act, out_act = ACTIVATION_CODES[spec.nonlinearity], ACTIVATION_CODES[spec.output_activation]
     chunk = rows_per_chunk(B)
-    with _kernel_call(kernels.simple_forward, dtype):
+    with _kernel_call(kernels.simple_forward, dtype, threads):
         kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, order.active, chunk, act, out_act,
                                jordan, x_proj, states, hidden)
     saved = dict(x=x, states=states, hidden=hidden, w_ho=w_ho, act=act, out_act=out_act, jordan=jordan, chunk=chunk)
     return states, (order.final(states),), saved
 
 
-def _simple_backward(spec, p, s, dy, d_states, order):
+def _simple_backward(spec, p, s, dy, d_states, order, threads):
     x = s["x"]
     T, B, I = x.shape
     H, S, dtype = spec.hidden_size, spec.out_size, x.dtype
@@ -321,7 +321,7 @@ def _simple_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_ho", _dummy(dtype, 2))
     bias_grad = np.empty(H, dtype)
     bias_ho_grad = np.empty(S, dtype)
-    with _kernel_call(kernels.simple_backward, dtype):
+    with _kernel_call(kernels.simple_backward, dtype, threads):
         kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
                                 s["out_act"], jordan, s["states"], s["hidden"], dy, d_state, d_pre, d_out, d_hidden, dx,
                                 g["weight_ih"], g["weight_hh"], g["weight_ho"], bias_grad, bias_ho_grad)
@@ -331,7 +331,7 @@ def _simple_backward(spec, p, s, dy, d_states, order):
 
 # -- LSTM ----------------------------------------------------------------------------
 
-def _lstm_forward(spec, p, x, state0, order, training):
+def _lstm_forward(spec, p, x, state0, order, training, threads):
     T, B, _ = x.shape
     H, S, G, dtype = spec.hidden_size, spec.out_size, spec.num_gates, x.dtype
     projected, peephole, coupled = bool(spec.proj_size), spec.peephole, spec.coupled_input_forget
@@ -348,7 +348,7 @@ def _lstm_forward(spec, p, x, state0, order, training):
     w_cf = p["weight_cf"] if peephole and not coupled else _dummy(dtype, 1)
     w_co = p["weight_co"] if peephole else _dummy(dtype, 1)
     chunk = rows_per_chunk(B)
-    with _kernel_call(kernels.lstm_forward, dtype):
+    with _kernel_call(kernels.lstm_forward, dtype, threads):
         kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], w_hr, w_ci, w_cf, w_co, order.active, chunk,
                              peephole, coupled, projected, x_proj, states, cells, m)
     saved = dict(x=x, x_proj=x_proj, states=states, cells=cells, m=m, w_hr=w_hr, w_ci=w_ci, w_cf=w_cf, w_co=w_co,
@@ -356,7 +356,7 @@ def _lstm_forward(spec, p, x, state0, order, training):
     return states, (order.final(states), order.final(cells)), saved
 
 
-def _lstm_backward(spec, p, s, dy, d_states, order):
+def _lstm_backward(spec, p, s, dy, d_states, order, threads):
     x = s["x"]
     T, B, I = x.shape
     H, S, G, dtype = spec.hidden_size, spec.out_size, spec.num_gates, x.dtype
@@ -372,7 +372,7 @@ def _lstm_backward(spec, p, s, dy, d_states, order):
     g.setdefault("weight_hr", _dummy(dtype, 2))
     bias_grad = np.empty(G * H, dtype)
     peephole_grad = np.empty((3, H), dtype)
-    with _kernel_call(kernels.lstm_backward, dtype):
+    with _kernel_call(kernels.lstm_backward, dtype, threads):
         kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], s["w_hr"], s["w_ci"], s["w_cf"], s["w_co"],
                               order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
                               s["m"], dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, g["weight_ih"],
@@ -384,7 +384,7 @@ def _lstm_backward(spec, p, s, dy, d_states, order):
 
 # -- GRU -------------------------------------------------------------------------------
 
-def _gru_forward(spec, p, x, state0, order, training):
+def _gru_forward(spec, p, x, state0, order, training, threads):
     T, B, _ = x.shape
     H, dtype = spec.hidden_size, x.dtype
     reset_after = spec.reset_after
@@ -401,14 +401,14 @@ def _gru_forward(spec, p, x, state0, order, training):
     aux = _per_step(training, T, B, H, dtype)
     hh = np.empty((B, 3 * H), dtype) if reset_after else _dummy(dtype, 2)
     chunk = rows_per_chunk(B)
-    with _kernel_call(kernels.gru_forward, dtype):
+    with _kernel_call(kernels.gru_forward, dtype, threads):
         kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, order.active, chunk, reset_after, x_proj,
                             states, aux, hh)
     saved = dict(x=x, x_proj=x_proj, states=states, aux=aux, chunk=chunk)
     return states, (order.final(states),), saved
 
 
-def _gru_backward(spec, p, s, dy, d_states, order):
+def _gru_backward(spec, p, s, dy, d_states, order, threads):
     x = s["x"]
     T, B, I = x.shape
     H, dtype = spec.hidden_size, x.dtype
@@ -421,7 +421,7 @@ def _gru_backward(spec, p, s, dy, d_states, order):
     dx = np.empty((T, B, I), dtype)
     g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
     bias_ih_grad, bias_hh_grad = np.empty(3 * H, dtype), np.empty(3 * H, dtype)
-    with _kernel_call(kernels.gru_backward, dtype):
+    with _kernel_call(kernels.gru_backward, dtype, threads):
         kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
                              s["states"], s["aux"], dy, d_state, d_direct, d_x_proj, d_hh, d_rh, dx, g["weight_ih"],
                              g["weight_hh"], bias_ih_grad, bias_hh_grad)
@@ -439,7 +439,7 @@ _FAMILIES = {
 
 # -- the contract ----------------------------------------------------------------------
 
-def layer_forward(spec, params, x, states, lengths, training, reverse):
+def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads):
     """(y, states_n, ctx): see rnncore.backends.contract.layer_forward."""
     forward, _ = _FAMILIES[spec.kind]
     T, B, _ = x.shape
@@ -450,7 +450,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
         order = _WorkOrder(T, B, lengths, rev)
         p = {name: _writable(value) for name, value in p.items()}
         states_seq, finals, saved = forward(spec, p, order.gather(x), [order.rows(s) for s in state0], order,
-                                            training)
+                                            training, num_threads)
         y_work = states_seq[1:]
         if D == 1 and order.perm is None and not order.flip:
             # training keeps states_seq for the backward: a caller's in-place edit of y
@@ -465,7 +465,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
     return y, states_n, (ctx if training else None)
 
 
-def layer_backward(ctx, dy, dstates_n):
+def layer_backward(ctx, dy, dstates_n, num_threads):
     """(dx, dstates0, grads): see rnncore.backends.contract.layer_backward."""
     width = dy.shape[2] // len(ctx)
     dx, dstates0, grads = None, [], []
@@ -474,7 +474,7 @@ def layer_backward(ctx, dy, dstates_n):
         _, backward = _FAMILIES[spec.kind]
         dy_work = order.gather(dy[:, :, d * width:(d + 1) * width])
         d_states = [order.rows(s) for s in d_states_n]
-        dx_work, d_states0, g = backward(spec, c["params"], c["saved"], dy_work, d_states, order)
+        dx_work, d_states0, g = backward(spec, c["params"], c["saved"], dy_work, d_states, order, num_threads)
         if dx is None:
             dx = np.empty_like(dx_work)
             order.scatter(dx_work, dx, add=False)
@@ -493,6 +493,6 @@ def warmup(spec, dtype, training):
     params = [{name: np.zeros(shape, dtype) for name, shape in spec.param_shapes().items()}]
     x = np.zeros((1, 1, 1), dtype)
     states = [tuple(np.zeros((1, width), dtype) for width in spec.state_sizes)]
-    y, states_n, ctx = layer_forward(spec, params, x, states, None, training, (False,))
+    y, states_n, ctx = layer_forward(spec, params, x, states, None, training, (False,), 1)
     if training:
-        layer_backward(ctx, np.zeros_like(y), [tuple(np.zeros_like(s) for s in states_n[0])])
+        layer_backward(ctx, np.zeros_like(y), [tuple(np.zeros_like(s) for s in states_n[0])], 1)

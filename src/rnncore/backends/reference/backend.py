@@ -286,15 +286,16 @@ def direction_backward(ctx, dy, dstate_n):
 
 # -- one layer: one or two directions ----------------------------------------------
 # The backend contract. Every backend module provides these two functions.
-#   layer_forward(spec, params, x, states, lengths, training, reverse) -> (y, states_n, ctx)
+#   layer_forward(spec, params, x, states, lengths, training, reverse, num_threads) -> (y, states_n, ctx)
 #     params: list over directions of {name: array}; x: C-contiguous (T, B, I);
 #     reverse: tuple of bools, one per direction (a layer passes (False, True));
 #     states: list over directions of state tuples, each (B, n) C-contiguous;
 #     lengths: None or int64 (B,), already validated; y: (T, B, D * out).
-#   layer_backward(ctx, dy, dstates_n) -> (dx, dstates0, grads)
+#   layer_backward(ctx, dy, dstates_n, num_threads) -> (dx, dstates0, grads)
+#     num_threads: the threads the call may use (the reference runs on one)
 #     dy: C-contiguous (T, B, D * out); dstates_n like states; grads: list of dicts.
 
-def layer_forward(spec, params, x, states, lengths, training, reverse):
+def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads=1):
     results = [direction_forward(spec, p, x, s, lengths, reverse=rev, training=training)
                for p, s, rev in zip(params, states, reverse)]
     y = np.concatenate([r[0] for r in results], axis=2)
@@ -302,7 +303,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse):
     return y, [r[1] for r in results], ctx
 
 
-def layer_backward(ctx, dy, dstates_n):
+def layer_backward(ctx, dy, dstates_n, num_threads=1):
     width = dy.shape[2] // len(ctx)
     dx, dstates0, grads = 0, [], []
     for d, (c, ds) in enumerate(zip(ctx, dstates_n)):
