@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import validate
+from .spec import init_bound
 
 
 # -- the repr: the constructor call --------------------------------------------------
@@ -295,7 +296,7 @@ class Module(ConfigRepr):
         _check_budget(sum(math.prod(shape) for shape in shapes.values()), self.dtype, charge=True)
         # every parameter U(-1/sqrt(H), 1/sqrt(H)), as PyTorch; drawn in float64 so that
         # float32 and float64 layers with the same seed hold the same values
-        bound = 1.0 / math.sqrt(hidden_size)
+        bound = init_bound(hidden_size)
         self._rng = np.random.default_rng(validate.seed(seed))
         self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
                         for name, shape in shapes.items()}

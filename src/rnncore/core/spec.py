@@ -1,20 +1,57 @@
-"""What one recurrent layer computes, independent of any backend.
+"""The cell vocabulary, written once: what one recurrent layer computes, independent of
+any backend.
 
-A `CellSpec` fixes the cell type and its variant flags; from it follow the gate count,
-the parameter names and shapes of one direction, and the shapes of the carried state.
-Every backend and every layer object reads these facts from here, so they are written
-once.
+Here are the cell kinds, the activations, the gate blocks of each kind in the order the
+weights hold them, the parameter names and shapes, the initialiser's bound, the
+variant features a cell may use, and the integer codes the compiled kernels number kinds
+and activations by. A `CellSpec` fixes one cell: its kind and variant flags, from which
+follow its gates, its parameters and the shapes of the carried state. Layers, cells,
+functional and the interchange formats read these facts from here. The backends may not
+import core, so each keeps its own copy of the codes; tests/test_spec_vocabulary.py holds
+every copy (Python, Cython, C and numba) to the ones below.
 """
+import math
 from dataclasses import dataclass
 
 KINDS = ("rnn", "lstm", "gru", "jordan")
-ACTIVATIONS = ("tanh", "relu")
-OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid")
+KIND_NAMES = {"rnn": "Elman RNN", "lstm": "LSTM", "gru": "GRU", "jordan": "Jordan RNN"}
+ACTIVATIONS = ("tanh", "relu")                         # the hidden activation of rnn, jordan
+OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid")   # the output activation of jordan
+
+# The gate blocks of each kind, in the order the rows of weight_ih, weight_hh and the
+# biases hold them (PyTorch's), each named by one letter whatever a library calls it:
+# LSTM i, f, g (the cell candidate: Keras' and ONNX's "c"), o; GRU r, z, n (their "h");
+# "a" is the single pre-activation of an Elman or Jordan RNN.
+GATES = {"rnn": "a", "lstm": "ifgo", "gru": "rzn", "jordan": "a"}
+# the coupled input-forget LSTM (CIFG) computes f = 1 - i, so f has no block
+COUPLED_LSTM_GATES = "igo"
+
+# The codes by which the compiled kernels tell kinds and activations apart (the Cython
+# plan's `kind`, `act` and `out_act`, the C enum, numba's constants).
+KIND_CODES = {"rnn": 0, "jordan": 1, "lstm": 2, "gru": 3}
+ACTIVATION_CODES = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
+
+# The variant features: what a cell computes beyond the plain form of its kind, each
+# named by the constructor argument that turns it on, with what it adds (an interchange
+# format refuses a cell using a feature it cannot express, and names it).
+FEATURES = {
+    "relu": "a ReLU hidden activation",
+    "proj_size": "projection of the hidden state",
+    "peephole": "peephole connections from the cell state to the gates",
+    "coupled_input_forget": "coupled input and forget gates",
+    "reset_after": "reset gate applied after the recurrent product",
+}
+
+
+def init_bound(hidden_size):
+    """Every parameter is drawn from U(-bound, bound) with bound = 1/sqrt(hidden_size),
+    as PyTorch initialises its recurrent layers."""
+    return 1.0 / math.sqrt(hidden_size)
 
 
 @dataclass(frozen=True)
 class CellSpec:
-    kind: str                      # "rnn" | "lstm" | "gru" | "jordan"
+    kind: str                      # one of KINDS
     input_size: int
     hidden_size: int
     bias: bool = True
@@ -27,10 +64,15 @@ class CellSpec:
     output_activation: str = "identity"  # jordan
 
     @property
+    def gates(self):
+        """The letters of the gate blocks, in the order the weights' rows hold them."""
+        if self.kind == "lstm" and self.coupled_input_forget:
+            return COUPLED_LSTM_GATES
+        return GATES[self.kind]
+
+    @property
     def num_gates(self):
-        if self.kind == "lstm":
-            return 3 if self.coupled_input_forget else 4
-        return 3 if self.kind == "gru" else 1
+        return len(self.gates)
 
     @property
     def out_size(self):
@@ -48,8 +90,31 @@ class CellSpec:
             return (self.out_size, self.hidden_size)
         return (self.out_size,)
 
+    def features(self):
+        """The names from FEATURES of what this cell computes beyond its kind's plain form."""
+        lstm = self.kind == "lstm"
+        used = {"relu": self.kind in ("rnn", "jordan") and self.nonlinearity == "relu",
+                "proj_size": lstm and self.proj_size > 0,
+                "peephole": lstm and self.peephole,
+                "coupled_input_forget": lstm and self.coupled_input_forget,
+                "reset_after": self.kind == "gru" and self.reset_after}
+        return frozenset(name for name in FEATURES if used[name])
+
+    def unsupported(self, expressible):
+        """The features of this cell, in the order of FEATURES, outside `expressible` (the
+        features a format can express for this kind); empty when the format carries it all."""
+        used = self.features()
+        return tuple(name for name in FEATURES if name in used and name not in expressible)
+
+    def option(self, feature):
+        """The constructor argument that turns `feature` on, as this cell sets it."""
+        if feature == "relu":
+            return f"nonlinearity={self.nonlinearity!r}"
+        return f"{feature}={getattr(self, feature)!r}"
+
     def param_shapes(self):
-        """Ordered {name: shape} of one direction, PyTorch's names without the suffix."""
+        """Ordered {name: shape} of one direction, PyTorch's names without the suffix (the
+        order is also that of the initialiser's draws)."""
         G, H, I = self.num_gates, self.hidden_size, self.input_size
         shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, self.out_size)}
         if self.bias:
@@ -59,10 +124,8 @@ class CellSpec:
             if self.proj_size:
                 shapes["weight_hr"] = (self.proj_size, H)
             if self.peephole:
-                shapes["weight_ci"] = (H,)
-                if not self.coupled_input_forget:
-                    shapes["weight_cf"] = (H,)
-                shapes["weight_co"] = (H,)
+                # one peephole weight per sigmoid gate, which reads the cell state
+                shapes.update((f"weight_c{gate}", (H,)) for gate in self.gates if gate != "g")
         if self.kind == "jordan":
             shapes["weight_ho"] = (self.output_size, H)
             if self.bias:
