@@ -1,5 +1,4 @@
-"""Keras weights in and out, and the gate-order conversion that every interchange format
-needs (rnncore.onnx uses it too). Nothing here imports Keras: the arrays are what a Keras
+"""Keras weights in and out. Nothing here imports Keras: the arrays are what a Keras
 layer's `get_weights()` returns.
 
 Keras layouts (Keras 2 and 3): `kernel` (input, G*units) applied as x @ kernel,
@@ -22,37 +21,15 @@ import numpy as np
 
 from ..core import validate
 from ..core.layers import _Recurrent
+from ..core.spec import ACTIVATIONS, KIND_NAMES
+from ._gates import KERAS_GATES, from_native, reorder_gates, to_native
 
 __all__ = ["load_weights", "to_keras_weights", "reorder_gates", "KERAS_GATES"]
 
-# Gate blocks are named by one canonical letter whatever a library calls them:
-# LSTM i, f, g (the cell candidate: Keras' and ONNX's "c"), o; GRU r, z, n (their "h");
-# "a" is the single pre-activation of an Elman RNN.
-KERAS_GATES = {"rnn": "a", "lstm": "ifgo", "gru": "zrn"}
-
-
-def native_gates(spec):
-    """rnncore's (PyTorch's) gate order for one cell spec."""
-    if spec.kind == "lstm":
-        return "igo" if spec.coupled_input_forget else "ifgo"
-    return {"rnn": "a", "gru": "rzn", "jordan": "a"}[spec.kind]
-
-
-def reorder_gates(array, source, target, axis=0):
-    """Rearrange the gate blocks of `array` along `axis` from the order `source` to the
-    order `target` (strings of gate letters). A gate of `target` that `source` lacks
-    becomes a zero block (the unused forget gate of ONNX's coupled LSTM); a gate of
-    `source` that `target` lacks is dropped."""
-    array = np.asarray(array)
-    for name, order in (("source", source), ("target", target)):
-        if not isinstance(order, str) or not order:
-            raise TypeError(f"{name}: expected a string of gate letters such as 'ifgo', got {order!r}")
-    if array.shape[axis] % len(source):
-        raise ValueError(f"expected axis {axis} of an array of gates {', '.join(source)} to be a multiple "
-                         f"of {len(source)}, got shape {array.shape}")
-    blocks = dict(zip(source, np.split(array, len(source), axis=axis)))
-    zero = np.zeros_like(blocks[source[0]])
-    return np.concatenate([blocks.get(gate, zero) for gate in target], axis=axis)
+_KERAS_CLASSES = {"rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
+# the variant features (core/spec.py FEATURES) each Keras layer computes: SimpleRNN's
+# activation="relu", GRU's reset_after=True; a feature missing here is refused
+_EXPRESSIBLE = {"rnn": {"relu"}, "lstm": set(), "gru": {"reset_after"}}
 
 
 def _convertible(layer, verb):
@@ -60,12 +37,14 @@ def _convertible(layer, verb):
     if not isinstance(layer, _Recurrent):
         raise TypeError(f"{verb}: expected an rnncore RNN, LSTM or GRU layer, got {type(layer).__name__}")
     spec = layer.specs[0]
-    if spec.kind == "jordan":
-        raise ValueError(f"{verb}: Keras has no Jordan RNN layer, so there are no Keras weights to convert")
-    extras = [name for name, on in (("proj_size", spec.proj_size), ("peephole", spec.peephole),
-                                    ("coupled_input_forget", spec.coupled_input_forget)) if on]
+    if spec.kind not in _KERAS_CLASSES:
+        raise ValueError(f"{verb}: Keras has no {KIND_NAMES[spec.kind]} layer, so there are no Keras weights to "
+                         f"convert")
+    extras = spec.unsupported(_EXPRESSIBLE[spec.kind])
     if extras:
-        raise ValueError(f"{verb}: Keras' LSTM has no {', '.join(extras)}; only a plain LSTM converts")
+        keras_name = _KERAS_CLASSES[spec.kind]
+        raise ValueError(f"{verb}: Keras' {keras_name} has no {', '.join(extras)}; only a plain {keras_name} "
+                         f"converts")
     return spec
 
 
@@ -90,7 +69,7 @@ def _gru_bias_variant_error(bias_shape, layer_reset_after, units):
 
 def keras_state_dict(layer, *weights):
     """The rnncore state_dict equivalent to Keras weights (see `load_weights`)."""
-    spec0 = _convertible(layer, "load_weights")
+    _convertible(layer, "load_weights")
     if len(weights) == 1 and isinstance(weights[0], (list, tuple)):
         weights = tuple(weights[0])
     per_set = 3 if layer.bias else 2
@@ -101,7 +80,6 @@ def keras_state_dict(layer, *weights):
             f"load_weights: expected {per_set * len(slots)} arrays ({listing} for each of "
             f"{layer.num_layers} layer(s) x {layer.num_directions} direction(s), forward first), "
             f"got {len(weights)}" + ("" if layer.bias else " (this layer has bias=False)"))
-    keras_order, native = KERAS_GATES[spec0.kind], native_gates(spec0)
     H = layer.hidden_size
     state, wrong = {}, []
     for n, (k, d, spec, label) in enumerate(slots):
@@ -127,8 +105,8 @@ def keras_state_dict(layer, *weights):
         if slot_wrong:
             continue
         suffix = _suffix(k, d)
-        state["weight_ih" + suffix] = reorder_gates(arrays[0].T, keras_order, native)
-        state["weight_hh" + suffix] = reorder_gates(arrays[1].T, keras_order, native)
+        state["weight_ih" + suffix] = to_native(arrays[0].T, spec, KERAS_GATES)
+        state["weight_hh" + suffix] = to_native(arrays[1].T, spec, KERAS_GATES)
         if bias is None:
             continue
         if bias.ndim == 2:
@@ -136,8 +114,8 @@ def keras_state_dict(layer, *weights):
         else:
             # one Keras bias: it all goes to the input side, where it adds the same
             input_bias, recurrent_bias = bias, np.zeros_like(bias)
-        state["bias_ih" + suffix] = reorder_gates(input_bias, keras_order, native)
-        state["bias_hh" + suffix] = reorder_gates(recurrent_bias, keras_order, native)
+        state["bias_ih" + suffix] = to_native(input_bias, spec, KERAS_GATES)
+        state["bias_hh" + suffix] = to_native(recurrent_bias, spec, KERAS_GATES)
     if wrong:
         raise ValueError("load_weights: " + "; ".join(wrong))
     return state
@@ -145,7 +123,6 @@ def keras_state_dict(layer, *weights):
 
 # -- Keras configurations -----------------------------------------------------------------
 
-_KERAS_CLASSES = {"rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
 # keys of a Keras recurrent layer's get_config() (Keras 2 and 3) that leave what a call
 # computes alone: names and dtypes, initialisers, training-time regularisation and
 # dropout, which outputs are returned, masking and implementation choices
@@ -198,12 +175,12 @@ def _config_problems(layer, spec, class_name, config, backward):
         problems.append(f"use_bias={config['use_bias']!r}, but this layer has bias={layer.bias}")
     if "activation" in config:
         activation = config["activation"]
-        if spec.kind == "rnn" and activation in ("tanh", "relu"):
+        if spec.kind == "rnn" and activation in ACTIVATIONS:
             if activation != spec.nonlinearity:
                 problems.append(f"activation={activation!r}, but this layer has nonlinearity={spec.nonlinearity!r} "
                                 f"(build rnncore.RNN(..., nonlinearity={activation!r}))")
         elif spec.kind == "rnn":
-            problems.append(f"activation={activation!r}; rnncore's RNN computes 'tanh' or 'relu'")
+            problems.append(f"activation={activation!r}; rnncore's RNN computes {' or '.join(map(repr, ACTIVATIONS))}")
         elif activation != "tanh":
             problems.append(f"activation={activation!r}; rnncore's {keras_name} computes 'tanh' there")
     if spec.kind in ("lstm", "gru") and config.get("recurrent_activation", "sigmoid") != "sigmoid":
@@ -305,18 +282,17 @@ def to_keras_weights(layer):
     """The list of arrays that `set_weights()` of the equivalent Keras layer or stack takes
     (the inverse of `load_weights`; the two biases of an RNN, LSTM or reset_after=False GRU
     add up into Keras' one)."""
-    spec0 = _convertible(layer, "to_keras_weights")
-    keras_order, native = KERAS_GATES[spec0.kind], native_gates(spec0)
+    _convertible(layer, "to_keras_weights")
     params = layer.state_dict()
     out = []
     for k, d, spec, _ in _slots(layer):
         suffix = _suffix(k, d)
-        out.append(reorder_gates(params["weight_ih" + suffix], native, keras_order).T.copy())
-        out.append(reorder_gates(params["weight_hh" + suffix], native, keras_order).T.copy())
+        out.append(from_native(params["weight_ih" + suffix], spec, KERAS_GATES).T.copy())
+        out.append(from_native(params["weight_hh" + suffix], spec, KERAS_GATES).T.copy())
         if not layer.bias:
             continue
-        b_ih = reorder_gates(params["bias_ih" + suffix], native, keras_order)
-        b_hh = reorder_gates(params["bias_hh" + suffix], native, keras_order)
+        b_ih = from_native(params["bias_ih" + suffix], spec, KERAS_GATES)
+        b_hh = from_native(params["bias_hh" + suffix], spec, KERAS_GATES)
         if spec.kind == "gru" and spec.reset_after:
             out.append(np.stack([b_ih, b_hh]))
         else:

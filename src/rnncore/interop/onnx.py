@@ -25,13 +25,17 @@ import numpy as np
 from .._version import __version__
 from ..core import validate
 from ..core.layers import GRU, LSTM, RNN, _Recurrent
-from .keras import native_gates, reorder_gates
+from ..core.spec import FEATURES, KIND_NAMES
+from ._gates import ONNX_GATES, from_native, to_native
 
 __all__ = ["export", "load", "OPSET"]
 
 OPSET = 17
-ONNX_GATES = {"rnn": "a", "lstm": "iofg", "gru": "zrn"}
 _OPERATORS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+# the variant features (core/spec.py FEATURES) each operator computes: RNN's Relu
+# activation, LSTM's peephole input P and input_forget=1, GRU's linear_before_reset=1; a
+# feature missing here is refused
+_EXPRESSIBLE = {"rnn": {"relu"}, "lstm": {"peephole", "coupled_input_forget"}, "gru": {"reset_after"}}
 _KINDS = {op: kind for kind, op in _OPERATORS.items()}
 _ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu"}
 # the non-recurrent operators that a graph of one stacked layer may hold: layout changes
@@ -65,26 +69,27 @@ def _exportable(layer):
     if not isinstance(layer, _Recurrent):
         raise TypeError(f"rnncore.onnx.export: expected an rnncore RNN, LSTM or GRU layer, got {type(layer).__name__}")
     spec = layer.specs[0]
-    if spec.kind == "jordan":
-        raise ValueError("rnncore.onnx.export: the Jordan RNN has no ONNX operator (ONNX's RNN feeds back "
-                         "the hidden state, not the output); it cannot be exported")
-    if spec.proj_size:
-        raise ValueError(f"rnncore.onnx.export: an LSTM with proj_size={spec.proj_size} cannot be exported: the "
-                         f"ONNX LSTM operator has no projection of the hidden state")
+    if spec.kind not in _OPERATORS:
+        raise ValueError(f"rnncore.onnx.export: the {KIND_NAMES[spec.kind]} has no ONNX operator (ONNX's "
+                         f"{', '.join(_OPERATORS.values())} operators feed back the hidden state, not an output); "
+                         f"it cannot be exported")
+    extras = spec.unsupported(_EXPRESSIBLE[spec.kind])
+    if extras:
+        raise ValueError(f"rnncore.onnx.export: a layer with {', '.join(spec.option(name) for name in extras)} "
+                         f"cannot be exported: the ONNX {_OPERATORS[spec.kind]} operator has no "
+                         f"{' and no '.join(FEATURES[name] for name in extras)}")
     return spec
 
 
 def _onnx_weights(layer, k):
     """W, R, B (or None), P (or None) of layer k as the ONNX operator takes them."""
     spec = layer.specs[k]
-    source, target = native_gates(spec), ONNX_GATES[spec.kind]
     W, R, B, P = [], [], [], []
     for d, params in enumerate(layer._direction_params(k)):
-        W.append(reorder_gates(params["weight_ih"], source, target))
-        R.append(reorder_gates(params["weight_hh"], source, target))
+        W.append(from_native(params["weight_ih"], spec, ONNX_GATES))
+        R.append(from_native(params["weight_hh"], spec, ONNX_GATES))
         if spec.bias:
-            B.append(np.concatenate([reorder_gates(params[name], source, target)
-                                     for name in ("bias_ih", "bias_hh")]))
+            B.append(np.concatenate([from_native(params[name], spec, ONNX_GATES) for name in ("bias_ih", "bias_hh")]))
         if spec.peephole:
             # P holds i, o, f; a coupled LSTM has no forget peephole and ORT ignores that block
             forget = params.get("weight_cf", np.zeros_like(params["weight_ci"]))
@@ -658,7 +663,7 @@ def _build(layers, batch_first, backend):
     kind = _KINDS[first["node"].op_type]
     D, H = first["D"], first["H"]
     dtype = validate.float_dtype(first["W"].dtype, name=f"W of {_describe(first['node'])}")
-    G = 4 if kind == "lstm" else 3 if kind == "gru" else 1
+    G = len(ONNX_GATES[kind])  # ONNX's coupled LSTM keeps the forget block
     for k, found in enumerate(layers):
         where = f"rnncore.onnx.load: {_describe(found['node'])}"
         width = first["W"].shape[2] if k == 0 else D * H
@@ -685,17 +690,17 @@ def _build(layers, batch_first, backend):
     cls = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[kind]
     layer = cls(int(first["W"].shape[2]), int(H), num_layers=len(layers), bias=first["B"] is not None,
                 batch_first=batch_first, bidirectional=D == 2, dtype=dtype, backend=backend, **variant)
-    source, target = ONNX_GATES[kind], native_gates(layer.specs[0])
+    spec = layer.specs[0]
     state = {}
     for k, found in enumerate(layers):
         for d in range(D):
             suffix = f"_l{k}" + ("_reverse" if d else "")
-            state["weight_ih" + suffix] = reorder_gates(found["W"][d], source, target)
-            state["weight_hh" + suffix] = reorder_gates(found["R"][d], source, target)
+            state["weight_ih" + suffix] = to_native(found["W"][d], spec, ONNX_GATES)
+            state["weight_hh" + suffix] = to_native(found["R"][d], spec, ONNX_GATES)
             if found["B"] is not None:
                 input_bias, recurrent_bias = np.split(found["B"][d], 2)
-                state["bias_ih" + suffix] = reorder_gates(input_bias, source, target)
-                state["bias_hh" + suffix] = reorder_gates(recurrent_bias, source, target)
+                state["bias_ih" + suffix] = to_native(input_bias, spec, ONNX_GATES)
+                state["bias_hh" + suffix] = to_native(recurrent_bias, spec, ONNX_GATES)
             if found["P"] is not None:
                 peep_i, peep_o, peep_f = np.split(found["P"][d], 3)
                 state["weight_ci" + suffix], state["weight_co" + suffix] = peep_i, peep_o
