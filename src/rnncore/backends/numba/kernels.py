@@ -32,8 +32,9 @@ from numba.extending import intrinsic, overload
 
 from ._blas import column_sums, gemm
 
-# activation codes (backend.ACTIVATION_CODES maps names to these)
-TANH, RELU, SIGMOID, IDENTITY = 0, 1, 2, 3
+# activation codes (backend.ACTIVATION_CODES maps names to these), numbered as the
+# compiled backend and core/spec.py number them (tests/test_spec_vocabulary.py checks)
+IDENTITY, TANH, RELU, SIGMOID = 0, 1, 2, 3
 
 # error_model="numpy": a float division is then a plain division, not a test for a zero
 # divisor with a Python exception behind it, a branch that stops loops from vectorising
