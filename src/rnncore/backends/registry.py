@@ -1,19 +1,20 @@
-"""Backend selection and thread count.
+"""Backend selection, the thread count and the BLAS section.
 
 A backend is a module with `layer_forward` and `layer_backward` (the contract is written
-at the end of `_reference.py`). The default is the fastest one that imports here:
-cython when the extension was compiled, else numba, else the NumPy reference.
+in rnncore.backends.contract). The default is the fastest one that imports here:
+cython when the extension was compiled, else numba, else the NumPy reference. The
+thread count is resolved here and passed to the backends as an argument; the BLAS
+section (`blas_section`) is the one place that holds the kernels' BLAS at one thread.
 """
 import ctypes
 import functools
 import importlib
 import itertools
+import math
 import numbers
 import os
 import threading
 import warnings
-
-import numpy as np
 
 
 _MODULES = {
@@ -28,7 +29,6 @@ _import_errors = {}
 _selected = None
 _num_threads = None       # the user's count: set_num_threads or RNNCORE_NUM_THREADS
 _followed_threads = None  # the count taken from a host framework while the user set none
-_CPU_COUNT = os.cpu_count() or 1  # read once: the call costs a system call, per call in step-by-step decoding
 
 
 def _load(name):
@@ -93,9 +93,91 @@ def resolve(name=None):
     return _loaded[name]
 
 
+# -- the thread count -----------------------------------------------------------------
+#
+# The default is the CPUs this process may use: those its affinity mask allows (taskset,
+# a cpuset, a batch scheduler's binding), fewer where a cgroup CPU quota allows fewer (a
+# container run with --cpus=1.5 gets 1.5 CPUs' time per period: 2 threads, as
+# scikit-learn and loky count it). More threads than that only take turns on the same
+# CPUs, each direction or chunk waiting for a time slice.
+
+def affinity_cpus():
+    """CPUs this process may run on: os.process_cpu_count() where Python has it (it also
+    honours `-X cpu_count`), else the size of the affinity mask, else the CPU count."""
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def _fields(path):
+    try:
+        with open(path) as file:
+            return file.read().split()
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def _ancestors(root, path):
+    """`root`/`path` and each directory above it up to `root`: a quota set on a parent
+    cgroup (a systemd slice, a pod) binds its children too. A path above the namespace's
+    root ("/../x") is not under `root`: the root alone."""
+    parts = [part for part in path.split("/") if part]
+    if ".." in parts:
+        parts = []
+    return [os.path.join(root, *parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+
+def cgroup_cpu_quota(root="/sys/fs/cgroup", self_cgroup="/proc/self/cgroup"):
+    """ceil(quota / period) of the tightest CPU quota on this process's cgroup path, or
+    None where none is set or none can be read. cgroup v2: `cpu.max` ("max 100000", or
+    "150000 100000" for 1.5 CPUs); v1: `cpu.cfs_quota_us` (-1: none) over
+    `cpu.cfs_period_us` under the cpu controller's folder. `self_cgroup` gives the
+    process's path below `root` (inside a container's namespace, "/": the root itself)."""
+    v2_path, v1_path, v1_folders = "/", "/", ["cpu"]
+    try:
+        with open(self_cgroup) as file:
+            for line in file:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if not controllers:
+                    v2_path = path
+                elif "cpu" in controllers.split(","):
+                    v1_path, v1_folders = path, ["cpu", controllers]
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass  # unreadable or not Linux's format: the roots alone
+    limits = []
+    for folder in _ancestors(root, v2_path):
+        limits.append(_fields(os.path.join(folder, "cpu.max")))
+    for name in dict.fromkeys(v1_folders):
+        for folder in _ancestors(os.path.join(root, name), v1_path):
+            limits.append(_fields(os.path.join(folder, "cpu.cfs_quota_us"))
+                          + _fields(os.path.join(folder, "cpu.cfs_period_us")))
+    counts = []
+    for limit in limits:
+        try:
+            quota, period = (int(value) for value in limit)
+        except ValueError:  # "max", a missing file, an unexpected format: no quota there
+            continue
+        if quota > 0 and period > 0:
+            counts.append(math.ceil(quota / period))
+    return min(counts, default=None)
+
+
+def available_cpus(cgroup_root="/sys/fs/cgroup", self_cgroup="/proc/self/cgroup", cpus=None):
+    """The default thread count: `cpus` (default: `affinity_cpus()`), fewer where the
+    cgroup CPU quota allows fewer."""
+    cpus = affinity_cpus() if cpus is None else cpus
+    quota = cgroup_cpu_quota(cgroup_root, self_cgroup)
+    return cpus if quota is None else max(1, min(cpus, quota))
+
+
+# read once: the files and system calls cost more than a one-step decode's arithmetic
+_CPU_COUNT = available_cpus()
+
 # The thread count's upper bound: far above any useful count, and well inside the C int
 # that numba, OpenMP and the BLAS libraries take (2**31 overflowed it)
-MAX_THREADS = max(1024, _CPU_COUNT)
+MAX_THREADS = max(1024, os.cpu_count() or 1)
 
 
 def set_num_threads(n):
@@ -111,16 +193,17 @@ def set_num_threads(n):
 
 def follow_threads(n):
     """Use `n` threads, the count of the framework rnncore runs inside (rnncore.torch
-    passes torch's), unless the user set rnncore's own; the kernels read the count per
-    call, so following is only recording it."""
+    passes torch's), unless the user set rnncore's own; the count is resolved per call
+    (`get_num_threads`) and passed to the backend, so following is only recording it."""
     global _followed_threads
     if _num_threads is None:
         _followed_threads = n
 
 
 def get_num_threads():
-    """Threads for rnncore's own parallel work (default: the CPU count, or the count a
-    host framework passed to `follow_threads`)."""
+    """Threads for rnncore's own parallel work: the count set (`set_num_threads`,
+    RNNCORE_NUM_THREADS), else a host framework's (`follow_threads`), else the CPUs this
+    process may use (`available_cpus`, read at import)."""
     if _num_threads is not None:
         return _num_threads
     return _followed_threads if _followed_threads is not None else _CPU_COUNT
@@ -202,12 +285,9 @@ def blas_thread_functions():
 
 
 class _OneBlasThread:
-    """BLAS at one thread from `blas_enter` to `blas_leave`, for the numba backend where the
-    compiled extension is absent (the extension's `_recurrent.blas_enter/leave` is the
-    same section in C, and the one used wherever it exists, so that both backends count
-    in one place). A process-wide setting is changed by the first caller in and put back
-    by the last one out, unless someone else changed it meanwhile; a per-thread setting is
-    changed and put back by each caller."""
+    """The BLAS section of `blas_section` in Python, for the numba backend where the
+    compiled extension is absent (where it exists, the extension's section in C is the
+    process's one: its kernels hold it without the GIL)."""
 
     def __init__(self, functions):
         self._functions = [(_GET_TYPE(get), _SET_TYPE(set_), per_thread) for get, set_, per_thread in functions]
@@ -255,14 +335,46 @@ class _OneBlasThread:
                     set_(self._saved[k])
 
 
-@functools.lru_cache(maxsize=None)
+_EXTENSION = "rnncore.backends.cython._recurrent"
+_section = None
+_section_lock = threading.Lock()
+
+
+def _new_section_lock():
+    global _section_lock
+    _section_lock = threading.Lock()  # a thread of the parent's may have held it
+
+
+os.register_at_fork(after_in_child=_new_section_lock)
+
+
 def blas_section():
-    """The object whose `blas_enter()`/`blas_leave(token)` hold the kernels' BLAS at one thread:
-    the compiled extension's where it exists, else the Python one."""
-    if _load("cython") is not None:
-        from .cython import _recurrent
-        return _recurrent
-    return _OneBlasThread(blas_thread_functions())
+    """The process's one BLAS section, the only way into it from Python.
+
+    Protocol: `token = section.blas_enter()` before a kernel's BLAS calls and
+    `section.blas_leave(token)` after them (in a `finally`), in the same thread. Inside,
+    the BLAS that scipy.linalg.cython_blas calls (`blas_thread_functions`) runs at one
+    thread. Sections nest and overlap across threads and backends: a process-wide setting
+    is set to 1 by the first caller in and put back by the last one out (unless someone
+    else changed it meanwhile), a per-thread setting by each caller in its own thread; so
+    no caller puts back a limit while another is inside.
+
+    The compiled extension's section (`blas_enter`/`blas_leave`, the one the cython
+    kernels hold) where the extension exists, configured here; else `_OneBlasThread`,
+    the same protocol in Python. Made once, under a lock: every caller counts in the
+    same one."""
+    global _section
+    if _section is None:
+        with _section_lock:
+            if _section is None:
+                try:
+                    extension = importlib.import_module(_EXTENSION)
+                except ImportError:  # not compiled here
+                    _section = _OneBlasThread(blas_thread_functions())
+                else:
+                    extension.configure_blas(blas_thread_functions())
+                    _section = extension
+    return _section
 
 
 _init_threads_from_env()

@@ -25,8 +25,9 @@ _ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
 # LSTM (100, 16, 32, 64) forward 3.2 -> 2.7 ms, GRU 2.5 -> 2.0 ms (one thread, AVX2).
 SMALL_ROWS = 32
 
-# the kernels hold this BLAS at one thread while they run (see _recurrent's "threads")
-_recurrent.configure_blas(registry.blas_thread_functions())
+# the kernels hold the BLAS at one thread while they run, in _recurrent's section,
+# which the registry configures once (see registry.blas_section)
+registry.blas_section()
 
 
 class _Schedule:
