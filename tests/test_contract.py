@@ -90,8 +90,8 @@ def test_schedule_without_lengths_keeps_the_rows_and_is_reused_across_calls():
     assert s.time(True)[:, 0].tolist() == [3, 2, 1, 0]
     # what a backend derives from it lives as long as the schedule: built once
     built = []
-    assert s.derived("test", lambda: built.append(1) or "layout") == "layout"
-    assert s.derived("test", lambda: built.append(1) or "other") == "layout" and built == [1]
+    assert s.derived("test", lambda schedule: built.append(schedule) or "layout") == "layout"
+    assert s.derived("test", lambda schedule: built.append(schedule) or "other") == "layout" and built == [s]
     ragged = np.array([4, 1, 3])
     assert contract.schedule(T, B, ragged) is not contract.schedule(T, B, ragged)
 

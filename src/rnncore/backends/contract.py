@@ -151,7 +151,7 @@ class Schedule:
     def time(self, reverse):
         """(T, B): the time index row j visits at loop step t (`time_index` of the sorted
         rows)."""
-        return self.derived(("time", bool(reverse)), lambda: time_index(self.T, self.lengths, reverse))
+        return self.derived(("time", bool(reverse)), lambda s: time_index(s.T, s.lengths, reverse))
 
     def padded(self, reverse):
         """Index (time, batch) that takes a caller's (T, B, ...) array to (step, row)
@@ -162,11 +162,11 @@ class Schedule:
     def packed(self, reverse):
         """Index (time, batch) of the `total` packed rows: packed row offsets[t] + j is
         row j at step t, for j < active[t]."""
-        def build():
-            step = np.repeat(np.arange(self.steps), self.active[:self.steps])
-            row = np.arange(self.total) - self.offsets[step]
-            order = np.arange(self.B) if self.order is None else self.order
-            return self.time(reverse)[step, row], order[row]
+        def build(s):
+            step = np.repeat(np.arange(s.steps), s.active[:s.steps])
+            row = np.arange(s.total) - s.offsets[step]
+            order = np.arange(s.B) if s.order is None else s.order
+            return s.time(reverse)[step, row], order[row]
         return self.derived(("packed", bool(reverse)), build)
 
     def sort(self, a, copy=True):
@@ -186,12 +186,12 @@ class Schedule:
         return out
 
     def derived(self, key, build):
-        """`build()`, once per schedule and key: the layouts a backend derives from the
-        schedule live as long as it does, and a schedule without lengths is reused
+        """`build(self)`, once per schedule and key: the layouts a backend derives from
+        the schedule live as long as it does, and a schedule without lengths is reused
         across calls (`schedule`). Two threads racing here build equal values."""
         value = self._derived.get(key)
         if value is None:
-            value = self._derived[key] = build()
+            value = self._derived[key] = build(self)
         return value
 
 

@@ -64,8 +64,7 @@ def _slots(T, B, lengths):
     """The slots of a call: a schedule without lengths is reused across calls (step-by-step
     decoding), and its slots with it. Two threads racing to fill `rows` compute equal
     arrays, and the kernels only read them."""
-    schedule = contract.schedule(T, B, lengths)
-    return schedule.derived("cython slots", lambda: _Slots(schedule))
+    return contract.schedule(T, B, lengths).derived("cython slots", _Slots)
 
 
 @functools.lru_cache(maxsize=256)
@@ -85,6 +84,7 @@ _SLOTS = (("weight_ih", "w_ih", "g_w_ih"), ("weight_hh", "w_hh", "g_w_hh"), ("bi
           ("bias_hh", None, "g_b_hh"), ("weight_hr", "w_hr", "g_w_hr"), ("weight_ci", "w_ci", "g_ci"),
           ("weight_cf", "w_cf", "g_cf"), ("weight_co", "w_co", "g_co"), ("weight_ho", "w_ho", "g_w_ho"),
           ("bias_ho", "b_ho", "g_b_ho"))
+_PARAMETER_SLOTS = tuple((name, slot) for name, slot, _ in _SLOTS if slot is not None)
 
 
 def _plan(spec, p, x, state, slots, reverse, training, dtype):
@@ -98,7 +98,8 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
     step_row, last_rows = slots.rows(reverse)
     plan.update(B=B, S=slots.S, N=N, step_row=step_row, last_rows=last_rows, active=slots.active, params=p,
                 small_rows=SMALL_ROWS)
-    plan.update((slot, p.get(name)) for name, slot, _ in _SLOTS if slot is not None)
+    for name, slot in _PARAMETER_SLOTS:
+        plan[slot] = p.get(name)
     # transposed once per call, only where some step can take the small product for it
     # (with lengths, late steps may have few rows left; a (2048, 512) transpose costs
     # 5 ms that BLAS-only shapes never repay)
@@ -233,7 +234,8 @@ def layer_backward(ctx, dy, dstates_n, num_threads):
         if spec.kind == "jordan":
             plan["dypre"] = np.empty((N, P), dtype)
         plan["hprev"] = np.empty((N, P), dtype)
-        plan.update((slot, g.get(name)) for name, _, slot in _SLOTS)
+        for name, _, slot in _SLOTS:
+            plan[slot] = g.get(name)
 
     _recurrent.backward_all(plans, is_double, num_threads)
     _recurrent.weight_gradients_all(plans, is_double)
