@@ -1,7 +1,7 @@
 """Backend selection and thread count.
 
-A backend is a module with `layer_forward` and `layer_backward` (the contract is written
-at the end of `_reference.py`). The default is the fastest one that imports here:
+A backend is a module with `layer_forward` and `layer_backward` (the contract is
+`contract.Backend`). The default is the fastest one that imports here:
 cython when the extension was compiled, else numba, else the NumPy reference.
 """
 import ctypes

@@ -72,7 +72,9 @@ def rnn_step(spec, p, x_proj, state):
 
 
 def rnn_step_back(spec, p, cache, dstate, grads):
-    """    da = dh_t * act'(a)
+    """Back through `rnn_step` (sum_b: the sum over the batch rows):
+
+        da = dh_t * act'(a)
         dW_hh += da^T h_{t-1};  db_hh += sum_b da;  dh_{t-1} = da W_hh
     """
     (dh,) = dstate
@@ -105,7 +107,9 @@ def jordan_step(spec, p, x_proj, state):
 
 
 def jordan_step_back(spec, p, cache, dstate, grads):
-    """    dy_pre = dy_t * act_o'(.);  dW_ho += dy_pre^T h_t;  db_ho += sum_b dy_pre
+    """Back through `jordan_step`:
+
+        dy_pre = dy_t * act_o'(.);  dW_ho += dy_pre^T h_t;  db_ho += sum_b dy_pre
         dh_t = dy_pre W_ho;  da = dh_t * act'(.)
         dW_hh += da^T y_{t-1};  db_hh += sum_b da;  dy_{t-1} = da W_hh
     """
@@ -175,7 +179,9 @@ def lstm_step(spec, p, x_proj, state):
 
 
 def lstm_step_back(spec, p, cache, dstate, grads):
-    """    dm = dh_t [W_hr; dW_hr += dh_t^T m_t]
+    """Back through `lstm_step`; dc_t arrives as the carried gradient and gathers the rest:
+
+        dm = dh_t                                 [projection: dm = dh_t W_hr; dW_hr += dh_t^T m_t]
         do = dm * tanh(c_t);  dc_t += dm * o_t * (1 - tanh(c_t)^2)
         da_o = do * o_t (1 - o_t)                 [dc_t += da_o * w_co; dw_co += sum_b da_o * c_t]
         di = dc_t * g_t;  dg = dc_t * i_t;  df = dc_t * c_{t-1};  dc_{t-1} = dc_t * f_t
@@ -267,7 +273,9 @@ def gru_step(spec, p, x_proj, state):
 
 
 def gru_step_back(spec, p, cache, dstate, grads):
-    """    dn = dh_t * (1 - z_t);  dz = dh_t * (h_{t-1} - n_t);  dh_{t-1} = dh_t * z_t
+    """Back through `gru_step`:
+
+        dn = dh_t * (1 - z_t);  dz = dh_t * (h_{t-1} - n_t);  dh_{t-1} = dh_t * z_t
         da_n = dn * (1 - n_t^2);  da_z = dz * z_t (1 - z_t)
     reset_after:
         da_r = da_n * (W_hn h_{t-1} + b_hn) * r_t (1 - r_t)
