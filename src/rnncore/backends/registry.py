@@ -1,7 +1,7 @@
 """Backend selection, the thread count and the BLAS section.
 
-A backend is a module with `layer_forward` and `layer_backward` (the contract is written
-in rnncore.backends.contract). The default is the fastest one that imports here:
+A backend is a module with `layer_forward` and `layer_backward` (the contract is
+`contract.Backend`). The default is the fastest one that imports here:
 cython when the extension was compiled, else numba, else the NumPy reference. The
 thread count is resolved here and passed to the backends as an argument; the BLAS
 section (`blas_section`) is the one place that holds the kernels' BLAS at one thread.

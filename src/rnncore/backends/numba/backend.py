@@ -1,12 +1,13 @@
-"""The numba backend: the backend contract (written at the end of rnncore.backends.contract)
-over the compiled loops of `kernels`.
+"""The numba backend: `rnncore.backends.contract.Backend` over the compiled loops of
+`kernels`.
 
 This module does the layout work the kernels trust. Per direction it puts the batch in
-*work order* (rows sorted by length, longest first; each row's steps in the order its
-direction visits them), so that at every step the running rows are a contiguous prefix;
-it allocates every buffer once per call, hands the kernel C-contiguous writable arrays
-of one dtype (a read-only or strided array would be a new numba signature, that is a
-new compilation), and puts the results back in the caller's order.
+*work order* (the rows of the call's `contract.Schedule`, sorted by length, longest
+first; each row's steps in the order its direction visits them), so that at every step
+the running rows are a contiguous prefix; it allocates every buffer once per call, hands
+the kernel C-contiguous writable arrays of one dtype (a read-only or strided array would
+be a new numba signature, that is a new compilation), and puts the results back in the
+caller's order.
 
 Importing it without numba installed raises ImportError, which marks the backend
 unavailable.
@@ -23,7 +24,7 @@ import numpy as np
 from numba.core import event as numba_event
 
 from . import kernels
-from .. import registry
+from .. import contract, registry
 
 ACTIVATION_CODES = {"tanh": kernels.TANH, "relu": kernels.RELU, "sigmoid": kernels.SIGMOID,
                     "identity": kernels.IDENTITY}
@@ -198,71 +199,42 @@ def _writable(a):
 
 
 class _WorkOrder:
-    """Which (time, sequence) of the caller's arrays step t of work row j is.
+    """One direction's work order over the layer call's `contract.Schedule`: step t of
+    work row j is (time(reverse)[t, j], order[j]) of the caller's (T, B, n) arrays
+    (`Schedule.padded`), so that at every step the running rows are a prefix. Without
+    lengths (or with every length T) the rows keep their order and the time axis is the
+    identity, or flipped for the reverse direction: views instead of gathers."""
 
-    Without lengths (or with every length T) the rows keep their order and the time
-    axis is the identity, or flipped for the reverse direction; with lengths, the rows
-    are sorted by length, longest first, and the reverse direction of row j visits
-    L_j - 1, ..., 0 and then its padded tail in increasing order (each column of
-    `time` is a permutation of range(T), as in the reference).
-    """
-
-    def __init__(self, T, B, lengths, reverse):
-        self.batch = np.arange(B)
-        if lengths is None or np.all(lengths == T):
-            self.perm = None
-            self.flip = bool(reverse)
-            self.lengths = np.full(B, T, dtype=np.int64)
-            self.active = np.full(T, B, dtype=np.int64)
-            return
-        self.perm = np.argsort(-lengths, kind="stable")
-        self.lengths = np.ascontiguousarray(lengths[self.perm], dtype=np.int64)
-        steps = np.arange(T)[:, None]
-        self.active = np.ascontiguousarray((self.lengths[None, :] > steps).sum(axis=1), dtype=np.int64)
-        if reverse:
-            self.time = np.where(steps < self.lengths[None, :], self.lengths[None, :] - 1 - steps, steps)
-        else:
-            self.time = np.broadcast_to(steps, (T, B))
+    def __init__(self, schedule, reverse):
+        self.schedule = schedule
+        self.active = schedule.active
+        self.flip = bool(reverse)
+        self.index = None if schedule.order is None else schedule.padded(reverse)
 
     def gather(self, a):
         """(T, B, n) caller's order -> work order, C-contiguous and writable."""
-        if self.perm is None:
+        if self.index is None:
             return _writable(a[::-1] if self.flip else a)
-        return a[self.time, self.perm]
+        return a[self.index]
 
-    def scatter(self, work, out, add):
-        """Work order -> caller's order, into (or added into) `out` (T, B, n)."""
-        if self.perm is None:
-            work = work[::-1] if self.flip else work
-            if add:
-                out += work
-            else:
-                out[...] = work
-        elif add:
-            out[self.time, self.perm] += work  # (time, perm) pairs are distinct: no lost adds
-        else:
-            out[self.time, self.perm] = work
-
-    def rows(self, a):
-        """(B, n) caller's order -> a work-order copy the kernel may overwrite."""
-        return np.array(a if self.perm is None else a[self.perm], order="C")
-
-    def unrows(self, work):
-        """(B, n) work order -> a new array in the caller's order."""
-        if self.perm is None:
-            return np.array(work, order="C")
+    def scatter(self, work, copy=False):
+        """(T, B, n) work order -> the caller's order: `work` itself where the two agree
+        (unless `copy`), else a new array."""
+        if self.index is None:
+            if self.flip:
+                return np.ascontiguousarray(work[::-1])
+            return work.copy() if copy else work
         out = np.empty_like(work)
-        out[self.perm] = work
+        out[self.index] = work  # every (time, row) pair once: each column of time is a permutation
         return out
 
     def final(self, buffer):
         """Each row's value after its own last step, in the caller's order, from a
-        buffer kept per step ((T+1, B, n), step t at t+1), only running ((1, B, n)) or
-        running in two alternating slots ((2, B, n), step t at (t+1) % 2)."""
-        if buffer.shape[0] == 1:
-            return self.unrows(buffer[0])
-        # lengths < T+1: the modulus changes nothing for a buffer kept per step
-        return self.unrows(buffer[self.lengths % buffer.shape[0], self.batch])
+        buffer kept per step ((T+1, B, n), step t at t+1) or in two alternating slots
+        ((2, B, n), step t at (t+1) % 2): lengths < T+1, so the modulus changes nothing
+        for a buffer kept per step."""
+        schedule = self.schedule
+        return schedule.unsort(buffer[schedule.lengths % buffer.shape[0], np.arange(schedule.B)])
 
 
 def _dummy(dtype, ndim):
@@ -277,8 +249,15 @@ def _per_step(training, T, B, width, dtype):
     return np.zeros((T, B, width), dtype) if training else np.empty((1, B, width), dtype)
 
 
-def _grads_dict(spec, values):
-    return {name: values[name] for name in spec.param_shapes()}
+def _folded_bias(spec, p, dtype):
+    """`contract.fold_bias`, zeros standing in for what the variant lacks: the kernels
+    take both arrays in every variant (one compiled signature)."""
+    bias_x, b_hn = contract.fold_bias(spec, p)
+    if bias_x is None:
+        bias_x = np.zeros(spec.num_gates * spec.hidden_size, dtype)
+    if b_hn is None:
+        b_hn = np.zeros(spec.hidden_size, dtype)
+    return bias_x, b_hn
 
 
 # -- Elman and Jordan ------------------------------------------------------------------
@@ -287,7 +266,7 @@ def _simple_forward(spec, p, x, state0, order, training, threads):
     T, B, _ = x.shape
     H, S, dtype = spec.hidden_size, spec.out_size, x.dtype
     jordan = spec.kind == "jordan"
-    bias = p["bias_ih"] + p["bias_hh"] if spec.bias else np.zeros(H, dtype)
+    bias, _ = _folded_bias(spec, p, dtype)
     x_proj = np.empty((T, B, H), dtype)
     states = np.zeros((T + 1, B, S), dtype)
     states[0] = state0[0]
@@ -317,7 +296,7 @@ def _simple_backward(spec, p, s, dy, d_states, order, threads):
     d_out = np.zeros((T, B, S), dtype) if jordan else _dummy(dtype, 3)
     d_hidden = np.empty((B, H), dtype) if jordan else _dummy(dtype, 2)
     dx = np.empty((T, B, I), dtype)
-    g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
+    g = contract.new_gradients(spec, dtype)
     g.setdefault("weight_ho", _dummy(dtype, 2))
     bias_grad = np.empty(H, dtype)
     bias_ho_grad = np.empty(S, dtype)
@@ -325,8 +304,7 @@ def _simple_backward(spec, p, s, dy, d_states, order, threads):
         kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
                                 s["out_act"], jordan, s["states"], s["hidden"], dy, d_state, d_pre, d_out, d_hidden, dx,
                                 g["weight_ih"], g["weight_hh"], g["weight_ho"], bias_grad, bias_ho_grad)
-    g.update(bias_ih=bias_grad, bias_hh=bias_grad.copy(), bias_ho=bias_ho_grad)
-    return dx, (d_state,), _grads_dict(spec, g)
+    return dx, (d_state,), contract.gradients(spec, dict(g, bias_ih=bias_grad, bias_hh=bias_grad, bias_ho=bias_ho_grad))
 
 
 # -- LSTM ----------------------------------------------------------------------------
@@ -335,7 +313,7 @@ def _lstm_forward(spec, p, x, state0, order, training, threads):
     T, B, _ = x.shape
     H, S, G, dtype = spec.hidden_size, spec.out_size, spec.num_gates, x.dtype
     projected, peephole, coupled = bool(spec.proj_size), spec.peephole, spec.coupled_input_forget
-    bias = p["bias_ih"] + p["bias_hh"] if spec.bias else np.zeros(G * H, dtype)
+    bias, _ = _folded_bias(spec, p, dtype)
     x_proj = np.empty((T, B, G * H), dtype)
     states = np.zeros((T + 1, B, S), dtype)
     states[0] = state0[0]
@@ -368,7 +346,7 @@ def _lstm_backward(spec, p, s, dy, d_states, order, threads):
     d_m = np.empty((B, H), dtype) if projected else _dummy(dtype, 2)
     peephole_sums = np.zeros((-(-B // chunk), 3, H), np.float64)
     dx = np.empty((T, B, I), dtype)
-    g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
+    g = contract.new_gradients(spec, dtype)
     g.setdefault("weight_hr", _dummy(dtype, 2))
     bias_grad = np.empty(G * H, dtype)
     peephole_grad = np.empty((3, H), dtype)
@@ -377,9 +355,9 @@ def _lstm_backward(spec, p, s, dy, d_states, order, threads):
                               order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
                               s["m"], dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, g["weight_ih"],
                               g["weight_hh"], g["weight_hr"], bias_grad, peephole_grad)
-    g.update(bias_ih=bias_grad, bias_hh=bias_grad.copy(), weight_ci=peephole_grad[0], weight_cf=peephole_grad[1],
+    g.update(bias_ih=bias_grad, bias_hh=bias_grad, weight_ci=peephole_grad[0], weight_cf=peephole_grad[1],
              weight_co=peephole_grad[2])
-    return dx, (d_state, d_cell), _grads_dict(spec, g)
+    return dx, (d_state, d_cell), contract.gradients(spec, g)
 
 
 # -- GRU -------------------------------------------------------------------------------
@@ -388,13 +366,7 @@ def _gru_forward(spec, p, x, state0, order, training, threads):
     T, B, _ = x.shape
     H, dtype = spec.hidden_size, x.dtype
     reset_after = spec.reset_after
-    if not spec.bias:
-        bias, b_hn = np.zeros(3 * H, dtype), np.zeros(H, dtype)
-    elif reset_after:  # b_hn stays inside r * (W_hn h + b_hn); b_hr, b_hz fold into x_proj
-        bias = p["bias_ih"] + np.concatenate([p["bias_hh"][:2 * H], np.zeros(H, dtype)])
-        b_hn = np.ascontiguousarray(p["bias_hh"][2 * H:])
-    else:
-        bias, b_hn = p["bias_ih"] + p["bias_hh"], _dummy(dtype, 1)
+    bias, b_hn = _folded_bias(spec, p, dtype)
     x_proj = np.empty((T, B, 3 * H), dtype)
     states = np.zeros((T + 1, B, H), dtype)
     states[0] = state0[0]
@@ -419,14 +391,13 @@ def _gru_backward(spec, p, s, dy, d_states, order, threads):
     d_hh = np.zeros((T, B, 3 * H), dtype) if reset_after else _dummy(dtype, 3)
     d_rh = _dummy(dtype, 2) if reset_after else np.empty((B, H), dtype)
     dx = np.empty((T, B, I), dtype)
-    g = {name: np.empty(shape, dtype) for name, shape in spec.param_shapes().items()}
+    g = contract.new_gradients(spec, dtype)
     bias_ih_grad, bias_hh_grad = np.empty(3 * H, dtype), np.empty(3 * H, dtype)
     with _kernel_call(kernels.gru_backward, dtype, threads):
         kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
                              s["states"], s["aux"], dy, d_state, d_direct, d_x_proj, d_hh, d_rh, dx, g["weight_ih"],
                              g["weight_hh"], bias_ih_grad, bias_hh_grad)
-    g.update(bias_ih=bias_ih_grad, bias_hh=bias_hh_grad)
-    return dx, (d_state,), _grads_dict(spec, g)
+    return dx, (d_state,), contract.gradients(spec, dict(g, bias_ih=bias_ih_grad, bias_hh=bias_hh_grad))
 
 
 _FAMILIES = {
@@ -440,49 +411,35 @@ _FAMILIES = {
 # -- the contract ----------------------------------------------------------------------
 
 def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads):
-    """(y, states_n, ctx): see rnncore.backends.contract.layer_forward."""
+    """(y, states_n, ctx): see `rnncore.backends.contract.Backend`."""
     forward, _ = _FAMILIES[spec.kind]
     T, B, _ = x.shape
-    D, S = len(params), spec.out_size
-    y = None if D == 1 else np.empty((T, B, D * S), x.dtype)
-    states_n, ctx = [], []
-    for d, (p, state0, rev) in enumerate(zip(params, states, reverse)):
-        order = _WorkOrder(T, B, lengths, rev)
+    schedule = contract.schedule(T, B, lengths)
+
+    def run(p, state0, rev):
+        order = _WorkOrder(schedule, rev)
         p = {name: _writable(value) for name, value in p.items()}
-        states_seq, finals, saved = forward(spec, p, order.gather(x), [order.rows(s) for s in state0], order,
+        states_seq, finals, saved = forward(spec, p, order.gather(x), [schedule.sort(s) for s in state0], order,
                                             training, num_threads)
-        y_work = states_seq[1:]
-        if D == 1 and order.perm is None and not order.flip:
-            # training keeps states_seq for the backward: a caller's in-place edit of y
-            # must not reach it
-            y = y_work.copy() if training else y_work
-        else:
-            if y is None:
-                y = np.zeros((T, B, S), x.dtype)
-            order.scatter(y_work, y[:, :, d * S:(d + 1) * S], add=False)
-        states_n.append(finals)
-        ctx.append(dict(spec=spec, params=p, order=order, saved=saved))
-    return y, states_n, (ctx if training else None)
+        # training keeps states_seq for the backward: a caller's in-place edit of y must not reach it
+        y = order.scatter(states_seq[1:], copy=training)
+        return y, finals, dict(spec=spec, params=p, order=order, saved=saved)
+    return contract.forward_directions(run, params, states, reverse, training)
+
+
+def _direction_backward(ctx, dy, d_states_n, num_threads):
+    spec, order = ctx["spec"], ctx["order"]
+    _, backward = _FAMILIES[spec.kind]
+    d_states = [order.schedule.sort(s) for s in d_states_n]
+    dx_work, d_states0, g = backward(spec, ctx["params"], ctx["saved"], order.gather(dy), d_states, order, num_threads)
+    return order.scatter(dx_work), tuple(order.schedule.unsort(s) for s in d_states0), g
 
 
 def layer_backward(ctx, dy, dstates_n, num_threads):
-    """(dx, dstates0, grads): see rnncore.backends.contract.layer_backward."""
-    width = dy.shape[2] // len(ctx)
-    dx, dstates0, grads = None, [], []
-    for d, (c, d_states_n) in enumerate(zip(ctx, dstates_n)):
-        spec, order = c["spec"], c["order"]
-        _, backward = _FAMILIES[spec.kind]
-        dy_work = order.gather(dy[:, :, d * width:(d + 1) * width])
-        d_states = [order.rows(s) for s in d_states_n]
-        dx_work, d_states0, g = backward(spec, c["params"], c["saved"], dy_work, d_states, order, num_threads)
-        if dx is None:
-            dx = np.empty_like(dx_work)
-            order.scatter(dx_work, dx, add=False)
-        else:
-            order.scatter(dx_work, dx, add=True)
-        dstates0.append(tuple(order.unrows(s) for s in d_states0))
-        grads.append(g)
-    return dx, dstates0, grads
+    """(dx, dstates0, grads): see `rnncore.backends.contract.Backend`."""
+    def run(ctx_d, dy_d, d_states_n):
+        return _direction_backward(ctx_d, dy_d, d_states_n, num_threads)
+    return contract.backward_directions(run, ctx, dy, dstates_n)
 
 
 def warmup(spec, dtype, training):
