@@ -38,6 +38,7 @@ def spy(monkeypatch, backend):
             return entry(*args)
         return called
 
+    monkeypatch.setattr(registry, "_selected", backend)  # for rnncore.torch, which runs on the selected one
     monkeypatch.setattr(functional, "run_layer", door(functional.run_layer, "run_layer"))
     monkeypatch.setattr(functional, "run_layer_backward", door(functional.run_layer_backward, "run_layer_backward"))
     monkeypatch.setattr(module, "layer_forward", backend_call(module.layer_forward, "layer_forward"))
@@ -80,15 +81,10 @@ def function(backend):
 def torch_module(backend):
     torch = pytest.importorskip("torch")
     rct = pytest.importorskip("rnncore.torch")
-    before = registry._selected
-    registry.set_backend(backend)  # rnncore.torch runs on the selected backend
-    try:
-        torch.manual_seed(0)
-        module = rct.LSTM(I, H, num_layers=2, bidirectional=True)
-        y, _ = module(torch.zeros(T, B, I, requires_grad=True))
-        y.sum().backward()
-    finally:
-        registry._selected = before
+    torch.manual_seed(0)
+    module = rct.LSTM(I, H, num_layers=2, bidirectional=True)
+    y, _ = module(torch.zeros(T, B, I, requires_grad=True))
+    y.sum().backward()
 
 
 # (door, call on a backend, directions per backend call, layers = backend calls each way)

@@ -42,6 +42,7 @@ class _Cell(Module):
         self.bias = validate.flag("bias", bias)
         self.spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
         self._init_params(self.spec.param_shapes(), self.hidden_size, seed)
+        # how this cell's calls lie, fixed here so that a call formats no names
         grad_names = tuple("d" + n.replace("0", "1") for n in self._state_names)
         self._form = validate.SequenceForm(self.spec, validate.STEP, self._state_names, grad_names, unbatched=True,
                                            dtype=self.dtype, source="the cell's dtype")

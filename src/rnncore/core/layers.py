@@ -70,6 +70,7 @@ class _Recurrent(Module):
                   for d in range(self.num_directions)
                   for base, shape in spec.param_shapes().items()}
         self._init_params(shapes, self.hidden_size, seed)
+        # how this layer's calls lie, fixed here so that a call formats no names
         grad_names = tuple("d" + n.replace("0", "_n") for n in self._state_names)
         self._form = validate.SequenceForm(
             self.specs[0], validate.BATCH_FIRST if self.batch_first else validate.TIME_MAJOR, self._state_names,
