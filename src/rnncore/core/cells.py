@@ -1,5 +1,6 @@
 """Single-step cells with PyTorch's semantics and names: a sequence of length one run
-through the same backend kernels as the layers."""
+through the same door to the backends as the layers (`functional.run_layer`), checked by
+the same `validate.sequence_call`."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,7 +10,6 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import functional, validate
 from .docs import PARAMETER_DOCS, filled
-from .layers import _pair
 from .module import Module, commit, register, saved_context
 from .spec import ACTIVATIONS, CellSpec
 
@@ -42,39 +42,24 @@ class _Cell(Module):
         self.bias = validate.flag("bias", bias)
         self.spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
         self._init_params(self.spec.param_shapes(), self.hidden_size, seed)
+        # how this cell's calls lie, fixed here so that a call formats no names
+        grad_names = tuple("d" + n.replace("0", "1") for n in self._state_names)
+        self._form = validate.SequenceForm(self.spec, validate.STEP, self._state_names, grad_names, unbatched=True,
+                                           dtype=self.dtype, source="the cell's dtype")
 
     def _step(self, x, states, check_finite):
-        check_finite = validate.flag("check_finite", check_finite)
-        x = validate.array("x", x, self.dtype)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
-            raise ValueError(f"x: expected shape (B, {self.input_size}) or ({self.input_size},), got {x.shape}")
-        batched = x.ndim == 2
-        x = x if batched else x[None]
-        B = x.shape[0]
-        if B < 1:
-            raise ValueError(f"x: expected at least one row, got shape {x.shape}")
-        if check_finite:
-            validate.finite("x", x)
-        states = self._check_states(states, self._state_names, B, batched, check_finite)
-        backend = functional.resolve_backend(self._backend_name)
-        _, (states_n,), ctx = backend.layer_forward(self.spec, [self._params], validate.kernel_input(x[None], self.training),
-                                                     [states], None, self.training, (False,),
-                                                     functional.num_threads())
-        self._saved = dict(backend=backend, ctx=ctx, batched=batched, B=B) if self.training else None
+        x, states, _, batched, _ = validate.sequence_call(self._form, x, states, None, check_finite, self.training)
+        _, (states_n,), ctx = functional.run_layer(self.spec, [self._params], x, [states], None, self.training,
+                                                   (False,), self._backend_name)
+        self._saved = dict(ctx=ctx, batched=batched, B=x.shape[1]) if self.training else None
         return tuple(s if batched else s[0] for s in states_n)
-
-    def _check_states(self, given, names, B, batched, check_finite):
-        lead = (B,) if batched else ()
-        out = validate.states(given, names, self.spec.state_sizes, self.dtype, lead, check_finite)
-        return tuple(np.ascontiguousarray(s if batched else s[None]) for s in out)
 
     def _step_back(self, dstates):
         saved = saved_context(self, "backward: there is no training-mode call to back-propagate through "
                                     "(call the cell in train() mode first)")
-        names = tuple("d" + n.replace("0", "1") for n in self._state_names)
-        dstates = self._check_states(dstates, names, saved["B"], saved["batched"], check_finite=True)
-        dy = np.zeros((1, saved["B"], self.spec.out_size), dtype=self.dtype)
-        dx, (dstates0,), (grads,) = saved["backend"].layer_backward(saved["ctx"], dy, [dstates], functional.num_threads())
+        dy, dstates = validate.sequence_grads(self._form, None, dstates, (1, saved["B"], self.spec.out_size),
+                                              saved["batched"], check_finite=True)
+        dx, (dstates0,), (grads,) = functional.run_layer_backward(saved["ctx"], dy, [dstates])
         commit([(self, saved, grads)])
         if saved["batched"]:
             return dx[0], dstates0
@@ -275,7 +260,7 @@ class LSTMCell(_Cell):
 
         %(call_raises)s
         """
-        h1, c1 = self._step(x, _pair("hx", hx), check_finite)
+        h1, c1 = self._step(x, validate.pair("hx", hx), check_finite)
         return h1, c1
 
     forward = __call__
@@ -297,5 +282,5 @@ class LSTMCell(_Cell):
 
         %(backward_raises)s
         """
-        dx, (dh0, dc0) = self._step_back(_pair("dhx1", dhx1))
+        dx, (dh0, dc0) = self._step_back(validate.pair("dhx1", dhx1))
         return dx, (dh0, dc0)

@@ -30,17 +30,6 @@ def check_backend(name):
     registry.check_name(name)
 
 
-def num_threads():
-    """The thread count a backend call gets: rnncore's own, else the host framework's,
-    else the CPUs this process may use."""
-    return registry.get_num_threads()
-
-
-def resolve_backend(name):
-    """The backend module for `name` (None: the current selection)."""
-    return registry.resolve(name)
-
-
 def _warmup_kinds(kinds):
     if kinds is None:
         return KINDS
@@ -128,68 +117,58 @@ def warmup(kinds=None, dtypes=None, training=True):
 
 
 class _Context:
-    """What a training-mode forward keeps for its backward. Opaque to users."""
+    """What a training-mode pass through a backend keeps for its backward: the backend
+    that made it, its own context, and the cell, (T, B) and dtype of the call. Opaque to
+    users."""
     __slots__ = ("backend", "inner", "spec", "shape", "dtype")
 
     def __init__(self, backend, inner, spec, shape, dtype):
         self.backend, self.inner, self.spec, self.shape, self.dtype = backend, inner, spec, shape, dtype
 
 
-def _forward(spec, params, x, states, lengths, reverse, training, check_finite, backend):
-    """Validate everything against `spec`, then run one direction."""
-    reverse, training, check_finite = (validate.flag(name, value) for name, value in
-                                       (("reverse", reverse), ("training", training), ("check_finite", check_finite)))
-    x = validate.to_numpy(x, "x")
-    dtype = validate.float_dtype(x.dtype, "x")
-    if x.ndim != 3 or x.shape[2] != spec.input_size or 0 in x.shape:
-        raise ValueError(f"x: expected shape (T, B, {spec.input_size}) with T, B >= 1, got {x.shape}")
-    T, B, _ = x.shape
-    # every size is read from a weight's shape: a size 0 shows as an empty axis there
-    shapes = {name: validate.to_numpy(value).shape for name, value in params.items() if value is not None}
-    empty = [name for name, shape in shapes.items() if 0 in shape]
-    if empty:
-        raise ValueError(f"{empty[0]}: expected every size (hidden_size, proj_size, output_size) >= 1, got shape "
-                         f"{shapes[empty[0]]}")
-    if spec.hidden_size < 1:
-        raise ValueError(f"weight_ih: expected {spec.num_gates} * hidden_size rows, hidden_size >= 1, got shape "
-                         f"{shapes['weight_ih']}")
-    unused = [name for name, value in params.items() if value is not None and name not in spec.param_shapes()]
-    if unused:
-        raise ValueError(f"{', '.join(unused)}: expected None for this variant, got an array")
-    arrays = {}
-    for name, shape in spec.param_shapes().items():
-        value = params.get(name)
-        if value is None:
-            raise ValueError(f"{name}: expected an array of shape {shape}, got None")
-        arr = validate.array(name, value, dtype, source="x's dtype")
-        validate.shape(name, arr, shape)
-        arrays[name] = np.ascontiguousarray(arr)
-    state_arrays = validate.states([v for _, v in states], [n for n, _ in states], spec.state_sizes, dtype, (B,),
-                                    check_finite, source="x's dtype")
-    state_arrays = [np.ascontiguousarray(s) for s in state_arrays]
-    if lengths is not None:
-        lengths = validate.lengths(lengths, B, T)
-    if check_finite:
-        for name, arr in [("x", x)] + list(arrays.items()):
-            validate.finite(name, arr)
+# -- the door: every call of a backend goes through these two ---------------------------
+
+def run_layer(spec, params, x, states, lengths, training, reverse, backend=None):
+    """One layer of `spec`, one or two directions, through a backend: the layers, the cells
+    and the functions below all reach the backends here, and nowhere else. The arrays
+    are trusted, as `validate.sequence_call` returns them: x C-contiguous (T, B, I),
+    params [{name: array}] and states [(C-contiguous (B, n) per state)] per direction,
+    lengths int64 (B,) or None, reverse a bool per direction. The backend (a name, None:
+    the current selection) and the thread count are resolved here, once per call, and
+    passed down. Returns y (T, B, D*W), the final states per direction, and a context for
+    `run_layer_backward` (None unless training)."""
     module = registry.resolve(backend)
-    y, (state_n,), inner = module.layer_forward(spec, [arrays], validate.kernel_input(x, training), [tuple(state_arrays)],
-                                               lengths, training, (bool(reverse),), registry.get_num_threads())
-    ctx = _Context(module, inner, spec, (T, B), dtype) if training else None
-    return y, state_n, ctx
+    y, states_n, inner = module.layer_forward(spec, params, x, states, lengths, training, reverse,
+                                              registry.get_num_threads())
+    return y, states_n, (_Context(module, inner, spec, x.shape[:2], x.dtype) if training else None)
 
 
-def _backward(ctx, dy, dstates_n, names):
+def run_layer_backward(ctx, dy, dstates):
+    """Back through a `run_layer`, on the backend that ran it, at the thread count of now:
+    dy C-contiguous (T, B, D*W) and dstates as `run_layer`'s states. Returns dx, the
+    initial states' gradients per direction and the parameter gradients per direction."""
+    return ctx.backend.layer_backward(ctx.inner, dy, dstates, registry.get_num_threads())
+
+
+def _forward(spec, params, x, given, lengths, reverse, training, check_finite, backend, state_names):
+    """Validate everything against `spec`, then run one direction."""
+    reverse, training = validate.flag("reverse", reverse), validate.flag("training", training)
+    form = validate.SequenceForm(spec, validate.TIME_MAJOR, state_names, ())
+    x, states, lengths, _, weights = validate.sequence_call(form, x, given, lengths, check_finite, training,
+                                                            weights=params)
+    y, (states_n,), ctx = run_layer(spec, [weights], x, [states], lengths, training, (reverse,), backend)
+    return y, states_n, ctx
+
+
+def _backward(ctx, dy, given, grad_names):
     if not isinstance(ctx, _Context):
         raise TypeError(f"ctx: expected the context of a training-mode forward, got {type(ctx).__name__}")
-    T, B = ctx.shape
-    dy = validate.array("dy", dy, ctx.dtype, source="the forward's dtype")
-    validate.shape("dy", dy, (T, B, ctx.spec.out_size))
-    arrays = [np.ascontiguousarray(a) for a in
-              validate.states(dstates_n, names, ctx.spec.state_sizes, ctx.dtype, (B,), check_finite=False,
-                               source="the forward's dtype")]
-    dx, (dstate0,), (grads,) = ctx.backend.layer_backward(ctx.inner, np.ascontiguousarray(dy), [tuple(arrays)], registry.get_num_threads())
-    return dx, dstate0, grads
+    form = validate.SequenceForm(ctx.spec, validate.TIME_MAJOR, (), grad_names, dtype=ctx.dtype,
+                                 source="the forward's dtype")
+    dy, dstates = validate.sequence_grads(form, dy, given, ctx.shape + (ctx.spec.out_size,), True,
+                                          check_finite=False)
+    dx, (dstates0,), (grads,) = run_layer_backward(ctx, dy, [dstates])
+    return dx, dstates0, grads
 
 
 # The entries the functions' docstrings share, filled in by `filled(_DOCS)`
@@ -212,21 +191,6 @@ _DOCS = {
     'backward_raises': 'Raises\n    ------\n    TypeError\n        ctx is not a training-mode context, or a dtype differs from the forward\'s.\n'
                        '    ValueError\n        A wrong shape.',
 }
-
-
-def _matrix_shape(name, value):
-    """The shape of a 2-d weight, from which the cell's sizes are read before the weight
-    itself is checked against them."""
-    shape = np.shape(validate.to_numpy(value, name))
-    if len(shape) != 2:
-        raise ValueError(f"{name}: expected a 2-d array, got {type(value).__name__} of shape {shape}")
-    return shape
-
-
-def _biases(bias_ih, bias_hh):
-    if (bias_ih is None) != (bias_hh is None):
-        raise ValueError("bias_ih, bias_hh: expected both or neither, got one")
-    return bias_ih is not None
 
 
 @filled(_DOCS)
@@ -275,10 +239,11 @@ def rnn_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, wei
     ((5, 2, 3), ['weight_hh', 'weight_ih'])
     """
     validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
-    spec = CellSpec("rnn", _matrix_shape("weight_ih", weight_ih)[1], _matrix_shape("weight_hh", weight_hh)[0],
-                    _biases(bias_ih, bias_hh), nonlinearity=nonlinearity)
+    spec = CellSpec("rnn", validate.matrix_shape("weight_ih", weight_ih)[1],
+                    validate.matrix_shape("weight_hh", weight_hh)[0], validate.bias_pair(bias_ih, bias_hh),
+                    nonlinearity=nonlinearity)
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-    y, (h_n,), ctx = _forward(spec, params, x, [("h0", h0)], lengths, reverse, training, check_finite, backend)
+    y, (h_n,), ctx = _forward(spec, params, x, (h0,), lengths, reverse, training, check_finite, backend, ("h0",))
     return y, h_n, ctx
 
 
@@ -361,11 +326,11 @@ def gru_forward(x: ArrayLike, h0: Optional[ArrayLike], weight_ih: ArrayLike, wei
     >>> bool(np.all(y[2:, 1] == 0)), bool(np.array_equal(h_n[1], y[1, 1]))
     (True, True)
     """
-    rows, columns = _matrix_shape("weight_ih", weight_ih)
-    spec = CellSpec("gru", columns, rows // 3, _biases(bias_ih, bias_hh),
+    rows, columns = validate.matrix_shape("weight_ih", weight_ih)
+    spec = CellSpec("gru", columns, rows // 3, validate.bias_pair(bias_ih, bias_hh),
                     reset_after=validate.flag("reset_after", reset_after))
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-    y, (h_n,), ctx = _forward(spec, params, x, [("h0", h0)], lengths, reverse, training, check_finite, backend)
+    y, (h_n,), ctx = _forward(spec, params, x, (h0,), lengths, reverse, training, check_finite, backend, ("h0",))
     return y, h_n, ctx
 
 
@@ -428,14 +393,14 @@ def lstm_forward(x: ArrayLike, h0: Optional[ArrayLike], c0: Optional[ArrayLike],
     """
     coupled_input_forget = validate.flag("coupled_input_forget", coupled_input_forget)
     gates = 3 if coupled_input_forget else 4
-    rows, columns = _matrix_shape("weight_ih", weight_ih)
-    spec = CellSpec("lstm", columns, rows // gates, _biases(bias_ih, bias_hh),
-                    proj_size=0 if weight_hr is None else _matrix_shape("weight_hr", weight_hr)[0],
+    rows, columns = validate.matrix_shape("weight_ih", weight_ih)
+    spec = CellSpec("lstm", columns, rows // gates, validate.bias_pair(bias_ih, bias_hh),
+                    proj_size=0 if weight_hr is None else validate.matrix_shape("weight_hr", weight_hr)[0],
                     peephole=weight_ci is not None, coupled_input_forget=coupled_input_forget)
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr,
                   weight_ci=weight_ci, weight_cf=weight_cf, weight_co=weight_co)
-    y, (h_n, c_n), ctx = _forward(spec, params, x, [("h0", h0), ("c0", c0)], lengths, reverse, training,
-                                  check_finite, backend)
+    y, (h_n, c_n), ctx = _forward(spec, params, x, (h0, c0), lengths, reverse, training, check_finite,
+                                  backend, ("h0", "c0"))
     return y, h_n, c_n, ctx
 
 
@@ -526,15 +491,15 @@ def jordan_forward(x: ArrayLike, y0: Optional[ArrayLike], weight_ih: ArrayLike, 
     """
     validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
     validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
-    bias = _biases(bias_ih, bias_hh)
+    bias = validate.bias_pair(bias_ih, bias_hh)
     if bias != (bias_ho is not None):
         raise ValueError("bias_ho: expected it exactly when bias_ih and bias_hh are given")
-    hidden_size, input_size = _matrix_shape("weight_ih", weight_ih)
+    hidden_size, input_size = validate.matrix_shape("weight_ih", weight_ih)
     spec = CellSpec("jordan", input_size, hidden_size, bias, nonlinearity=nonlinearity,
-                    output_size=_matrix_shape("weight_ho", weight_ho)[0], output_activation=output_activation)
+                    output_size=validate.matrix_shape("weight_ho", weight_ho)[0], output_activation=output_activation)
     params = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_ho=weight_ho,
                   bias_ho=bias_ho)
-    y, (y_n,), ctx = _forward(spec, params, x, [("y0", y0)], lengths, reverse, training, check_finite, backend)
+    y, (y_n,), ctx = _forward(spec, params, x, (y0,), lengths, reverse, training, check_finite, backend, ("y0",))
     return y, y_n, ctx
 
 

@@ -1,27 +1,23 @@
-"""The layers: parameters, validation, stacking, directions, dropout.
+"""The layers: parameters, stacking, directions, dropout.
 
-A layer owns PyTorch-named parameters and runs its stack one layer at a time through a
-backend's `layer_forward` (one or two directions), feeding each layer's concatenated
-output to the next. Everything a user can get wrong is checked here, once, before any
-compute; the backends trust what they are given.
+A layer owns PyTorch-named parameters and runs its stack one layer at a time through
+`functional.run_layer` (one or two directions), feeding each layer's concatenated output
+to the next. Everything a user can get wrong is checked once, before any compute, by
+`validate.sequence_call`, the check the cells and rc.functional share; the backends
+trust what they are given.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import inspect
 import math
 import numbers
-import threading
 import warnings
-from collections.abc import Iterator, Mapping
-from typing import Any, Optional, Union
+from typing import Optional
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import functional, validate
-from .docs import PARAMETER_DOCS, shared_docs
+from .docs import shared_docs
 from .module import Module, _check_budget, commit, register, saved_context
 from .spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
 
@@ -74,6 +70,12 @@ class _Recurrent(Module):
                   for d in range(self.num_directions)
                   for base, shape in spec.param_shapes().items()}
         self._init_params(shapes, self.hidden_size, seed)
+        # how this layer's calls lie, fixed here so that a call formats no names
+        grad_names = tuple("d" + n.replace("0", "_n") for n in self._state_names)
+        self._form = validate.SequenceForm(
+            self.specs[0], validate.BATCH_FIRST if self.batch_first else validate.TIME_MAJOR, self._state_names,
+            grad_names, unbatched=True, rows=self.num_directions * self.num_layers, dtype=self.dtype,
+            source="the layer's dtype")
 
     def _direction_params(self, layer):
         """[{base name: live array}] per direction of one layer of the stack. Built once:
@@ -86,35 +88,6 @@ class _Recurrent(Module):
                             for d in range(self.num_directions)]
         return cache[layer]
 
-    # -- input handling --------------------------------------------------------------
-
-    def _input(self, x, check_finite):
-        """x as C-contiguous time-major (T, B, I), and whether it had a batch axis."""
-        x = validate.array("x", x, self.dtype)
-        if x.ndim not in (2, 3):
-            raise ValueError(f"x: expected 3 dimensions (T, B, I), or 2 (T, I) unbatched, got shape {x.shape}")
-        given = x.shape  # errors report the caller's shape, not the time-major view
-        batched = x.ndim == 3
-        if not batched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
-        T, B, I = x.shape
-        if I != self.input_size:
-            raise ValueError(f"x: expected input_size {self.input_size} on the last axis, got shape {given}")
-        if T < 1 or B < 1:
-            raise ValueError(f"x: expected at least one step and one sequence, got shape {given}")
-        if check_finite:
-            validate.finite("x", x)
-        return validate.kernel_input(x, self.training), batched
-
-    def _states(self, given, names, B, batched, check_finite):
-        """The initial (or final-gradient) states as (D*L, B, n) arrays, zeros for None."""
-        rows = self.num_directions * self.num_layers
-        lead = (rows, B) if batched else (rows,)
-        out = validate.states(given, names, self.specs[0].state_sizes, self.dtype, lead, check_finite)
-        return out if batched else [s[:, None, :] for s in out]
-
     def _output(self, y, batched):
         if not batched:
             return y[:, 0, :]
@@ -123,14 +96,8 @@ class _Recurrent(Module):
     # -- forward and backward through the stack ----------------------------------------
 
     def _forward(self, x, states, lengths, check_finite):
-        check_finite = validate.flag("check_finite", check_finite)
-        x, batched = self._input(x, check_finite)
-        T, B, _ = x.shape
-        if lengths is not None:
-            if not batched:
-                raise ValueError("lengths: expected None for unbatched input (slice x instead), got an array")
-            lengths = validate.lengths(lengths, B, T)
-        states = self._states(states, self._state_names, B, batched, check_finite)
+        x, states, lengths, batched, _ = validate.sequence_call(self._form, x, states, lengths, check_finite,
+                                                                self.training)
         dropout_mask = self._dropout_mask if self.training and self.dropout > 0 else None
         y, finals, saved = self._stack_forward(x, states, lengths, self.training, dropout_mask)
         self._saved = dict(saved, batched=batched) if saved is not None else None
@@ -138,13 +105,12 @@ class _Recurrent(Module):
         return self._output(y, batched), finals
 
     def _stack_forward(self, x, states, lengths, keep_context, dropout_mask=None):
-        """The stack over validated time-major x (T, B, I) and states [(D*L, B, n)]:
-        y (T, B, W), the final states, and what `_stack_backward` needs (None unless
-        keep_context). `dropout_mask(shape)`, when given, draws the inverted-dropout mask
-        of each layer's output but the last. It stores nothing on the layer, so calls
-        may interleave."""
+        """The stack over C-contiguous time-major x (T, B, I) and C-contiguous states
+        [(D*L, B, n)], as `validate.sequence_call` returns them: y (T, B, W), the final
+        states, and what `_stack_backward` needs (None unless keep_context).
+        `dropout_mask(shape)`, when given, draws the inverted-dropout mask of each layer's
+        output but the last. It stores nothing on the layer, so calls may interleave."""
         T, B, _ = x.shape
-        backend = functional.resolve_backend(self._backend_name)
         D = self.num_directions
         reverse = (False, True)[:D]
         finals = [np.empty_like(s) for s in states]
@@ -152,10 +118,9 @@ class _Recurrent(Module):
         layer_input = x
         for k, spec in enumerate(self.specs):
             rows = range(k * D, (k + 1) * D)
-            states_k = [tuple(np.ascontiguousarray(s[r]) for s in states) for r in rows]
-            y, states_n, ctx = backend.layer_forward(spec, self._direction_params(k), layer_input, states_k,
-                                                     lengths, keep_context, reverse,
-                                                     functional.num_threads())
+            states_k = [tuple(s[r] for s in states) for r in rows]
+            y, states_n, ctx = functional.run_layer(spec, self._direction_params(k), layer_input, states_k, lengths,
+                                                    keep_context, reverse, self._backend_name)
             for r, state in zip(rows, states_n):
                 for final, value in zip(finals, state):
                     final[r] = value
@@ -166,8 +131,7 @@ class _Recurrent(Module):
             contexts.append(ctx)
             masks.append(mask)
             layer_input = y
-        saved = dict(backend=backend, contexts=contexts, masks=masks,
-                     y_shape=(T, B, self.output_width)) if keep_context else None
+        saved = dict(contexts=contexts, masks=masks, y_shape=(T, B, self.output_width)) if keep_context else None
         return layer_input, finals, saved
 
     def _dropout_mask(self, shape):
@@ -181,19 +145,8 @@ class _Recurrent(Module):
         saved = saved_context(self, "backward: there is no training-mode forward to back-propagate through "
                                     "(call the layer in train() mode first)")
         batched = saved["batched"]
-        T, B, W = saved["y_shape"]
-        expected = (T, B, W) if not self.batch_first else (B, T, W)
-        dy = validate.array("dy", dy, self.dtype)
-        validate.shape("dy", dy, expected if batched else (T, W))
-        validate.finite("dy", dy, skippable=False)
-        names = tuple("d" + n.replace("0", "_n") for n in self._state_names)
-        dstates = self._states(dstates_n, names, B, batched, check_finite=True)
-        if not batched:
-            dy = dy[:, None, :]
-        elif self.batch_first:
-            dy = dy.transpose(1, 0, 2)
-        dy = np.ascontiguousarray(dy)
-
+        dy, dstates = validate.sequence_grads(self._form, dy, dstates_n, saved["y_shape"], batched,
+                                              check_finite=True)
         dy, dstates0, new_grads = self._stack_backward(saved, dy, dstates)
         commit([(self, saved, new_grads)])
         dx = dy[:, 0, :] if not batched else (dy.transpose(1, 0, 2) if self.batch_first else dy)
@@ -201,15 +154,15 @@ class _Recurrent(Module):
 
     def _stack_backward(self, saved, dy, dstates):
         """Back through a `_stack_forward`, from C-contiguous time-major dy (T, B, W) and
-        dstates [(D*L, B, n)]: dx (T, B, I), the initial states' gradients, and the
-        parameter gradients as {name: array}, added nowhere."""
-        backend, D = saved["backend"], self.num_directions
+        C-contiguous dstates [(D*L, B, n)]: dx (T, B, I), the initial states' gradients,
+        and the parameter gradients as {name: array}, added nowhere."""
+        D = self.num_directions
         dstates0 = [np.empty_like(s) for s in dstates]
         new_grads = {}
         for k in reversed(range(self.num_layers)):
             rows = range(k * D, (k + 1) * D)
-            dstates_k = [tuple(np.ascontiguousarray(s[r]) for s in dstates) for r in rows]
-            dx, ds0, grads = backend.layer_backward(saved["contexts"][k], dy, dstates_k, functional.num_threads())
+            dstates_k = [tuple(s[r] for s in dstates) for r in rows]
+            dx, ds0, grads = functional.run_layer_backward(saved["contexts"][k], dy, dstates_k)
             for r, state in zip(rows, ds0):
                 for d0, value in zip(dstates0, state):
                     d0[r] = value
@@ -448,7 +401,7 @@ class LSTM(_Recurrent):
         ValueError, TypeError
             A wrong shape, dtype, length or non-finite value, before any compute.
         """
-        y, (h_n, c_n) = self._forward(x, _pair("hx", hx), lengths, check_finite)
+        y, (h_n, c_n) = self._forward(x, validate.pair("hx", hx), lengths, check_finite)
         return y, (h_n, c_n)
 
     forward = __call__
@@ -476,16 +429,8 @@ class LSTM(_Recurrent):
         ValueError, TypeError
             A wrong shape, dtype or non-finite gradient; nothing changes.
         """
-        dx, (dh0, dc0) = self._backward(dy, _pair("dh_n", dh_n))
+        dx, (dh0, dc0) = self._backward(dy, validate.pair("dh_n", dh_n))
         return dx, (dh0, dc0)
-
-
-def _pair(name, value):
-    if value is None:
-        return (None, None)
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"{name}: expected a pair (h, c) or None, got {type(value).__name__}")
-    return tuple(value)
 
 
 @shared_docs
