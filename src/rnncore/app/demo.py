@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
-from ..backends.registry import get_backend, set_num_threads
+from ..core.functional import get_backend, set_num_threads
 from ..toolkit.forecasting import (CELLS, MIN_WINDOWS, Forecaster, LinearAR, MissingValueError, Persistence,
                           SeasonalNaive, backtest, infer_season, mackey_glass, read_csv)
 

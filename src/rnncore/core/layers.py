@@ -19,13 +19,13 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import functional, validate
 from .docs import shared_docs
 from .module import Module, _check_budget, commit, register, saved_context
-from .spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec
+from .spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec, layer_suffix
 
 __all__ = ["RNN", "LSTM", "GRU", "JordanRNN"]
 
 
 def _param_name(base, layer, direction):
-    return f"{base}_l{layer}" + ("_reverse" if direction else "")
+    return base + layer_suffix(layer, direction)
 
 
 class _Recurrent(Module):

@@ -49,6 +49,12 @@ def init_bound(hidden_size):
     return 1.0 / math.sqrt(hidden_size)
 
 
+def layer_suffix(layer, direction):
+    """The suffix of a stacked layer's parameter names, PyTorch's: `_l{layer}`, and
+    `_reverse` for the second direction (weight_ih_l0, weight_hh_l1_reverse)."""
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
 @dataclass(frozen=True)
 class CellSpec:
     kind: str                      # one of KINDS

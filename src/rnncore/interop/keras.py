@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core import validate
 from ..core.layers import _Recurrent
-from ..core.spec import ACTIVATIONS, KIND_NAMES
+from ..core.spec import ACTIVATIONS, KIND_NAMES, layer_suffix
 from ._gates import KERAS_GATES, from_native, reorder_gates, to_native
 
 __all__ = ["load_weights", "to_keras_weights", "reorder_gates", "KERAS_GATES"]
@@ -52,10 +52,6 @@ def _slots(layer):
     """(layer index, direction, spec, label) of each weight set, in Keras' listing order."""
     return [(k, d, spec, f"layer {k} {'backward' if d else 'forward'}")
             for k, spec in enumerate(layer.specs) for d in range(layer.num_directions)]
-
-
-def _suffix(k, d):
-    return f"_l{k}" + ("_reverse" if d else "")
 
 
 def _gru_bias_variant_error(bias_shape, layer_reset_after, units):
@@ -104,7 +100,7 @@ def keras_state_dict(layer, *weights):
         wrong += slot_wrong
         if slot_wrong:
             continue
-        suffix = _suffix(k, d)
+        suffix = layer_suffix(k, d)
         state["weight_ih" + suffix] = to_native(arrays[0].T, spec, KERAS_GATES)
         state["weight_hh" + suffix] = to_native(arrays[1].T, spec, KERAS_GATES)
         if bias is None:
@@ -286,7 +282,7 @@ def to_keras_weights(layer):
     params = layer.state_dict()
     out = []
     for k, d, spec, _ in _slots(layer):
-        suffix = _suffix(k, d)
+        suffix = layer_suffix(k, d)
         out.append(from_native(params["weight_ih" + suffix], spec, KERAS_GATES).T.copy())
         out.append(from_native(params["weight_hh" + suffix], spec, KERAS_GATES).T.copy())
         if not layer.bias:

@@ -25,7 +25,7 @@ import numpy as np
 from .._version import __version__
 from ..core import validate
 from ..core.layers import GRU, LSTM, RNN, _Recurrent
-from ..core.spec import FEATURES, KIND_NAMES
+from ..core.spec import FEATURES, KIND_NAMES, layer_suffix
 from ._gates import ONNX_GATES, from_native, to_native
 
 __all__ = ["export", "load", "OPSET"]
@@ -694,7 +694,7 @@ def _build(layers, batch_first, backend):
     state = {}
     for k, found in enumerate(layers):
         for d in range(D):
-            suffix = f"_l{k}" + ("_reverse" if d else "")
+            suffix = layer_suffix(k, d)
             state["weight_ih" + suffix] = to_native(found["W"][d], spec, ONNX_GATES)
             state["weight_hh" + suffix] = to_native(found["R"][d], spec, ONNX_GATES)
             if found["B"] is not None:
