@@ -38,10 +38,10 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export RNNCORE_BACKEND=cython
 test_start=$SECONDS
 set +e
-files=(tests/test_cython_kernels.py tests/test_backends.py tests/test_cells_functional.py
-       tests/test_fuzz_layers.py tests/test_gradcheck.py tests/test_layer_api.py)
+files=(tests/backends/test_cython_kernels.py tests/backends/test_backends.py tests/core/test_cells_functional.py
+       tests/core/test_fuzz_layers.py tests/core/test_gradcheck.py tests/core/test_layer_api.py)
 # the saved-context tests run concurrent backward calls through the kernels
-[ -e tests/test_contexts.py ] && files+=(tests/test_contexts.py)
+files+=(tests/core/test_contexts.py)
 PYTHONPATH="$work/src" python -m pytest -q -p no:cacheprovider "${files[@]}" -k "not numba" "$@" 2>&1 | tee test.log
 status=${PIPESTATUS[0]}
 set -e

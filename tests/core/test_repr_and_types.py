@@ -90,12 +90,12 @@ def test_optimizer_repr_rebuilds_the_hyperparameters(make):
 def test_py_typed_ships_with_the_package():
     root = pathlib.Path(rc.__file__).parent
     assert (root / "py.typed").is_file()
-    pyproject = pathlib.Path(__file__).parents[1] / "pyproject.toml"
+    pyproject = pathlib.Path(__file__).parents[2] / "pyproject.toml"
     if pyproject.is_file():
         assert '"py.typed"' in pyproject.read_text()
 
 
-API_DOC = pathlib.Path(__file__).parents[1] / "docs" / "api.md"
+API_DOC = pathlib.Path(__file__).parents[2] / "docs" / "api.md"
 
 
 @pytest.mark.skipif(not API_DOC.is_file(), reason="docs/api.md is not in this installation")

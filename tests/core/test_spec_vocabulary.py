@@ -17,7 +17,7 @@ from rnncore.interop import _gates, keras, onnx
 
 from cases import VARIANT_IDS, VARIANTS, build
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CYTHON_SOURCES = sorted((ROOT / "src" / "rnncore" / "backends" / "cython").glob("*.p[xy][dx]"))
 C_SOURCES = sorted((ROOT / "csrc").glob("*.h")) + sorted((ROOT / "csrc").glob("*.inc"))
 I, H = 3, 4

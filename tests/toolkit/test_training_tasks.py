@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_example(name):

@@ -12,7 +12,7 @@ import pytest
 import rnncore as rc
 from rnncore.backends import registry as _backend
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 ALL_FAMILIES = {(kind, dtype) for kind in ("rnn", "lstm", "gru", "jordan") for dtype in ("float32", "float64")}
 needs_numba = pytest.mark.skipif("numba" not in rc.backends(), reason="numba is not installed")
 
