@@ -13,8 +13,9 @@ import pytest
 
 from cases import VARIANTS, back, build, call
 
-_recurrent = pytest.importorskip("rnncore.backends.cython._recurrent", reason="the compiled extension is not built here")
-pytest.importorskip("rnncore.backends.cython.backend", reason="the compiled extension is not built here")
+NOT_BUILT = "the compiled extension is not built here"
+_recurrent = pytest.importorskip("rnncore.backends.cython._recurrent", reason=NOT_BUILT)
+pytest.importorskip("rnncore.backends.cython.backend", reason=NOT_BUILT)
 
 STAGES = ("forward_all", "backward_all", "weight_gradients_all")
 SCHEMA = {key: (kind, when) for key, kind, when in _recurrent.PLAN_SCHEMA}
@@ -24,8 +25,8 @@ CASES = [(name, cls, kwargs, training, lengths, directions, bias)
          for (name, cls, kwargs), training, lengths, directions, bias
          in itertools.product(VARIANTS, (False, True), (None, [3, 1, 2]), (1, 2), (True, False))
          if directions == 1 or name.split("_")[0] != "jordan"]
-CASE_IDS = [f"{c[0]}-{'train' if c[3] else 'eval'}-{'lengths' if c[4] else 'full'}-{c[5]}dir-"
-            f"{'bias' if c[6] else 'nobias'}" for c in CASES]
+CASE = {f"{c[0]}-{'train' if c[3] else 'eval'}-{'lengths' if c[4] else 'full'}-{c[5]}dir-"
+        f"{'bias' if c[6] else 'nobias'}": c for c in CASES}
 
 
 def _run_case(name, cls, kwargs, training, lengths, directions, bias):
@@ -51,20 +52,20 @@ def _run_case(name, cls, kwargs, training, lengths, directions, bias):
 
 @pytest.fixture(scope="module")
 def captured():
-    return {case_id: _run_case(*case) for case_id, case in zip(CASE_IDS, CASES)}
+    return {case_id: _run_case(*case) for case_id, case in CASE.items()}
 
 
 def _given(plan):
     return {key for key, value in plan.items() if value is not None}
 
 
-@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("case_id", list(CASE))
 def test_plans_hold_only_schema_keys(captured, case_id):
     calls = captured[case_id]
-    training = "-train-" in case_id
+    _, _, _, training, _, directions, _ = CASE[case_id]
     assert [stage for stage, _, _ in calls] == (list(STAGES) if training else ["forward_all"])
     for stage, is_double, plans in calls:
-        assert len(plans) == (2 if "-2dir-" in case_id else 1)
+        assert len(plans) == directions
         for plan in plans:
             assert set(plan) <= set(SCHEMA), f"{stage}: keys outside PLAN_SCHEMA: {set(plan) - set(SCHEMA)}"
             _recurrent.check_plan(plan, stage != "forward_all", is_double)
@@ -91,7 +92,8 @@ def test_every_requirement_is_met_and_enforced(captured):
                         assert re.match(rf"plan\[{key!r}\]: expected .*, got no such key$", str(exc)), exc
                         refused.add(key)
                     else:
-                        pytest.fail(f"{stage}: a plan without {key!r} passes, though backend.py gives it and it is not optional")
+                        pytest.fail(f"{stage}: a plan without {key!r} passes, though backend.py gives it "
+                                    f"and the schema does not call it optional")
     assert refused == set(SCHEMA) - optional, f"never refused: {set(SCHEMA) - optional - refused}"
 
 
@@ -118,7 +120,7 @@ def test_two_keys_on_one_field_are_found():
 def lstm_plans():
     """The plans of a bidirectional float32 LSTM with projection and lengths: (forward
     plans, backward plans)."""
-    name, cls, kwargs = next(v for v in VARIANTS if v[0] == "lstm_proj")
+    _, cls, kwargs = next(v for v in VARIANTS if v[0] == "lstm_proj")
     layer = build(cls, kwargs, I, H, backend="cython", dtype=np.float32, bidirectional=True)
     calls = []
     with pytest.MonkeyPatch.context() as patch:
@@ -188,13 +190,15 @@ def test_a_bad_plan_is_refused_before_any_work(lstm_plans, what, change, error, 
 def test_a_forward_plan_is_refused_by_the_backward_stages(lstm_plans):
     forward, backward = lstm_plans
     _recurrent.check_plan(backward[0], True, False)
-    for stage in (_recurrent.backward_all, lambda plans, is_double, _: _recurrent.weight_gradients_all(plans, is_double)):
-        with pytest.raises(ValueError, match=r"^plan\['dy'\]: expected a C-contiguous float32 array "
-                                             r"\(required: backward\), got no such key$"):
-            stage([backward[0], forward[1]], False, 1)
+    refused = r"^plan\['dy'\]: expected a C-contiguous float32 array \(required: backward\), got no such key$"
+    with pytest.raises(ValueError, match=refused):
+        _recurrent.backward_all([backward[0], forward[1]], False, 1)
+    with pytest.raises(ValueError, match=refused):
+        _recurrent.weight_gradients_all([backward[0], forward[1]], False)
 
 
 def test_the_call_type_sets_the_float_type(lstm_plans):
     forward, _ = lstm_plans
-    with pytest.raises(TypeError, match=r"^plan\['w_ih'\]: expected a C-contiguous float64 array, got float32 array$"):
+    refused = r"^plan\['w_ih'\]: expected a C-contiguous float64 array, got float32 array$"
+    with pytest.raises(TypeError, match=refused):
         _recurrent.check_plan(forward[0], False, True)
