@@ -8,16 +8,24 @@
 # other (PyTorch's PackedSequence order), so the rows active at step s are always the
 # first active[s] rows of the batch and the state of step s-1 feeds step s as it lies.
 # The backend module (backend.py) builds the schedule, sorts and gathers, allocates
-# every buffer once per call, and fills one `Direction` per direction; this module only
+# every buffer once per call, and hands over one plan per direction: a dict, whose one
+# description is _PLAN below, checked and copied into a `Direction`; this module only
 # computes.
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.string cimport memcpy
+from cpython.number cimport PyIndex_Check
+from cpython.object cimport PyObject
+from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm
 
 cnp.import_array()
+
+cdef extern from "Python.h":
+    # on the schema's borrowed key pointers, without the reference counting of a Python
+    # call nor PyDict_GetItem's saving and restoring of the error state; NULL when absent
+    PyObject *PyDict_GetItemWithError(PyObject *mapping, PyObject *key) except? NULL
 
 cdef extern from "rnncore_cells.h" nogil:
     void rc_activate_rows_f(int n, int width, int act, const float *bias, float *io)
@@ -111,6 +119,7 @@ cdef struct Direction:
     void *hh                       # GRU reset_after: (B, 3H) recurrent product of a step
     # backward
     void *dy                       # slot rows of dL/dy, ldy apart
+    Py_ssize_t dy_offset           # this direction's first column of dy (applied by _fill)
     Py_ssize_t ldy
     void *dgx                      # (N, GH) gradient of the input-side pre-activations
     void *dgh                      # (N, GH) gradient of the recurrent product (== dgx but GRU-after)
@@ -476,80 +485,260 @@ cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
          one if d.dx_accumulate else zero, <floating *>d.dx, <int>d.ldx_out)
 
 
-# -- Python entry points: fill the plans, release the GIL, run ------------------------------
+# -- the plan: the one description of what backend.py hands over ---------------------------
+#
+# backend.py hands over one dict per direction. _PLAN below is the only description of it:
+# each key, the kind of its value, when it is required, and the Direction field it fills.
+# `_fill` walks it and refuses, before any work, a key it does not hold, a required key
+# missing, or a value of the wrong kind, so a misspelling on either side is an error and
+# not a read of uninitialised memory.
+#
+# Kinds: "int" and "size" (a C int, a Py_ssize_t); "real" (a C-contiguous array of the
+# call's float type); "intp" and "intc" (C-contiguous integer arrays); "host" (kept in the
+# plan by backend.py for itself, not read here). A None value counts as absent.
+# Required when: "always"; "optional" (NULL or 0 when absent); or any of the conditions
+# of _CONDITIONS joined by "|", after "backward" for what only the backward stages read.
 
-cdef void *_data(dict plan, str key) except? NULL:
-    value = plan.get(key)
-    if value is None:
-        return NULL
-    return cnp.PyArray_DATA(<cnp.ndarray>value)
+cdef Direction _probe              # only the addresses of its fields are used
 
 
-cdef int _fill(Direction *d, dict plan) except -1:
-    cdef Py_ssize_t offset
-    d.kind = plan["kind"]
-    d.act = plan["act"]
-    d.out_act = plan["out_act"]
-    d.coupled = plan["coupled"]
-    d.reset_after = plan["reset_after"]
-    d.training = plan["training"]
-    d.B, d.S, d.input_size, d.H = plan["B"], plan["S"], plan["I"], plan["H"]
-    d.GH, d.P, d.O, d.N = plan["GH"], plan["P"], plan["O"], plan["N"]
-    d.step_row = <const Py_ssize_t *>_data(plan, "step_row")
-    d.active = <const int *>_data(plan, "active")
-    d.w_ih = _data(plan, "w_ih")
-    d.w_hh = _data(plan, "w_hh")
-    d.bias_x = _data(plan, "bias_x")
-    d.b_hn = _data(plan, "b_hn")
-    d.w_hr = _data(plan, "w_hr")
-    d.w_ci = _data(plan, "w_ci")
-    d.w_cf = _data(plan, "w_cf")
-    d.w_co = _data(plan, "w_co")
-    d.w_ho = _data(plan, "w_ho")
-    d.b_ho = _data(plan, "b_ho")
-    d.w_hh_t = _data(plan, "w_hh_t")
-    d.w_hr_t = _data(plan, "w_hr_t")
-    d.w_ho_t = _data(plan, "w_ho_t")
-    d.small_rows = plan["small_rows"]
-    d.x = _data(plan, "x")
-    d.ldx = plan["ldx"]
-    d.xp = _data(plan, "xp")
-    d.hs = _data(plan, "hs")
-    d.h0 = _data(plan, "h0")
-    d.c0 = _data(plan, "c0")
-    d.c_buf = _data(plan, "c_buf")
-    d.m_buf = _data(plan, "m_buf")
-    d.kept = _data(plan, "kept")
-    d.hh = _data(plan, "hh")
-    d.dy = _data(plan, "dy")
-    if d.dy != NULL:
-        # dy's rows hold both directions side by side: start at this direction's columns
-        offset = plan["dy_offset"] * (<cnp.ndarray>plan["dy"]).itemsize
-        d.dy = <char *>d.dy + offset
-    d.ldy = plan.get("ldy", 0)
-    d.dgx = _data(plan, "dgx")
-    d.dgh = _data(plan, "dgh")
-    d.dh = _data(plan, "dh")
-    d.dc = _data(plan, "dc")
-    d.dm = _data(plan, "dm")
-    d.dhtot = _data(plan, "dhtot")
-    d.dypre = _data(plan, "dypre")
-    d.hprev = _data(plan, "hprev")
-    d.g_w_ih = _data(plan, "g_w_ih")
-    d.g_w_hh = _data(plan, "g_w_hh")
-    d.g_b_ih = _data(plan, "g_b_ih")
-    d.g_b_hh = _data(plan, "g_b_hh")
-    d.g_w_hr = _data(plan, "g_w_hr")
-    d.g_ci = _data(plan, "g_ci")
-    d.g_cf = _data(plan, "g_cf")
-    d.g_co = _data(plan, "g_co")
-    d.g_w_ho = _data(plan, "g_w_ho")
-    d.g_b_ho = _data(plan, "g_b_ho")
-    d.dx = _data(plan, "dx")
-    d.ldx_out = plan.get("ldx_out", 0)
-    d.dx_accumulate = plan.get("dx_accumulate", 0)
+cdef Py_ssize_t _at(void *field):
+    return <char *>field - <char *>&_probe
+
+
+_PLAN = (
+    # key            kind     required when                 Direction field
+    ("kind",         "int",   "always",                     _at(&_probe.kind)),
+    ("act",          "int",   "always",                     _at(&_probe.act)),
+    ("out_act",      "int",   "always",                     _at(&_probe.out_act)),
+    ("coupled",      "int",   "always",                     _at(&_probe.coupled)),
+    ("reset_after",  "int",   "always",                     _at(&_probe.reset_after)),
+    ("training",     "int",   "always",                     _at(&_probe.training)),
+    ("B",            "int",   "always",                     _at(&_probe.B)),
+    ("S",            "int",   "always",                     _at(&_probe.S)),
+    ("H",            "int",   "always",                     _at(&_probe.H)),
+    ("GH",           "int",   "always",                     _at(&_probe.GH)),
+    ("P",            "int",   "always",                     _at(&_probe.P)),
+    ("O",            "int",   "always",                     _at(&_probe.O)),
+    ("I",            "int",   "always",                     _at(&_probe.input_size)),
+    ("N",            "size",  "always",                     _at(&_probe.N)),
+    ("step_row",     "intp",  "always",                     _at(&_probe.step_row)),
+    ("active",       "intc",  "always",                     _at(&_probe.active)),
+    ("w_ih",         "real",  "always",                     _at(&_probe.w_ih)),
+    ("w_hh",         "real",  "always",                     _at(&_probe.w_hh)),
+    ("bias_x",       "real",  "optional",                   _at(&_probe.bias_x)),
+    ("b_hn",         "real",  "optional",                   _at(&_probe.b_hn)),
+    ("w_hr",         "real",  "optional",                   _at(&_probe.w_hr)),
+    ("w_ci",         "real",  "optional",                   _at(&_probe.w_ci)),
+    ("w_cf",         "real",  "peephole_f",                 _at(&_probe.w_cf)),
+    ("w_co",         "real",  "peephole",                   _at(&_probe.w_co)),
+    ("w_ho",         "real",  "jordan",                     _at(&_probe.w_ho)),
+    ("b_ho",         "real",  "optional",                   _at(&_probe.b_ho)),
+    ("w_hh_t",       "real",  "optional",                   _at(&_probe.w_hh_t)),
+    ("w_hr_t",       "real",  "optional",                   _at(&_probe.w_hr_t)),
+    ("w_ho_t",       "real",  "optional",                   _at(&_probe.w_ho_t)),
+    ("small_rows",   "int",   "always",                     _at(&_probe.small_rows)),
+    ("x",            "real",  "always",                     _at(&_probe.x)),
+    ("ldx",          "size",  "always",                     _at(&_probe.ldx)),
+    ("xp",           "real",  "always",                     _at(&_probe.xp)),
+    ("hs",           "real",  "always",                     _at(&_probe.hs)),
+    ("h0",           "real",  "always",                     _at(&_probe.h0)),
+    ("c0",           "real",  "lstm",                       _at(&_probe.c0)),
+    ("c_buf",        "real",  "lstm",                       _at(&_probe.c_buf)),
+    ("m_buf",        "real",  "proj",                       _at(&_probe.m_buf)),
+    ("kept",         "real",  "gru",                        _at(&_probe.kept)),
+    ("hh",           "real",  "gru_after",                  _at(&_probe.hh)),
+    ("dy",           "real",  "backward",                   _at(&_probe.dy)),
+    ("dy_offset",    "size",  "backward",                   _at(&_probe.dy_offset)),
+    ("ldy",          "size",  "backward",                   _at(&_probe.ldy)),
+    ("dgx",          "real",  "backward",                   _at(&_probe.dgx)),
+    ("dgh",          "real",  "backward",                   _at(&_probe.dgh)),
+    ("dh",           "real",  "backward",                   _at(&_probe.dh)),
+    ("dc",           "real",  "backward lstm",              _at(&_probe.dc)),
+    ("dm",           "real",  "backward proj|gru_before",   _at(&_probe.dm)),
+    ("dhtot",        "real",  "backward proj",              _at(&_probe.dhtot)),
+    ("dypre",        "real",  "backward jordan",            _at(&_probe.dypre)),
+    ("hprev",        "real",  "backward",                   _at(&_probe.hprev)),
+    ("g_w_ih",       "real",  "backward",                   _at(&_probe.g_w_ih)),
+    ("g_w_hh",       "real",  "backward",                   _at(&_probe.g_w_hh)),
+    ("g_b_ih",       "real",  "backward bias",              _at(&_probe.g_b_ih)),
+    ("g_b_hh",       "real",  "backward bias",              _at(&_probe.g_b_hh)),
+    ("g_w_hr",       "real",  "backward proj",              _at(&_probe.g_w_hr)),
+    ("g_ci",         "real",  "backward peephole",          _at(&_probe.g_ci)),
+    ("g_cf",         "real",  "backward peephole_f",        _at(&_probe.g_cf)),
+    ("g_co",         "real",  "backward peephole",          _at(&_probe.g_co)),
+    ("g_w_ho",       "real",  "backward jordan",            _at(&_probe.g_w_ho)),
+    ("g_b_ho",       "real",  "backward out_bias",          _at(&_probe.g_b_ho)),
+    ("dx",           "real",  "backward",                   _at(&_probe.dx)),
+    ("ldx_out",      "size",  "backward",                   _at(&_probe.ldx_out)),
+    ("dx_accumulate", "int",  "backward",                   _at(&_probe.dx_accumulate)),
+    ("last_rows",    "host",  "optional",                   -1),
+    ("params",       "host",  "optional",                   -1),
+)
+PLAN_SCHEMA = tuple(entry[:3] for entry in _PLAN)
+
+# the conditions a key may be required on, bit k of `_conditions` for _CONDITIONS[k]
+_CONDITIONS = ("always", "rnn", "jordan", "lstm", "gru", "gru_after", "gru_before", "proj", "peephole",
+               "peephole_f", "bias", "out_bias")
+
+
+cdef unsigned int _conditions(const Direction *d) noexcept:
+    cdef bint gru = d.kind == GRU, peephole = d.w_ci != NULL
+    return (1                                                 # always
+            | (d.kind == RNN) << 1
+            | (d.kind == JORDAN) << 2
+            | (d.kind == LSTM) << 3
+            | gru << 4
+            | (gru and d.reset_after != 0) << 5              # gru_after
+            | (gru and d.reset_after == 0) << 6              # gru_before
+            | (d.w_hr != NULL) << 7                          # proj: LSTM with a projection
+            | peephole << 8
+            | (peephole and d.coupled == 0) << 9             # peephole_f: with a forget gate
+            | (d.bias_x != NULL) << 10                       # bias
+            | (d.b_ho != NULL) << 11)                        # out_bias: Jordan's output bias
+
+
+cdef enum FieldKind:
+    INT, SIZE, REAL, INTP, INTC, HOST
+
+_KINDS = {"int": INT, "size": SIZE, "real": REAL, "intp": INTP, "intc": INTC, "host": HOST}
+
+cdef struct Field:
+    PyObject *key                  # borrowed from _PLAN, which lives as long as the module
+    FieldKind kind
+    Py_ssize_t offset
+    unsigned int any_of            # required when one of these conditions holds; 0: optional
+    bint backward                  # ... and only for the backward stages
+
+DEF MAX_FIELDS = 96
+cdef Field _fields[MAX_FIELDS]
+cdef Py_ssize_t _field_count = 0
+
+
+cdef _compile_plan_schema():
+    """_PLAN into the C table `_fill` walks."""
+    global _field_count
+    if len(_PLAN) > MAX_FIELDS:
+        raise ValueError(f"_PLAN: expected at most {MAX_FIELDS} keys, got {len(_PLAN)}")
+    for k, (key, kind, when, offset) in enumerate(_PLAN):
+        words = when.split()
+        backward = words[:1] == ["backward"]
+        if backward:
+            words = words[1:] or ["always"]
+        names = [] if words == ["optional"] else words[0].split("|")
+        unknown = [name for name in names if name not in _CONDITIONS]
+        if len(words) != 1 or unknown:
+            raise ValueError(f"_PLAN[{key!r}]: expected a required-when of {_CONDITIONS}, got {when!r}")
+        _fields[k].key = <PyObject *>key
+        _fields[k].kind = _KINDS[kind]
+        _fields[k].offset = offset
+        _fields[k].any_of = 0
+        for name in names:
+            _fields[k].any_of |= 1u << _CONDITIONS.index(name)
+        _fields[k].backward = backward
+    _field_count = len(_PLAN)
+
+
+_compile_plan_schema()
+_PLAN_KEYS = frozenset(key for key, _, _ in PLAN_SCHEMA)
+
+
+cdef str _expected(FieldKind kind, bint is_double):
+    if kind == INT or kind == SIZE:
+        return "an integer"
+    names = {REAL: "float64" if is_double else "float32", INTP: "intp", INTC: "intc"}
+    return f"a C-contiguous {names[kind]} array"
+
+
+cdef int _store(char *at, object value, const Field *f, bint is_double) except -1:
+    """Write value into the field at `at`, or raise TypeError naming the key."""
+    cdef int number
+    cdef Py_ssize_t size
+    cdef void *data
+    cdef int want
+    if f.kind == INT or f.kind == SIZE:
+        if not PyIndex_Check(value):
+            raise TypeError(f"plan[{<object>f.key!r}]: expected an integer, got {type(value).__name__}")
+        # memcpy: a field is written through its address, as bytes (no aliasing question)
+        if f.kind == INT:
+            number = value
+            memcpy(at, &number, sizeof(int))
+        else:
+            size = value
+            memcpy(at, &size, sizeof(Py_ssize_t))
+        return 0
+    want = (cnp.NPY_FLOAT64 if is_double else cnp.NPY_FLOAT32) if f.kind == REAL else \
+        (cnp.NPY_INTP if f.kind == INTP else cnp.NPY_INT)
+    # the type numbers compared first: PyArray_EquivTypenums (long and long long, say) is slow
+    if not (cnp.PyArray_Check(value) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value)
+            and (cnp.PyArray_TYPE(<cnp.ndarray>value) == want
+                 or cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(<cnp.ndarray>value), want))):
+        got = (f"{'' if value.flags.c_contiguous else 'non-contiguous '}{value.dtype} array"
+               if isinstance(value, cnp.ndarray) else type(value).__name__)
+        raise TypeError(f"plan[{<object>f.key!r}]: expected {_expected(f.kind, is_double)}, got {got}")
+    data = cnp.PyArray_DATA(<cnp.ndarray>value)
+    memcpy(at, &data, sizeof(void *))
     return 0
 
+
+cdef int _fill(Direction *d, dict plan, bint backward, bint is_double) except -1:
+    """d from one direction's plan, every key checked against _PLAN (before any work)."""
+    cdef Py_ssize_t k, known = 0
+    cdef char given[MAX_FIELDS]
+    cdef PyObject *item
+    cdef const Field *f
+    cdef unsigned int holds
+    memset(d, 0, sizeof(Direction))
+    for k in range(_field_count):
+        f = &_fields[k]
+        item = PyDict_GetItemWithError(<PyObject *>plan, f.key)
+        known += item != NULL
+        given[k] = item != NULL and item != <PyObject *>None
+        if given[k] and f.kind != HOST:
+            _store(<char *>d + f.offset, <object>item, f, is_double)
+    if known != len(plan):  # the keys are distinct, so some key of the plan is not in _PLAN
+        raise ValueError(f"plan: expected only the keys of PLAN_SCHEMA, got "
+                         f"{', '.join(repr(key) for key in plan if key not in _PLAN_KEYS)}")
+    holds = _conditions(d)
+    for k in range(_field_count):
+        f = &_fields[k]
+        if not given[k] and f.any_of & holds and (backward or not f.backward):
+            key, kind, when = PLAN_SCHEMA[k]
+            raise ValueError(f"plan[{key!r}]: expected {_expected(f.kind, is_double)} (required: {when}), "
+                             f"got {'None' if key in plan else 'no such key'}")
+    if d.dy != NULL:
+        # dy's rows hold both directions side by side: start at this direction's columns
+        d.dy = <char *>d.dy + d.dy_offset * (sizeof(double) if is_double else sizeof(float))
+    return 0
+
+
+def check_plan(dict plan, bint backward, bint is_double):
+    """Check one plan against PLAN_SCHEMA as the stages do, computing nothing: raises
+    ValueError or TypeError naming the key, else returns None."""
+    cdef Direction d
+    _fill(&d, plan, backward, is_double)
+
+
+def _layout_problems(entries=_PLAN):
+    """Where `entries` (_PLAN) and the Direction struct disagree: bytes no key fills
+    beyond the alignment padding, or two keys on one field. Empty when every field has
+    its key (the struct's fields are laid out in order, each at its natural alignment)."""
+    sizes = {"int": sizeof(int), "size": sizeof(Py_ssize_t)}
+    fields = sorted((offset, sizes.get(kind, sizeof(void *)), key)
+                    for key, kind, _, offset in entries if kind != "host")
+    problems, end = [], 0
+    for offset, size, key in fields:
+        aligned = -(-end // size) * size
+        if offset != aligned:
+            problems.append(f"{key!r} at byte {offset}, expected {aligned}")
+        end = offset + size
+    widest = max(sizeof(void *), sizeof(Py_ssize_t))
+    if -(-end // widest) * widest != sizeof(Direction):
+        problems.append(f"the last key ends at byte {end}, the struct at {sizeof(Direction)}")
+    return problems
+
+
+# -- Python entry points: fill the plans, release the GIL, run ------------------------------
 
 DEF INPUT_PROJECTION = 0
 DEF FORWARD_STEPS = 1
@@ -731,8 +920,10 @@ def _run(list plans, int first, int last, bint is_double, int num_threads):
     cdef int count = len(plans), i, stage
     cdef int own[MAX_BLAS_LIBS]
     cdef bint side_by_side, may_split = num_threads > 1 and count > 1 and not _team_lost
+    if not 1 <= count <= 2:
+        raise ValueError(f"plans: expected one plan per direction, 1 or 2, got {count}")
     for i in range(count):
-        _fill(&directions[i], plans[i])
+        _fill(&directions[i], plans[i], first >= BACKWARD_STEPS, is_double)
     with nogil:
         _blas_enter(own)
         for stage in range(first, last + 1):
