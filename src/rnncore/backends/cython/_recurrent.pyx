@@ -805,7 +805,7 @@ cdef bint _team_ended = True, _team_lost = False
 # for each thread count, and so rounds it differently, so the kernels' BLAS runs on one
 # thread whatever the thread setting and whichever thread calls; the directions running
 # side by side are the threads. `configure_blas` gives the getter and setter of each
-# library's thread count (rnncore._backend.blas_thread_functions). A process-wide setting
+# library's thread count (rnncore.backends.registry.blas_thread_functions). A process-wide setting
 # is changed by the first caller in and put back by the last one out (unless someone else
 # changed it meanwhile), so that concurrent and nested callers never put back each
 # other's; a per-thread setting is changed and put back by each caller. The numba backend
