@@ -8,24 +8,16 @@ A refactoring that must not change the numbers is checked with it: the record is
 before, the check after, on the same machine (BLAS and CPU decide the last bits).
 """
 import sys
+from pathlib import Path
 
 import numpy as np
 
 import rnncore as rc
 
-VARIANTS = [
-    ("rnn_tanh", rc.RNN, dict(nonlinearity="tanh")),
-    ("rnn_relu", rc.RNN, dict(nonlinearity="relu")),
-    ("lstm", rc.LSTM, dict()),
-    ("lstm_proj", rc.LSTM, dict(proj_size=2)),
-    ("lstm_peephole", rc.LSTM, dict(peephole=True)),
-    ("lstm_cifg", rc.LSTM, dict(coupled_input_forget=True)),
-    ("lstm_all", rc.LSTM, dict(proj_size=2, peephole=True, coupled_input_forget=True)),
-    ("gru", rc.GRU, dict(reset_after=True)),
-    ("gru_cho", rc.GRU, dict(reset_after=False)),
-    ("jordan_identity", rc.JordanRNN, dict(output_size=2, output_activation="identity")),
-    ("jordan_sigmoid", rc.JordanRNN, dict(output_size=3, output_activation="sigmoid", nonlinearity="relu")),
-]
+# every cell type and variant, as the test suite lists them
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from cases import VARIANTS  # noqa: E402
+
 # (T, B, I, H, stacked and bidirectional, with lengths): T=1/B=1, odd sizes, the small
 # product's row limit (32) crossed, and packed schedules
 SHAPES = [(1, 1, 3, 1, False, False), (7, 3, 5, 6, False, True), (5, 4, 3, 5, True, True),
