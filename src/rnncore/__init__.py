@@ -9,7 +9,7 @@ import sys
 
 from ._version import __version__
 from .backends.registry import backends, get_backend, get_num_threads, set_backend, set_num_threads
-from .core import cells, functional, layers
+from .core import cells, functional, layers, spec
 from .core.cells import GRUCell, LSTMCell, RNNCell
 from .core.functional import warmup
 from .core.layers import GRU, LSTM, RNN, JordanRNN
@@ -31,4 +31,5 @@ __all__ = ["RNN", "LSTM", "GRU", "JordanRNN", "RNNCell", "LSTMCell", "GRUCell", 
 # 0.1.0 objects); rnncore.torch is a module of its own, as it imports torch.
 for _module in (cells, functional, layers, clip, forecasting, losses, nn, optim, train, checkpoint, keras, onnx):
     sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
-del _module
+sys.modules[f"{__name__}._spec"] = spec  # a 0.1.0 layer pickles its CellSpec under this name
+del _module, spec

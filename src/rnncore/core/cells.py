@@ -42,10 +42,11 @@ class _Cell(Module):
         self.bias = validate.flag("bias", bias)
         self.spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
         self._init_params(self.spec.param_shapes(), self.hidden_size, seed)
-        # how this cell's calls lie, fixed here so that a call formats no names
+
+    def _call_form(self):
         grad_names = tuple("d" + n.replace("0", "1") for n in self._state_names)
-        self._form = validate.SequenceForm(self.spec, validate.STEP, self._state_names, grad_names, unbatched=True,
-                                           dtype=self.dtype, source="the cell's dtype")
+        return validate.SequenceForm(self.spec, validate.STEP, self._state_names, grad_names, unbatched=True,
+                                     dtype=self.dtype, source="the cell's dtype")
 
     def _step(self, x, states, check_finite):
         x, states, _, batched, _ = validate.sequence_call(self._form, x, states, None, check_finite, self.training)

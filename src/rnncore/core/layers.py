@@ -70,9 +70,10 @@ class _Recurrent(Module):
                   for d in range(self.num_directions)
                   for base, shape in spec.param_shapes().items()}
         self._init_params(shapes, self.hidden_size, seed)
-        # how this layer's calls lie, fixed here so that a call formats no names
+
+    def _call_form(self):
         grad_names = tuple("d" + n.replace("0", "_n") for n in self._state_names)
-        self._form = validate.SequenceForm(
+        return validate.SequenceForm(
             self.specs[0], validate.BATCH_FIRST if self.batch_first else validate.TIME_MAJOR, self._state_names,
             grad_names, unbatched=True, rows=self.num_directions * self.num_layers, dtype=self.dtype,
             source="the layer's dtype")

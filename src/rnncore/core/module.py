@@ -307,9 +307,20 @@ class Module(ConfigRepr):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_saved"] = None
-        # a cache of views into the parameter arrays: rebuilt on first use by the copy
+        # caches derived from the configuration, rebuilt on first use by the copy
         state.pop("_by_layer", None)
+        state.pop("_form_cache", None)
         return state
+
+    @property
+    def _form(self):
+        """How this module's calls lie (the `validate.SequenceForm` its `_call_form`
+        builds), made at the first call and kept, so that a call formats no names; an
+        object unpickled from an older version builds its own."""
+        form = self.__dict__.get("_form_cache")
+        if form is None:
+            form = self._form_cache = self._call_form()
+        return form
 
     def parameters(self) -> dict[str, np.ndarray]:
         """The live parameter arrays by name (updating them updates the module)."""
