@@ -19,12 +19,14 @@ Not exportable, because the ONNX operators cannot compute them: LSTM with projec
 exported. A bias=False layer is exported without the optional bias input.
 """
 import re
+from collections import namedtuple
 
 import numpy as np
 
 from .._version import __version__
 from ..core import validate
 from ..core.layers import GRU, LSTM, RNN, _Recurrent
+from ..core.module import registered
 from ..core.spec import FEATURES, KIND_NAMES, layer_suffix
 from ._gates import ONNX_GATES, from_native, to_native
 
@@ -65,17 +67,27 @@ def _onnx():
 
 # -- export -----------------------------------------------------------------------------
 
-def _exportable(layer):
+# the feed-forward pieces a Sequential may hold, by the names their classes are registered
+# under (interop imports core only: the classes themselves live in the toolkit)
+_PIECES = ("Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep")
+_ELEMENTWISE = {"Tanh": "Tanh", "ReLU": "Relu", "Sigmoid": "Sigmoid"}
+# the metadata that tells a Sequential's graph from a layer's: a Sequential of one layer
+# computes what the layer does, but is rebuilt as a Sequential
+_MODEL_KEY = "rnncore.model"
+
+
+def _exportable(layer, where="rnncore.onnx.export"):
     if not isinstance(layer, _Recurrent):
-        raise TypeError(f"rnncore.onnx.export: expected an rnncore RNN, LSTM or GRU layer, got {type(layer).__name__}")
+        raise TypeError(f"rnncore.onnx.export: expected an rnncore RNN, LSTM or GRU layer, got {type(layer).__name__} "
+                        f"(or a Sequential of such layers and {', '.join(_PIECES)})")
     spec = layer.specs[0]
     if spec.kind not in _OPERATORS:
-        raise ValueError(f"rnncore.onnx.export: the {KIND_NAMES[spec.kind]} has no ONNX operator (ONNX's "
+        raise ValueError(f"{where}: the {KIND_NAMES[spec.kind]} has no ONNX operator (ONNX's "
                          f"{', '.join(_OPERATORS.values())} operators feed back the hidden state, not an output); "
                          f"it cannot be exported")
     extras = spec.unsupported(_EXPRESSIBLE[spec.kind])
     if extras:
-        raise ValueError(f"rnncore.onnx.export: a layer with {', '.join(spec.option(name) for name in extras)} "
+        raise ValueError(f"{where}: a layer with {', '.join(spec.option(name) for name in extras)} "
                          f"cannot be exported: the ONNX {_OPERATORS[spec.kind]} operator has no "
                          f"{' and no '.join(FEATURES[name] for name in extras)}")
     return spec
@@ -109,92 +121,288 @@ def _operator_attributes(spec, num_directions):
     return attributes
 
 
-def export(layer, path, *, initial_state=False, lengths=False, opset=OPSET):
-    """Write `layer` as an ONNX model to `path` (a file name or a writable binary file)
-    and return the ModelProto.
+class _Writer:
+    """The nodes and initializers of a graph being written; the graph input `lengths`,
+    when there is one, is cast to the operators' int32 once, where first needed."""
 
-    initial_state: add graph inputs h0 (and c0), else the states start at zero.
-    lengths: add the graph input `lengths` (int64, per sequence), with rnncore's
-    semantics (zeros past each end, h_n from each sequence's last valid step).
-    opset: the default-domain opset (14 or newer: the operators' current form).
-    """
-    spec0 = _exportable(layer)
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
-        raise ValueError(f"opset: expected an int >= 14 (the RNN operators' current version), got {opset!r}")
-    onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
+    def __init__(self, onnx, lengths):
+        self.onnx = onnx
+        self.nodes, self.initializers, self.names = [], [], set()
+        self.lengths, self._sequence_lens = lengths, ""
 
-    D, H = layer.num_directions, layer.hidden_size
-    element = helper.np_dtype_to_tensor_dtype(layer.dtype)
-    lstm = spec0.kind == "lstm"
-    state_names = ("h0", "c0") if lstm else ("h0",)
-    nodes, initializers = [], []
-
-    def constant(name, value):
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    def constant(self, name, value):
+        # a name is written once: the constants shared by several modules (axes, shapes)
+        # hold the same value wherever they are asked for
+        if name not in self.names:
+            self.names.add(name)
+            self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(value, order="C"), name))
         return name
 
-    def node(op, inputs, outputs, **attributes):
-        nodes.append(helper.make_node(op, inputs, outputs, name=f"{op}_{len(nodes)}", **attributes))
+    def node(self, op, inputs, outputs, **attributes):
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, outputs, name=f"{op}_{len(self.nodes)}", **attributes))
         return outputs[0]
 
-    batch_time = ["batch", "time"] if layer.batch_first else ["time", "batch"]
-    inputs = [helper.make_tensor_value_info("x", element, batch_time + [layer.input_size])]
-    x = "x"
+    def sequence_lens(self):
+        if self.lengths and not self._sequence_lens:
+            self._sequence_lens = self.node("Cast", ["lengths"], ["sequence_lens"], to=self.onnx.TensorProto.INT32)
+        return self._sequence_lens
+
+
+def _write_layer(w, layer, x, prefix, states, y, finals):
+    """Write a recurrent layer reading `x` (in the layer's layout): one operator node per
+    stacked layer, the layout changes between them, and the Concat of each final state.
+    states: the graph inputs h0 (and c0), or None for zero initial states; y: the name
+    of the output, None to keep a time-major layer's last Reshape; finals: the names of
+    h_n (and c_n). Returns the output's name."""
+    D = layer.num_directions
+    lstm = layer.specs[0].kind == "lstm"
     if layer.batch_first:
         # ORT refuses the operators' layout=1, so the graph transposes around them
-        x = node("Transpose", ["x"], ["x_time_major"], perm=[1, 0, 2])
-    sequence_lens = ""
-    if lengths:
-        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"]))
-        sequence_lens = node("Cast", ["lengths"], ["sequence_lens"], to=TensorProto.INT32)
-    if initial_state:
-        inputs += [helper.make_tensor_value_info(name, element, [D * layer.num_layers, "batch", H])
-                   for name in state_names]
-    merge_directions = constant("shape_T_N_DH", np.array([0, 0, -1], dtype=np.int64))
+        x = w.node("Transpose", [x], [prefix + "x_time_major"], perm=[1, 0, 2])
+    sequence_lens = w.sequence_lens()
+    merge_directions = w.constant("shape_T_N_DH", np.array([0, 0, -1], dtype=np.int64))
     # only graphs that slice h0/c0 need the axis, and ORT warns about unused initializers
-    axis0 = constant("axis_0", np.array([0], dtype=np.int64)) if initial_state else None
+    axis0 = w.constant("axis_0", np.array([0], dtype=np.int64)) if states else None
 
-    finals = {name: [] for name in state_names}
+    parts = [[] for _ in finals]
     for k, spec in enumerate(layer.specs):
         W, R, B, P = _onnx_weights(layer, k)
-        operands = [x, constant(f"W_l{k}", W), constant(f"R_l{k}", R),
-                    constant(f"B_l{k}", B) if B is not None else "", sequence_lens]
-        for name in state_names:
-            if initial_state:  # this layer's rows of h0/c0, layer-major as in PyTorch
-                rows = [constant(f"{name}_rows_l{k}_{e}", np.array([e], dtype=np.int64)) for e in (k * D, (k + 1) * D)]
-                operands.append(node("Slice", [name, *rows, axis0], [f"{name}_l{k}"]))
+        operands = [x, w.constant(f"{prefix}W_l{k}", W), w.constant(f"{prefix}R_l{k}", R),
+                    w.constant(f"{prefix}B_l{k}", B) if B is not None else "", sequence_lens]
+        for name in states or [""] * len(finals):
+            if name:  # this layer's rows of h0/c0, layer-major as in PyTorch
+                rows = [w.constant(f"{name}_rows_l{k}_{e}", np.array([e], dtype=np.int64)) for e in (k * D, (k + 1) * D)]
+                operands.append(w.node("Slice", [name, *rows, axis0], [f"{name}_l{k}"]))
             else:
                 operands.append("")
         if P is not None:
-            operands.append(constant(f"P_l{k}", P))
+            operands.append(w.constant(f"{prefix}P_l{k}", P))
         while not operands[-1]:
             operands.pop()
-        outputs = [f"Y_l{k}", f"Y_h_l{k}"] + ([f"Y_c_l{k}"] if lstm else [])
-        node(_OPERATORS[spec.kind], operands, outputs, **_operator_attributes(spec, D))
-        for name, output in zip(state_names, outputs[1:]):
-            finals[name].append(output)
+        outputs = [f"{prefix}Y_l{k}", f"{prefix}Y_h_l{k}"] + ([f"{prefix}Y_c_l{k}"] if lstm else [])
+        w.node(_OPERATORS[spec.kind], operands, outputs, **_operator_attributes(spec, D))
+        for found, output in zip(parts, outputs[1:]):
+            found.append(output)
         # Y is [T, D, N, H]; PyTorch's layout, and the next layer's input, is [T, N, D*H]
-        y_tndh = node("Transpose", [f"Y_l{k}"], [f"Y_l{k}_TNDH"], perm=[0, 2, 1, 3])
-        x = node("Reshape", [y_tndh, merge_directions], [f"y_l{k}"])
+        y_tndh = w.node("Transpose", [f"{prefix}Y_l{k}"], [f"{prefix}Y_l{k}_TNDH"], perm=[0, 2, 1, 3])
+        x = w.node("Reshape", [y_tndh, merge_directions], [f"{prefix}y_l{k}"])
     if layer.batch_first:
-        node("Transpose", [x], ["y"], perm=[1, 0, 2])
-    else:
-        node("Identity", [x], ["y"])
-    outputs = [helper.make_tensor_value_info("y", element, batch_time + [layer.output_width])]
-    for name, parts in finals.items():
-        final = name[0] + "_n"
-        node("Concat", parts, [final], axis=0)
-        outputs.append(helper.make_tensor_value_info(final, element, [D * layer.num_layers, "batch", H]))
+        x = w.node("Transpose", [x], [y or prefix + "y"], perm=[1, 0, 2])
+    elif y:
+        x = w.node("Identity", [x], [y])
+    for final, found in zip(finals, parts):
+        w.node("Concat", found, [final], axis=0)
+    return x
 
-    graph = helper.make_graph(nodes, f"rnncore_{type(layer).__name__}", inputs, outputs, initializers)
+
+_Plan = namedtuple("_Plan", "modules names input_width dtype batch_first rows width")
+
+
+def _plan(model):
+    """The modules of the Sequential `model` and their registered names ("recurrent" for
+    a layer), checked to export and to chain; the input's features (None for indices),
+    the dtype and layout of the whole, and whether and how wide its output is per
+    sequence (rows) or per step."""
+    names = {}
+    for name, cls in registered().items():
+        names.setdefault(cls, name)  # the first name of a class registered twice
+    modules = [model[i] for i in range(len(model))]
+    kinds, width, rows, dtype, batch_first = [], None, False, None, None
+    for i, module in enumerate(modules):
+        where = f"rnncore.onnx.export: modules[{i}] ({type(module).__name__})"
+        # the exact registered class: a subclass may compute something else
+        kind = "recurrent" if isinstance(module, _Recurrent) else names.get(type(module))
+        if kind != "recurrent" and kind not in _PIECES:
+            raise TypeError(f"{where} has no ONNX form; a Sequential exports RNN, LSTM and GRU layers and "
+                            f"{', '.join(_PIECES)}")
+        if kind == "recurrent":
+            _exportable(module, where)
+        if kind == "Embedding" and i:
+            raise ValueError(f"{where}: expected the Embedding first (it takes the integer input), got it at "
+                             f"position {i}")
+        if kind in ("recurrent", "LastStep"):
+            if rows:
+                raise ValueError(f"{where}: expected a sequence (3 dimensions), but the LastStep before it gives "
+                                 f"one row per sequence")
+            batch_first = module.batch_first if batch_first is None else batch_first
+            if module.batch_first != batch_first:
+                raise ValueError(f"{where} has batch_first={module.batch_first}, the modules before it "
+                                 f"batch_first={batch_first}; a Sequential exports with one layout throughout")
+            rows = kind == "LastStep"
+        if kind in ("recurrent", "Linear", "Embedding"):
+            dtype = np.dtype(module.dtype) if dtype is None else dtype
+            if np.dtype(module.dtype) != dtype:
+                raise TypeError(f"{where}: expected dtype {dtype} (as the modules before it), got "
+                                f"{np.dtype(module.dtype)}")
+        if kind in ("recurrent", "Linear"):
+            takes, gives = ((module.input_size, module.output_width) if kind == "recurrent"
+                            else (module.in_features, module.out_features))
+            if width is not None and takes != width:
+                raise ValueError(f"{where}: expected input features {width} (what modules[{i - 1}] gives), got "
+                                 f"{takes}")
+            width = gives
+        elif kind == "Embedding":
+            width = module.embedding_dim
+        elif i == 0:
+            raise ValueError(f"{where}: expected a first module that fixes the input's features (a recurrent "
+                             f"layer, Linear or Embedding), got {kind}")
+        kinds.append(kind)
+    if "recurrent" not in kinds:
+        raise ValueError(f"rnncore.onnx.export: expected a Sequential holding an RNN, LSTM or GRU layer, got "
+                         f"{[type(m).__name__ for m in modules]}")
+    first = modules[0]
+    input_width = {"recurrent": getattr(first, "input_size", None), "Linear": getattr(first, "in_features", None)}
+    return _Plan(modules, kinds, input_width.get(kinds[0]), dtype, batch_first, rows, width)
+
+
+def _write_sequential(w, plan, element, initial_state):
+    """Inputs and outputs of a Sequential's graph, whose nodes go to `w`."""
+    TensorProto, helper = w.onnx.TensorProto, w.onnx.helper
+    batch_time = ["batch", "time"] if plan.batch_first else ["time", "batch"]
+    x_type = ((TensorProto.INT64, batch_time) if plan.names[0] == "Embedding"
+              else (element, batch_time + [plan.input_width]))
+    inputs = [helper.make_tensor_value_info("x", *x_type)]
+    if w.lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"]))
+    outputs, finals = [], []
+    x, k, feature = "x", 0, plan.input_width
+    for i, (name, module) in enumerate(zip(plan.names, plan.modules)):
+        prefix = f"{i}."
+        if name == "recurrent":
+            state_names = [f"h0_{k}", f"c0_{k}"] if module.specs[0].kind == "lstm" else [f"h0_{k}"]
+            rows_shape = [module.num_directions * module.num_layers, "batch", module.hidden_size]
+            if initial_state:
+                inputs += [helper.make_tensor_value_info(s, element, rows_shape) for s in state_names]
+            final_names = [s[0] + f"_n_{k}" for s in state_names]
+            finals += [helper.make_tensor_value_info(f, element, rows_shape) for f in final_names]
+            x = _write_layer(w, module, x, prefix, state_names if initial_state else None, None, final_names)
+            k, feature = k + 1, module.output_width
+        elif name == "Linear":
+            state = module.state_dict()
+            # y = x W^T + b over the last axis: MatMul broadcasts over the leading ones
+            x = w.node("MatMul", [x, w.constant(prefix + "weight_T", state["weight"].T)], [prefix + "matmul"])
+            if module.bias:
+                x = w.node("Add", [x, w.constant(prefix + "bias", state["bias"])], [prefix + "linear"])
+            feature = module.out_features
+        elif name == "Embedding":
+            table = w.constant(prefix + "weight", module.state_dict()["weight"])
+            x = w.node("Gather", [table, x], [prefix + "embedding"], axis=0)
+            feature = module.embedding_dim
+        elif name in _ELEMENTWISE:
+            x = w.node(_ELEMENTWISE[name], [x], [prefix + name.lower()])
+        else:  # LastStep: the step at time T - 1, or lengths[b] - 1 of each sequence b
+            axis = 1 if module.batch_first else 0
+            if not w.lengths:
+                x = w.node("Gather", [x, w.constant("last_step", np.array(-1, dtype=np.int64))],
+                           [prefix + "last_step"], axis=axis)
+            else:
+                last = w.node("Sub", ["lengths", w.constant("one", np.array(1, dtype=np.int64))], [prefix + "last"])
+                # one index per (sequence, feature), on the time axis
+                shape = [-1, 1, 1] if axis else [1, -1, 1]
+                index = w.node("Reshape", [last, w.constant("shape_" + "_".join(map(str, shape)).replace("-1", "B"),
+                                                            np.array(shape, dtype=np.int64))], [prefix + "last_index"])
+                index = w.node("Expand", [index, w.constant(prefix + "features", np.array([1, 1, feature], np.int64))],
+                               [prefix + "last_indices"])
+                x = w.node("GatherElements", [x, index], [prefix + "last_steps"], axis=axis)
+                x = w.node("Squeeze", [x, w.constant(f"axis_{axis}", np.array([axis], dtype=np.int64))],
+                           [prefix + "last_step"])
+    w.node("Identity", [x], ["y"])
+    outputs.append(helper.make_tensor_value_info("y", element, (["batch"] if plan.rows else batch_time) + [plan.width]))
+    return inputs, outputs + finals
+
+
+def export(model, path, *, initial_state=False, lengths=False, opset=OPSET):
+    """Write an rnncore layer, or a Sequential of layers and feed-forward pieces, as an
+    ONNX model.
+
+    Parameters
+    ----------
+    model : RNN, LSTM, GRU or Sequential
+        A layer (not a projection LSTM or the Jordan RNN), or a Sequential of such layers
+        and Linear, Embedding (first), Tanh, ReLU, Sigmoid and LastStep, with one dtype
+        and one batch_first throughout.
+    path : str, path-like or writable binary file
+        Where the model goes.
+    initial_state : bool, default False
+        Add graph inputs for the initial states: h0 (and c0) of shape (D*num_layers,
+        batch, H) for a layer, h0_k (and c0_k) for the k-th recurrent layer of a
+        Sequential; else the states start at zero.
+    lengths : bool, default False
+        Add the graph input `lengths` (int64, per sequence) with rnncore's semantics:
+        zeros past each end, h_n from each sequence's last valid step, and LastStep
+        taking step lengths[b] - 1.
+    opset : int, default 17
+        The default-domain opset, 14 or newer (the operators' current form).
+
+    Returns
+    -------
+    onnx.ModelProto
+        The model written. Its inputs are x, then lengths, then the states; its outputs
+        y, then h_n (and c_n) of each recurrent layer (h_n_k, c_n_k in a Sequential).
+
+    Raises
+    ------
+    TypeError
+        model is neither an exportable layer nor a Sequential, or a Sequential holds a
+        module with no ONNX form or mixes dtypes, naming the module.
+    ValueError
+        A layer the ONNX operators cannot compute, a chain whose widths or layouts do not
+        fit, or an opset below 14.
+    ImportError
+        onnx (1.21 or newer) is not installed.
+
+    Examples
+    --------
+    >>> import io, numpy as np, rnncore as rc
+    >>> model = rc.Sequential(rc.LSTM(3, 8, seed=0), rc.LastStep(), rc.Linear(8, 1, seed=1))
+    >>> proto = rc.onnx.export(model, io.BytesIO())
+    >>> [o.name for o in proto.graph.output]
+    ['y', 'h_n_0', 'c_n_0']
+    """
+    sequential = type(model) is registered().get("Sequential", ())
+    # everything is checked before the onnx package is asked for
+    plan = _plan(model) if sequential else None
+    spec0 = None if sequential else _exportable(model)
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
+        raise ValueError(f"opset: expected an int >= 14 (the RNN operators' current version), got {opset!r}")
+    onnx = _onnx()
+    helper = onnx.helper
+    w = _Writer(onnx, bool(lengths))
+    element = helper.np_dtype_to_tensor_dtype(plan.dtype if sequential else model.dtype)
+    if sequential:
+        inputs, outputs = _write_sequential(w, plan, element, initial_state)
+    else:
+        inputs, outputs = _layer_interface(w, model, spec0, element, initial_state)
+
+    graph = helper.make_graph(w.nodes, f"rnncore_{type(model).__name__}", inputs, outputs, w.initializers)
     opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="rnncore", producer_version=__version__)
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="rnncore", producer_version=__version__)
+    if sequential:
+        helper.set_model_props(proto, {_MODEL_KEY: "Sequential"})
     # the oldest IR version that carries this opset, so that older runtimes read the file
-    model.ir_version = helper.find_min_ir_version_for(opsets)
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, path)
-    return model
+    proto.ir_version = helper.find_min_ir_version_for(opsets)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, path)
+    return proto
+
+
+def _layer_interface(w, layer, spec0, element, initial_state):
+    """Inputs, outputs and nodes of a layer's graph."""
+    TensorProto, helper = w.onnx.TensorProto, w.onnx.helper
+    D, H = layer.num_directions, layer.hidden_size
+    state_names = ("h0", "c0") if spec0.kind == "lstm" else ("h0",)
+    batch_time = ["batch", "time"] if layer.batch_first else ["time", "batch"]
+    inputs = [helper.make_tensor_value_info("x", element, batch_time + [layer.input_size])]
+    if w.lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"]))
+    if initial_state:
+        inputs += [helper.make_tensor_value_info(name, element, [D * layer.num_layers, "batch", H])
+                   for name in state_names]
+    finals = [name[0] + "_n" for name in state_names]
+    _write_layer(w, layer, "x", "", state_names if initial_state else None, "y", finals)
+    outputs = [helper.make_tensor_value_info("y", element, batch_time + [layer.output_width])]
+    outputs += [helper.make_tensor_value_info(name, element, [D * layer.num_layers, "batch", H]) for name in finals]
+    return inputs, outputs
 
 
 # -- load -------------------------------------------------------------------------------
