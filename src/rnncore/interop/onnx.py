@@ -14,6 +14,13 @@ Graph interface of an exported layer (T and batch are dynamic):
 - outputs: `y` (T, batch, D*H) or (batch, T, D*H), `h_n` (and `c_n`) (D*num_layers,
   batch, H): the layouts and numbers of calling the layer itself.
 
+A Sequential of such layers and the toolkit's Linear (MatMul, Add), Embedding (Gather,
+first), Tanh, ReLU, Sigmoid and LastStep (Gather of step -1, or with lengths a
+GatherElements of step lengths - 1) is exported as one graph, one dtype and one
+batch_first throughout: inputs x, lengths, then h0_k (and c0_k) of the k-th recurrent
+layer; outputs y, then h_n_k (and c_n_k). The metadata entry "rnncore.model" =
+"Sequential" tells `load` to rebuild a Sequential, matched module by module.
+
 Not exportable, because the ONNX operators cannot compute them: LSTM with projection
 (proj_size > 0) and the Jordan RNN. Dropout is a training-time operation and is not
 exported. A bias=False layer is exported without the optional bias input.
