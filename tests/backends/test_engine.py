@@ -154,3 +154,19 @@ def test_packed_path_bits_do_not_depend_on_threads_or_training(spec, dtype):
     for run in runs[1:]:
         for a, b in zip(runs[0], run):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("small_rows", [0, 64])
+@pytest.mark.parametrize("spec", [CellSpec("lstm", 4, 7, proj_size=5), CellSpec("gru", 4, 33, reset_after=False),
+                                  CellSpec("jordan", 4, 7, output_size=3)], ids=["lstm_proj", "gru_before", "jordan"])
+def test_unpacked_forward_still_matches_reference(spec, small_rows, monkeypatch):
+    """Below PACKED_MIN_STEPS the forward products stay on BLAS or rc_small_gemm."""
+    monkeypatch.setattr(cython_backend, "PACKED_MIN_STEPS", 10 ** 9)
+    monkeypatch.setattr(cython_backend, "SMALL_ROWS", small_rows)
+    params, x, states, _ = _random_case(spec, 6, 5, 1, np.float64, 4)
+    y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, None, True, (False,), 1)
+    assert ctx["plans"][0].get("w_hh_p") is None
+    y_ref, sn_ref, _ = _reference.layer_forward(spec, params, x, states, None, True, (False,), 1)
+    assert_close(y, y_ref, what="y")
+    for a, b in zip(sn[0], sn_ref[0]):
+        assert_close(a, b, what="final state")
