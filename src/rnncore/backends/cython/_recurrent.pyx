@@ -12,6 +12,7 @@
 # description is _PLAN below, checked and copied into a `Direction`; this module only
 # computes.
 cimport numpy as cnp
+import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 from cpython.number cimport PyIndex_Check
@@ -26,6 +27,17 @@ cdef extern from "Python.h":
     # on the schema's borrowed key pointers, without the reference counting of a Python
     # call nor PyDict_GetItem's saving and restoring of the error state; NULL when absent
     PyObject *PyDict_GetItemWithError(PyObject *mapping, PyObject *key) except? NULL
+
+cdef extern from "rnncore_gemm.h" nogil:
+    size_t rc_packed_size(size_t n, size_t k, size_t value_bytes)
+    int rc_gemm_isa()
+    int rc_gemm_set_isa(int isa)
+    void rc_pack_weight_f(int n, int k, const float *W, size_t stride_n, size_t stride_k, float *packed)
+    void rc_pack_weight_d(int n, int k, const double *W, size_t stride_n, size_t stride_k, double *packed)
+    void rc_packed_gemm_f(int m, int n, int k, const float *A, size_t lda, const float *packed,
+                          int accumulate, float *C, size_t ldc)
+    void rc_packed_gemm_d(int m, int n, int k, const double *A, size_t lda, const double *packed,
+                          int accumulate, double *C, size_t ldc)
 
 cdef extern from "rnncore_cells.h" nogil:
     void rc_activate_rows_f(int n, int width, int act, const float *bias, float *io)
@@ -105,6 +117,7 @@ cdef struct Direction:
     void *w_hh_t
     void *w_hr_t
     void *w_ho_t
+    void *w_hh_p                   # W_hh packed into the micro-kernel's panels (see pack_recurrent)
     int small_rows                 # at most this many rows: rc_small_gemm, not BLAS (see `is_small`)
     # forward
     void *x                        # slot rows of the input, ldx apart
@@ -287,6 +300,78 @@ cdef inline void product_nn(Direction *d, int m, int n, int k, const floating *a
         gemm(False, False, m, n, k, <floating>1, a, lda, b, ldb, <floating>accumulate, c, ldc)
 
 
+cdef inline void pack_weight(int n, int k, const floating *w, floating *packed) noexcept nogil:
+    """packed <- w (n, k), row-major, laid out for c (+)= a @ w.T by packed_product."""
+    if floating is float:
+        rc_pack_weight_f(n, k, w, k, 1, packed)
+    else:
+        rc_pack_weight_d(n, k, w, k, 1, packed)
+
+
+cdef inline Py_ssize_t packed_values(int n, int k, floating *tag) noexcept nogil:
+    return rc_packed_size(n, k, sizeof(floating))
+
+
+cdef inline void packed_product(int m, int n, int k, const floating *a, int lda, const floating *packed,
+                                bint accumulate, floating *c, int ldc) noexcept nogil:
+    """c (m, n) (+)= a (m, k) @ w.T, w packed by pack_weight."""
+    if floating is float:
+        rc_packed_gemm_f(m, n, k, a, lda, packed, accumulate, c, ldc)
+    else:
+        rc_packed_gemm_d(m, n, k, a, lda, packed, accumulate, c, ldc)
+
+
+cdef void pack_recurrent(Direction *d, floating *tag) noexcept nogil:
+    """W_hh into d.w_hh_p, once per call, as the steps take it: one (GH, P) block, or
+    GRU-before's r, z block (2H, H) then its n block (H, H) after it."""
+    cdef int H = d.H
+    cdef floating *w_hh = <floating *>d.w_hh
+    cdef floating *packed = <floating *>d.w_hh_p
+    if d.kind == GRU and not d.reset_after:
+        pack_weight(2 * H, H, w_hh, packed)
+        pack_weight(H, H, w_hh + 2 * H * H, packed + packed_values(2 * H, H, tag))
+    elif d.kind == JORDAN:
+        pack_weight(H, d.O, w_hh, packed)
+    else:
+        pack_weight(d.GH, d.P if d.kind == LSTM else H, w_hh, packed)
+
+
+def packed_recurrent_size(str kind, int H, int GH, int P, int O, bint reset_after, bint is_double):
+    """Values of the buffer pack_recurrent fills (the plan's "w_hh_p") for a layer."""
+    cdef size_t value = sizeof(double) if is_double else sizeof(float)
+    if kind == "gru" and not reset_after:
+        return rc_packed_size(2 * H, H, value) + rc_packed_size(H, H, value)
+    if kind == "jordan":
+        return rc_packed_size(H, O, value)
+    return rc_packed_size(GH, P if kind == "lstm" else H, value)
+
+
+def packed_gemm(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] c, bint accumulate):
+    """c (+)= a @ w.T through pack_weight and packed_product (for the tests): a (m, k),
+    w (n, k), c (m, n), C-contiguous arrays of one float type."""
+    cdef int m = a.shape[0], k = a.shape[1], n = w.shape[0]
+    if w.shape[1] != k or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError(f"packed_gemm: expected a (m, k), w (n, k), c (m, n), got "
+                         f"({a.shape[0]}, {a.shape[1]}), ({w.shape[0]}, {w.shape[1]}), ({c.shape[0]}, {c.shape[1]})")
+    cdef floating[::1] packed = np.zeros(max(1, rc_packed_size(n, k, sizeof(floating))),
+                                         np.float64 if floating is double else np.float32)
+    cdef const floating *a_data = &a[0, 0] if m and k else NULL
+    with nogil:
+        if n and k:
+            pack_weight(n, k, &w[0, 0], &packed[0])
+        if m and n:
+            packed_product(m, n, k, a_data, k, &packed[0], accumulate, &c[0, 0], n)
+
+
+def gemm_isa(int isa=-1):
+    """The micro-kernel instance in use: 0 portable, 1 AVX2 and FMA, 2 AVX-512F. Given
+    isa >= 0, sets it (clamped to what the CPU runs; for the tests) and returns the one
+    in use before."""
+    if isa < 0:
+        return rc_gemm_isa()
+    return rc_gemm_set_isa(isa)
+
+
 # -- where a step's state lives -----------------------------------------------------------
 
 cdef inline floating *state_before(Direction *d, floating *hs, Py_ssize_t s) noexcept nogil:
@@ -340,6 +425,12 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef floating *h_prev
     cdef floating *m
     cdef floating *kept
+    cdef floating *w_hh_p = <floating *>d.w_hh_p
+    cdef floating *w_hn_p = NULL
+    if w_hh_p != NULL:
+        pack_recurrent(d, tag)
+        if d.kind == GRU and not d.reset_after:
+            w_hn_p = w_hh_p + packed_values(2 * H, H, tag)
     for s in range(d.S):
         n = d.active[s]
         gates = xp + d.step_row[s] * GH
@@ -347,18 +438,27 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
         h_prev = state_before(d, hs, s)
         if d.kind == RNN:
             # h[s] = act(xp[s] + h[s-1] @ w_hh.T); xp and hs are one buffer    (n, H) += (n, H) x (H, H)
-            product_nt(d, n, H, H, h_prev, H, w_hh, H, w_hh_t, H, True, gates, H)
+            if w_hh_p != NULL:
+                packed_product(n, H, H, h_prev, H, w_hh_p, True, gates, H)
+            else:
+                product_nt(d, n, H, H, h_prev, H, w_hh, H, w_hh_t, H, True, gates, H)
             activate_rows(n, H, d.act, <floating *>NULL, gates)
         elif d.kind == JORDAN:
             # gates[s] += y[s-1] @ w_hh.T    (n, H) += (n, O) x (O, H)
-            product_nt(d, n, H, O, h_prev, O, w_hh, O, w_hh_t, H, True, gates, H)
+            if w_hh_p != NULL:
+                packed_product(n, H, O, h_prev, O, w_hh_p, True, gates, H)
+            else:
+                product_nt(d, n, H, O, h_prev, O, w_hh, O, w_hh_t, H, True, gates, H)
             activate_rows(n, H, d.act, <floating *>NULL, gates)
             # y[s] = act_o(h[s] @ w_ho.T + b_ho)    (n, O) = (n, H) x (H, O)
             product_nt(d, n, O, H, gates, H, <floating *>d.w_ho, H, <floating *>d.w_ho_t, O, False, h, O)
             activate_rows(n, O, d.out_act, <floating *>d.b_ho, h)
         elif d.kind == LSTM:
             # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
-            product_nt(d, n, GH, P, h_prev, P, w_hh, P, w_hh_t, GH, True, gates, GH)
+            if w_hh_p != NULL:
+                packed_product(n, GH, P, h_prev, P, w_hh_p, True, gates, GH)
+            else:
+                product_nt(d, n, GH, P, h_prev, P, w_hh, P, w_hh_t, GH, True, gates, GH)
             m = per_step(d, d.m_buf, tag, s) if d.w_hr != NULL else h
             lstm_forward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
                          gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), m)
@@ -369,15 +469,24 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
             kept = per_step(d, d.kept, tag, s)
             if d.reset_after:
                 # hh = h[s-1] @ w_hh.T    (n, 3H) = (n, H) x (H, 3H)
-                product_nt(d, n, GH, H, h_prev, H, w_hh, H, w_hh_t, GH, False, <floating *>d.hh, GH)
+                if w_hh_p != NULL:
+                    packed_product(n, GH, H, h_prev, H, w_hh_p, False, <floating *>d.hh, GH)
+                else:
+                    product_nt(d, n, GH, H, h_prev, H, w_hh, H, w_hh_t, GH, False, <floating *>d.hh, GH)
                 gru_forward_after(n, H, <floating *>d.b_hn, gates, <floating *>d.hh, h_prev, h, kept)
             else:
                 # gates[s][:, :2H] += h[s-1] @ w_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
-                product_nt(d, n, 2 * H, H, h_prev, H, w_hh, H, w_hh_t, GH, True, gates, GH)
+                if w_hh_p != NULL:
+                    packed_product(n, 2 * H, H, h_prev, H, w_hh_p, True, gates, GH)
+                else:
+                    product_nt(d, n, 2 * H, H, h_prev, H, w_hh, H, w_hh_t, GH, True, gates, GH)
                 gru_forward_before_rz(n, H, gates, h_prev, kept)
                 # gates[s][:, 2H:] += (r * h[s-1]) @ w_hh[2H:].T    (n, H) += (n, H) x (H, H)
-                product_nt(d, n, H, H, kept, H, w_hh + 2 * H * H, H, w_hh_t + 2 * H if w_hh_t != NULL else NULL,
-                           GH, True, gates + 2 * H, GH)
+                if w_hn_p != NULL:
+                    packed_product(n, H, H, kept, H, w_hn_p, True, gates + 2 * H, GH)
+                else:
+                    product_nt(d, n, H, H, kept, H, w_hh + 2 * H * H, H,
+                               w_hh_t + 2 * H if w_hh_t != NULL else NULL, GH, True, gates + 2 * H, GH)
                 gru_forward_before_n(n, H, gates, h_prev, h)
 
 
@@ -537,6 +646,7 @@ _PLAN = (
     ("w_hh_t",       "real",  "optional",                   _at(&_probe.w_hh_t)),
     ("w_hr_t",       "real",  "optional",                   _at(&_probe.w_hr_t)),
     ("w_ho_t",       "real",  "optional",                   _at(&_probe.w_ho_t)),
+    ("w_hh_p",       "real",  "optional",                   _at(&_probe.w_hh_p)),
     ("small_rows",   "int",   "always",                     _at(&_probe.small_rows)),
     ("x",            "real",  "always",                     _at(&_probe.x)),
     ("ldx",          "size",  "always",                     _at(&_probe.ldx)),

@@ -25,6 +25,12 @@ _ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
 # LSTM (100, 16, 32, 64) forward 3.2 -> 2.7 ms, GRU 2.5 -> 2.0 ms (one thread, AVX2).
 SMALL_ROWS = 32
 
+# From this many steps a call packs W_hh once into the micro-kernel's panels
+# (`_recurrent.pack_recurrent`) and every step's recurrent product reads them; below it
+# the packing costs more than the steps save, and the products go to rc_small_gemm or
+# BLAS as above.
+PACKED_MIN_STEPS = 2
+
 # the kernels hold the BLAS at one thread while they run, in _recurrent's section,
 # which the registry configures once (see registry.blas_section)
 registry.blas_section()
@@ -112,6 +118,9 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
             if w is not None and (min_rows <= _recurrent.TINY_ROWS_LIMIT
                                   or min(w.size, H * H) <= _recurrent.SMALL_PANEL_LIMIT):
                 plan[key + "_t"] = np.ascontiguousarray(w.T)
+    if slots.S >= PACKED_MIN_STEPS:
+        plan["w_hh_p"] = np.empty(_recurrent.packed_recurrent_size(
+            spec.kind, H, GH, P, plan["O"], bool(spec.reset_after), dtype == np.float64), dtype)
     plan["bias_x"], plan["b_hn"] = contract.fold_bias(spec, p)
     if slots.packed:
         plan["x"] = x[schedule.packed(reverse)]

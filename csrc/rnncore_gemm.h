@@ -1,0 +1,117 @@
+/* The recurrent product of every step against weights packed once per layer call.
+ *
+ * A step computes C (m, n) (+)= A (m, k) W^T, with W the (n, k) recurrent weight and A
+ * the m rows of the state still active. BLAS repacks W on every call and re-reads it
+ * from wherever it lies; here W is laid out once per call into column panels of `nr`
+ * columns, each panel k rows of nr contiguous values (zero-padded past n), and a
+ * register tile of C runs down a panel reading it as one stream. The sum of each
+ * element of C runs over p = 0 .. k-1 in order, whatever m and whatever the tiling, so
+ * a row's result does not depend on how many rows share the step or on the thread.
+ *
+ * One micro-kernel source (rnncore_gemm_tile.inc) is compiled three times per
+ * precision: for AVX-512F (two 64-byte vectors per row of the tile), AVX2 with FMA (two
+ * 32-byte vectors) and the baseline x86-64 (two 16-byte vectors), each under GCC's
+ * target attribute; the CPU is asked once, when the extension loads, and every product
+ * goes to the widest instance it runs. Panels are as wide as two vectors, so the packed
+ * layout follows the instance; a buffer of rc_packed_size values fits all of them.
+ * Without GCC's vector types (another compiler) a portable loop over the same panels
+ * stands in.
+ */
+#ifndef RNNCORE_GEMM_H
+#define RNNCORE_GEMM_H
+
+#include <stddef.h>
+#include <string.h>
+#include "rnncore_math.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define RC_GEMM_RESTRICT __restrict__
+#else
+#define RC_GEMM_RESTRICT
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define RC_GEMM_X86 1
+#else
+#define RC_GEMM_X86 0
+#endif
+
+enum { RC_GEMM_PORTABLE = 0, RC_GEMM_AVX2 = 1, RC_GEMM_AVX512 = 2 };
+
+/* the widest panel of any instance, in bytes: two 64-byte vectors */
+#define RC_GEMM_MAX_PANEL_BYTES 128
+
+static int rc_gemm_isa_chosen = -1;
+
+static int rc_gemm_isa_supported(void)
+{
+#if RC_GEMM_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return RC_GEMM_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return RC_GEMM_AVX2;
+#endif
+    return RC_GEMM_PORTABLE;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((constructor))
+#endif
+static void rc_gemm_choose_isa(void)
+{
+    rc_gemm_isa_chosen = rc_gemm_isa_supported();
+}
+
+static int rc_gemm_isa(void)
+{
+    if (rc_gemm_isa_chosen < 0)  /* a compiler without constructors */
+        rc_gemm_choose_isa();
+    return rc_gemm_isa_chosen;
+}
+
+/* For the tests, which run every instance this CPU supports: sets the instance (clamped
+ * to what the CPU runs) and returns the one in use before. Products packed under one
+ * instance must be computed under it. */
+static int rc_gemm_set_isa(int isa)
+{
+    const int before = rc_gemm_isa(), best = rc_gemm_isa_supported();
+    rc_gemm_isa_chosen = isa < 0 ? 0 : (isa > best ? best : isa);
+    return before;
+}
+
+/* values in a packed buffer for an (n, k) weight: enough for the widest panel */
+static size_t rc_packed_size(size_t n, size_t k, size_t value_bytes)
+{
+    const size_t nr = RC_GEMM_MAX_PANEL_BYTES / value_bytes;
+    return (n + nr - 1) / nr * nr * k;
+}
+
+#ifndef RC_CONCAT
+#define RC_CONCAT_(a, b) a##b
+#define RC_CONCAT(a, b) RC_CONCAT_(a, b)
+#endif
+
+/* the vector width of each instance, in bytes; a panel is two vectors wide */
+static int rc_gemm_vector_bytes(int isa)
+{
+    return isa == RC_GEMM_AVX512 ? 64 : (isa == RC_GEMM_AVX2 ? 32 : 16);
+}
+
+RC_FAST_MATH_BEGIN
+
+#define real float
+#define RC_FN(name) RC_CONCAT(name, _f)
+#include "rnncore_gemm.inc"
+#undef real
+#undef RC_FN
+
+#define real double
+#define RC_FN(name) RC_CONCAT(name, _d)
+#include "rnncore_gemm.inc"
+#undef real
+#undef RC_FN
+
+RC_FAST_MATH_END
+
+#endif

@@ -1,0 +1,172 @@
+"""The compiled backend's recurrent engine: the packed product of csrc/rnncore_gemm.h
+against NumPy, every variant's layer on the packed path against the reference, and the
+bits it gives: the same for any thread count, batch composition and instance order."""
+import numpy as np
+import pytest
+
+from rnncore.backends.reference import backend as _reference
+from rnncore.core.spec import CellSpec
+
+from conftest import assert_close
+
+_recurrent = pytest.importorskip("rnncore.backends.cython._recurrent", reason="the compiled extension is not built here")
+cython_backend = pytest.importorskip("rnncore.backends.cython.backend", reason="the compiled extension is not built here")
+
+# the micro-kernel instances this CPU runs: 0 portable, 1 AVX2 and FMA, 2 AVX-512F
+ISAS = list(range(_recurrent.gemm_isa() + 1))
+# panel widths: 8..32 floats, 4..16 doubles; rows: tiles of 6 or 8, split remainders
+_WIDTHS = [1, 3, 7, 8, 15, 16, 17, 31, 33, 65, 129]
+_DEPTHS = [1, 2, 7, 33, 64]
+
+
+@pytest.fixture(params=ISAS, ids=lambda isa: ["portable", "avx2", "avx512"][isa])
+def isa(request):
+    before = _recurrent.gemm_isa(request.param)
+    yield request.param
+    _recurrent.gemm_isa(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_product_matches_numpy(isa, dtype):
+    """c (+)= a @ w.T for rows 1..40, odd widths and depths on both sides of every
+    panel and tile edge, accumulating or not, against the float64 product."""
+    rng = np.random.default_rng(isa)
+    for m in range(1, 41):
+        n, k = _WIDTHS[m % len(_WIDTHS)], _DEPTHS[m % len(_DEPTHS)]
+        for n, k in ((n, k), (_WIDTHS[(m * 7) % len(_WIDTHS)], _DEPTHS[(m * 3) % len(_DEPTHS)])):
+            a = rng.standard_normal((m, k)).astype(dtype)
+            w = rng.standard_normal((n, k)).astype(dtype)
+            c0 = rng.standard_normal((m, n)).astype(dtype)
+            for accumulate in (False, True):
+                c = c0.copy()
+                _recurrent.packed_gemm(a, w, c, accumulate)
+                want = a.astype(np.float64) @ w.T.astype(np.float64) + (c0 if accumulate else 0)
+                # a sum of k products: the error grows with k, the scale with sqrt(k)
+                assert_close(c, want, rtol=(1e-13 if dtype == np.float64 else 3e-6) * k,
+                             what=f"{np.dtype(dtype).name} m={m} n={n} k={k} accumulate={accumulate}")
+
+
+def test_packed_product_rows_do_not_depend_on_the_batch(isa):
+    """Each element sums over k in order whatever tile its row falls in: a row's bits
+    are the same alone as among 40 rows (so active rows shrinking with lengths, or a
+    batch split between threads, change nothing)."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((40, 65)).astype(np.float32)
+    w = rng.standard_normal((129, 65)).astype(np.float32)
+    full = np.zeros((40, 129), np.float32)
+    _recurrent.packed_gemm(a, w, full, False)
+    for i in range(40):
+        alone = np.zeros((1, 129), np.float32)
+        _recurrent.packed_gemm(a[i:i + 1].copy(), w, alone, False)
+        np.testing.assert_array_equal(alone[0], full[i])
+
+
+def test_packed_product_refuses_mismatched_shapes():
+    a, w, c = np.zeros((3, 4), np.float32), np.zeros((5, 3), np.float32), np.zeros((3, 5), np.float32)
+    with pytest.raises(ValueError, match="packed_gemm: expected a"):
+        _recurrent.packed_gemm(a, w, c, False)
+
+
+def test_packed_product_refuses_mixed_float_types():
+    a, w = np.zeros((3, 4), np.float32), np.zeros((5, 4), np.float64)
+    with pytest.raises((TypeError, ValueError)):
+        _recurrent.packed_gemm(a, w, np.zeros((3, 5), np.float32), False)
+
+
+_SPECS = [
+    CellSpec("rnn", 4, 7, nonlinearity="tanh"),
+    CellSpec("rnn", 4, 33, nonlinearity="relu"),
+    CellSpec("jordan", 4, 7, output_size=3, output_activation="sigmoid"),
+    CellSpec("jordan", 4, 33, output_size=17, output_activation="identity", nonlinearity="relu"),
+    CellSpec("lstm", 4, 1),
+    CellSpec("lstm", 4, 33),
+    CellSpec("lstm", 4, 7, proj_size=5, peephole=True),
+    CellSpec("lstm", 4, 33, peephole=True, coupled_input_forget=True),
+    CellSpec("lstm", 4, 7, proj_size=3, peephole=True, coupled_input_forget=True, bias=False),
+    CellSpec("gru", 4, 7, reset_after=True),
+    CellSpec("gru", 4, 33, reset_after=True),
+    CellSpec("gru", 4, 7, reset_after=False),
+    CellSpec("gru", 4, 33, reset_after=False, bias=False),
+]
+_SPEC_IDS = [f"{s.kind}-H{s.hidden_size}-{s.proj_size}-{int(s.peephole)}{int(s.coupled_input_forget)}"
+             f"-{int(s.reset_after)}" for s in _SPECS]
+
+
+def _random_case(spec, T, B, D, dtype, seed):
+    rng = np.random.default_rng(seed)
+    params = [{name: rng.uniform(-0.5, 0.5, shape).astype(dtype) for name, shape in spec.param_shapes().items()}
+              for _ in range(D)]
+    x = rng.standard_normal((T, B, spec.input_size)).astype(dtype)
+    states = [tuple(rng.standard_normal((B, w)).astype(dtype) for w in spec.state_sizes) for _ in range(D)]
+    return params, x, states, rng
+
+
+@pytest.mark.parametrize("B, lengths", [(1, None), (5, [6, 1, 3, 6, 2]), (17, None)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", _SPECS, ids=_SPEC_IDS)
+def test_every_variant_on_the_packed_path_matches_reference(spec, dtype, B, lengths, isa):
+    """Both directions, training forward and backward, initial states and lengths: the
+    forward's recurrent products read the packed W_hh (the plan holds it) and agree
+    with the reference to the dtype's tolerance."""
+    params, x, states, rng = _random_case(spec, 6, B, 2, dtype, 11)
+    lengths = None if lengths is None else np.array(lengths)
+    reverse = (False, True)
+    y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse, 1)
+    assert all(plan.get("w_hh_p") is not None for plan in ctx["plans"])
+    y_ref, sn_ref, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, reverse, 1)
+    assert_close(y, y_ref, what="y")
+    for d in range(2):
+        for a, b in zip(sn[d], sn_ref[d]):
+            assert_close(a, b, what="final state")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dsn = [tuple(rng.standard_normal(s.shape).astype(dtype) for s in st) for st in states]
+    dx, ds0, grads = cython_backend.layer_backward(ctx, dy, dsn, 1)
+    dx_ref, ds0_ref, grads_ref = _reference.layer_backward(ctx_ref, dy, dsn, 1)
+    assert_close(dx, dx_ref, what="dx")
+    for d in range(2):
+        for a, b in zip(ds0[d], ds0_ref[d]):
+            assert_close(a, b, what="initial-state gradient")
+        for k in grads_ref[d]:
+            assert_close(grads[d][k], grads_ref[d][k], what=k)
+
+
+def test_one_step_calls_skip_the_packing():
+    """A single step (decoding one token at a time) repacks for nothing: no packed plan."""
+    spec = CellSpec("lstm", 4, 7)
+    params, x, states, _ = _random_case(spec, 1, 3, 1, np.float32, 2)
+    _, _, ctx = cython_backend.layer_forward(spec, params, x, states, None, True, (False,), 1)
+    assert ctx["plans"][0].get("w_hh_p") is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", [CellSpec("lstm", 8, 33, proj_size=5), CellSpec("gru", 8, 40, reset_after=False)],
+                         ids=["lstm_proj", "gru_before"])
+def test_packed_path_bits_do_not_depend_on_threads_or_training(spec, dtype):
+    """1, 2, 3 and 4 threads, inference and training: the same bits on the packed path."""
+    params, x, states, _ = _random_case(spec, 9, 13, 2, dtype, 3)
+    lengths = np.array([9, 3, 5, 9, 1, 2, 9, 4, 8, 7, 6, 9, 1])
+    runs = []
+    for threads in (1, 2, 3, 4):
+        for training in (False, True):
+            y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, training, (False, True),
+                                                      threads)
+            runs.append([y] + [a for st in sn for a in st])
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("small_rows", [0, 64])
+@pytest.mark.parametrize("spec", [CellSpec("lstm", 4, 7, proj_size=5), CellSpec("gru", 4, 33, reset_after=False),
+                                  CellSpec("jordan", 4, 7, output_size=3)], ids=["lstm_proj", "gru_before", "jordan"])
+def test_unpacked_forward_still_matches_reference(spec, small_rows, monkeypatch):
+    """Below PACKED_MIN_STEPS the forward products stay on BLAS or rc_small_gemm."""
+    monkeypatch.setattr(cython_backend, "PACKED_MIN_STEPS", 10 ** 9)
+    monkeypatch.setattr(cython_backend, "SMALL_ROWS", small_rows)
+    params, x, states, _ = _random_case(spec, 6, 5, 1, np.float64, 4)
+    y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, None, True, (False,), 1)
+    assert ctx["plans"][0].get("w_hh_p") is None
+    y_ref, sn_ref, _ = _reference.layer_forward(spec, params, x, states, None, True, (False,), 1)
+    assert_close(y, y_ref, what="y")
+    for a, b in zip(sn[0], sn_ref[0]):
+        assert_close(a, b, what="final state")
