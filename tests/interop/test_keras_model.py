@@ -209,6 +209,11 @@ def test_refuses_a_return_sequences_mismatch():
            [keras_recurrent("lstm", return_sequences=True), keras_dense(U, 2)], ValueError,
            r"model\[0\] \(LSTM\) <- keras_model[^:]*: got return_sequences=True, but model\[1\] is a LastStep, "
            r"which keeps the last step only")
+    # a config without the key reads as Keras' default, return_sequences=False
+    lstm = keras_recurrent("lstm")
+    partial = {key: value for key, value in lstm.get_config().items() if key != "return_sequences"}
+    refuse(rc.Sequential(f64(rc.LSTM, I, U)), [fake_keras_layer("LSTM", partial, lstm.get_weights())], ValueError,
+           r"return_sequences=False, so model\[1\] must be a LastStep")
     # inside a stack the next layer reads every step
     refuse(rc.Sequential(f64(rc.GRU, I, U, num_layers=2)),
            [keras_recurrent("gru", return_sequences=False), keras_recurrent("gru", input_size=U)], ValueError,

@@ -14,6 +14,8 @@ Weights alone do not say what a Keras layer computes: `activation="relu"` or
 `recurrent_activation="hard_sigmoid"` changes the math without changing a shape. Given the
 layer's configuration (the Keras layer itself, or what its `get_config()` returns),
 `load_weights` refuses every option rnncore does not reproduce, naming what was given.
+`load_model_weights` does the same for a whole Keras Sequential, pairing its layers with
+the modules of an rnncore Sequential.
 """
 from collections.abc import Mapping
 
@@ -303,8 +305,6 @@ def to_keras_weights(layer):
 
 # -- Keras models --------------------------------------------------------------------------
 
-# rnncore's modules are told apart by their registered checkpoint names (core/module.py),
-# by exact class: interop may not import the toolkit, and a subclass may compute otherwise
 _RECURRENT_CLASSES = frozenset(_KERAS_CLASSES.values()) | {"Bidirectional"}
 # a Keras activation name -> the registered rnncore module that computes it; "linear"
 # (Keras' serialised None) is no module at all
@@ -317,6 +317,9 @@ _ACTIVATION_KEYS = frozenset({"name", "trainable", "dtype", "activation"})
 
 
 def _is(module, registered_name):
+    # the toolkit's modules are told apart by their registered checkpoint names
+    # (core/module.py), by exact class: interop may not import the toolkit, and a
+    # subclass may compute something else
     cls = registered().get(registered_name)
     return cls is not None and type(module) is cls
 
@@ -338,7 +341,7 @@ def _label(layers, i):
 
 def _activation_problem(activation, module, where):
     """What differs between a Keras activation and `module`, the rnncore module that
-    follows (None at the model's end), or None; the module is consumed when it is one."""
+    must compute it (None at the model's end), or None when nothing differs."""
     if activation == "linear":
         return None
     expected = _ACTIVATION_MODULES.get(activation) if isinstance(activation, str) else None
@@ -349,6 +352,12 @@ def _activation_problem(activation, module, where):
         found = "the model ends there" if module is None else f"it is a {type(module).__name__}"
         return f"{where}: got activation={activation!r}, so the next module must be an rnncore {expected}, but {found}"
     return None
+
+
+def _activation(config):
+    # Keras serialises activation=None as "linear"; a partial config may hold either
+    activation = config.get("activation", "linear")
+    return "linear" if activation is None else activation
 
 
 def _returns_sequences(layer):
@@ -470,10 +479,11 @@ def load_model_weights(model, keras_model):
             unknown = sorted(set(config) - _ACTIVATION_KEYS)
             if unknown:
                 raise ValueError(f"{verb}: {where}: got keys {unknown}, which rnncore cannot be sure it reproduces")
-            problem = _activation_problem(config.get("activation"), module, where)
+            activation = _activation(config)
+            problem = _activation_problem(activation, module, where)
             if problem:
                 raise ValueError(f"{verb}: {problem}")
-            i, k = i + 1, k + (config.get("activation") != "linear")
+            i, k = i + 1, k + (activation != "linear")
             continue
         if module is None:
             raise ValueError(f"{verb}: {where}: got a Keras {class_name}, but the model ends at model[{k - 1}]")
@@ -506,16 +516,16 @@ def load_model_weights(model, keras_model):
                 found = "the model ends there" if follower is None else f"it is a {type(follower).__name__}"
                 raise ValueError(f"{verb}: {where}: got return_sequences=False, so model[{k}] must be a LastStep, "
                                  f"but {found}")
+            elif follower.batch_first != module.batch_first:
+                raise ValueError(f"{verb}: model[{k}] (LastStep): has batch_first={follower.batch_first}, but "
+                                 f"model[{k - 1}] has batch_first={module.batch_first}")
             else:
-                if follower.batch_first != module.batch_first:
-                    raise ValueError(f"{verb}: model[{k}] (LastStep): has batch_first={follower.batch_first}, but "
-                                     f"model[{k - 1}] has batch_first={module.batch_first}")
                 k += 1
         elif class_name == "Dense":
             if not _is(module, "Linear"):
                 raise ValueError(f"{verb}: {where}: got a Keras Dense, but the module there is not an rnncore Linear")
             state.update({f"{k}.{name}": value for name, value in _dense_state(module, layers[i], where, verb).items()})
-            activation = layers[i].get_config().get("activation", "linear")
+            activation = _activation(layers[i].get_config())
             follower = modules[k + 1] if k + 1 < len(modules) else None
             problem = _activation_problem(activation, follower, where)
             if problem:
