@@ -110,13 +110,50 @@ def _operator_attributes(spec, num_directions):
 
 
 def export(layer, path, *, initial_state=False, lengths=False, opset=OPSET):
-    """Write `layer` as an ONNX model to `path` (a file name or a writable binary file)
-    and return the ModelProto.
+    """Write `layer` as an ONNX model: one RNN, LSTM or GRU node per layer of the stack,
+    with the graph interface of the module's docstring.
 
-    initial_state: add graph inputs h0 (and c0), else the states start at zero.
-    lengths: add the graph input `lengths` (int64, per sequence), with rnncore's
-    semantics (zeros past each end, h_n from each sequence's last valid step).
-    opset: the default-domain opset (14 or newer: the operators' current form).
+    Parameters
+    ----------
+    layer : rc.RNN, rc.LSTM or rc.GRU
+        The layer, float32 or float64; its weights are written as they are now.
+    path : str, os.PathLike or writable binary file
+        Where the model goes.
+    initial_state : bool, default False
+        Add the graph inputs h0 (and c0 for an LSTM), (D*num_layers, batch, H);
+        without them the states start at zero.
+    lengths : bool, default False
+        Add the graph input `lengths`, int64 (batch,), with rnncore's semantics: zeros
+        past each sequence's end, h_n from its last valid step.
+    opset : int, default OPSET (17)
+        The default-domain opset, 14 or newer (the operators' current form).
+
+    Returns
+    -------
+    onnx.ModelProto
+        The model written.
+
+    Raises
+    ------
+    TypeError
+        `layer` is not an rnncore RNN, LSTM or GRU.
+    ValueError
+        A layer the ONNX operators cannot compute (proj_size > 0, the Jordan RNN, a
+        variant they lack), naming it; an opset below 14.
+    ImportError
+        The onnx package (1.21 or newer) is missing.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, onnxruntime, rnncore as rc
+    >>> path = os.path.join(tempfile.mkdtemp(), "gru.onnx")
+    >>> gru = rc.GRU(3, 4, num_layers=2, seed=0)
+    >>> _ = rc.onnx.export(gru, path)
+    >>> session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    >>> x = np.ones((5, 2, 3), dtype=np.float32)
+    >>> y, h_n = session.run(["y", "h_n"], {"x": x})
+    >>> y.shape, h_n.shape, bool(np.allclose(y, gru(x)[0], atol=1e-5))
+    ((5, 2, 4), (2, 2, 4), True)
     """
     spec0 = _exportable(layer)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
@@ -549,18 +586,55 @@ def _output_role(graph, name, recurrent, D, H, batch_first):
 
 
 def load(source, *, backend=None):
-    """The rnncore layer equivalent to an ONNX graph (a path, a readable binary file or a
-    ModelProto) of chained RNN, LSTM or GRU nodes, one per stacked layer, as rnncore's
-    `export` and PyTorch's `torch.onnx.export(..., dynamo=False)` write them.
+    """The rnncore layer equivalent to an ONNX graph of chained RNN, LSTM or GRU nodes,
+    one per stacked layer, as rnncore's `export` and PyTorch's
+    `torch.onnx.export(..., dynamo=False)` write them.
 
     The graph inputs are the layer's call arguments (x; optionally lengths as
-    sequence_lens, h0 and c0) and its outputs any of y, h_n and c_n. Anything else is a
-    ValueError naming the node, input or attribute: other operators or extra nodes (a
-    Slice or Add on an output), constant sequence_lens or a nonzero constant initial
-    state, layout operators other than the exporters' (a missing Transpose between
-    bidirectional layers), clip, non-default activations, layout=1,
-    direction='reverse'. Models keeping tensors in external files are refused before any
-    file but the model is opened."""
+    sequence_lens, h0 and c0) and its outputs any of y, h_n and c_n.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, readable binary file or onnx.ModelProto
+        The model.
+    backend : str, optional
+        The new layer's backend, "cython", "numba" or "numpy"; None follows
+        `rnncore.set_backend`.
+
+    Returns
+    -------
+    rc.RNN, rc.LSTM or rc.GRU
+        A layer of the graph's structure (layers, directions, sizes, variant,
+        batch_first, dtype) holding its weights, in training mode.
+
+    Raises
+    ------
+    ValueError
+        Anything the layer would not reproduce exactly, naming the node, input or
+        attribute: other operators or extra nodes (a Slice or Add on an output),
+        constant sequence_lens or a nonzero constant initial state, layout operators
+        other than the exporters' (a missing Transpose between bidirectional layers),
+        clip, non-default activations, layout=1, direction='reverse', an opset below 7;
+        an unknown backend. Models keeping tensors in external files are refused before
+        any file but the model is opened.
+    TypeError
+        Weights of a dtype other than float32 or float64, or of two dtypes.
+    ImportError
+        The onnx package (1.21 or newer) is missing.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, rnncore as rc
+    >>> path = os.path.join(tempfile.mkdtemp(), "lstm.onnx")
+    >>> lstm = rc.LSTM(3, 4, bidirectional=True, seed=0)
+    >>> _ = rc.onnx.export(lstm, path)
+    >>> again = rc.onnx.load(path)
+    >>> again
+    LSTM(3, 4, bidirectional=True)
+    >>> x = np.ones((5, 2, 3), dtype=np.float32)
+    >>> bool(np.array_equal(again(x)[0], lstm(x)[0]))
+    True
+    """
     onnx = _onnx()
     if isinstance(source, onnx.ModelProto):
         model = source

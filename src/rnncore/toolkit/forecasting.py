@@ -925,24 +925,24 @@ def backtest(estimator: Any, series: ArrayLike, origins: int = 5, horizon: Optio
 Table = namedtuple("Table", "values columns dates date_column")
 Table.__doc__ = """What `read_csv` returns, a named tuple.
 
-Parameters
-----------
-values : np.ndarray, (n, k), float64
-    The numeric columns, in the order of `columns`, rows in date order.
-columns : list of str
-    The header names of the k columns read.
-dates : np.ndarray, (n,), datetime64, or None
-    The parsed dates; None without a date column.
-date_column : str or None
-    The header name of the date column.
+    Parameters
+    ----------
+    values : np.ndarray, (n, k), float64
+        The numeric columns, in the order of `columns`, rows in date order.
+    columns : list of str
+        The header names of the k columns read.
+    dates : np.ndarray, (n,), datetime64, or None
+        The parsed dates; None without a date column.
+    date_column : str or None
+        The header name of the date column.
 
-Examples
---------
->>> import numpy as np, rnncore as rc
->>> table = rc.forecasting.Table(np.zeros((3, 1)), ["sales"], None, None)
->>> table.values.shape, table.columns
-((3, 1), ['sales'])
-"""
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> table = rc.forecasting.Table(np.zeros((3, 1)), ["sales"], None, None)
+    >>> table.values.shape, table.columns
+    ((3, 1), ['sales'])
+    """
 
 
 class MissingValueError(ValueError):
