@@ -56,6 +56,30 @@ def test_warmup_on_a_backend_without_compiling_returns_at_once(selected):
     selected("numpy")
     assert rc.warmup() == {}
     assert rc.warmup(kinds=["lstm"], dtypes="float32", training=False) == {}
+    assert rc.warmup(backend=None) == {}
+
+
+@needs_numba
+@pytest.mark.parametrize("other", ["numpy", "cython"])
+def test_warmup_of_numba_by_name_whatever_the_selection(selected, other):
+    if other not in rc.backends():
+        pytest.skip(f"{other} is not available")
+    selected(other)
+    times = rc.warmup(kinds="rnn", dtypes="float64", training=False, backend="numba")
+    assert list(times) == [("rnn", "float64")]
+    before = _loads_and_compiles()
+    # the kernel is in this process now: a layer pinned to numba finds it without compiling
+    rc.RNN(2, 3, dtype="float64", backend="numba").eval()(np.zeros((1, 1, 2)))
+    assert _loads_and_compiles() == before
+    assert rc.get_backend() == other
+
+
+@needs_numba
+def test_warmup_by_name_of_a_backend_without_compiling_returns_at_once(selected):
+    selected("numba")
+    before = _loads_and_compiles()
+    assert rc.warmup(backend="numpy") == {}
+    assert _loads_and_compiles() == before
 
 
 @pytest.mark.parametrize("kwargs, error, words", [
@@ -66,6 +90,9 @@ def test_warmup_on_a_backend_without_compiling_returns_at_once(selected):
     (dict(dtypes=[np.float32, np.float16]), TypeError, "dtypes: expected float32 or float64"),
     (dict(dtypes=5), TypeError, "dtypes: expected None, float32, float64"),
     (dict(training="yes"), TypeError, "training: expected True or False"),
+    (dict(backend="numbaa"), ValueError, r"backend: expected one of \[.*\], got 'numbaa'"),
+    (dict(backend=3), TypeError, "backend: expected None or a backend name, got 3"),
+    (dict(backend=["numba"]), TypeError, r"backend: expected None or a backend name, got \['numba'\]"),
 ])
 def test_warmup_refuses_bad_arguments_by_name(selected, kwargs, error, words):
     selected("numba" if "numba" in rc.backends() else "numpy")

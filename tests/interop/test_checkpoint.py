@@ -148,6 +148,33 @@ def test_registry_refusals(tmp_path):
         rc.checkpoint.register(object)
 
 
+def test_unregister_withdraws_a_name_and_frees_it(tmp_path):
+    class Scale(Forecaster):
+        pass
+
+    before = rc.checkpoint.registered()
+    rc.checkpoint.register(Scale, name="test_checkpoint.Scale")
+    path = tmp_path / "m.ckpt"
+    rc.save(path, Scale(rc.LSTM(3, 4), 1))
+    assert rc.checkpoint.unregister("test_checkpoint.Scale") is Scale
+    assert rc.checkpoint.registered() == before
+    with pytest.raises(CheckpointError, match="'test_checkpoint.Scale', which is not a registered"):
+        rc.load(path)
+
+    class Scale(Forecaster):  # defined again, as a re-run notebook cell does
+        pass
+
+    rc.checkpoint.register(Scale, name="test_checkpoint.Scale")
+    try:
+        assert isinstance(rc.load(path), Scale)
+    finally:
+        rc.checkpoint.unregister("test_checkpoint.Scale")
+    for name in ("test_checkpoint.Scale", "lstm", 3):
+        with pytest.raises(KeyError, match=f"unregister: expected a registered name, got {name!r}"):
+            rc.checkpoint.unregister(name)
+    assert rc.checkpoint.registered() == before
+
+
 # -- bad files -------------------------------------------------------------------------------
 
 def members_of(path):

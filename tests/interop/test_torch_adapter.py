@@ -474,6 +474,9 @@ def test_accelerate_and_restore_in_place():
     assert torch.equal(model(x), want)
     single = torch.nn.GRU(INPUT, HIDDEN)
     assert type(rct.accelerate(single)) is rct.GRU
+    for function in (rct.accelerate, rct.restore):
+        with pytest.raises(TypeError, match="model: expected a torch.nn.Module, got list"):
+            function([single])
 
 
 def train_losses(model, steps=50):

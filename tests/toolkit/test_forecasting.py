@@ -107,6 +107,16 @@ def test_get_params_is_the_constructor_signature_and_set_params_returns_self():
         model.set_params(hiden_size=5)
 
 
+@pytest.mark.parametrize("params", [dict(epochs=9, hiden_size=5), dict(epochs=9, base__q=2),
+                                    dict(epochs=9, ensemble__p=2)])
+def test_a_refused_set_params_sets_nothing(params):
+    model = fc.Forecaster(base=fc.LinearAR(4), epochs=3)
+    before = model.get_params()
+    with pytest.raises(ValueError, match="set_params: "):
+        model.set_params(**params)
+    assert model.get_params() == before
+
+
 def test_constructor_stores_arguments_unmodified():
     # scikit-learn's clone checks this: validation belongs in fit
     odd = fc.Forecaster(cell="tcn", window=-3)
@@ -358,3 +368,19 @@ def test_mackey_glass_is_standardised_noisy_and_seeded():
     noisy = fc.mackey_glass(500, seed=1)
     assert np.std(noisy - clean) == pytest.approx(0.1, rel=0.1)
     assert fc.mackey_glass(500, seed=1).tolist() == noisy.tolist()
+
+
+@pytest.mark.parametrize("name, value", [("length", 0), ("delay", 0), ("every", 0), ("warmup", -1),
+                                         ("noise", -0.1), ("noise", float("nan")), ("noise", "0.1")])
+def test_mackey_glass_refuses_arguments_out_of_range_by_name(name, value):
+    arguments = dict(length=10)
+    arguments[name] = value
+    with pytest.raises(ValueError, match=f"{name}: expected"):
+        fc.mackey_glass(**arguments)
+
+
+@pytest.mark.parametrize("error", [fc.rmse, fc.mae])
+def test_errors_refuse_shapes_that_differ(error):
+    assert error([1.0, 3.0], [1.0, 1.0]) in (np.sqrt(2.0), 1.0)
+    with pytest.raises(ValueError, match=r"actual: expected the shape of forecast \(3,\), got \(1,\)"):
+        error([1.0, 2.0, 3.0], [1.0])

@@ -59,7 +59,19 @@ def _warmup_dtypes(dtypes):
     return tuple(dict.fromkeys(validate.float_dtype(dtype, "warmup: dtypes") for dtype in dtypes))
 
 
-def warmup(kinds=None, dtypes=None, training=True):
+def _warmup_backend(backend):
+    if backend is None:
+        return registry.get_backend()
+    if not isinstance(backend, str):
+        raise TypeError(f"warmup: backend: expected None or a backend name, got {backend!r}")
+    try:
+        registry.check_name(backend)
+    except ValueError as error:
+        raise ValueError(f"warmup: {error}") from None
+    return backend
+
+
+def warmup(kinds=None, dtypes=None, training=True, backend=None):
     """Compile the numba backend's kernels ahead of their first use.
 
     The numba backend compiles each kernel family at its first call in a process
@@ -79,22 +91,27 @@ def warmup(kinds=None, dtypes=None, training=True):
     training : bool, default True
         Also compile the backward kernels; False compiles the forward (inference and
         training forward share one kernel) only.
+    backend : str, optional
+        The backend to warm up: None (default) the selected one (`rnncore.get_backend`);
+        "numba" compiles numba's kernels whatever the selection, for layers built with
+        ``backend="numba"``.
 
     Returns
     -------
     dict
         Seconds spent per family, keyed by ``(kind, dtype name)``, e.g.
         ``("lstm", "float32")``: near zero for a family already loaded in this process,
-        under a second for one loaded from the cache. Empty on the cython and numpy
+        under a second for one loaded from the cache. Empty for the cython and numpy
         backends.
 
     Raises
     ------
     ValueError
-        An unknown cell kind.
+        An unknown cell kind; a backend name that is unknown or not available here,
+        naming it.
     TypeError
-        A dtype other than float32 or float64, `kinds` or `dtypes` of the wrong type,
-        or `training` not a bool.
+        A dtype other than float32 or float64, `kinds`, `dtypes` or `backend` of the
+        wrong type, or `training` not a bool.
 
     Examples
     --------
@@ -102,10 +119,12 @@ def warmup(kinds=None, dtypes=None, training=True):
     >>> times = rc.warmup(kinds=["lstm"], dtypes=["float32"])
     >>> list(times) in ([], [("lstm", "float32")])
     True
+    >>> rc.warmup(backend="numpy")
+    {}
     """
     kinds, dtypes = _warmup_kinds(kinds), _warmup_dtypes(dtypes)
     training = validate.flag("warmup: training", training)
-    if registry.get_backend() != "numba":
+    if _warmup_backend(backend) != "numba":
         return {}
     numba_backend = registry.resolve("numba")
     times = {}

@@ -110,6 +110,8 @@ def register(cls=None, *, name=None):
     ...         pass
     >>> rc.checkpoint.registered()["docs.Scale"] is Scale
     True
+    >>> rc.checkpoint.unregister("docs.Scale") is Scale
+    True
     """
     def add(cls):
         missing = [m for m in ("state_dict", "load_state_dict", "get_config") if not callable(getattr(cls, m, None))]
@@ -139,6 +141,47 @@ def registered():
     True
     """
     return dict(_REGISTRY)
+
+
+def unregister(name):
+    """Withdraw the class registered under `name`: checkpoints naming it no longer load,
+    and the name is free for another class (a class defined again, in a notebook or a
+    test).
+
+    Parameters
+    ----------
+    name : str
+        A registered name.
+
+    Returns
+    -------
+    type
+        The class that was registered under `name`.
+
+    Raises
+    ------
+    KeyError
+        No class is registered under `name`.
+
+    Examples
+    --------
+    >>> import rnncore as rc
+    >>> @rc.checkpoint.register(name="docs.Shift")
+    ... class Shift:
+    ...     def get_config(self):
+    ...         return {}
+    ...     def state_dict(self):
+    ...         return {}
+    ...     def load_state_dict(self, mapping):
+    ...         pass
+    >>> rc.checkpoint.unregister("docs.Shift") is Shift
+    True
+    >>> "docs.Shift" in rc.checkpoint.registered()
+    False
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise KeyError(f"unregister: expected a registered name, got {name!r}")
+    return _REGISTRY.pop(name)
 
 def copy_state(params, mapping, strict=True):
     """Copy `mapping` (name -> array-like) into the live arrays `params`, in place so that

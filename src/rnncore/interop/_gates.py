@@ -14,9 +14,44 @@ ONNX_GATES = {"rnn": "a", "lstm": "iofg", "gru": "zrn"}
 
 def reorder_gates(array, source, target, axis=0):
     """Rearrange the gate blocks of `array` along `axis` from the order `source` to the
-    order `target` (strings of gate letters). A gate of `target` that `source` lacks
-    becomes a zero block (the unused forget gate of ONNX's coupled LSTM); a gate of
-    `source` that `target` lacks is dropped."""
+    order `target`.
+
+    Parameters
+    ----------
+    array : array_like, (..., len(source) * H, ...)
+        The gate blocks, each H long along `axis`.
+    source, target : str
+        Gate letters in order: rnncore's (PyTorch's) LSTM "ifgo" and GRU "rzn";
+        ONNX's LSTM "iofg"; Keras' and ONNX's GRU "zrn" (KERAS_GATES, ONNX_GATES). A
+        gate of `target` that `source` lacks becomes a zero block (the unused forget
+        gate of ONNX's coupled LSTM); a gate of `source` that `target` lacks is
+        dropped.
+    axis : int, default 0
+        The axis holding the blocks.
+
+    Returns
+    -------
+    np.ndarray, (..., len(target) * H, ...)
+        A new array, of `array`'s dtype.
+
+    Raises
+    ------
+    TypeError
+        `source` or `target` not a non-empty string.
+    ValueError
+        `array`'s length along `axis` is not a multiple of len(source).
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rc.keras.reorder_gates(np.arange(4), "ifgo", "iofg")
+    array([0, 3, 1, 2])
+    >>> rc.keras.reorder_gates(np.arange(6).reshape(3, 2), "igo", "ifgo")
+    array([[0, 1],
+           [0, 0],
+           [2, 3],
+           [4, 5]])
+    """
     array = np.asarray(array)
     for name, order in (("source", source), ("target", target)):
         if not isinstance(order, str) or not order:

@@ -50,9 +50,10 @@ except ImportError:  # Windows: no advisory locks, so no cleanup of killed saves
 from .._version import __version__
 from ..core import functional, module, validate
 from ..core.docs import filled
-from ..core.module import register, registered, _REGISTRY
+from ..core.module import register, registered, unregister, _REGISTRY
 
-__all__ = ["save", "load", "read", "register", "registered", "Checkpoint", "CheckpointError", "FORMAT_VERSION"]
+__all__ = ["save", "load", "read", "register", "registered", "unregister", "Checkpoint", "CheckpointError",
+           "FORMAT_VERSION"]
 
 FORMAT = "rnncore.checkpoint"
 FORMAT_VERSION = 1

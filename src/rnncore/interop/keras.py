@@ -248,7 +248,7 @@ def _check_config(layer, config, verb="load_weights", labels=None):
 
 def load_weights(layer, *weights, config=None):
     """Copy the weights of the equivalent Keras layer (or Bidirectional wrapper, or stack)
-    into `layer`. Call forms:
+    into `layer`, in place. Call forms:
 
         load_weights(layer, kernel, recurrent_kernel, bias)
         load_weights(layer, keras_layer.get_weights())       # one list, as Keras lists it
@@ -256,16 +256,49 @@ def load_weights(layer, *weights, config=None):
         load_weights(layer, keras_layer)                     # a Keras layer object itself
         load_weights(layer, [keras_layer_0, keras_layer_1])  # a stack, one per layer
 
-    `config`: the Keras layer (or its get_config() dict, or its serialised
-    {"class_name", "config"} form, or a dict of only some keys, e.g. {"activation":
-    "relu"}), or for a stack a list of them, one per layer. A Keras layer object passed
-    in place of the weights gives both its weights and its config. Any option that
-    changes what the layer computes and that this layer does not reproduce (activations,
-    use_bias, units, reset_after, go_backwards, stateful, merge_mode, unknown keys) is a
-    ValueError naming what was given; training-time options (dropout, regularisers,
-    constraints, initialisers) have no effect on a call and are not carried over.
-    Wrong counts, shapes or a GRU reset_after mismatch raise too; nothing is changed
-    on any error."""
+    Parameters
+    ----------
+    layer : rc.RNN, rc.LSTM or rc.GRU
+        The layer to fill; a SimpleRNN's, LSTM's or GRU's counterpart of the same sizes.
+    *weights : arrays, a list of them, or Keras layers
+        For each layer of the stack and each direction (forward first): `kernel`
+        (input, G*H), `recurrent_kernel` (H, G*H) and, with bias, `bias` (G*H,), or
+        (2, 3*H) for a reset_after GRU; gate blocks in Keras' order (KERAS_GATES).
+        Keras layer objects give both their weights and their config.
+    config : dict, Keras layer, or list of them, optional
+        The Keras layer (or its get_config() dict, its serialised {"class_name",
+        "config"} form, or a dict of only some keys, e.g. {"activation": "relu"}), or
+        for a stack a list of them, one per layer: checked against what `layer`
+        computes. Training-time options (dropout, regularisers, constraints,
+        initialisers) have no effect on a call and are not carried over.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        An option that changes what the layer computes and that `layer` does not
+        reproduce (activations, use_bias, units, reset_after, go_backwards, stateful,
+        merge_mode, unknown keys), naming what was given; wrong counts or shapes; a GRU
+        bias of the other reset_after form. Nothing is changed on any error.
+    TypeError
+        `layer` is not an rnncore RNN, LSTM or GRU, or `config` given beside Keras
+        layer objects.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> kernel = np.zeros((3, 12), np.float32)          # what keras.layers.GRU(4) holds
+    >>> recurrent_kernel = np.zeros((4, 12), np.float32)
+    >>> bias = np.zeros((2, 12), np.float32)
+    >>> bias[0, :4] = 1.0                                # Keras' gates z, r, h: z's input bias
+    >>> gru = rc.GRU(3, 4)
+    >>> rc.keras.load_weights(gru, kernel, recurrent_kernel, bias, config={"reset_after": True})
+    >>> gru.state_dict()["bias_ih_l0"].reshape(3, 4)[:, 0]  # rnncore's r, z, n
+    array([0., 1., 0.], dtype=float32)
+    """
     given = list(weights[0]) if len(weights) == 1 and isinstance(weights[0], (list, tuple)) else list(weights)
     if given and all(_is_keras_layer(w) for w in given):
         if config is not None:
@@ -280,9 +313,43 @@ def load_weights(layer, *weights, config=None):
 
 
 def to_keras_weights(layer):
-    """The list of arrays that `set_weights()` of the equivalent Keras layer or stack takes
-    (the inverse of `load_weights`; the two biases of an RNN, LSTM or reset_after=False GRU
-    add up into Keras' one)."""
+    """The arrays that `set_weights()` of the equivalent Keras layer, Bidirectional
+    wrapper or stack takes: the inverse of `load_weights`.
+
+    Parameters
+    ----------
+    layer : rc.RNN, rc.LSTM or rc.GRU
+        The layer; a plain Elman RNN (tanh or relu), LSTM or GRU.
+
+    Returns
+    -------
+    list of np.ndarray
+        For each layer of the stack and each direction (forward first): `kernel`
+        (input, G*H), `recurrent_kernel` (H, G*H) and, with bias, `bias`: (2, 3*H)
+        for a reset_after GRU, else (G*H,), the sum of rnncore's two biases. Gate
+        blocks in Keras' order (KERAS_GATES); copies, in the layer's dtype.
+
+    Raises
+    ------
+    TypeError
+        `layer` is not an rnncore RNN, LSTM or GRU.
+    ValueError
+        A layer Keras has no counterpart for (the Jordan RNN, proj_size, peepholes,
+        coupled gates), naming what it lacks.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> gru = rc.GRU(3, 4, bidirectional=True, seed=0)
+    >>> weights = rc.keras.to_keras_weights(gru)
+    >>> [w.shape for w in weights[:3]]                 # the forward layer; then the backward
+    [(3, 12), (4, 12), (2, 12)]
+    >>> copy = rc.GRU(3, 4, bidirectional=True, seed=1)
+    >>> rc.keras.load_weights(copy, weights)
+    >>> x = np.ones((5, 2, 3), np.float32)
+    >>> bool(np.allclose(copy(x)[0], gru(x)[0]))
+    True
+    """
     _convertible(layer, "to_keras_weights")
     params = layer.state_dict()
     out = []

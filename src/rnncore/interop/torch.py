@@ -317,26 +317,135 @@ class _Accelerated:
 
 
 class LSTM(_Accelerated, nn.LSTM):
-    """torch.nn.LSTM whose forward runs rnncore's kernels (see the module's docstring)."""
+    """torch.nn.LSTM whose forward runs rnncore's kernels on CPU float32/float64 tensors,
+    under autograd; the same constructor, parameters, state_dict and calling
+    (`y, (h_n, c_n) = lstm(x, (h0, c0))`). The module's docstring says what falls back
+    to torch's own forward.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        torch.nn.LSTM's: input_size, hidden_size, num_layers=1, bias=True,
+        batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
+        dtype=None.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As torch.nn.LSTM raises for its arguments and inputs.
+
+    Examples
+    --------
+    >>> import torch, rnncore.torch as rct
+    >>> lstm = rct.LSTM(3, 4, batch_first=True)
+    >>> y, (h_n, c_n) = lstm(torch.ones(2, 5, 3))          # (B, T, I)
+    >>> y.shape, h_n.shape, c_n.shape
+    (torch.Size([2, 5, 4]), torch.Size([1, 2, 4]), torch.Size([1, 2, 4]))
+    >>> y.sum().backward()
+    >>> lstm.weight_hh_l0.grad.shape
+    torch.Size([16, 4])
+    """
 
 
 class GRU(_Accelerated, nn.GRU):
-    """torch.nn.GRU whose forward runs rnncore's kernels (see the module's docstring)."""
+    """torch.nn.GRU whose forward runs rnncore's kernels on CPU float32/float64 tensors,
+    under autograd; the same constructor, parameters, state_dict and calling
+    (`y, h_n = gru(x, h0)`). The module's docstring says what falls back to torch's own
+    forward.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        torch.nn.GRU's: input_size, hidden_size, num_layers=1, bias=True,
+        batch_first=False, dropout=0.0, bidirectional=False, device=None,
+        dtype=None.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As torch.nn.GRU raises for its arguments and inputs.
+
+    Examples
+    --------
+    >>> import torch, rnncore.torch as rct
+    >>> gru = rct.GRU(3, 4, num_layers=2, bidirectional=True).double()
+    >>> y, h_n = gru(torch.ones(5, 2, 3, dtype=torch.float64))   # (T, B, I)
+    >>> y.shape, h_n.shape
+    (torch.Size([5, 2, 8]), torch.Size([4, 2, 4]))
+    """
 
 
 class RNN(_Accelerated, nn.RNN):
-    """torch.nn.RNN whose forward runs rnncore's kernels (see the module's docstring)."""
+    """torch.nn.RNN whose forward runs rnncore's kernels on CPU float32/float64 tensors,
+    under autograd; the same constructor, parameters, state_dict and calling
+    (`y, h_n = rnn(x, h0)`). The module's docstring says what falls back to torch's own
+    forward.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        torch.nn.RNN's: input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+        batch_first=False, dropout=0.0, bidirectional=False, device=None,
+        dtype=None.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As torch.nn.RNN raises for its arguments and inputs.
+
+    Examples
+    --------
+    >>> import torch, rnncore.torch as rct
+    >>> from torch.nn.utils.rnn import pack_padded_sequence
+    >>> rnn = rct.RNN(3, 4, nonlinearity="relu")
+    >>> packed = pack_padded_sequence(torch.ones(5, 2, 3), [5, 3])
+    >>> y, h_n = rnn(packed)
+    >>> y.data.shape, h_n.shape                          # 5 + 3 packed rows
+    (torch.Size([8, 4]), torch.Size([1, 2, 4]))
+    """
 
 
 _ACCELERATED = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
 _PLAIN = {fast: plain for plain, fast in _ACCELERATED.items()}
 
 
+def _check_module(model):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+
+
 def accelerate(model):
     """Turn every torch.nn.LSTM, GRU and RNN inside `model` (itself included) into
     rnncore's, in place: the same module objects, Parameters, buffers and hooks, only
-    their class changes. Subclasses of torch's modules are left alone (their forward
-    may differ). Returns `model`."""
+    their class changes, so optimizers and state_dicts keep working. Subclasses of
+    torch's modules are left alone (their forward may differ).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to change.
+
+    Returns
+    -------
+    torch.nn.Module
+        `model` itself.
+
+    Raises
+    ------
+    TypeError
+        `model` is not a torch.nn.Module.
+
+    Examples
+    --------
+    >>> import torch, rnncore.torch as rct
+    >>> model = torch.nn.Sequential(torch.nn.GRU(3, 4), torch.nn.Linear(4, 1))
+    >>> weight = model[0].weight_ih_l0
+    >>> rct.accelerate(model) is model, type(model[0]) is rct.GRU
+    (True, True)
+    >>> model[0].weight_ih_l0 is weight
+    True
+    """
+    _check_module(model)
     for module in model.modules():
         fast = _ACCELERATED.get(type(module))
         if fast is not None:
@@ -345,8 +454,32 @@ def accelerate(model):
 
 
 def restore(model):
-    """Undo `accelerate`: every rnncore.torch LSTM, GRU and RNN inside `model` becomes
-    torch's own class again, in place. Returns `model`."""
+    """Undo `accelerate`: every rnncore.torch LSTM, GRU and RNN inside `model` (itself
+    included) becomes torch's own class again, in place.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to change.
+
+    Returns
+    -------
+    torch.nn.Module
+        `model` itself.
+
+    Raises
+    ------
+    TypeError
+        `model` is not a torch.nn.Module.
+
+    Examples
+    --------
+    >>> import torch, rnncore.torch as rct
+    >>> model = rct.accelerate(torch.nn.Sequential(torch.nn.LSTM(3, 4)))
+    >>> type(rct.restore(model)[0]) is torch.nn.LSTM
+    True
+    """
+    _check_module(model)
     for module in model.modules():
         plain = _PLAIN.get(type(module))
         if plain is not None:

@@ -12,20 +12,21 @@ A series is an array of shape (n,), or (n, k) with the forecast column chosen by
 `target` and the other columns read as inputs (covariates).
 
     >>> import numpy as np, rnncore as rc
-    >>> t = np.arange(240)
+    >>> t = np.arange(120)
     >>> y = 10 + 0.05 * t + np.sin(2 * np.pi * t / 12)
-    >>> model = rc.forecasting.Forecaster(horizon=12, season=12, epochs=20).fit(y)
+    >>> model = rc.forecasting.Forecaster(horizon=6, season=12, epochs=5, ensemble=1).fit(y)
     >>> model.predict().shape
-    (12,)
-    >>> scores = model.backtest(y, origins=3)      # refits a copy at each origin
+    (6,)
+    >>> scores = model.backtest(y, origins=2)      # refits a copy at each origin
     >>> len(scores["rmse"]), scores["forecasts"].shape
-    (3, (3, 12))
+    (2, (2, 6))
 """
 from __future__ import annotations
 
 import csv
 import inspect
 import math
+import numbers
 import warnings
 from collections import namedtuple
 from pathlib import Path
@@ -35,6 +36,7 @@ import os
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..core.docs import filled
 from ..core.layers import GRU, LSTM, RNN
 from .losses import MSELoss
 from .nn import LastStep, Linear, Sequential
@@ -50,15 +52,82 @@ BASES = ("ar", "seasonal_naive", "persistence")
 MIN_WINDOWS = 8
 MISSING = {"", "na", "nan", "n/a", "null", "none", "-", "?"}
 
+# The entries the estimators' docstrings share, filled in by `filled(_DOCS)`
+_DOCS = {
+    'target': 'target : int, default 0\n        The forecast column of a 2-d series.',
+    'series': 'series : array_like, (n,) or (n, k)\n            The series, oldest value first: finite numbers; a 2-d series is forecast in\n'
+              '            column `target`.',
+    'dates': 'dates : array_like, (n,), optional\n            The dates of the values, kept as `dates_` for the caller; not read.',
+    'horizon': 'horizon : int\n            Steps to forecast, >= 1.',
+    'fit_raises': 'Raises\n        ------\n        TypeError\n            A series that is not numbers.\n'
+                  '        ValueError\n            A series of the wrong shape, with NaN or Inf, or too short for the\n'
+                  '            estimator; a parameter out of range, naming it.',
+    'predict_raises': 'Raises\n        ------\n        RuntimeError\n            The estimator is not fitted.\n'
+                      '        ValueError\n            A horizon out of range.',
+}
+
+
+def _errors(forecast, actual):
+    forecast, actual = np.asarray(forecast, float), np.asarray(actual, float)
+    if forecast.shape != actual.shape:
+        raise ValueError(f"actual: expected the shape of forecast {forecast.shape}, got {actual.shape}")
+    return forecast - actual
+
 
 def rmse(forecast: ArrayLike, actual: ArrayLike) -> float:
-    """Root mean squared error of `forecast` against `actual` (same shape)."""
-    return float(np.sqrt(np.mean((np.asarray(forecast, float) - np.asarray(actual, float)) ** 2)))
+    """Root mean squared error of `forecast` against `actual`: sqrt(mean((f - a)^2)).
+
+    Parameters
+    ----------
+    forecast : array_like, any shape
+        The forecast values.
+    actual : array_like, the shape of `forecast`
+        The values that came.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        The shapes differ.
+
+    Examples
+    --------
+    >>> import rnncore as rc
+    >>> rc.forecasting.rmse([1.0, 2.0], [1.0, 4.0])
+    1.4142135623730951
+    """
+    return float(np.sqrt(np.mean(_errors(forecast, actual) ** 2)))
 
 
 def mae(forecast: ArrayLike, actual: ArrayLike) -> float:
-    """Mean absolute error of `forecast` against `actual` (same shape)."""
-    return float(np.mean(np.abs(np.asarray(forecast, float) - np.asarray(actual, float))))
+    """Mean absolute error of `forecast` against `actual`: mean(|f - a|).
+
+    Parameters
+    ----------
+    forecast : array_like, any shape
+        The forecast values.
+    actual : array_like, the shape of `forecast`
+        The values that came.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        The shapes differ.
+
+    Examples
+    --------
+    >>> import rnncore as rc
+    >>> rc.forecasting.mae([1.0, 2.0], [1.0, 4.0])
+    1.0
+    """
+    return float(np.mean(np.abs(_errors(forecast, actual))))
 
 
 def _int(name, value, minimum=1, allow_none=False):
@@ -100,8 +169,28 @@ class _Estimator:
                 if name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor's arguments by name; with deep=True also those of nested
-        estimators, as `name__argument`."""
+        """The constructor's arguments by name (scikit-learn's convention).
+
+        Parameters
+        ----------
+        deep : bool, default True
+            Also list the arguments of a nested estimator (a Forecaster's `base`), as
+            ``name__argument``.
+
+        Returns
+        -------
+        dict of str to object
+            The arguments as stored, in the constructor's order.
+
+        Examples
+        --------
+        >>> import rnncore as rc
+        >>> rc.forecasting.SeasonalNaive(season=4).get_params()
+        {'season': 4, 'drift': False, 'target': 0}
+        >>> model = rc.forecasting.Forecaster(base=rc.forecasting.SeasonalNaive(season=4))
+        >>> model.get_params()["base__season"]
+        4
+        """
         params = {}
         for name in self._param_names():
             value = getattr(self, name)
@@ -111,10 +200,43 @@ class _Estimator:
         return params
 
     def set_params(self, **params: Any) -> _Estimator:
-        """Set constructor arguments (`name__argument` reaches a nested estimator);
-        returns self. Takes effect at the next fit."""
+        """Set constructor arguments by name; they take effect at the next `fit`.
+
+        Parameters
+        ----------
+        **params
+            ``name=value`` for the constructor's arguments; ``name__argument=value``
+            reaches a nested estimator (a Forecaster's `base`). Values are checked at
+            `fit`, as the constructor's are.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            A name the constructor does not take, or ``name__argument`` where `name`
+            holds no estimator; nothing is set then.
+
+        Examples
+        --------
+        >>> import rnncore as rc
+        >>> rc.forecasting.LinearAR(p=2).set_params(p=3, seasonal=12)
+        LinearAR(p=3, seasonal=12)
+        """
+        direct, nested = self._split_params(params)
+        for name, value in direct.items():
+            setattr(self, name, value)
+        for name, sub_params in nested.items():
+            getattr(self, name).set_params(**sub_params)
+        return self
+
+    def _split_params(self, params):
+        """set_params' arguments as (own, {name: nested}), every name checked first (in
+        nested estimators too) so that a wrong one sets nothing."""
         names = self._param_names()
-        nested = {}
+        direct, nested = {}, {}
         for key, value in params.items():
             name, _, sub = key.partition("__")
             if name not in names:
@@ -122,13 +244,14 @@ class _Estimator:
             if sub:
                 nested.setdefault(name, {})[sub] = value
             else:
-                setattr(self, name, value)
+                direct[name] = value
         for name, sub_params in nested.items():
-            inner = getattr(self, name)
+            inner = direct.get(name, getattr(self, name))
             if not hasattr(inner, "set_params"):
                 raise ValueError(f"set_params: {name!r} is {inner!r}, which has no parameters to set")
-            inner.set_params(**sub_params)
-        return self
+            if isinstance(inner, _Estimator):
+                inner._split_params(sub_params)
+        return direct, nested
 
     def __repr__(self):
         defaults = inspect.signature(type(self).__init__).parameters
@@ -150,7 +273,41 @@ class _Estimator:
 
     def backtest(self, series: ArrayLike, origins: int = 5, horizon: Optional[int] = None,
                  step: Optional[int] = None) -> dict[str, Any]:
-        """Rolling-origin evaluation; see `backtest` (the module function)."""
+        """Rolling-origin evaluation of this estimator's parameters on `series`:
+        ``rc.forecasting.backtest(self, series, ...)``, which says more. The estimator
+        itself is neither fitted nor changed.
+
+        Parameters
+        ----------
+        series : array_like, (n,) or (n, k)
+            The whole series; each origin's copy is fitted on the part before it.
+        origins : int, default 5
+            Forecast origins, >= 1.
+        horizon : int, optional
+            Steps forecast at each origin; None: the estimator's own `horizon`.
+        step : int, optional
+            Steps between consecutive origins; None: `horizon`.
+
+        Returns
+        -------
+        dict
+            Per-origin and overall RMSE and MAE, the forecasts and the actual values;
+            see `rc.forecasting.backtest`.
+
+        Raises
+        ------
+        ValueError
+            Too many origins for the series, an origin that leaves too little to fit
+            on, or an argument out of range.
+
+        Examples
+        --------
+        >>> import numpy as np, rnncore as rc
+        >>> y = np.arange(20.0)
+        >>> scores = rc.forecasting.Persistence().backtest(y, origins=2, horizon=3)
+        >>> scores["origins"], scores["mean_mae"]
+        ([14, 17], 2.0)
+        """
         return backtest(self, series, origins=origins, horizon=horizon, step=step)
 
 
@@ -161,8 +318,28 @@ class _Baseline(_Estimator):
         """The fewest values the baseline needs before an origin."""
         return 1
 
+    @filled(_DOCS)
     def fit(self, series: ArrayLike, dates: Optional[ArrayLike] = None) -> _Baseline:
-        """Learn from `series` ((n,), or (n, k) with column `target` forecast); returns self."""
+        """Learn from `series`; the other columns of a 2-d series are not read.
+
+        Parameters
+        ----------
+        %(series)s
+        %(dates)s
+
+        Returns
+        -------
+        self
+
+        %(fit_raises)s
+
+        Examples
+        --------
+        >>> import rnncore as rc
+        >>> model = rc.forecasting.SeasonalNaive(season=2).fit([1.0, 5.0, 2.0, 6.0])
+        >>> model.history_
+        array([1., 5., 2., 6.])
+        """
         values, target = _as_series(series, getattr(self, "target", 0))
         y = values[:, target]
         self._fit(y)
@@ -170,8 +347,26 @@ class _Baseline(_Estimator):
         self.dates_ = None if dates is None else np.asarray(dates)
         return self
 
+    @filled(_DOCS)
     def predict(self, horizon: int) -> np.ndarray:
-        """The `horizon` values after the fitted series, shape (horizon,)."""
+        """Forecast the `horizon` values after the fitted series.
+
+        Parameters
+        ----------
+        %(horizon)s
+
+        Returns
+        -------
+        np.ndarray, (horizon,), float64
+
+        %(predict_raises)s
+
+        Examples
+        --------
+        >>> import rnncore as rc
+        >>> rc.forecasting.SeasonalNaive(season=2).fit([1.0, 5.0, 2.0, 6.0]).predict(3)
+        array([2., 6., 2.])
+        """
         self._check_fitted()
         horizon = _int("horizon", horizon)
         return self._forecast(self.history_, np.array([len(self.history_)]), horizon)[0]
@@ -181,8 +376,25 @@ class _Baseline(_Estimator):
             raise ValueError(f"series: expected at least {count} values for {what}, got {len(y)}")
 
 
+@filled(_DOCS)
 class Persistence(_Baseline):
-    """Every future value equals the last known one."""
+    """Every future value equals the last known one: y[n + k] = y[n - 1], k >= 0.
+
+    Parameters
+    ----------
+    %(target)s
+
+    Attributes
+    ----------
+    history_ : np.ndarray, (n,)
+        The fitted column.
+
+    Examples
+    --------
+    >>> import rnncore as rc
+    >>> rc.forecasting.Persistence().fit([1.0, 2.0, 4.0]).predict(3)
+    array([4., 4., 4.])
+    """
 
     def __init__(self, target: int = 0) -> None:
         self.target = target
@@ -194,11 +406,37 @@ class Persistence(_Baseline):
         return np.repeat(y[ends - 1][:, None], steps, axis=1)
 
 
+@filled(_DOCS)
 class SeasonalNaive(_Baseline):
     """Each future value equals the value one season before it (the last known season
     repeated); with drift=True plus the mean season-over-season change of the fitted
     series per season ahead: y[n + k] = y[n - s + (k % s)] + (k // s + 1) * d, k >= 0,
-    d = mean(y[t] - y[t - s])."""
+    d = mean(y[t] - y[t - s]).
+
+    Parameters
+    ----------
+    season : int, default 12
+        The season s, in steps (12 for monthly data with a yearly cycle).
+    drift : bool, default False
+        Add the drift d; `fit` then needs s + 1 values, else s.
+    %(target)s
+
+    Attributes
+    ----------
+    history_ : np.ndarray, (n,)
+        The fitted column.
+    drift_ : float
+        d, or 0.0 without drift.
+
+    Examples
+    --------
+    >>> import rnncore as rc
+    >>> y = [1.0, 2.0, 3.0, 4.0, 2.0, 3.0, 4.0, 5.0]
+    >>> rc.forecasting.SeasonalNaive(season=4).fit(y).predict(4)
+    array([2., 3., 4., 5.])
+    >>> rc.forecasting.SeasonalNaive(season=4, drift=True).fit(y).predict(6)
+    array([3., 4., 5., 6., 4., 5.])
+    """
 
     def __init__(self, season: int = 12, drift: bool = False, target: int = 0) -> None:
         self.season = season
@@ -219,11 +457,38 @@ class SeasonalNaive(_Baseline):
         return y[ends[:, None] - season + k % season] + (k // season + 1) * self.drift_
 
 
+@filled(_DOCS)
 class LinearAR(_Baseline):
     """Autoregression of order p with an intercept, fitted by least squares and forecast
     recursively: x[t] = c + a_1 x[t-1] + ... + a_p x[t-p]. With seasonal=s the model is
     fitted to the season-over-season changes x[t] = y[t] - y[t - s] (the seasonal
-    difference) and the forecasts are integrated back; with seasonal=None, x = y."""
+    difference) and the forecasts are integrated back; with seasonal=None, x = y.
+
+    Parameters
+    ----------
+    p : int, default 12
+        The order, >= 1. `fit` needs at least p + s + 2 (p + 1) values (s = 0 without
+        `seasonal`): two equations per coefficient.
+    seasonal : int, optional
+        The season s of the difference; None: no differencing.
+    %(target)s
+
+    Attributes
+    ----------
+    history_ : np.ndarray, (n,)
+        The fitted column.
+    coef_ : np.ndarray, (p + 1,)
+        c, a_1, ..., a_p.
+
+    Examples
+    --------
+    >>> import rnncore as rc
+    >>> model = rc.forecasting.LinearAR(p=1).fit([1.0, 3.0, 7.0, 15.0, 31.0, 63.0])
+    >>> model.coef_.round(6)                        # x[t] = 1 + 2 x[t-1]
+    array([1., 2.])
+    >>> model.predict(2).round(6)
+    array([127., 255.])
+    """
 
     def __init__(self, p: int = 12, seasonal: Optional[int] = None, target: int = 0) -> None:
         self.p = p
@@ -264,6 +529,7 @@ class LinearAR(_Baseline):
         return out
 
 
+@filled(_DOCS)
 class Forecaster(_Estimator):
     """A recurrent network that forecasts the next `horizon` values at once, as a
     correction to a strong linear baseline.
@@ -272,18 +538,78 @@ class Forecaster(_Estimator):
     its last value y[t-1], divided by the spread of its step-to-step changes, and any
     covariate columns standardised), and its head outputs the `horizon` residuals
     y[t:t+horizon] - base forecast, in units of their spread; an output of zero is the
-    base forecast itself. The base (default `base="ar"`: `LinearAR(p=ar_order)`, with
-    ar_order 2*season, or the window without a season) and every scale are learnt on the
-    training part only. `fit` holds out the last `horizon` values for early stopping;
-    `ensemble` networks from consecutive seeds are averaged.
+    base forecast itself. The base and every scale are learnt on the training part only.
+    `fit` holds out the last `horizon` values for early stopping; `ensemble` networks
+    from consecutive seeds are averaged. The constructor stores its arguments as given;
+    `fit` checks them.
 
-    Parameters: cell "lstm" | "gru" | "rnn"; window (None: max(2*season, horizon), capped
-    by what the series allows; a window shorter than the season warns); horizon; season
-    (None: no seasonal structure assumed); hidden_size; epochs (most; early stopping
-    ends sooner); seed; base "ar" | "seasonal_naive" | "persistence" or a baseline
-    estimator; ar_order; ensemble; target (the forecast column of a 2-d series; the
-    others are inputs known up to each origin, so `predict` needs nothing more);
-    learning_rate, batch_size, patience, max_grad_norm; verbose (a progress bar).
+    Parameters
+    ----------
+    cell : {"lstm", "gru", "rnn"}, default "lstm"
+        The recurrent layer: rc.LSTM, rc.GRU or rc.RNN, float32.
+    window : int, optional
+        Steps the network reads before each origin. None: max(2 * season, horizon, 8),
+        capped by what the series allows; a window shorter than the season warns.
+    horizon : int, default 12
+        Steps forecast at once, and the most `predict` gives.
+    season : int, optional
+        The season in steps (12 for monthly data); None: no seasonal structure assumed.
+    hidden_size : int, default 16
+        Units of the recurrent layer.
+    epochs : int, default 200
+        The most epochs per network; early stopping ends sooner.
+    seed : int, default 0
+        Seeds the initialisation and the batch order; member m of the ensemble uses
+        seed + 7919 m.
+    base : {"ar", "seasonal_naive", "persistence"} or a baseline estimator, default "ar"
+        The forecast the network corrects: "ar" is LinearAR(p=ar_order),
+        "seasonal_naive" SeasonalNaive(season, drift=True) (needs `season`); an
+        estimator (Persistence, SeasonalNaive, LinearAR) is copied, not fitted in place.
+    ar_order : int, optional
+        The order of the "ar" base; None: 2 * season, or the window without a season,
+        at most a quarter of the training part.
+    ensemble : int, default 3
+        Networks averaged.
+    %(target)s The other columns are inputs known up to each origin, so `predict`
+        needs nothing more.
+    learning_rate : float, default 0.005
+        Adam's step size.
+    batch_size : int, default 32
+        Training windows per step.
+    patience : int, default 30
+        Epochs without a better validation RMSE before a network stops.
+    max_grad_norm : float, default 1.0
+        The gradient-norm clip of every step.
+    verbose : bool, default False
+        Show a progress bar per network.
+
+    Attributes
+    ----------
+    networks_ : list of rc.Sequential
+        The trained networks (recurrent layer, LastStep, Linear).
+    validation_rmse_ : list of float
+        Each network's best RMSE on the held-out last `horizon` values.
+    base_ : baseline estimator
+        The base, refitted on the whole series for `predict`.
+    window_ : int
+        The window used.
+    history_ : np.ndarray, (n, k)
+        The fitted series, float64.
+    dates_ : np.ndarray or None
+        The `dates` given to `fit`.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> t = np.arange(120)
+    >>> y = 10 + 0.05 * t + np.sin(2 * np.pi * t / 12)
+    >>> model = rc.forecasting.Forecaster("gru", horizon=6, season=12, epochs=5, ensemble=1)
+    >>> model
+    Forecaster(cell='gru', horizon=6, season=12, epochs=5, ensemble=1)
+    >>> model.fit(y).predict().shape
+    (6,)
+    >>> model.window_, type(model.base_).__name__
+    (24, 'LinearAR')
     """
 
     def __init__(self, cell: str = "lstm", window: Optional[int] = None, horizon: int = 12,
@@ -365,9 +691,36 @@ class Forecaster(_Estimator):
             columns.append((values[steps][..., self._covariates] - self._cov_mean) / self._cov_scale)
         return np.concatenate(columns, axis=-1).astype(np.float32)
 
+    @filled(_DOCS)
     def fit(self, series: ArrayLike, dates: Optional[ArrayLike] = None) -> Forecaster:
-        """Learn from `series` ((n,) or (n, k)); `dates` (n,), optional, are kept for the
-        caller (`dates_`). Returns self."""
+        """Train the networks on `series`, the last `horizon` values held out to stop
+        early, and refit the base on all of it.
+
+        Parameters
+        ----------
+        %(series)s The other columns are covariates.
+        %(dates)s
+
+        Returns
+        -------
+        self
+
+        %(fit_raises)s The fewest values: 2 * horizon + 9, more for a long window
+            or base.
+
+        Warns
+        -----
+        UserWarning
+            The window is shorter than the season.
+
+        Examples
+        --------
+        >>> import numpy as np, rnncore as rc
+        >>> y = np.sin(np.arange(60) / 3)
+        >>> model = rc.forecasting.Forecaster(horizon=4, epochs=3, ensemble=2)
+        >>> model.fit(y) is model, len(model.networks_)
+        (True, 2)
+        """
         self._checked()
         values, self._target = _as_series(series, self.target)
         n, horizon = len(values), self.horizon
@@ -449,9 +802,33 @@ class Forecaster(_Estimator):
         return out.astype(np.float64) * self._residual_scale
 
     def predict(self, horizon: Optional[int] = None) -> np.ndarray:
-        """The next `horizon` values (default and most: the fitted horizon) after the
-        fitted series, shape (horizon,). Covariates need no future values: the networks
-        read them only up to the end of the fitted series."""
+        """Forecast the values after the fitted series. Covariates need no future
+        values: the networks read them only up to the end of the fitted series.
+
+        Parameters
+        ----------
+        horizon : int, optional
+            Steps to forecast, 1 to the fitted `horizon`; None: the fitted `horizon`.
+
+        Returns
+        -------
+        np.ndarray, (horizon,), float64
+
+        Raises
+        ------
+        RuntimeError
+            The forecaster is not fitted.
+        ValueError
+            A horizon below 1 or above the fitted one.
+
+        Examples
+        --------
+        >>> import numpy as np, rnncore as rc
+        >>> y = np.sin(np.arange(60) / 3)
+        >>> model = rc.forecasting.Forecaster(horizon=4, epochs=3, ensemble=1).fit(y)
+        >>> model.predict().shape, model.predict(2).shape
+        ((4,), (2,))
+        """
         self._check_fitted()
         horizon = self.horizon if horizon is None else _int("horizon", horizon)
         if horizon > self.horizon:
@@ -465,16 +842,54 @@ class Forecaster(_Estimator):
 
 def backtest(estimator: Any, series: ArrayLike, origins: int = 5, horizon: Optional[int] = None,
              step: Optional[int] = None) -> dict[str, Any]:
-    """Rolling-origin evaluation of `estimator` on `series`: at each of `origins` origins
-    t (the last at len(series) - horizon, the others `step` apart before it, default
-    step = horizon: test stretches that do not overlap), a fresh copy of the estimator
-    (same parameters) is fitted on series[:t] and forecasts series[t:t + horizon]; the
-    estimator itself is left as it was.
+    """Rolling-origin evaluation of `estimator` on `series`.
 
-    Returns a dict: "origins" (the indices t), "forecasts" and "actual" (origins,
-    horizon), per-origin "rmse" and "mae" lists, their "mean_rmse", "std_rmse",
-    "mean_mae", "std_mae" (spread: the standard deviation over origins), and
-    "overall_rmse", "overall_mae" over every forecast value."""
+    At each of `origins` origins t (the last at len(series) - horizon, the others `step`
+    apart before it), a fresh copy of the estimator (same parameters) is fitted on
+    series[:t] and forecasts series[t:t + horizon]; the estimator itself is left as it
+    was.
+
+    Parameters
+    ----------
+    estimator : Forecaster, Persistence, SeasonalNaive or LinearAR
+        The estimator whose parameters are evaluated; not fitted or changed.
+    series : array_like, (n,) or (n, k)
+        The whole series, oldest value first; a 2-d series is forecast in the
+        estimator's `target` column.
+    origins : int, default 5
+        Forecast origins, >= 1.
+    horizon : int, optional
+        Steps forecast at each origin; None: the estimator's own `horizon` (baselines
+        have none: give it).
+    step : int, optional
+        Steps between consecutive origins; None: `horizon`, test stretches that do not
+        overlap.
+
+    Returns
+    -------
+    dict
+        "origins": the indices t, a list; "forecasts" and "actual": arrays (origins,
+        horizon); "rmse" and "mae": lists, one value per origin; "mean_rmse",
+        "std_rmse", "mean_mae", "std_mae": their mean and spread (standard deviation)
+        over the origins; "overall_rmse", "overall_mae": over every forecast value.
+
+    Raises
+    ------
+    ValueError
+        No horizon, more origins than the series holds (the message says how many
+        fit), an origin that leaves too little to fit on (naming its index), or an
+        argument out of range.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> y = np.array([1.0, 2.0, 3.0, 4.0] * 4)
+    >>> scores = rc.forecasting.backtest(rc.forecasting.SeasonalNaive(season=4), y, origins=3, horizon=2)
+    >>> scores["origins"], scores["mean_rmse"]
+    ([10, 12, 14], 0.0)
+    >>> scores["forecasts"][-1]
+    array([3., 4.])
+    """
     values, target = _as_series(series, getattr(estimator, "target", 0))
     if horizon is None:
         horizon = getattr(estimator, "horizon", None)
@@ -508,12 +923,55 @@ def backtest(estimator: Any, series: ArrayLike, origins: int = 5, horizon: Optio
 # -- CSV input
 
 Table = namedtuple("Table", "values columns dates date_column")
-Table.__doc__ = """read_csv's result: values (n, k) float64 in the order of `columns`; dates (n,)
-numpy datetime64, or None without a date column; date_column its header name (or None)."""
+Table.__doc__ = """What `read_csv` returns, a named tuple.
+
+    Parameters
+    ----------
+    values : np.ndarray, (n, k), float64
+        The numeric columns, in the order of `columns`, rows in date order.
+    columns : list of str
+        The header names of the k columns read.
+    dates : np.ndarray, (n,), datetime64, or None
+        The parsed dates; None without a date column.
+    date_column : str or None
+        The header name of the date column.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> table = rc.forecasting.Table(np.zeros((3, 1)), ["sales"], None, None)
+    >>> table.values.shape, table.columns
+    ((3, 1), ['sales'])
+    """
 
 
 class MissingValueError(ValueError):
-    """A CSV cell with no value; `path`, `line` (1-based) and `column` say where."""
+    """A CSV cell with no value (empty, NA, NaN, null, ...), raised by `read_csv` without
+    `fill`; a ValueError.
+
+    Parameters
+    ----------
+    message : str
+        The message, which names the file, line and column.
+    path : str or os.PathLike
+        The file, kept as `path`.
+    line : int
+        The line of the file, 1-based, kept as `line`.
+    column : str
+        The header name of the column, kept as `column`.
+
+    Examples
+    --------
+    >>> import os, tempfile, rnncore as rc
+    >>> path = os.path.join(tempfile.mkdtemp(), "gap.csv")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("day,sales\\n2024-01-01,3\\n2024-01-02,\\n2024-01-03,5\\n")
+    >>> try:
+    ...     rc.forecasting.read_csv(path)
+    ... except rc.forecasting.MissingValueError as error:
+    ...     print(error.line, error.column)
+    3 sales
+    """
 
     def __init__(self, message: str, path: Union[str, os.PathLike], line: int, column: str) -> None:
         super().__init__(message)
@@ -546,17 +1004,56 @@ def read_csv(path: Union[str, os.PathLike], columns: Optional[Sequence[Union[str
              fill: Optional[str] = None) -> Table:
     """Read a series from a CSV file with a header row.
 
-    columns: names or 0-based indices (negative from the end) of the numeric columns to
-    read, in order (None: every column but the date column). date_column: a name or index, "auto" (the first
-    column when every cell in it is an ISO date or datetime such as 2001-03, 2001-03-05
-    or 2001-03-05T14:00, parsed with numpy's datetime64), or None. delimiter: None sniffs
-    one of , ; tab | (csv.Sniffer); with ; or tab a decimal comma is read too. fill: None
-    refuses a missing cell (empty, NA, NaN, null) with a `MissingValueError` naming its
-    line and column; "linear" interpolates between the neighbouring values, "ffill"
-    repeats the last known one (leading gaps take the first known value). Rows are put in
-    date order when the dates are not; repeated dates are an error.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file, UTF-8 (a byte-order mark is allowed).
+    columns : sequence of str or int, or str or int, optional
+        Names or 0-based indices (negative from the end) of the numeric columns to read,
+        in order; None: every column but the date column.
+    date_column : str, int, "auto" or None, default "auto"
+        A name or index; "auto": the first column when every cell in it is an ISO date
+        or datetime such as 2001-03, 2001-03-05 or 2001-03-05T14:00 (parsed with
+        numpy's datetime64); None: no dates.
+    delimiter : str, optional
+        None sniffs one of , ; tab | (csv.Sniffer). With ; or tab a decimal comma
+        (3,5) is read too.
+    fill : {None, "linear", "ffill"}, optional
+        None refuses a missing cell (empty, NA, NaN, null, none, -, ?); "linear"
+        interpolates between the neighbouring values, "ffill" repeats the last known one
+        (leading gaps take the first known value).
 
-    Returns a `Table` (values, columns, dates, date_column)."""
+    Returns
+    -------
+    Table
+        values (n, k) float64, columns, dates (n,) datetime64 or None, date_column.
+        Rows are put in date order when the dates are not.
+
+    Raises
+    ------
+    MissingValueError
+        A missing cell without `fill`, naming its line and column.
+    ValueError
+        No data rows, an unknown column, a cell that is not a (finite) number or not a
+        date in the date column, a date given twice, a column with no values, a file
+        that is not UTF-8 CSV, or an unknown `fill`; each names the line or column.
+    OSError
+        The file cannot be read.
+
+    Examples
+    --------
+    >>> import os, tempfile, rnncore as rc
+    >>> path = os.path.join(tempfile.mkdtemp(), "sales.csv")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("week;sales\\n2024-01-01;3,5\\n2024-01-08;NA\\n2024-01-15;4,5\\n")
+    >>> table = rc.forecasting.read_csv(path, fill="linear")
+    >>> table.columns, table.date_column
+    (['sales'], 'week')
+    >>> table.values[:, 0]
+    array([3.5, 4. , 4.5])
+    >>> table.dates
+    array(['2024-01-01', '2024-01-08', '2024-01-15'], dtype='datetime64[D]')
+    """
     path = Path(path)
     if fill not in (None, "linear", "ffill"):
         raise ValueError(f"fill: expected None, 'linear' or 'ffill', got {fill!r}")
@@ -666,9 +1163,30 @@ _SEASONS = [(np.timedelta64(1, "h"), 24), (np.timedelta64(1, "D"), 7), (np.timed
 
 
 def infer_season(dates: ArrayLike) -> Optional[int]:
-    """The usual season for the sampling step of `dates` (datetime64, increasing): 24 for
-    hourly, 7 for daily, 52 for weekly, 12 for monthly and 4 for quarterly data; None for
-    other steps."""
+    """The usual season for the sampling step of `dates`.
+
+    Parameters
+    ----------
+    dates : array_like, (n,), datetime64
+        Increasing dates; the step is their median difference, matched within 10%.
+
+    Returns
+    -------
+    int or None
+        24 for hourly, 7 for daily, 52 for weekly, 12 for monthly and 4 for quarterly
+        data; None for other steps, fewer than two dates, or values that are not
+        datetime64.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> rc.forecasting.infer_season(np.arange("2024-01", "2025-01", dtype="datetime64[M]"))
+    12
+    >>> rc.forecasting.infer_season(np.arange("2024-01-01T00", "2024-01-02T00", dtype="datetime64[h]"))
+    24
+    >>> rc.forecasting.infer_season([1, 2, 3]) is None
+    True
+    """
     dates = np.asarray(dates)
     if dates.dtype.kind != "M" or len(dates) < 2:
         return None
@@ -683,10 +1201,45 @@ def infer_season(dates: ArrayLike) -> Optional[int]:
 def mackey_glass(length: int, delay: int = 17, every: int = 3, noise: float = 0.1, seed: Optional[int] = None,
                  warmup: int = 500) -> np.ndarray:
     """A standardised Mackey-Glass series, the classic chaotic benchmark: Euler steps of
-    dx/dt = 0.2 x(t - delay) / (1 + x(t - delay)^10) - 0.1 x(t) with unit time step, every
-    `every`-th value kept after `warmup` steps, scaled to mean 0 and sd 1, plus Gaussian
-    noise of sd `noise` drawn from `seed`. Shape (length,), float64."""
+    dx/dt = 0.2 x(t - delay) / (1 + x(t - delay)^10) - 0.1 x(t) with unit time step from
+    x = 1.2, every `every`-th value kept after `warmup` steps, scaled to mean 0 and sd 1,
+    plus Gaussian noise.
+
+    Parameters
+    ----------
+    length : int
+        Values returned, >= 1.
+    delay : int, default 17
+        The delay of the equation, >= 1 (17 and more: chaotic).
+    every : int, default 3
+        Keep every `every`-th step, >= 1.
+    noise : float, default 0.1
+        The standard deviation of the added noise, >= 0.
+    seed : int or np.random.Generator, optional
+        Seeds the noise (np.random.default_rng).
+    warmup : int, default 500
+        Steps dropped at the start, >= 0.
+
+    Returns
+    -------
+    np.ndarray, (length,), float64
+
+    Raises
+    ------
+    ValueError
+        An argument out of range, naming it.
+
+    Examples
+    --------
+    >>> import numpy as np, rnncore as rc
+    >>> x = rc.forecasting.mackey_glass(300, noise=0.0)
+    >>> x.shape, bool(np.allclose([x.mean(), x.std()], [0.0, 1.0]))
+    ((300,), True)
+    """
     length = _int("length", length)
+    delay, every, warmup = _int("delay", delay), _int("every", every), _int("warmup", warmup, minimum=0)
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < math.inf:
+        raise ValueError(f"noise: expected a finite number >= 0, got {noise!r}")
     x = np.full(length * every + warmup, 1.2)
     for t in range(delay, len(x) - 1):
         x[t + 1] = x[t] + 0.2 * x[t - delay] / (1 + x[t - delay] ** 10) - 0.1 * x[t]
