@@ -9,7 +9,7 @@ GFLOP/s of the layer's GEMMs (input projection and recurrent products, 2 T B G H
 flops) and their fraction of a single-thread SGEMM peak measured in the same run
 (NumPy's BLAS at 2048^3).
 
-    python benchmarks/bench_engine.py --before /work/main/src --after src
+    python benchmarks/bench_engine.py --before ../rnncore-before/src --after src
     python benchmarks/bench_engine.py --quick
 
 Writes benchmarks/results/engine.json and prints the table (markdown).
@@ -114,7 +114,7 @@ def flops(cell, case):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default="/work/main/src", help="source tree of the earlier build")
+    parser.add_argument("--before", help="source tree of the earlier build (with its extension)")
     parser.add_argument("--after", default=os.path.join(HERE, "..", "src"), help="source tree of this build")
     parser.add_argument("--cells", nargs="+", default=["lstm", "gru"])
     parser.add_argument("--cases", nargs="+", default=list(CASES))
@@ -125,6 +125,8 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker()
+    if args.before is None:
+        parser.error("--before: expected the source tree of the earlier build")
     if args.quick:
         args.rounds, args.seconds = 2, 0.05
     sys.path.insert(0, os.path.abspath(args.after))
