@@ -36,7 +36,10 @@
 #define RC_GEMM_X86 0
 #endif
 
-enum { RC_GEMM_PORTABLE = 0, RC_GEMM_AVX2 = 1, RC_GEMM_AVX512 = 2 };
+/* RC_GEMM_WIDE_PORTABLE is the AVX-512 instance's tile (64-byte vectors, 8 rows) built
+ * without target instructions: never chosen, it lets the tests run that tile's logic on
+ * any CPU (where it compiles with vector types). */
+enum { RC_GEMM_PORTABLE = 0, RC_GEMM_AVX2 = 1, RC_GEMM_AVX512 = 2, RC_GEMM_WIDE_PORTABLE = 3 };
 
 /* the widest panel of any instance, in bytes: two 64-byte vectors */
 #define RC_GEMM_MAX_PANEL_BYTES 128
@@ -76,6 +79,12 @@ static int rc_gemm_isa(void)
 static int rc_gemm_set_isa(int isa)
 {
     const int before = rc_gemm_isa(), best = rc_gemm_isa_supported();
+#if defined(__GNUC__) || defined(__clang__)
+    if (isa == RC_GEMM_WIDE_PORTABLE) {
+        rc_gemm_isa_chosen = isa;
+        return before;
+    }
+#endif
     rc_gemm_isa_chosen = isa < 0 ? 0 : (isa > best ? best : isa);
     return before;
 }
@@ -95,7 +104,7 @@ static size_t rc_packed_size(size_t n, size_t k, size_t value_bytes)
 /* the vector width of each instance, in bytes; a panel is two vectors wide */
 static int rc_gemm_vector_bytes(int isa)
 {
-    return isa == RC_GEMM_AVX512 ? 64 : (isa == RC_GEMM_AVX2 ? 32 : 16);
+    return isa == RC_GEMM_AVX512 || isa == RC_GEMM_WIDE_PORTABLE ? 64 : (isa == RC_GEMM_AVX2 ? 32 : 16);
 }
 
 RC_FAST_MATH_BEGIN

@@ -12,14 +12,17 @@ from conftest import assert_close
 _recurrent = pytest.importorskip("rnncore.backends.cython._recurrent", reason="the compiled extension is not built here")
 cython_backend = pytest.importorskip("rnncore.backends.cython.backend", reason="the compiled extension is not built here")
 
-# the micro-kernel instances this CPU runs: 0 portable, 1 AVX2 and FMA, 2 AVX-512F
-ISAS = list(range(_recurrent.gemm_isa() + 1))
+# the micro-kernel instances this CPU runs: 0 portable, 1 AVX2 and FMA, 2 AVX-512F; and
+# 3, the AVX-512 tile (64-byte vectors, 8 rows) built without its instructions, so that
+# its logic is tested on a CPU without AVX-512 too
+WIDE_PORTABLE = 3
+ISAS = list(range(_recurrent.gemm_isa() + 1)) + [WIDE_PORTABLE]
 # panel widths: 8..32 floats, 4..16 doubles; rows: tiles of 6 or 8, split remainders
 _WIDTHS = [1, 3, 7, 8, 15, 16, 17, 31, 33, 65, 129]
 _DEPTHS = [1, 2, 7, 33, 64]
 
 
-@pytest.fixture(params=ISAS, ids=lambda isa: ["portable", "avx2", "avx512"][isa])
+@pytest.fixture(params=ISAS, ids=lambda isa: ["portable", "avx2", "avx512", "wide-portable"][isa])
 def isa(request):
     before = _recurrent.gemm_isa(request.param)
     yield request.param

@@ -364,9 +364,10 @@ def packed_gemm(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] c, bint
 
 
 def gemm_isa(int isa=-1):
-    """The micro-kernel instance in use: 0 portable, 1 AVX2 and FMA, 2 AVX-512F. Given
-    isa >= 0, sets it (clamped to what the CPU runs; for the tests) and returns the one
-    in use before."""
+    """The micro-kernel instance in use: 0 portable, 1 AVX2 and FMA, 2 AVX-512F, 3 the
+    AVX-512 tile without its instructions (never chosen; it runs that tile's logic on any
+    CPU). Given isa >= 0, sets it (clamped to what the CPU runs, 3 allowed everywhere;
+    for the tests) and returns the one in use before."""
     if isa < 0:
         return rc_gemm_isa()
     return rc_gemm_set_isa(isa)
