@@ -1,6 +1,5 @@
 """Checkpoints: bit-exact round trips of every layer and cell, options, optimizer state and
 registered models; crashes mid-save; and every kind of bad file."""
-import io
 import json
 import os
 import signal

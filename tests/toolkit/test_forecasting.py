@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 
-import rnncore as rc
 from rnncore import forecasting as fc
 
 FAST = dict(horizon=6, season=12, hidden_size=8, epochs=5, ensemble=1, patience=5)

@@ -9,7 +9,7 @@ import pytest
 
 import rnncore as rc
 from cases import assert_examples_run
-from rnncore import checkpoint, clip, forecasting, keras, losses, nn, onnx, optim, train
+from rnncore import checkpoint, forecasting, keras, onnx, optim, train
 
 # the optional packages each module's examples import
 NEEDS = {"rnncore.onnx": ("onnx", "onnxruntime"), "rnncore.torch": ("torch",)}

@@ -17,8 +17,7 @@ from numpy.typing import ArrayLike
 
 from ..backends import registry
 # the backend and thread settings, reached by the wings above core through this door
-from ..backends.registry import (backends, follow_threads, get_backend, get_num_threads,  # noqa: F401
-                                set_backend, set_num_threads)
+from ..backends.registry import backends, follow_threads, get_backend, set_num_threads  # noqa: F401
 from . import validate
 from .docs import filled
 from .spec import ACTIVATIONS, KINDS, OUTPUT_ACTIVATIONS, CellSpec
