@@ -41,6 +41,10 @@
  * any CPU (where it compiles with vector types). */
 enum { RC_GEMM_PORTABLE = 0, RC_GEMM_AVX2 = 1, RC_GEMM_AVX512 = 2, RC_GEMM_WIDE_PORTABLE = 3 };
 
+/* the rows of A a product keeps in L2 at a time (see rc_packed_gemm): half of the
+ * smallest L2 of the CPUs we run on (512 KB on Zen 3; 1-2 MB on Intel's server parts) */
+#define RC_BLOCK_BYTES (256 * 1024)
+
 /* the widest panel of any instance, in bytes: two 64-byte vectors */
 #define RC_GEMM_MAX_PANEL_BYTES 128
 

@@ -13,6 +13,7 @@ from .core import cells, functional, layers, spec
 from .core.cells import GRUCell, LSTMCell, RNNCell
 from .core.functional import warmup
 from .core.layers import GRU, LSTM, RNN, JordanRNN
+from .core.stream import Stream
 from .toolkit import clip, forecasting, losses, nn, optim, train
 from .toolkit.clip import clip_grad_norm_, clip_grad_value_
 from .toolkit.losses import CrossEntropyLoss, MSELoss
@@ -22,7 +23,7 @@ from .interop.checkpoint import load, save
 
 __all__ = ["RNN", "LSTM", "GRU", "JordanRNN", "RNNCell", "LSTMCell", "GRUCell", "functional",
            "clip_grad_norm_", "clip_grad_value_", "backends", "set_backend", "get_backend",
-           "set_num_threads", "get_num_threads", "warmup",
+           "set_num_threads", "get_num_threads", "warmup", "Stream",
            "Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential", "MSELoss",
            "CrossEntropyLoss", "losses", "optim", "train", "save", "load", "checkpoint", "keras", "onnx", "forecasting"]
 

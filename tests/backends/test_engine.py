@@ -133,12 +133,21 @@ def test_every_variant_on_the_packed_path_matches_reference(spec, dtype, B, leng
             assert_close(grads[d][k], grads_ref[d][k], what=k)
 
 
-def test_one_step_calls_skip_the_packing():
-    """A single step (decoding one token at a time) repacks for nothing: no packed plan."""
-    spec = CellSpec("lstm", 4, 7)
-    params, x, states, _ = _random_case(spec, 1, 3, 1, np.float32, 2)
-    _, _, ctx = cython_backend.layer_forward(spec, params, x, states, None, True, (False,), 1)
-    assert ctx["plans"][0].get("w_hh_p") is None
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", _SPECS, ids=_SPEC_IDS)
+def test_steps_one_call_at_a_time_equal_one_call_bit_for_bit(spec, dtype, isa):
+    """T one-step calls carrying the state give the bits of one T-step call (inference):
+    both products sum in one order whatever the number of rows they run over, which is
+    what lets a stream step through a sequence and match the layer's output exactly."""
+    T, B = 7, 5
+    params, x, states, _ = _random_case(spec, T, B, 1, dtype, 21)
+    y, states_n, _ = cython_backend.layer_forward(spec, params, x, states, None, False, (False,), 1)
+    state = states[0]
+    for t in range(T):
+        y_t, (state,), _ = cython_backend.layer_forward(spec, params, x[t:t + 1], [state], None, False, (False,), 1)
+        np.testing.assert_array_equal(y_t[0], y[t], err_msg=f"step {t}")
+    for a, b in zip(state, states_n[0]):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -162,13 +171,14 @@ def test_packed_path_bits_do_not_depend_on_threads_or_training(spec, dtype):
 @pytest.mark.parametrize("small_rows", [0, 64])
 @pytest.mark.parametrize("spec", [CellSpec("lstm", 4, 7, proj_size=5), CellSpec("gru", 4, 33, reset_after=False),
                                   CellSpec("jordan", 4, 7, output_size=3)], ids=["lstm_proj", "gru_before", "jordan"])
-def test_unpacked_forward_still_matches_reference(spec, small_rows, monkeypatch):
-    """Below PACKED_MIN_STEPS the forward products stay on BLAS or rc_small_gemm."""
-    monkeypatch.setattr(cython_backend, "PACKED_MIN_STEPS", 10 ** 9)
+def test_output_products_on_blas_or_small_kernel_match_reference(spec, small_rows, monkeypatch):
+    """The products that do not feed back (W_hr, W_ho) and the backward's go to BLAS or
+    rc_small_gemm by their rows: both sides of that choice against the reference."""
     monkeypatch.setattr(cython_backend, "SMALL_ROWS", small_rows)
     params, x, states, _ = _random_case(spec, 6, 5, 1, np.float64, 4)
     y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, None, True, (False,), 1)
-    assert ctx["plans"][0].get("w_hh_p") is None
+    transposed = ctx["plans"][0].get("w_hr_t" if spec.kind == "lstm" else "w_ho_t")
+    assert (transposed is not None) == (small_rows > 0 and spec.kind != "gru")
     y_ref, sn_ref, _ = _reference.layer_forward(spec, params, x, states, None, True, (False,), 1)
     assert_close(y, y_ref, what="y")
     for a, b in zip(sn[0], sn_ref[0]):

@@ -94,6 +94,15 @@ class Backend(Protocol):
         """
 
 
+    # A backend may also define
+    #
+    #     open_stream(specs, params, batch, dtype, num_threads) -> a step stack
+    #
+    # for a stack of one-direction layers (specs and params per layer, params the
+    # stream's own copies) that steps `batch` rows through time: see `StepStack` below
+    # for what it returns. One that does not gets `StepStack` over its layer_forward.
+
+
 # -- the length schedule ---------------------------------------------------------------
 
 def time_index(T, lengths, reverse):
@@ -240,6 +249,43 @@ def backward_directions(run, ctx, dy, dstates_n):
         dstates0.append(dstate0)
         grads.append(grads_d)
     return dx, dstates0, grads
+
+
+# -- streams ------------------------------------------------------------------------------
+
+class StepStack:
+    """A stack of one-direction layers stepped through time by one-step calls of a
+    backend's `layer_forward` (inference), for the backends without a stepping loop of
+    their own. Every backend computes a step of a T-step call as it computes a one-step
+    call, so the bits are the call's.
+
+    `run(x, out, check_finite)` steps x (T, B, I) through the stack and writes the last
+    layer's output of every step into out (T, B, P); with `check_finite` a non-finite x
+    is refused (ValueError) before any step. `states()` gives per layer the arrays that
+    hold its state now ((h,) or (h, c)), which runs update in place. `batch`,
+    `input_size`, `output_size`: the shapes it serves."""
+
+    def __init__(self, layer_forward, specs, params, batch, dtype, num_threads):
+        self._forward, self._specs, self._params = layer_forward, list(specs), list(params)
+        self._states = [tuple(np.zeros((batch, width), dtype) for width in spec.state_sizes) for spec in specs]
+        self._num_threads = num_threads
+        self.batch, self.input_size, self.output_size = batch, specs[0].input_size, specs[-1].out_size
+
+    def states(self):
+        return self._states
+
+    def run(self, x, out, check_finite=True):
+        if check_finite and not np.isfinite(x).all():
+            raise ValueError("x: expected finite values (pass check_finite=False to skip the check), "
+                             "got NaN or infinity")
+        for t in range(x.shape[0]):
+            inputs = x[t:t + 1]
+            for spec, p, state in zip(self._specs, self._params, self._states):
+                inputs, (new,), _ = self._forward(spec, [p], inputs, [state], None, False, (False,),
+                                                  self._num_threads)
+                for held, value in zip(state, new):
+                    held[...] = value
+            out[t] = inputs[0]
 
 
 # -- gradient naming and bias folding ------------------------------------------------------

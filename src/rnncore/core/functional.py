@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..backends import registry
+from ..backends import contract, registry
 # the backend and thread settings, reached by the wings above core through this door
 from ..backends.registry import backends, follow_threads, get_backend, set_num_threads  # noqa: F401
 from . import validate
@@ -161,6 +161,18 @@ def run_layer(spec, params, x, states, lengths, training, reverse, backend=None)
     y, states_n, inner = module.layer_forward(spec, params, x, states, lengths, training, reverse,
                                               registry.get_num_threads())
     return y, states_n, (_Context(module, inner, spec, x.shape[:2], x.dtype) if training else None)
+
+
+def open_stream(specs, params, batch, dtype, backend=None):
+    """The step stack of a stream (`rnncore.core.stream.Stream`): a stack of
+    one-direction layers of `specs` over `params` (per layer, {name: array}, the stream's
+    own copies) stepping `batch` rows, on the backend's own stepping loop where it has
+    one, else on one-step calls of its layer_forward (`contract.StepStack`)."""
+    module = registry.resolve(backend)
+    opener = getattr(module, "open_stream", None)
+    if opener is not None:
+        return opener(specs, params, batch, dtype, registry.get_num_threads())
+    return contract.StepStack(module.layer_forward, specs, params, batch, dtype, registry.get_num_threads())
 
 
 def run_layer_backward(ctx, dy, dstates):

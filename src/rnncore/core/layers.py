@@ -20,6 +20,7 @@ from . import functional, validate
 from .docs import shared_docs
 from .module import Module, _check_budget, commit, register, saved_context
 from .spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec, layer_suffix
+from .stream import Stream
 
 __all__ = ["RNN", "LSTM", "GRU", "JordanRNN"]
 
@@ -93,6 +94,41 @@ class _Recurrent(Module):
         if not batched:
             return y[:, 0, :]
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
+
+    def stream(self, batch_size: Optional[int] = 1, backend: Optional[str] = None) -> Stream:
+        """A `rnncore.Stream` over this layer: inference one step (or one chunk) per call,
+        the state carried between calls, the weights copied and packed once, now.
+
+        Parameters
+        ----------
+        batch_size : int or None, default 1
+            The rows stepped together; None: one unbatched sequence, x_t of shape (I,).
+        backend : str, optional
+            The backend to step on; the layer's (or the current selection) when None.
+
+        Returns
+        -------
+        Stream
+            ``y_t = stream.step(x_t)``, ``y = stream(x_chunk)``, ``stream.state``,
+            ``stream.reset(state=None, rows=None)``, ``stream.refresh()``.
+
+        Raises
+        ------
+        ValueError
+            A bidirectional layer (its reverse direction needs the whole sequence), or a
+            batch_size that is not a positive integer.
+
+        Examples
+        --------
+        >>> import numpy as np, rnncore as rc
+        >>> gru = rc.GRU(4, 8, num_layers=2, seed=0)
+        >>> stream = gru.stream(batch_size=None)
+        >>> stream.step(np.ones(4, np.float32)).shape
+        (8,)
+        >>> stream.state.shape
+        (2, 8)
+        """
+        return Stream(self, batch_size, backend)
 
     # -- forward and backward through the stack ----------------------------------------
 

@@ -7,6 +7,7 @@ gradient of the input of the last training-mode forward, whose saved context it 
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from ..core.docs import filled
 from ..core.layers import _Recurrent
 from ..core.module import Module, commit, copy_state, deferred_commits, indent, register, registered, saved_context
 
-__all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential"]
+__all__ = ["Linear", "Embedding", "Tanh", "ReLU", "Sigmoid", "LastStep", "Sequential", "SequentialStream"]
 
 
 # The entries the modules' docstrings share, filled in by `filled(_DOCS)`
@@ -46,6 +47,26 @@ def _gradient(name: str, dy: Any, like: np.ndarray) -> np.ndarray:
     validate.shape(name, dy, like.shape)
     validate.finite(name, dy)
     return dy
+
+
+def _linear(x, weight, bias):
+    """x @ weight.T + bias, as Linear computes it (and a stream, step by step: numpy runs
+    a (T, B, in) input as T products of (B, in), so the bits agree)."""
+    y = x @ weight.T
+    if bias is not None:
+        y += bias
+    return y
+
+
+def _lookup(weight, indices):
+    """weight[indices] after checking the indices, as Embedding computes it."""
+    indices = validate.to_numpy(indices, "indices")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"indices: expected integers, got dtype {indices.dtype}")
+    if indices.size and (indices.min() < 0 or indices.max() >= weight.shape[0]):
+        raise ValueError(f"indices: expected values in [0, {weight.shape[0] - 1}], "
+                         f"got min {indices.min()}, max {indices.max()}")
+    return weight[indices]
 
 
 @filled(_DOCS)
@@ -108,11 +129,14 @@ class Linear(Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
         validate.finite("x", x)
-        y = x @ self._params["weight"].T
-        if self.bias:
-            y += self._params["bias"]
+        y = _linear(x, self._params["weight"], self._params.get("bias"))
         self._saved = (x, y) if self.training else None
         return y
+
+    def _stepper(self):
+        """y = f(x) over copies of the weights now, for a stream."""
+        weight, bias = self._params["weight"].copy(), self._params.get("bias")
+        return functools.partial(_linear, weight=weight, bias=None if bias is None else bias.copy())
 
     forward = __call__
 
@@ -201,14 +225,13 @@ class Embedding(Module):
             An index out of range.
         """
         indices = validate.to_numpy(indices, "indices")
-        if indices.dtype.kind not in "iu":
-            raise TypeError(f"indices: expected integers, got dtype {indices.dtype}")
-        if indices.size and (indices.min() < 0 or indices.max() >= self.num_embeddings):
-            raise ValueError(f"indices: expected values in [0, {self.num_embeddings - 1}], "
-                             f"got min {indices.min()}, max {indices.max()}")
-        y = self._params["weight"][indices]
+        y = _lookup(self._params["weight"], indices)
         self._saved = (indices, y) if self.training else None
         return y
+
+    def _stepper(self):
+        """y = f(indices) over a copy of the table now, for a stream."""
+        return functools.partial(_lookup, self._params["weight"].copy())
 
     forward = __call__
 
@@ -261,6 +284,9 @@ class _Activation(Module):
         y = self._function(_float_input(x))
         self._saved = y if self.training else None
         return y
+
+    def _stepper(self):
+        return lambda x: self._function(_float_input(x))
 
     forward = __call__
 
@@ -721,3 +747,140 @@ class Sequential:
     def num_parameters(self) -> int:
         """The number of scalar parameters of all the modules."""
         return sum(int(math.prod(p.shape)) for p in self.parameters().values())
+
+    def stream(self, batch_size: Optional[int] = 1) -> SequentialStream:
+        """A stream over the whole chain: inference one step (or one chunk) per call, the
+        recurrent layers' states carried between calls; every module's weights copied
+        now (see `rnncore.Stream`).
+
+        Parameters
+        ----------
+        batch_size : int or None, default 1
+            The rows stepped together; None: one unbatched sequence.
+
+        Returns
+        -------
+        SequentialStream
+
+        Raises
+        ------
+        ValueError
+            A bidirectional layer, or no recurrent layer in the chain.
+        TypeError
+            A module that cannot step (one of the user's own), naming its index.
+
+        Examples
+        --------
+        >>> import numpy as np, rnncore as rc
+        >>> model = rc.Sequential(rc.Embedding(5, 3, seed=0), rc.LSTM(3, 4, seed=1), rc.Linear(4, 5, seed=2))
+        >>> stream = model.stream(batch_size=2)
+        >>> stream.step(np.array([1, 4])).shape
+        (2, 5)
+        >>> y, _ = model.eval()(np.array([[1, 4]]))
+        >>> bool(np.array_equal(stream.state[0][0], _[0][0]))
+        True
+        """
+        return SequentialStream(self, batch_size)
+
+
+class SequentialStream:
+    """A `Sequential` stepped through time: ``y_t = stream.step(x_t)``, ``y =
+    stream(x_chunk)``, ``stream.state``, ``stream.reset(states=None, rows=None)``,
+    ``stream.refresh()``, made by ``model.stream(batch_size)``.
+
+    Each recurrent layer runs as a `rnncore.Stream`; Linear, Embedding and the
+    activations apply to each step as they apply to a whole sequence, with the weights
+    copied when the stream was made. Stepping gives the model's output bit for bit. A
+    model with LastStep outputs, at each step, what the model outputs for the sequence
+    so far (the recurrent output at that step); a chunk call then returns the model's
+    output for the chunk, as calling the model on it with the states carried does.
+
+    Attributes
+    ----------
+    batch_size : int or None
+    steps : int
+        Steps taken since the stream was made.
+    """
+
+    def __init__(self, model: Sequential, batch_size: Optional[int] = 1):
+        self.model, self.batch_size = model, batch_size
+        if not model._recurrent:
+            raise ValueError("stream: expected a model with a recurrent layer, got none (a feed-forward "
+                             "model has no state to carry: call it on each step)")
+        self._open(None)
+
+    def _open(self, states):
+        pieces = []
+        self._last_step = None
+        for i, module in enumerate(self.model.modules):
+            if isinstance(module, _Recurrent):
+                pieces.append(("recurrent", module.stream(self.batch_size)))
+            elif isinstance(module, LastStep):
+                self._last_step = module
+                pieces.append(("last", None))
+            elif hasattr(module, "_stepper") and type(module).__module__ == __name__:
+                pieces.append(("apply", module._stepper()))
+            else:
+                raise TypeError(f"stream: modules[{i}] ({type(module).__name__}) cannot step: expected "
+                                f"rnncore's recurrent layers, Linear, Embedding, activations or LastStep")
+        self._pieces = pieces
+        self._streams = [stream for kind, stream in pieces if kind == "recurrent"]
+        if states is not None:
+            self.reset(states)
+        self.steps = getattr(self, "steps", 0)
+
+    def step(self, x_t: ArrayLike) -> np.ndarray:
+        """Advance one step: x_t (batch_size, ...) (or without the batch axis when
+        batch_size is None), as the first module takes one step of its input; returns
+        the last module's output for this step."""
+        for kind, piece in self._pieces:
+            if kind == "recurrent":
+                x_t = piece.step(x_t)
+            elif kind == "apply":
+                x_t = piece(x_t)
+        self.steps += 1
+        return x_t
+
+    def __call__(self, x: ArrayLike) -> np.ndarray:
+        """Advance through a chunk, x as the model takes it (T steps first, or as the
+        layers are laid out); returns what the model returns for it, with the states
+        carried over from the calls before."""
+        T = None
+        for kind, piece in self._pieces:
+            if kind == "recurrent":
+                x = piece(x)
+                T = x.shape[1 if piece._batch_first and self.batch_size is not None else 0]
+            elif kind == "last":
+                x = self._last_step(x) if self.batch_size is not None else x[-1]
+            else:
+                x = piece(x)
+        self.steps += T
+        return x
+
+    @property
+    def state(self) -> list:
+        """The recurrent layers' states now, in the form Sequential's `states` takes."""
+        return [stream.state for stream in self._streams]
+
+    def reset(self, states: Optional[list] = None, rows: Optional[ArrayLike] = None) -> None:
+        """Set every recurrent layer's state: zeros (None, or a None entry), or the given
+        ones (one per recurrent layer, in order), for every row or only `rows`. All are
+        checked before any is set."""
+        states = self.model._state_list("states", states)
+        saved = [stream.state for stream in self._streams]
+        try:
+            for stream, state in zip(self._streams, states):
+                stream.reset(state, rows)
+        except BaseException:
+            for stream, state in zip(self._streams, saved):
+                stream.reset(state)
+            raise
+
+    def refresh(self) -> None:
+        """Take every module's current weights; the states carry over."""
+        steps, states = self.steps, self.state
+        self._open(states)
+        self.steps = steps
+
+    def __repr__(self):
+        return f"SequentialStream({len(self._pieces)} modules, batch_size={self.batch_size}, steps={self.steps})"

@@ -351,11 +351,37 @@ def minibatches(count: int, batch_size: int, rng: np.random.Generator) -> list[n
     return [order[i:i + batch_size] for i in range(0, count, batch_size)]
 
 
-def _inference(model):
-    """Switch the model to eval mode; returns whether it was training."""
-    was_training = getattr(model, "training", True)
-    model.eval()
-    return was_training
+class _Carried:
+    """A model without streams, stepped by calling it in eval mode with its states
+    carried from call to call (the mode it was in is put back by `close`)."""
+
+    def __init__(self, model, states):
+        self.model, self.states = model, states
+        self.was_training = getattr(model, "training", True)
+        model.eval()
+
+    def __call__(self, x):
+        y, self.states = self.model(x, self.states)
+        return y
+
+    def step(self, x_t):
+        return self(x_t[None])[0]
+
+    def close(self):
+        self.model.train(self.was_training)
+
+
+def _stepping(model, batch_size, states):
+    """(stepping, close): the model's chunk and step calls with the state carried, on a
+    stream where the model makes one (its weights packed once, then microseconds a step),
+    else `_Carried`; and what to call when done."""
+    if not hasattr(model, "stream"):
+        carried = _Carried(model, states)
+        return carried, carried.close
+    stream = model.stream(batch_size)
+    if states is not None:
+        stream.reset(states)
+    return stream, lambda: None
 
 
 def generate(model: Any, prompt: ArrayLike, length: int, temperature: float = 1.0,
@@ -407,22 +433,24 @@ def generate(model: Any, prompt: ArrayLike, length: int, temperature: float = 1.
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0:
         raise ValueError(f"temperature: expected a number >= 0 (0: greedy), got {temperature!r}")
     rng = np.random.default_rng(_validate.seed(seed))
-    was_training = _inference(model)
+    stepping, close = _stepping(model, 1, states)
     try:
-        logits, states = model(prompt[:, None], states)
+        last = stepping(prompt[:, None])[-1, 0]
         tokens = np.empty(length, dtype=np.int64)
+        token_in = np.empty(1, dtype=np.int64)
         for step in range(length):
-            last = logits[-1, 0].astype(np.float64)
+            last = last.astype(np.float64)
             if temperature == 0:
                 token = int(np.argmax(last))
             else:
                 scaled = (last - last.max()) / temperature
                 probs = np.exp(scaled)
                 token = int(rng.choice(len(probs), p=probs / probs.sum()))
-            tokens[step] = token
-            logits, states = model(np.array([[token]]), states)
+            tokens[step] = token_in[0] = token
+            if step + 1 < length:
+                last = stepping.step(token_in)[0]
     finally:
-        model.train(was_training)
+        close()
     return tokens
 
 
@@ -463,14 +491,14 @@ def forecast(model: Any, history: ArrayLike, steps: int, states: Optional[list] 
     if history.ndim != 3 or history.shape[0] < 1:
         raise ValueError(f"history: expected shape (T, B, F) with T >= 1, got {history.shape}")
     steps = _validate.positive_int("steps", steps)
-    was_training = _inference(model)
+    stepping, close = _stepping(model, history.shape[1], states)
     try:
-        y, states = model(history, states)
+        y = stepping(history)[-1]
         out = np.empty((steps,) + history.shape[1:], dtype=history.dtype)
         for step in range(steps):
-            out[step] = y[-1]
+            out[step] = y
             if step + 1 < steps:
-                y, states = model(out[step:step + 1], states)
+                y = stepping.step(out[step])
     finally:
-        model.train(was_training)
+        close()
     return out

@@ -17,6 +17,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from cpython.number cimport PyIndex_Check
 from cpython.object cimport PyObject
+from libc.math cimport isfinite
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm
@@ -114,10 +116,10 @@ cdef struct Direction:
     void *w_ho
     void *b_ho
     # the same matrices transposed, (in, out), for the small-batch product; NULL above it
-    void *w_hh_t
     void *w_hr_t
     void *w_ho_t
-    void *w_hh_p                   # W_hh packed into the micro-kernel's panels (see pack_recurrent)
+    void *w_ih_p                   # W_ih packed into the micro-kernel's panels (see pack_weights)
+    void *w_hh_p                   # W_hh packed likewise (see pack_recurrent)
     int small_rows                 # at most this many rows: rc_small_gemm, not BLAS (see `is_small`)
     # forward
     void *x                        # slot rows of the input, ldx apart
@@ -336,6 +338,17 @@ cdef void pack_recurrent(Direction *d, floating *tag) noexcept nogil:
         pack_weight(d.GH, d.P if d.kind == LSTM else H, w_hh, packed)
 
 
+cdef void pack_weights(Direction *d, floating *tag) noexcept nogil:
+    """Both products' weights into their panels, once per call (or per stream)."""
+    pack_weight(d.GH, d.input_size, <floating *>d.w_ih, <floating *>d.w_ih_p)
+    pack_recurrent(d, tag)
+
+
+def packed_input_size(int GH, int I, bint is_double):
+    """Values of the buffer pack_weights fills with W_ih (the plan's "w_ih_p")."""
+    return rc_packed_size(GH, I, sizeof(double) if is_double else sizeof(float))
+
+
 def packed_recurrent_size(str kind, int H, int GH, int P, int O, bint reset_after, bint is_double):
     """Values of the buffer pack_recurrent fills (the plan's "w_hh_p") for a layer."""
     cdef size_t value = sizeof(double) if is_double else sizeof(float)
@@ -401,17 +414,21 @@ cdef inline floating *per_step(Direction *d, void *buf, floating *tag, Py_ssize_
 # -- forward ----------------------------------------------------------------------------
 
 cdef void input_projection(Direction *d, floating *tag) noexcept nogil:
+    """xp = x @ w_ih.T + bias over the packed W_ih. The packed product sums each element
+    in one order whatever the number of rows, so projecting all steps at once gives what
+    projecting one step at a time does: a stream's steps equal the layer's call bit for
+    bit. (Against OpenBLAS's sgemm it runs at 0.9-1.1x its rate, one thread, AVX2: the
+    input projections of the benchmark cases, measured in tests/backends/test_engine.py's
+    companion benchmarks/bench_engine.py.)"""
     cdef floating *xp = <floating *>d.xp
     cdef const floating *bias = <const floating *>d.bias_x
     cdef Py_ssize_t row
-    cdef floating beta = 0
     if bias != NULL:
         for row in range(d.N):
             memcpy(xp + row * d.GH, bias, d.GH * sizeof(floating))
-        beta = 1
-    # xp = x @ w_ih.T + bias    (N, GH) = (N, I) x (I, GH)
-    gemm(False, True, <int>d.N, d.GH, d.input_size, <floating>1, <floating *>d.x, <int>d.ldx,
-         <floating *>d.w_ih, d.input_size, beta, xp, d.GH)
+    # xp (+)= x @ w_ih.T    (N, GH) = (N, I) x (I, GH)
+    packed_product(<int>d.N, d.GH, d.input_size, <floating *>d.x, <int>d.ldx, <floating *>d.w_ih_p,
+                   bias != NULL, xp, d.GH)
 
 
 cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
@@ -420,18 +437,13 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef floating *xp = <floating *>d.xp
     cdef floating *hs = <floating *>d.hs
     cdef floating *w_hh = <floating *>d.w_hh
-    cdef floating *w_hh_t = <floating *>d.w_hh_t
     cdef floating *gates
     cdef floating *h
     cdef floating *h_prev
     cdef floating *m
     cdef floating *kept
     cdef floating *w_hh_p = <floating *>d.w_hh_p
-    cdef floating *w_hn_p = NULL
-    if w_hh_p != NULL:
-        pack_recurrent(d, tag)
-        if d.kind == GRU and not d.reset_after:
-            w_hn_p = w_hh_p + packed_values(2 * H, H, tag)
+    cdef floating *w_hn_p = w_hh_p + packed_values(2 * H, H, tag)   # GRU-before's n block
     for s in range(d.S):
         n = d.active[s]
         gates = xp + d.step_row[s] * GH
@@ -439,27 +451,18 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
         h_prev = state_before(d, hs, s)
         if d.kind == RNN:
             # h[s] = act(xp[s] + h[s-1] @ w_hh.T); xp and hs are one buffer    (n, H) += (n, H) x (H, H)
-            if w_hh_p != NULL:
-                packed_product(n, H, H, h_prev, H, w_hh_p, True, gates, H)
-            else:
-                product_nt(d, n, H, H, h_prev, H, w_hh, H, w_hh_t, H, True, gates, H)
+            packed_product(n, H, H, h_prev, H, w_hh_p, True, gates, H)
             activate_rows(n, H, d.act, <floating *>NULL, gates)
         elif d.kind == JORDAN:
             # gates[s] += y[s-1] @ w_hh.T    (n, H) += (n, O) x (O, H)
-            if w_hh_p != NULL:
-                packed_product(n, H, O, h_prev, O, w_hh_p, True, gates, H)
-            else:
-                product_nt(d, n, H, O, h_prev, O, w_hh, O, w_hh_t, H, True, gates, H)
+            packed_product(n, H, O, h_prev, O, w_hh_p, True, gates, H)
             activate_rows(n, H, d.act, <floating *>NULL, gates)
             # y[s] = act_o(h[s] @ w_ho.T + b_ho)    (n, O) = (n, H) x (H, O)
             product_nt(d, n, O, H, gates, H, <floating *>d.w_ho, H, <floating *>d.w_ho_t, O, False, h, O)
             activate_rows(n, O, d.out_act, <floating *>d.b_ho, h)
         elif d.kind == LSTM:
             # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
-            if w_hh_p != NULL:
-                packed_product(n, GH, P, h_prev, P, w_hh_p, True, gates, GH)
-            else:
-                product_nt(d, n, GH, P, h_prev, P, w_hh, P, w_hh_t, GH, True, gates, GH)
+            packed_product(n, GH, P, h_prev, P, w_hh_p, True, gates, GH)
             m = per_step(d, d.m_buf, tag, s) if d.w_hr != NULL else h
             lstm_forward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
                          gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), m)
@@ -470,24 +473,14 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
             kept = per_step(d, d.kept, tag, s)
             if d.reset_after:
                 # hh = h[s-1] @ w_hh.T    (n, 3H) = (n, H) x (H, 3H)
-                if w_hh_p != NULL:
-                    packed_product(n, GH, H, h_prev, H, w_hh_p, False, <floating *>d.hh, GH)
-                else:
-                    product_nt(d, n, GH, H, h_prev, H, w_hh, H, w_hh_t, GH, False, <floating *>d.hh, GH)
+                packed_product(n, GH, H, h_prev, H, w_hh_p, False, <floating *>d.hh, GH)
                 gru_forward_after(n, H, <floating *>d.b_hn, gates, <floating *>d.hh, h_prev, h, kept)
             else:
                 # gates[s][:, :2H] += h[s-1] @ w_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
-                if w_hh_p != NULL:
-                    packed_product(n, 2 * H, H, h_prev, H, w_hh_p, True, gates, GH)
-                else:
-                    product_nt(d, n, 2 * H, H, h_prev, H, w_hh, H, w_hh_t, GH, True, gates, GH)
+                packed_product(n, 2 * H, H, h_prev, H, w_hh_p, True, gates, GH)
                 gru_forward_before_rz(n, H, gates, h_prev, kept)
                 # gates[s][:, 2H:] += (r * h[s-1]) @ w_hh[2H:].T    (n, H) += (n, H) x (H, H)
-                if w_hn_p != NULL:
-                    packed_product(n, H, H, kept, H, w_hn_p, True, gates + 2 * H, GH)
-                else:
-                    product_nt(d, n, H, H, kept, H, w_hh + 2 * H * H, H,
-                               w_hh_t + 2 * H if w_hh_t != NULL else NULL, GH, True, gates + 2 * H, GH)
+                packed_product(n, H, H, kept, H, w_hn_p, True, gates + 2 * H, GH)
                 gru_forward_before_n(n, H, gates, h_prev, h)
 
 
@@ -644,10 +637,10 @@ _PLAN = (
     ("w_co",         "real",  "peephole",                   _at(&_probe.w_co)),
     ("w_ho",         "real",  "jordan",                     _at(&_probe.w_ho)),
     ("b_ho",         "real",  "optional",                   _at(&_probe.b_ho)),
-    ("w_hh_t",       "real",  "optional",                   _at(&_probe.w_hh_t)),
     ("w_hr_t",       "real",  "optional",                   _at(&_probe.w_hr_t)),
     ("w_ho_t",       "real",  "optional",                   _at(&_probe.w_ho_t)),
-    ("w_hh_p",       "real",  "optional",                   _at(&_probe.w_hh_p)),
+    ("w_ih_p",       "real",  "always",                     _at(&_probe.w_ih_p)),
+    ("w_hh_p",       "real",  "always",                     _at(&_probe.w_hh_p)),
     ("small_rows",   "int",   "always",                     _at(&_probe.small_rows)),
     ("x",            "real",  "always",                     _at(&_probe.x)),
     ("ldx",          "size",  "always",                     _at(&_probe.ldx)),
@@ -866,6 +859,7 @@ cdef void _run_one(Direction *d, int stage, bint is_double) noexcept nogil:
 
 cdef void _run_typed(Direction *d, int stage, floating *tag) noexcept nogil:
     if stage == INPUT_PROJECTION:
+        pack_weights(d, tag)
         input_projection(d, tag)
     elif stage == FORWARD_STEPS:
         forward_steps(d, tag)
@@ -1070,3 +1064,152 @@ def activation(str name, floating[::1] values):
                 values[k] = rc_tanh_f(values[k]) if use_tanh else rc_sigmoid_f(values[k])
             else:
                 values[k] = rc_tanh_d(values[k]) if use_tanh else rc_sigmoid_d(values[k])
+
+
+# -- streams -----------------------------------------------------------------------------
+#
+# A stream steps a stack of one-direction layers through time a step (or a chunk of
+# steps) per call, over plans filled once: each layer's plan is a one-step inference plan
+# (backend.py's `_plan` with T = 1) whose weights are packed once, when the stack is
+# made. Each step runs every layer's input projection and time step exactly as a layer
+# call does, so a stream's bits are the call's. Each layer's state lives in a pair of
+# buffers (h, and c for an LSTM) that trade places after every step: a step reads one
+# and writes the other, and nothing is allocated or copied but the output.
+
+cdef void stream_steps(Direction *layers, int count, Py_ssize_t T, const floating *x, floating *out,
+                       floating *tag) noexcept nogil:
+    cdef Py_ssize_t t, B = layers[0].B, I = layers[0].input_size, P = layers[count - 1].P
+    cdef int k
+    cdef Direction *d
+    for t in range(T):
+        for k in range(count):
+            d = &layers[k]
+            if k == 0:
+                d.x, d.ldx = <void *>(x + t * B * I), I
+            else:
+                d.x, d.ldx = layers[k - 1].h0, layers[k - 1].P
+            input_projection(d, tag)
+            forward_steps(d, tag)
+            d.h0, d.hs = d.hs, d.h0
+            if d.kind == RNN:
+                d.xp = d.hs             # Elman's projection and state share a buffer
+            elif d.kind == LSTM:
+                d.c0, d.c_buf = d.c_buf, d.c0
+        memcpy(out + t * B * P, layers[count - 1].h0, B * P * sizeof(floating))
+
+
+cdef bint all_finite(const floating *values, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef bint finite = True
+    for k in range(count):
+        finite &= isfinite(values[k])
+    return finite
+
+
+cdef class StepStack:
+    """The compiled half of a stream: a stack of one-step inference plans (one dict per
+    layer, as backend.py's `_plan` makes them with T = 1 and the stream's own state
+    buffers), filled and packed once. `run(x, out)` steps x (T, B, I) through the stack
+    and writes the last layer's output of every step into out (T, B, P). `parity` says
+    which buffer of each pair holds the state: 0 the plans' "h0" (and "c0"), 1 their
+    "hs" (and "c_buf"'s first slot). One caller at a time: a second, from another
+    thread while a run is under way, gets a RuntimeError."""
+    cdef Direction *layers
+    cdef int count
+    cdef bint is_double, busy
+    cdef readonly list plans
+    cdef readonly Py_ssize_t batch, input_size, output_size
+    cdef readonly int parity
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __init__(self, list plans, bint is_double):
+        cdef int k, count = len(plans)
+        cdef Direction *d
+        if count < 1:
+            raise ValueError("plans: expected one plan per layer, got none")
+        self.layers = <Direction *>calloc(count, sizeof(Direction))
+        if self.layers == NULL:
+            raise MemoryError()
+        for k in range(count):
+            d = &self.layers[k]
+            _fill(d, plans[k], False, is_double)
+            if d.S != 1 or d.N != d.B or d.training or d.B != self.layers[0].B:
+                raise ValueError(f"plans[{k}]: expected a one-step inference plan of {self.layers[0].B} rows, "
+                                 f"got S={d.S}, N={d.N}, B={d.B}, training={d.training}")
+            if k and d.input_size != self.layers[k - 1].P:
+                raise ValueError(f"plans[{k}]: expected input size {self.layers[k - 1].P} (the layer below's "
+                                 f"output), got {d.input_size}")
+        self.count, self.is_double, self.plans = count, is_double, plans
+        self.batch, self.input_size, self.output_size = self.layers[0].B, self.layers[0].input_size, d.P
+        with nogil:
+            for k in range(count):
+                if is_double:
+                    pack_weights(&self.layers[k], <double *>NULL)
+                else:
+                    pack_weights(&self.layers[k], <float *>NULL)
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def states(self):
+        """Per layer, the arrays that hold its state now: (h,), or (h, c) for an LSTM;
+        live buffers, which the next run reads and then leaves for the other pair."""
+        out = []
+        for k in range(self.count):
+            plan = self.plans[k]
+            h = plan["hs"] if self.parity else plan["h0"]
+            if self.layers[k].kind != LSTM:
+                out.append((h,))
+            else:
+                out.append((h, plan["c_buf"][0] if self.parity else plan["c0"]))
+        return out
+
+    def run(self, cnp.ndarray x, cnp.ndarray out, bint check_finite=True):
+        """Step x (T, B, I) through the stack into out (T, B, P), both C-contiguous of the
+        plans' float type; with `check_finite`, a non-finite x is refused before any
+        step (the state is left as it was)."""
+        cdef int want = cnp.NPY_DOUBLE if self.is_double else cnp.NPY_FLOAT
+        cdef Py_ssize_t T
+        cdef int own[MAX_BLAS_LIBS]
+        cdef bint finite = True
+        cdef void *x_data
+        cdef void *out_data
+        if (cnp.PyArray_NDIM(x) != 3 or cnp.PyArray_NDIM(out) != 3 or cnp.PyArray_TYPE(x) != want
+                or cnp.PyArray_TYPE(out) != want or not cnp.PyArray_IS_C_CONTIGUOUS(x)
+                or not cnp.PyArray_IS_C_CONTIGUOUS(out) or not cnp.PyArray_ISWRITEABLE(out)
+                or x.shape[1] != self.batch or x.shape[2] != self.input_size or out.shape[0] != x.shape[0]
+                or out.shape[1] != self.batch or out.shape[2] != self.output_size):
+            raise ValueError(f"run: expected C-contiguous {'float64' if self.is_double else 'float32'} x "
+                             f"(T, {self.batch}, {self.input_size}) and writeable out (T, {self.batch}, "
+                             f"{self.output_size}), got x {(<object>x).dtype} {(<object>x).shape}, "
+                             f"out {(<object>out).dtype} {(<object>out).shape}")
+        if self.busy:
+            raise RuntimeError("stream: in use by another thread; a stream serves one caller at a time "
+                               "(make one stream per thread)")
+        T = x.shape[0]
+        x_data, out_data = cnp.PyArray_DATA(x), cnp.PyArray_DATA(out)
+        self.busy = True
+        try:
+            with nogil:
+                if check_finite:
+                    if self.is_double:
+                        finite = all_finite(<double *>x_data, T * self.batch * self.input_size)
+                    else:
+                        finite = all_finite(<float *>x_data, T * self.batch * self.input_size)
+                if finite:
+                    _blas_enter(own)
+                    if self.is_double:
+                        stream_steps(self.layers, self.count, T, <double *>x_data, <double *>out_data,
+                                     <double *>NULL)
+                    else:
+                        stream_steps(self.layers, self.count, T, <float *>x_data, <float *>out_data,
+                                     <float *>NULL)
+                    _blas_leave(own)
+        finally:
+            self.busy = False
+        if not finite:
+            raise ValueError("x: expected finite values (pass check_finite=False to skip the check), "
+                             "got NaN or infinity")
+        self.parity ^= T & 1

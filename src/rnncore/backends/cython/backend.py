@@ -25,12 +25,6 @@ _ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
 # LSTM (100, 16, 32, 64) forward 3.2 -> 2.7 ms, GRU 2.5 -> 2.0 ms (one thread, AVX2).
 SMALL_ROWS = 32
 
-# From this many steps a call packs W_hh once into the micro-kernel's panels
-# (`_recurrent.pack_recurrent`) and every step's recurrent product reads them; below it
-# the packing costs more than the steps save, and the products go to rc_small_gemm or
-# BLAS as above.
-PACKED_MIN_STEPS = 2
-
 # the kernels hold the BLAS at one thread while they run, in _recurrent's section,
 # which the registry configures once (see registry.blas_section)
 registry.blas_section()
@@ -112,15 +106,16 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
     # 5 ms that BLAS-only shapes never repay)
     min_rows = int(slots.active[-1])
     if min_rows <= SMALL_ROWS:
-        for key in ("w_hh", "w_hr", "w_ho"):
+        for key in ("w_hr", "w_ho"):
             w = plan[key]
-            # GRU-before's smallest product uses the (H, H) block of w_hh
-            if w is not None and (min_rows <= _recurrent.TINY_ROWS_LIMIT
-                                  or min(w.size, H * H) <= _recurrent.SMALL_PANEL_LIMIT):
+            if w is not None and (min_rows <= _recurrent.TINY_ROWS_LIMIT or w.size <= _recurrent.SMALL_PANEL_LIMIT):
                 plan[key + "_t"] = np.ascontiguousarray(w.T)
-    if slots.S >= PACKED_MIN_STEPS:
-        plan["w_hh_p"] = np.empty(_recurrent.packed_recurrent_size(
-            spec.kind, H, GH, P, plan["O"], bool(spec.reset_after), dtype == np.float64), dtype)
+    # both products' weights, packed once per call into the micro-kernel's panels
+    # (`_recurrent.pack_weights`): every step reads them
+    is_double = dtype == np.float64
+    plan["w_ih_p"] = np.empty(_recurrent.packed_input_size(GH, spec.input_size, is_double), dtype)
+    plan["w_hh_p"] = np.empty(_recurrent.packed_recurrent_size(
+        spec.kind, H, GH, P, plan["O"], bool(spec.reset_after), is_double), dtype)
     plan["bias_x"], plan["b_hn"] = contract.fold_bias(spec, p)
     if slots.packed:
         plan["x"] = x[schedule.packed(reverse)]
@@ -259,3 +254,16 @@ def layer_backward(ctx, dy, dstates_n, num_threads):
             ds.append(schedule.unsort(plan["dc"]))
         dstates0.append(tuple(ds))
     return dx, dstates0, grads
+
+
+def open_stream(specs, params, batch, dtype, num_threads):
+    """A `_recurrent.StepStack` for a stack of one-direction layers: see
+    `rnncore.backends.contract.open_stream`. Each layer's plan is a one-step inference
+    plan over state buffers of the stream's own; `params` are the stream's copies."""
+    slots = _slots(1, batch, None)
+    plans = []
+    for spec, p in zip(specs, params):
+        state = tuple(np.zeros((batch, width), dtype) for width in spec.state_sizes)
+        x = np.zeros((1, batch, spec.input_size), dtype)
+        plans.append(_plan(spec, p, x, state, slots, False, False, dtype))
+    return _recurrent.StepStack(plans, dtype == np.float64)

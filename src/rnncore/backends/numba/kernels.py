@@ -359,11 +359,12 @@ def _step_product_t(a, b, b_t, c, accumulate, scalars):
 @njit(**_ROWS)
 def _project_input(x, w_ih, bias, x_proj, scalars):
     T, B, I = x.shape
-    rows = x_proj.reshape(T * B, x_proj.shape[2])
-    for r in range(T * B):
-        _copy(bias, rows[r])
-    # x_proj += x @ W_ih.T    (T*B, G*H) += (T*B, I) x (I, G*H)
-    gemm(x.reshape(T * B, I), False, w_ih, True, rows, True, scalars)
+    for t in range(T):
+        for b in range(B):
+            _copy(bias, x_proj[t, b])
+        # x_proj_t += x_t @ W_ih.T    (B, G*H) += (B, I) x (I, G*H): one time index at a
+        # time, as a stream computes it, so that stepping gives the call's bits
+        gemm(x[t], False, w_ih, True, x_proj[t], True, scalars)
 
 
 @njit(**_ROWS)

@@ -29,9 +29,9 @@ def direction_forward(spec, p, x, state0, lengths=None, reverse=False, training=
     batch = np.arange(B)
     step, _ = STEPS[spec.kind]
 
-    # x_proj = W_ih x_t + b_ih for every step at once, in loop-step order    (T, B, G*H)
-    x_proj = linear(x.reshape(T * B, -1), p["weight_ih"], p.get("bias_ih")).reshape(T, B, -1)
-    x_proj = x_proj[time, batch]
+    # x_proj_t = W_ih x_t + b_ih, one time index at a time as the equation reads (and as
+    # a stream computes it, so that stepping gives the call's bits), in loop-step order
+    x_proj = np.stack([linear(x_t, p["weight_ih"], p.get("bias_ih")) for x_t in x])[time, batch]
     y = np.zeros((T, B, spec.out_size), dtype=x.dtype)
     state = tuple(s.copy() for s in state0)
     caches = []
