@@ -4,7 +4,8 @@
  * precision; Cython picks the instance through its fused types. Every kernel works on
  * `n` rows of a batch (the rows still active at this step), each row a contiguous run
  * of the given widths, and is a plain loop over the hidden units that GCC vectorises.
- * The matrix products between these passes are BLAS calls made by the sequence loops.
+ * The matrix products between these passes run in rnncore_gemm.h's packed micro-kernel
+ * (every step's) and BLAS (the weight gradients over all steps).
  */
 #ifndef RNNCORE_CELLS_H
 #define RNNCORE_CELLS_H

@@ -192,17 +192,6 @@ def test_long_float64_sequence_keeps_reference_agreement():
     assert_close(sn[0][1], sn_ref[0][1], what="c_n")
 
 
-@pytest.mark.parametrize("spec", _SPECS, ids=lambda s: f"{s.kind}-{s.proj_size}-{s.reset_after}")
-@pytest.mark.parametrize("small_rows", [0, 64])
-def test_blas_and_small_batch_products_both_match_reference(spec, small_rows, monkeypatch):
-    """Each step's products go to BLAS or, for few rows, to rc_small_gemm: force each
-    path in turn (0: never small; 64: always) and compare with the reference."""
-    monkeypatch.setattr(cython_backend, "SMALL_ROWS", small_rows)
-    params, x, states, rng = _random_case(spec, 5, 6, 2, np.float64, 7)
-    # float64, same math in a different order: the project's float64 tolerance
-    _assert_both_directions_match_reference(spec, params, x, states, np.array([5, 1, 3, 5, 2, 4]), rng)
-
-
 def _assert_both_directions_match_reference(spec, params, x, states, lengths, rng):
     """Forward (y, final states) and backward (dx, initial-state and parameter gradients)
     of both directions with `lengths`, against the reference, at the dtype's tolerance."""
@@ -231,7 +220,7 @@ _TILED_SPECS = [
     CellSpec("lstm", 7, 24),
     CellSpec("gru", 7, 20, reset_after=True),
     CellSpec("gru", 7, 20, reset_after=False),
-    # weights over the 16384-element panel bound: few rows still take the tiled kernel
+    # wider than a panel or two: several panels and a partial one
     CellSpec("lstm", 7, 68),
     CellSpec("gru", 7, 80, reset_after=False),
 ]
@@ -240,9 +229,9 @@ _TILED_SPECS = [
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("spec", _TILED_SPECS, ids=lambda s: f"{s.kind}-{s.proj_size}-{s.reset_after}")
 def test_register_tiled_products_match_reference(spec, dtype):
-    """Widths of 18..96 columns and 1..9 active rows: rc_small_gemm's register tiles
-    (16 floats or 8 doubles wide, up to 6 rows high, 7 or 8 rows as two halves) and
-    the row loop for the columns past the last tile, forward and backward."""
+    """Widths of 18..96 columns and 1..9 active rows: the packed product's register
+    tiles (whole and partial panels, up to a tile's rows high, a remainder just above
+    one tile as two halves), forward and backward."""
     params, x, states, rng = _random_case(spec, 8, 9, 2, dtype, 8)
     # active rows per step: 9, 8, 6, 5, 4, 3, 2, 1
     _assert_both_directions_match_reference(spec, params, x, states, np.array([8, 1, 3, 6, 2, 4, 5, 7, 2]), rng)

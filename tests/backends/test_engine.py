@@ -168,18 +168,69 @@ def test_packed_path_bits_do_not_depend_on_threads_or_training(spec, dtype):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("small_rows", [0, 64])
-@pytest.mark.parametrize("spec", [CellSpec("lstm", 4, 7, proj_size=5), CellSpec("gru", 4, 33, reset_after=False),
-                                  CellSpec("jordan", 4, 7, output_size=3)], ids=["lstm_proj", "gru_before", "jordan"])
-def test_output_products_on_blas_or_small_kernel_match_reference(spec, small_rows, monkeypatch):
-    """The products that do not feed back (W_hr, W_ho) and the backward's go to BLAS or
-    rc_small_gemm by their rows: both sides of that choice against the reference."""
-    monkeypatch.setattr(cython_backend, "SMALL_ROWS", small_rows)
-    params, x, states, _ = _random_case(spec, 6, 5, 1, np.float64, 4)
-    y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, None, True, (False,), 1)
-    transposed = ctx["plans"][0].get("w_hr_t" if spec.kind == "lstm" else "w_ho_t")
-    assert (transposed is not None) == (small_rows > 0 and spec.kind != "gru")
-    y_ref, sn_ref, _ = _reference.layer_forward(spec, params, x, states, None, True, (False,), 1)
-    assert_close(y, y_ref, what="y")
-    for a, b in zip(sn[0], sn_ref[0]):
-        assert_close(a, b, what="final state")
+@pytest.mark.parametrize("lengths", [None, "mixed"])
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", _SPECS, ids=_SPEC_IDS)
+def test_row_slices_give_the_bits_of_one_thread(spec, dtype, directions, lengths, monkeypatch):
+    """Any split of the rows into slices (1 to 4 threads, each running the whole time loop
+    on its rows; the input projection in row ranges): the bits of one thread, forward
+    and backward, and the reference's numbers. The size thresholds are lowered so that
+    these small shapes split."""
+    monkeypatch.setattr(cython_backend, "MIN_SLICE_WORK", 1)
+    monkeypatch.setattr(cython_backend, "MIN_SLICE_ROWS", 2)
+    monkeypatch.setattr(cython_backend, "MIN_PROJECTION_ROWS", 8)
+    B = 11
+    params, x, states, rng = _random_case(spec, 6, B, directions, dtype, 31)
+    lengths = None if lengths is None else np.array([6, 2, 5, 1, 6, 3, 4, 6, 2, 1, 5])
+    reverse = (False, True)[:directions]
+    dy = rng.standard_normal((6, B, directions * spec.out_size)).astype(dtype)
+    dsn = [tuple(rng.standard_normal(s.shape).astype(dtype) for s in st) for st in states]
+    results = []
+    for threads in (1, 2, 3, 4):
+        if threads > 1:
+            assert cython_backend._row_slices(spec, cython_backend._slots(6, B, lengths), directions, threads,
+                                              False) is not None or threads < 2 * directions
+        y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse, threads)
+        dx, ds0, grads = cython_backend.layer_backward(ctx, dy, dsn, threads)
+        y_inf, sn_inf, _ = cython_backend.layer_forward(spec, params, x, states, lengths, False, reverse, threads)
+        results.append((y, sn, dx, ds0, grads, y_inf, sn_inf))
+    flat = [[np.asarray(a) for a in _flatten(r)] for r in results]
+    for other in flat[1:]:
+        for a, b in zip(flat[0], other):
+            np.testing.assert_array_equal(a, b)
+    y_ref, _, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, reverse, 1)
+    assert_close(results[-1][0], y_ref, what="y")
+    dx_ref, _, grads_ref = _reference.layer_backward(ctx_ref, dy, dsn, 1)
+    assert_close(results[-1][2], dx_ref, what="dx")
+    for d in range(directions):
+        for k in grads_ref[d]:
+            assert_close(results[-1][4][d][k], grads_ref[d][k], what=k)
+
+
+def _flatten(value):
+    if isinstance(value, dict):
+        for key in sorted(value):
+            yield from _flatten(value[key])
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _flatten(item)
+    else:
+        yield value
+
+
+def test_slices_follow_the_rows_steps():
+    """With lengths, slices cut where the rows' running total of steps is shared evenly
+    (the sorted rows run for fewer and fewer steps), and each holds at least
+    MIN_SLICE_ROWS rows."""
+    spec = CellSpec("lstm", 16, 64)
+    lengths = np.array([100] * 8 + [10] * 56)
+    slices = cython_backend._row_slices(spec, cython_backend._slots(100, 64, lengths), 1, 2, False)
+    (lo0, hi0, active0, steps0), (lo1, hi1, active1, steps1) = slices
+    assert (lo0, hi0, hi1) == (0, lo1, 64)
+    # the two shares of the 1360 row-steps differ by at most one row's
+    assert abs(int(active0.sum()) - int(active1.sum())) <= 100
+    assert active0.sum() + active1.sum() == lengths.sum()
+    assert (steps0, steps1) == (100, int(lengths[lo1]))
+    assert cython_backend._row_slices(spec, cython_backend._slots(100, 64, lengths), 1, 1, False) is None
+    assert cython_backend._row_slices(spec, cython_backend._slots(100, 3, None), 1, 4, False) is None

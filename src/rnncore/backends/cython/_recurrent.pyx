@@ -81,10 +81,6 @@ cdef extern from "rnncore_cells.h" nogil:
                                     const float *d_kept, float *dh, float *dgates)
     void rc_gru_backward_before_r_d(int n, int H, const double *gates, const double *h_prev,
                                     const double *d_kept, double *dh, double *dgates)
-    void rc_small_gemm_f(int m, int n, int k, const float *A, int lda, const float *B, int ldb,
-                         int accumulate, float *C, int ldc)
-    void rc_small_gemm_d(int m, int n, int k, const double *A, int lda, const double *B, int ldb,
-                         int accumulate, double *C, int ldc)
     float rc_tanh_f(float x)
     double rc_tanh_d(double x)
     float rc_sigmoid_f(float x)
@@ -102,6 +98,8 @@ cdef struct Direction:
     int B, S, H, GH, P, O          # P: width of the fed-back state; O: Jordan output
     int input_size                 # I (a bare `I` is a macro of complex.h)
     Py_ssize_t N                   # slot rows in all
+    Py_ssize_t ring_rows           # rows of one slot of the inference c ring: B, or the whole
+                                   # batch's for a slice of its rows (see _slice_rows)
     const Py_ssize_t *step_row     # (S,) first slot row of each step
     const int *active              # (S,) rows active at each step, non-increasing
     # parameters; NULL when the variant has none
@@ -115,12 +113,13 @@ cdef struct Direction:
     void *w_co
     void *w_ho
     void *b_ho
-    # the same matrices transposed, (in, out), for the small-batch product; NULL above it
-    void *w_hr_t
-    void *w_ho_t
     void *w_ih_p                   # W_ih packed into the micro-kernel's panels (see pack_weights)
     void *w_hh_p                   # W_hh packed likewise (see pack_recurrent)
-    int small_rows                 # at most this many rows: rc_small_gemm, not BLAS (see `is_small`)
+    void *w_hr_p                   # W_hr, W_ho likewise (NULL where the variant has none)
+    void *w_ho_p
+    void *w_hh_bp                  # backward: W_hh packed for dh = dgates @ W_hh (see pack_backward)
+    void *w_hr_bp                  # W_hr for dm = dh @ W_hr, W_ho for dh = dypre @ W_ho
+    void *w_ho_bp
     # forward
     void *x                        # slot rows of the input, ldx apart
     Py_ssize_t ldx
@@ -257,57 +256,20 @@ cdef inline void gru_backward_before_r(int n, int H, const floating *gates, cons
         rc_gru_backward_before_r_d(n, H, gates, h_prev, d_kept, dh, dgates)
 
 
-# Measured against OpenBLAS sgemm, one thread, AVX2: the register-tiled rc_small_gemm is
-# 1.2-1.7x faster for up to 32 rows while the weight (k, n) stays within 16384 elements
-# (64 KB in float32, e.g. 16 x 256 x 64: 7.4 us against 9.8 us), and slower beyond
-# (32 x 512 x 128: 90 us against 57 us), where BLAS's packing for L2 pays off. Up to
-# TINY_ROWS rows it wins at any width, since BLAS then runs at a fraction of its rate:
-# LSTM (T, B, I, H) = (200, 8, 16, 128) forward 13.5 -> 5.4 ms, (200, 16, 16, 128)
-# 20.6 -> 9.7 ms, GRU (100, 16, 64, 256) 26.4 -> 13.3 ms with 16 rather than 4.
-DEF TINY_ROWS = 16
-DEF SMALL_PANEL = 16384
-
-
-# for backend.py, which transposes a weight only where some product can use it
-TINY_ROWS_LIMIT = TINY_ROWS
-SMALL_PANEL_LIMIT = SMALL_PANEL
-
-
-cdef inline bint is_small(Direction *d, int m, int n, int k) noexcept nogil:
-    return m <= d.small_rows and (m <= TINY_ROWS or <Py_ssize_t>n * k <= SMALL_PANEL)
-
-
-cdef inline void product_nt(Direction *d, int m, int n, int k, const floating *a, int lda,
-                            const floating *w, int ldw, const floating *w_t, int ldw_t, bint accumulate,
-                            floating *c, int ldc) noexcept nogil:
-    """c (m, n) (+)= a (m, k) @ w.T, w (n, k); w_t = w.T (k, n) serves small batches."""
-    if w_t != NULL and is_small(d, m, n, k):
-        if floating is float:
-            rc_small_gemm_f(m, n, k, a, lda, w_t, ldw_t, accumulate, c, ldc)
-        else:
-            rc_small_gemm_d(m, n, k, a, lda, w_t, ldw_t, accumulate, c, ldc)
-    else:
-        gemm(False, True, m, n, k, <floating>1, a, lda, w, ldw, <floating>accumulate, c, ldc)
-
-
-cdef inline void product_nn(Direction *d, int m, int n, int k, const floating *a, int lda,
-                            const floating *b, int ldb, bint accumulate, floating *c, int ldc) noexcept nogil:
-    """c (m, n) (+)= a (m, k) @ b, b (k, n)."""
-    if is_small(d, m, n, k):
-        if floating is float:
-            rc_small_gemm_f(m, n, k, a, lda, b, ldb, accumulate, c, ldc)
-        else:
-            rc_small_gemm_d(m, n, k, a, lda, b, ldb, accumulate, c, ldc)
-    else:
-        gemm(False, False, m, n, k, <floating>1, a, lda, b, ldb, <floating>accumulate, c, ldc)
-
-
 cdef inline void pack_weight(int n, int k, const floating *w, floating *packed) noexcept nogil:
     """packed <- w (n, k), row-major, laid out for c (+)= a @ w.T by packed_product."""
     if floating is float:
         rc_pack_weight_f(n, k, w, k, 1, packed)
     else:
         rc_pack_weight_d(n, k, w, k, 1, packed)
+
+
+cdef inline void pack_weight_nn(int n, int k, const floating *w, Py_ssize_t ldw, floating *packed) noexcept nogil:
+    """packed <- w (k, n), rows ldw apart, laid out for c (+)= a @ w by packed_product."""
+    if floating is float:
+        rc_pack_weight_f(n, k, w, 1, ldw, packed)
+    else:
+        rc_pack_weight_d(n, k, w, 1, ldw, packed)
 
 
 cdef inline Py_ssize_t packed_values(int n, int k, floating *tag) noexcept nogil:
@@ -339,14 +301,52 @@ cdef void pack_recurrent(Direction *d, floating *tag) noexcept nogil:
 
 
 cdef void pack_weights(Direction *d, floating *tag) noexcept nogil:
-    """Both products' weights into their panels, once per call (or per stream)."""
+    """The forward's weights into their panels, once per call (or per stream)."""
     pack_weight(d.GH, d.input_size, <floating *>d.w_ih, <floating *>d.w_ih_p)
     pack_recurrent(d, tag)
+    if d.w_hr_p != NULL:
+        pack_weight(d.P, d.H, <floating *>d.w_hr, <floating *>d.w_hr_p)
+    if d.w_ho_p != NULL:
+        pack_weight(d.O, d.H, <floating *>d.w_ho, <floating *>d.w_ho_p)
 
 
-def packed_input_size(int GH, int I, bint is_double):
-    """Values of the buffer pack_weights fills with W_ih (the plan's "w_ih_p")."""
-    return rc_packed_size(GH, I, sizeof(double) if is_double else sizeof(float))
+cdef void pack_backward(Direction *d, floating *tag) noexcept nogil:
+    """The backward's weights, once per call, untransposed: the steps multiply by W
+    (dh = dgates @ W_hh), where the forward multiplied by W.T. GRU-before's blocks as its
+    steps take them: the r, z rows (2H, H), then the n rows (H, H) after them."""
+    cdef int H = d.H
+    cdef floating *w_hh = <floating *>d.w_hh
+    cdef floating *packed = <floating *>d.w_hh_bp
+    if d.kind == GRU and not d.reset_after:
+        pack_weight_nn(H, 2 * H, w_hh, H, packed)
+        pack_weight_nn(H, H, w_hh + 2 * H * H, H, packed + packed_values(H, 2 * H, tag))
+    elif d.kind == JORDAN:
+        pack_weight_nn(d.O, H, w_hh, d.O, packed)
+    elif d.kind == LSTM:
+        pack_weight_nn(d.P, d.GH, w_hh, d.P, packed)
+    else:
+        pack_weight_nn(H, d.GH, w_hh, H, packed)
+    if d.w_hr_bp != NULL:
+        pack_weight_nn(H, d.P, <floating *>d.w_hr, H, <floating *>d.w_hr_bp)
+    if d.w_ho_bp != NULL:
+        pack_weight_nn(H, d.O, <floating *>d.w_ho, H, <floating *>d.w_ho_bp)
+
+
+def packed_size(int n, int k, bint is_double):
+    """Values of a packed (n, k) weight: n output columns, k summed over."""
+    return rc_packed_size(n, k, sizeof(double) if is_double else sizeof(float))
+
+
+def packed_backward_size(str kind, int H, int GH, int P, int O, bint reset_after, bint is_double):
+    """Values of the buffer pack_backward fills with W_hh (the plan's "w_hh_bp")."""
+    cdef size_t value = sizeof(double) if is_double else sizeof(float)
+    if kind == "gru" and not reset_after:
+        return rc_packed_size(H, 2 * H, value) + rc_packed_size(H, H, value)
+    if kind == "jordan":
+        return rc_packed_size(O, H, value)
+    if kind == "lstm":
+        return rc_packed_size(P, GH, value)
+    return rc_packed_size(H, GH, value)
 
 
 def packed_recurrent_size(str kind, int H, int GH, int P, int O, bint reset_after, bint is_double):
@@ -401,7 +401,7 @@ cdef inline floating *cell_at(Direction *d, floating *tag, Py_ssize_t s) noexcep
         return <floating *>d.c0
     if d.training:
         return <floating *>d.c_buf + d.step_row[s] * d.H
-    return <floating *>d.c_buf + (s & 1) * d.B * d.H
+    return <floating *>d.c_buf + (s & 1) * d.ring_rows * d.H
 
 
 cdef inline floating *per_step(Direction *d, void *buf, floating *tag, Py_ssize_t s) noexcept nogil:
@@ -458,7 +458,7 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
             packed_product(n, H, O, h_prev, O, w_hh_p, True, gates, H)
             activate_rows(n, H, d.act, <floating *>NULL, gates)
             # y[s] = act_o(h[s] @ w_ho.T + b_ho)    (n, O) = (n, H) x (H, O)
-            product_nt(d, n, O, H, gates, H, <floating *>d.w_ho, H, <floating *>d.w_ho_t, O, False, h, O)
+            packed_product(n, O, H, gates, H, <floating *>d.w_ho_p, False, h, O)
             activate_rows(n, O, d.out_act, <floating *>d.b_ho, h)
         elif d.kind == LSTM:
             # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
@@ -468,7 +468,7 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
                          gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), m)
             if d.w_hr != NULL:
                 # h[s] = m[s] @ w_hr.T    (n, P) = (n, H) x (H, P)
-                product_nt(d, n, P, H, m, H, <floating *>d.w_hr, H, <floating *>d.w_hr_t, P, False, h, P)
+                packed_product(n, P, H, m, H, <floating *>d.w_hr_p, False, h, P)
         else:
             kept = per_step(d, d.kept, tag, s)
             if d.reset_after:
@@ -491,7 +491,7 @@ cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef Py_ssize_t s, row
     cdef floating *xp = <floating *>d.xp
     cdef floating *hs = <floating *>d.hs
-    cdef floating *w_hh = <floating *>d.w_hh
+    cdef floating *w_hh_bp = <floating *>d.w_hh_bp
     cdef floating *dh = <floating *>d.dh
     cdef floating *dm = <floating *>d.dm
     cdef floating *gates
@@ -512,40 +512,40 @@ cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
             memcpy(dgates, dh, n * H * sizeof(floating))
             activation_grad_rows(n * H, d.act, hs + row * P, dgates)
             # dh[s-1] = da @ w_hh    (n, H) = (n, H) x (H, H)
-            product_nn(d, n, H, H, dgates, H, w_hh, H, False, dh, H)
+            packed_product(n, H, H, dgates, H, w_hh_bp, False, dh, H)
         elif d.kind == JORDAN:
             dypre = <floating *>d.dypre + row * O
             memcpy(dypre, dh, n * O * sizeof(floating))
             activation_grad_rows(n * O, d.out_act, hs + row * P, dypre)
             # dL/dh[s] = dypre @ w_ho    (n, H) = (n, O) x (O, H)
-            product_nn(d, n, H, O, dypre, O, <floating *>d.w_ho, H, False, dgates, H)
+            packed_product(n, H, O, dypre, O, <floating *>d.w_ho_bp, False, dgates, H)
             activation_grad_rows(n * H, d.act, gates, dgates)
             # dy[s-1] = da @ w_hh    (n, O) = (n, H) x (H, O)
-            product_nn(d, n, O, H, dgates, H, w_hh, O, False, dh, O)
+            packed_product(n, O, H, dgates, H, w_hh_bp, False, dh, O)
         elif d.kind == LSTM:
             dmj = dh
             if d.w_hr != NULL:
                 memcpy(<floating *>d.dhtot + row * P, dh, n * P * sizeof(floating))
                 # dm = dh @ w_hr    (n, H) = (n, P) x (P, H)
-                product_nn(d, n, H, P, dh, P, <floating *>d.w_hr, H, False, dm, H)
+                packed_product(n, H, P, dh, P, <floating *>d.w_hr_bp, False, dm, H)
                 dmj = dm
             lstm_backward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
                           gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), dmj, <floating *>d.dc, dgates,
                           <floating *>d.g_ci, <floating *>d.g_cf, <floating *>d.g_co)
             # dh[s-1] = dgates @ w_hh    (n, P) = (n, GH) x (GH, P)
-            product_nn(d, n, P, GH, dgates, GH, w_hh, P, False, dh, P)
+            packed_product(n, P, GH, dgates, GH, w_hh_bp, False, dh, P)
         elif d.reset_after:
             dgates_h = <floating *>d.dgh + row * GH
             gru_backward_after(n, H, gates, per_step(d, d.kept, tag, s), h_prev, dh, dgates, dgates_h)
             # dh[s-1] += dgates_h @ w_hh    (n, H) += (n, 3H) x (3H, H)
-            product_nn(d, n, H, GH, dgates_h, GH, w_hh, H, True, dh, H)
+            packed_product(n, H, GH, dgates_h, GH, w_hh_bp, True, dh, H)
         else:
             gru_backward_before_zn(n, H, gates, h_prev, dh, dgates)
             # d(r * h[s-1]) = da_n @ w_hh[2H:]    (n, H) = (n, H) x (H, H)
-            product_nn(d, n, H, H, dgates + 2 * H, GH, w_hh + 2 * H * H, H, False, dm, H)
+            packed_product(n, H, H, dgates + 2 * H, GH, w_hh_bp + packed_values(H, 2 * H, tag), False, dm, H)
             gru_backward_before_r(n, H, gates, h_prev, dm, dh, dgates)
             # dh[s-1] += da_rz @ w_hh[:2H]    (n, H) += (n, 2H) x (2H, H)
-            product_nn(d, n, H, 2 * H, dgates, GH, w_hh, H, True, dh, H)
+            packed_product(n, H, 2 * H, dgates, GH, w_hh_bp, True, dh, H)
 
 
 cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
@@ -623,6 +623,7 @@ _PLAN = (
     ("GH",           "int",   "always",                     _at(&_probe.GH)),
     ("P",            "int",   "always",                     _at(&_probe.P)),
     ("O",            "int",   "always",                     _at(&_probe.O)),
+    ("ring_rows",    "size",  "always",                     _at(&_probe.ring_rows)),
     ("I",            "int",   "always",                     _at(&_probe.input_size)),
     ("N",            "size",  "always",                     _at(&_probe.N)),
     ("step_row",     "intp",  "always",                     _at(&_probe.step_row)),
@@ -637,11 +638,10 @@ _PLAN = (
     ("w_co",         "real",  "peephole",                   _at(&_probe.w_co)),
     ("w_ho",         "real",  "jordan",                     _at(&_probe.w_ho)),
     ("b_ho",         "real",  "optional",                   _at(&_probe.b_ho)),
-    ("w_hr_t",       "real",  "optional",                   _at(&_probe.w_hr_t)),
-    ("w_ho_t",       "real",  "optional",                   _at(&_probe.w_ho_t)),
     ("w_ih_p",       "real",  "always",                     _at(&_probe.w_ih_p)),
     ("w_hh_p",       "real",  "always",                     _at(&_probe.w_hh_p)),
-    ("small_rows",   "int",   "always",                     _at(&_probe.small_rows)),
+    ("w_hr_p",       "real",  "proj",                       _at(&_probe.w_hr_p)),
+    ("w_ho_p",       "real",  "jordan",                     _at(&_probe.w_ho_p)),
     ("x",            "real",  "always",                     _at(&_probe.x)),
     ("ldx",          "size",  "always",                     _at(&_probe.ldx)),
     ("xp",           "real",  "always",                     _at(&_probe.xp)),
@@ -663,6 +663,9 @@ _PLAN = (
     ("dhtot",        "real",  "backward proj",              _at(&_probe.dhtot)),
     ("dypre",        "real",  "backward jordan",            _at(&_probe.dypre)),
     ("hprev",        "real",  "backward",                   _at(&_probe.hprev)),
+    ("w_hh_bp",      "real",  "backward",                   _at(&_probe.w_hh_bp)),
+    ("w_hr_bp",      "real",  "backward proj",              _at(&_probe.w_hr_bp)),
+    ("w_ho_bp",      "real",  "backward jordan",            _at(&_probe.w_ho_bp)),
     ("g_w_ih",       "real",  "backward",                   _at(&_probe.g_w_ih)),
     ("g_w_hh",       "real",  "backward",                   _at(&_probe.g_w_hh)),
     ("g_b_ih",       "real",  "backward bias",              _at(&_probe.g_b_ih)),
@@ -848,6 +851,8 @@ DEF INPUT_PROJECTION = 0
 DEF FORWARD_STEPS = 1
 DEF BACKWARD_STEPS = 2
 DEF WEIGHT_GRADIENTS = 3
+DEF PACK_WEIGHTS = 4
+DEF PACK_BACKWARD = 5
 
 
 cdef void _run_one(Direction *d, int stage, bint is_double) noexcept nogil:
@@ -858,8 +863,11 @@ cdef void _run_one(Direction *d, int stage, bint is_double) noexcept nogil:
 
 
 cdef void _run_typed(Direction *d, int stage, floating *tag) noexcept nogil:
-    if stage == INPUT_PROJECTION:
+    if stage == PACK_WEIGHTS:
         pack_weights(d, tag)
+    elif stage == PACK_BACKWARD:
+        pack_backward(d, tag)
+    elif stage == INPUT_PROJECTION:
         input_projection(d, tag)
     elif stage == FORWARD_STEPS:
         forward_steps(d, tag)
@@ -1016,38 +1024,138 @@ def blas_leave(tuple token):
     _blas_leave(own)
 
 
-def _run(list plans, int first, int last, bint is_double, int num_threads):
+# -- slices of rows ------------------------------------------------------------------------
+#
+# Every product sums each element in one order whatever the rows beside it, and the cell
+# updates are element-wise, so a direction's rows can be split into slices that run the
+# whole time loop on their own threads, with no barrier per step (ONNX Runtime's batch
+# parallelism), and give the bits of one thread. A slice is a copy of the direction's
+# Direction with every per-row pointer moved to its first row: the slot rows of step s
+# stay at step_row[s] (the slice's rows follow the first `lo` of each step), its own
+# `active` counts, and the c ring keeps the whole batch's slot size. The input
+# projection splits the N slot rows into contiguous ranges instead.
+
+cdef inline void *_rows_at(void *base, Py_ssize_t rows, Py_ssize_t width, size_t value) noexcept nogil:
+    return NULL if base == NULL else <void *>(<char *>base + rows * width * <Py_ssize_t>value)
+
+
+cdef void _slice_rows(const Direction *src, Direction *dst, int lo, int hi, const int *active, int steps,
+                      size_t value) noexcept nogil:
+    """dst <- rows lo..hi-1 (in schedule order) of src's time loop, forward and back."""
+    dst[0] = src[0]
+    dst.B, dst.S, dst.active = hi - lo, steps, active
+    dst.x = _rows_at(src.x, lo, src.ldx, value)
+    dst.xp = _rows_at(src.xp, lo, src.GH if src.kind != RNN else src.P, value)
+    dst.hs = _rows_at(src.hs, lo, src.P, value)
+    dst.h0 = _rows_at(src.h0, lo, src.P, value)
+    dst.c0 = _rows_at(src.c0, lo, src.H, value)
+    dst.c_buf = _rows_at(src.c_buf, lo, src.H, value)
+    dst.m_buf = _rows_at(src.m_buf, lo, src.H, value)
+    dst.kept = _rows_at(src.kept, lo, src.H, value)
+    dst.hh = _rows_at(src.hh, lo, src.GH, value)
+    dst.dy = _rows_at(src.dy, lo, src.ldy, value)
+    dst.dgx = _rows_at(src.dgx, lo, src.GH, value)
+    dst.dgh = _rows_at(src.dgh, lo, src.GH, value)
+    dst.dh = _rows_at(src.dh, lo, src.P, value)
+    dst.dc = _rows_at(src.dc, lo, src.H, value)
+    dst.dm = _rows_at(src.dm, lo, src.H, value)
+    dst.dhtot = _rows_at(src.dhtot, lo, src.P, value)
+    dst.dypre = _rows_at(src.dypre, lo, src.O, value)
+    dst.hprev = _rows_at(src.hprev, lo, src.P, value)
+    dst.dx = _rows_at(src.dx, lo, src.ldx_out, value)
+
+
+cdef void _slice_projection(const Direction *src, Direction *dst, Py_ssize_t first, Py_ssize_t last,
+                            size_t value) noexcept nogil:
+    """dst <- the input projection of slot rows first..last-1 of src."""
+    dst[0] = src[0]
+    dst.N = last - first
+    dst.x = _rows_at(src.x, first, src.ldx, value)
+    dst.xp = _rows_at(src.xp, first, src.GH, value)
+
+
+def _run(list plans, int first, int last, bint is_double, int num_threads, tuple slices=None,
+         tuple projection=None):
     """Run stages first..last for each direction's plan, filling the plans once (a short
-    call pays for every fill). The time loops run side by side when num_threads > 1; the
-    input projection and the weight gradients run one direction after the other, and the
-    second direction may accumulate into the first one's dx."""
+    call pays for every fill). `slices`: (lo, hi, active, steps) row slices of the time
+    loop, shared by the directions (None: one, all rows); `projection`: the slot-row
+    bounds the input projection splits at (None: one range). The slices and directions
+    run side by side on up to num_threads threads; the weight gradients run one
+    direction after the other, and the second direction may accumulate into the first
+    one's dx."""
     cdef Direction directions[2]
-    cdef int count = len(plans), i, stage
+    cdef int count = len(plans), i, j, stage, n_slices, n_ranges, items
     cdef int own[MAX_BLAS_LIBS]
-    cdef bint side_by_side, may_split = num_threads > 1 and count > 1 and not _team_lost
+    cdef size_t value = sizeof(double) if is_double else sizeof(float)
+    cdef Direction *work = NULL
+    cdef int threads
+    cdef cnp.ndarray active
     if not 1 <= count <= 2:
         raise ValueError(f"plans: expected one plan per direction, 1 or 2, got {count}")
     for i in range(count):
         _fill(&directions[i], plans[i], first >= BACKWARD_STEPS, is_double)
-    with nogil:
-        _blas_enter(own)
+    slices = slices or ((0, directions[0].B, None, directions[0].S),)
+    projection = projection or (0, directions[0].N)
+    n_slices, n_ranges = len(slices), len(projection) - 1
+    work = <Direction *>calloc(count * max(n_slices, n_ranges), sizeof(Direction))
+    if work == NULL:
+        raise MemoryError()
+    try:
         for stage in range(first, last + 1):
-            side_by_side = may_split and (stage == FORWARD_STEPS or stage == BACKWARD_STEPS)
-            if side_by_side:
-                for i in prange(count, num_threads=count, schedule="static", chunksize=1):
-                    _run_one(&directions[i], stage, is_double)
+            if stage == INPUT_PROJECTION:
+                if not all(0 <= projection[j] < projection[j + 1] <= directions[0].N for j in range(n_ranges)):
+                    raise ValueError(f"projection: expected increasing slot rows from 0 to {directions[0].N}, "
+                                     f"got {projection}")
+                for i in range(count):
+                    for j in range(n_ranges):
+                        _slice_projection(&directions[i], &work[i * n_ranges + j], projection[j], projection[j + 1],
+                                          value)
+                items = count * n_ranges
+            elif stage == FORWARD_STEPS or stage == BACKWARD_STEPS:
+                for j in range(n_slices):
+                    lo, hi, active_array, steps = slices[j]
+                    for i in range(count):
+                        if active_array is None:
+                            work[i * n_slices + j] = directions[i]
+                        else:
+                            active = active_array
+                            if (cnp.PyArray_TYPE(active) != cnp.NPY_INT or not cnp.PyArray_IS_C_CONTIGUOUS(active)
+                                    or active.shape[0] < steps or not 0 <= lo < hi <= directions[i].B
+                                    or not 0 <= steps <= directions[i].S):
+                                raise ValueError(f"slices[{j}]: expected rows within {directions[i].B} and "
+                                                 f"{directions[i].S} intc active counts, got {lo}..{hi}, "
+                                                 f"{steps} steps")
+                            _slice_rows(&directions[i], &work[i * n_slices + j], lo, hi,
+                                        <const int *>cnp.PyArray_DATA(active), steps, value)
+                items = count * n_slices
             else:
                 for i in range(count):
-                    _run_one(&directions[i], stage, is_double)
-        _blas_leave(own)
+                    work[i] = directions[i]
+                items = count
+            threads = min(num_threads, items) if stage != WEIGHT_GRADIENTS and not _team_lost else 1
+            with nogil:
+                _blas_enter(own)
+                if stage == INPUT_PROJECTION or stage == BACKWARD_STEPS:
+                    for i in range(count):
+                        _run_one(&directions[i], PACK_WEIGHTS if stage == INPUT_PROJECTION else PACK_BACKWARD,
+                                 is_double)
+                if threads > 1:
+                    for i in prange(items, num_threads=threads, schedule="static", chunksize=1):
+                        _run_one(&work[i], stage, is_double)
+                else:
+                    for i in range(items):
+                        _run_one(&work[i], stage, is_double)
+                _blas_leave(own)
+    finally:
+        free(work)
 
 
-def forward_all(list plans, bint is_double, int num_threads):
-    _run(plans, INPUT_PROJECTION, FORWARD_STEPS, is_double, num_threads)
+def forward_all(list plans, bint is_double, int num_threads, tuple slices=None, tuple projection=None):
+    _run(plans, INPUT_PROJECTION, FORWARD_STEPS, is_double, num_threads, slices, projection)
 
 
-def backward_all(list plans, bint is_double, int num_threads):
-    _run(plans, BACKWARD_STEPS, BACKWARD_STEPS, is_double, num_threads)
+def backward_all(list plans, bint is_double, int num_threads, tuple slices=None):
+    _run(plans, BACKWARD_STEPS, BACKWARD_STEPS, is_double, num_threads, slices)
 
 
 def weight_gradients_all(list plans, bint is_double):

@@ -19,11 +19,15 @@ from .. import contract, registry
 _KINDS = {"rnn": 0, "jordan": 1, "lstm": 2, "gru": 3}
 _ACTIVATIONS = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
 
-# Up to this many active rows, a step's products may run in rc_small_gemm (a
-# register-tiled C kernel) instead of BLAS, whose per-call packing and dispatch dominate
-# there; `_recurrent.is_small` adds the bound on the weight's size. From 4 to 32 rows:
-# LSTM (100, 16, 32, 64) forward 3.2 -> 2.7 ms, GRU 2.5 -> 2.0 ms (one thread, AVX2).
-SMALL_ROWS = 32
+# Threads split a direction's rows into slices that each run the whole time loop (see
+# `_recurrent._slice_rows`): bitwise the same for any split. A slice gets at least this
+# many rows (below a register tile's, its products run at a fraction of their rate)...
+MIN_SLICE_ROWS = 4
+# ...and at least this many multiply-adds of the time loop: a parallel region costs
+# some microseconds to start and join, which a smaller share would not repay
+MIN_SLICE_WORK = 200_000
+# the input projection's slot rows are split likewise, into ranges of at least this many
+MIN_PROJECTION_ROWS = 64
 
 # the kernels hold the BLAS at one thread while they run, in _recurrent's section,
 # which the registry configures once (see registry.blas_section)
@@ -97,25 +101,20 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
     GH, P = plan["GH"], plan["P"]
     p = {name: np.ascontiguousarray(value) for name, value in p.items()}
     step_row, last_rows = slots.rows(reverse)
-    plan.update(B=B, S=slots.S, N=N, step_row=step_row, last_rows=last_rows, active=slots.active, params=p,
-                small_rows=SMALL_ROWS)
+    plan.update(B=B, ring_rows=B, S=slots.S, N=N, step_row=step_row, last_rows=last_rows, active=slots.active,
+                params=p)
     for name, slot in _PARAMETER_SLOTS:
         plan[slot] = p.get(name)
-    # transposed once per call, only where some step can take the small product for it
-    # (with lengths, late steps may have few rows left; a (2048, 512) transpose costs
-    # 5 ms that BLAS-only shapes never repay)
-    min_rows = int(slots.active[-1])
-    if min_rows <= SMALL_ROWS:
-        for key in ("w_hr", "w_ho"):
-            w = plan[key]
-            if w is not None and (min_rows <= _recurrent.TINY_ROWS_LIMIT or w.size <= _recurrent.SMALL_PANEL_LIMIT):
-                plan[key + "_t"] = np.ascontiguousarray(w.T)
-    # both products' weights, packed once per call into the micro-kernel's panels
+    # every product's weights, packed once per call into the micro-kernel's panels
     # (`_recurrent.pack_weights`): every step reads them
     is_double = dtype == np.float64
-    plan["w_ih_p"] = np.empty(_recurrent.packed_input_size(GH, spec.input_size, is_double), dtype)
+    plan["w_ih_p"] = np.empty(_recurrent.packed_size(GH, spec.input_size, is_double), dtype)
     plan["w_hh_p"] = np.empty(_recurrent.packed_recurrent_size(
         spec.kind, H, GH, P, plan["O"], bool(spec.reset_after), is_double), dtype)
+    if plan["w_hr"] is not None:
+        plan["w_hr_p"] = np.empty(_recurrent.packed_size(P, H, is_double), dtype)
+    if plan["w_ho"] is not None:
+        plan["w_ho_p"] = np.empty(_recurrent.packed_size(plan["O"], H, is_double), dtype)
     plan["bias_x"], plan["b_hn"] = contract.fold_bias(spec, p)
     if slots.packed:
         plan["x"] = x[schedule.packed(reverse)]
@@ -167,6 +166,46 @@ def _final_states(spec, plan, slots):
     return h_n, schedule.unsort(c_last)
 
 
+def _row_slices(spec, slots, directions, num_threads, backward):
+    """The (lo, hi, active, steps) row slices of a call's time loop (None: one slice of
+    every row), balanced by the rows' steps (with lengths the sorted rows run for fewer
+    and fewer steps). The directions run beside each other, so each gets its share of
+    the threads. A peephole LSTM's backward adds every row's peephole gradient into one
+    array step by step, which a split would regroup, so it runs unsplit."""
+    threads = num_threads // directions
+    if threads < 2 or (backward and spec.kind == "lstm" and spec.peephole):
+        return None
+    B, lengths = slots.B, slots.schedule.lengths
+    per_row_step = spec.num_gates * spec.hidden_size * spec.out_size + spec.hidden_size * spec.out_size
+    work = int(lengths.sum()) * per_row_step
+    count = min(threads, B // MIN_SLICE_ROWS, work // max(MIN_SLICE_WORK, 1))
+    if count < 2:
+        return None
+    # cut where the running total of steps passes each share, at least MIN_SLICE_ROWS apart
+    total = np.cumsum(lengths)
+    cuts = np.searchsorted(total, total[-1] * np.arange(1, count) / count) + 1
+    bounds = [0]
+    for cut in cuts:
+        cut = int(min(max(cut, bounds[-1] + MIN_SLICE_ROWS), B - MIN_SLICE_ROWS))
+        if cut > bounds[-1]:
+            bounds.append(cut)
+    bounds.append(B)
+    active = slots.active.astype(np.intp)
+    slices = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        own = np.ascontiguousarray(np.clip(active - lo, 0, hi - lo), dtype=np.intc)
+        slices.append((lo, hi, own, int(lengths[lo])))
+    return tuple(slices) if len(slices) > 1 else None
+
+
+def _projection_ranges(slots, directions, num_threads):
+    """The slot-row bounds the input projection splits at, or None for one range."""
+    count = min(num_threads // directions, slots.N // MIN_PROJECTION_ROWS)
+    if count < 2:
+        return None
+    return tuple(int(b) for b in np.linspace(0, slots.N, count + 1).round())
+
+
 # The directions run together in `_recurrent`'s compiled stages (side by side with two
 # threads), writing y's columns and dx in place, so the layer's assembly stays here
 # rather than in `contract.forward_directions`.
@@ -179,9 +218,11 @@ def layer_forward(spec, params, x, states, lengths, training, reverse, num_threa
     slots = _slots(T, B, lengths)
     plans = [_plan(spec, p, x, s, slots, rev, training, dtype)
              for p, s, rev in zip(params, states, reverse)]
-    _recurrent.forward_all(plans, is_double, num_threads)
+    D = len(plans)
+    _recurrent.forward_all(plans, is_double, num_threads, _row_slices(spec, slots, D, num_threads, False),
+                           _projection_ranges(slots, D, num_threads))
 
-    D, P = len(plans), spec.out_size
+    P = spec.out_size
     if D == 1 and not slots.packed and not training:
         # one direction in time order: hs already is y, and in inference nothing else
         # keeps it (training keeps hs for the backward pass, so y must be a copy there)
@@ -239,10 +280,17 @@ def layer_backward(ctx, dy, dstates_n, num_threads):
         if spec.kind == "jordan":
             plan["dypre"] = np.empty((N, P), dtype)
         plan["hprev"] = np.empty((N, P), dtype)
+        # the weights as the backward's products take them, packed once per call
+        plan["w_hh_bp"] = np.empty(_recurrent.packed_backward_size(
+            spec.kind, H, GH, P, spec.output_size, bool(spec.reset_after), is_double), dtype)
+        if plan["w_hr"] is not None:
+            plan["w_hr_bp"] = np.empty(_recurrent.packed_size(H, P, is_double), dtype)
+        if plan["w_ho"] is not None:
+            plan["w_ho_bp"] = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
         for name, _, slot in _SLOTS:
             plan[slot] = g.get(name)
 
-    _recurrent.backward_all(plans, is_double, num_threads)
+    _recurrent.backward_all(plans, is_double, num_threads, _row_slices(spec, slots, D, num_threads, True))
     _recurrent.weight_gradients_all(plans, is_double)
 
     dstates0 = []
