@@ -26,8 +26,8 @@ needs_mpi = pytest.mark.skipif((MPIRUN is None or importlib.util.find_spec("mpi4
                                reason="needs mpirun (Open MPI or MPICH) and mpi4py")
 
 
-def mpirun(n, scenario, out_dir):
-    """Run the worker on `n` ranks; (the completed process, [each rank's results])."""
+def mpirun(n, scenario, out_dir, script=WORKER):
+    """Run `script` (the worker) on `n` ranks; (the completed process, [each rank's results])."""
     command = [MPIRUN, "-n", str(n)]
     env = dict(os.environ)
     # the rnncore this test imports, for the ranks too (a checkout or an install)
@@ -37,7 +37,7 @@ def mpirun(n, scenario, out_dir):
         # CI runs as root in a container: more ranks than cores, TCP over loopback only
         command += ["--allow-run-as-root", "--oversubscribe"]
         env.update(OMPI_MCA_btl="self,tcp", OMPI_MCA_btl_tcp_if_include="lo", OMPI_MCA_oob_tcp_if_include="lo")
-    command += [sys.executable, str(WORKER), scenario, str(out_dir)]
+    command += [sys.executable, str(script)] + ([scenario, str(out_dir)] if script == WORKER else scenario)
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT)
     ranks = [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(n) if (out_dir / f"rank{r}.npz").exists()]
     return done, ranks
@@ -123,6 +123,15 @@ def test_checkpoint_from_rank_0_resumes_on_every_rank(tmp_path):
             # the optimizer's state came back too: resuming continues bit for bit
             np.testing.assert_array_equal(rank[f"resumed/{name}"], rank[f"straight/{name}"])
             np.testing.assert_array_equal(rank[f"resumed/{name}"], ranks[0][f"resumed/{name}"])
+
+
+@needs_mpi
+def test_the_example_trains_on_every_rank_and_rank_0_reports(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "examples" / "train_data_parallel.py"
+    done, _ = mpirun(2, ["--steps", "3", "--checkpoint", str(tmp_path / "model.npz")], tmp_path, script=example)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("(2 ranks, 32 sequences each)") == 2  # steps 0 and 2, printed once
+    assert rc.load(tmp_path / "model.npz").parameters()
 
 
 # -- one process, no mpirun: the checks and the single-rank case ---------------------------
