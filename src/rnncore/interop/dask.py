@@ -5,9 +5,9 @@ with concurrent.futures threads).
 The batch is cut into chunks of whole series along its batch axis (axis 1 of a
 time-major (T, B, I) input, axis 0 when the model is batch_first), each chunk one task,
 and the outputs are put back in the input's order. Series are independent in a forward
-pass, so a chunk's rows come out as they would from the whole batch; where the kernels'
-BLAS products round a row differently for another number of rows, results can differ in
-the last bit (see `score`).
+pass, so a chunk's rows come out as they would from the whole batch, up to the last
+bit where BLAS rounds a row differently in a product of another number of rows (see
+`score`).
 
 A task should be worth its overhead (Dask's is 200 us to 1 ms per task): by default a
 chunk holds as many series as the model scores in about 100 ms, measured once here by
@@ -160,10 +160,11 @@ def score(model: Any, series: Any, chunk: Optional[int] = None, lengths: Any = N
     y : dask array
         The model's output, (T, B, H) (or (B, T, H); (B, H) for a model ending in
         LastStep), in the input's order, chunked along the batch axis; ``.compute()`` gives
-        the NumPy array. For models whose rows are independent in the kernels (one
-        direction, or one layer) it equals calling the model on the whole batch bit for
-        bit; a bidirectional stack's second layer may round the last bit of a row
-        differently in batches of other sizes.
+        the NumPy array. It equals calling the model on the whole batch bit for bit
+        where BLAS rounds a row of a product the same in products of any number of
+        rows; OpenBLAS does not always (its small-product kernels, a bidirectional
+        stack's second layer), and then a series may differ in the last bit (float32
+        ~1e-7), never more.
 
     Raises
     ------
