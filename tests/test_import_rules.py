@@ -31,7 +31,7 @@ ALLOWED = {
 
 def wing(module):
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("__init__", "torch"):
+    if len(parts) == 1 or parts[1] in ("__init__", "torch", "distributed", "dask"):
         return "front"
     if parts[1] == "__main__":
         return "app"
