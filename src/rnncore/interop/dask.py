@@ -5,9 +5,10 @@ with concurrent.futures threads).
 The batch is cut into chunks of whole series along its batch axis (axis 1 of a
 time-major (T, B, I) input, axis 0 when the model is batch_first), each chunk one task,
 and the outputs are put back in the input's order. Series are independent in a forward
-pass, so a chunk's rows come out as they would from the whole batch, up to the last
-bit where BLAS rounds a row differently in a product of another number of rows (see
-`score`).
+pass, and on the compiled backend every product sums a row in one order whatever the
+rows beside it, so a chunk's rows come out bit for bit as they would from the whole
+batch; the feed-forward pieces (Linear's NumPy product) and the other backends' BLAS
+products are kept in the same blocks of rows as in the whole batch (see `score`).
 
 A task should be worth its overhead (Dask's is 200 us to 1 ms per task): by default a
 chunk holds as many series as the model scores in about 100 ms, measured once here by
@@ -160,11 +161,12 @@ def score(model: Any, series: Any, chunk: Optional[int] = None, lengths: Any = N
     y : dask array
         The model's output, (T, B, H) (or (B, T, H); (B, H) for a model ending in
         LastStep), in the input's order, chunked along the batch axis; ``.compute()`` gives
-        the NumPy array. It equals calling the model on the whole batch bit for bit
-        where BLAS rounds a row of a product the same in products of any number of
-        rows; OpenBLAS does not always (its small-product kernels, a bidirectional
-        stack's second layer), and then a series may differ in the last bit (float32
-        ~1e-7), never more.
+        the NumPy array. On the compiled backend its recurrent layers give the whole
+        batch's bits for any chunking. What goes through BLAS (Linear's NumPy product;
+        the numba and NumPy backends' products) equals it where BLAS rounds a row the
+        same in products of any number of rows, which the chunks at multiples of 64
+        rows keep for OpenBLAS's blocks; otherwise a series may differ in the last bit
+        (float32 ~1e-7), never more.
 
     Raises
     ------
