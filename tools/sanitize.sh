@@ -41,7 +41,8 @@ set +e
 files=(tests/backends/test_cython_kernels.py tests/backends/test_backends.py tests/core/test_cells_functional.py
        tests/core/test_fuzz_layers.py tests/core/test_gradcheck.py tests/core/test_layer_api.py)
 # the saved-context tests run concurrent backward calls through the kernels
-files+=(tests/core/test_contexts.py tests/backends/test_cython_corridor.py tests/backends/test_engine.py)
+files+=(tests/core/test_contexts.py tests/backends/test_cython_corridor.py tests/backends/test_engine.py
+        tests/core/test_stream.py)
 PYTHONPATH="$work/src" python -m pytest -q -p no:cacheprovider "${files[@]}" -k "not numba" "$@" 2>&1 | tee test.log
 status=${PIPESTATUS[0]}
 set -e

@@ -260,8 +260,10 @@ class StepStack:
     call, so the bits are the call's.
 
     `run(x, out, check_finite)` steps x (T, B, I) through the stack and writes the last
-    layer's output of every step into out (T, B, P); with `check_finite` a non-finite x
-    is refused (ValueError) before any step. `states()` gives per layer the arrays that
+    layer's output of every step into out (T, B, P) (one step may come as x (B, I), out
+    (B, P), or with one row x (I,), out (P,)); with `check_finite` a non-finite x is
+    refused (ValueError) before any step; so is an `out` of another shape or dtype, or
+    not writeable and C-contiguous. The caller checks x. `states()` gives per layer the arrays that
     hold its state now ((h,) or (h, c)), which runs update in place. `batch`,
     `input_size`, `output_size`: the shapes it serves."""
 
@@ -275,6 +277,15 @@ class StepStack:
         return self._states
 
     def run(self, x, out, check_finite=True):
+        T = x.shape[0] if x.ndim == 3 else 1
+        expected = x.shape[:-1] + (self.output_size,)
+        if not (isinstance(out, np.ndarray) and out.dtype == x.dtype and out.shape == expected
+                and out.flags.c_contiguous and out.flags.writeable):
+            got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise ValueError(f"out: expected a writeable C-contiguous {x.dtype} array of shape {expected}, "
+                             f"got {got}")
+        # one step may come as (B, I) or (I,): views of the same memory, as (1, B, I)
+        x, out = x.reshape(T, self.batch, self.input_size), out.reshape(T, self.batch, self.output_size)
         if check_finite and not np.isfinite(x).all():
             raise ValueError("x: expected finite values (pass check_finite=False to skip the check), "
                              "got NaN or infinity")

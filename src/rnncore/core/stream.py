@@ -73,7 +73,7 @@ class Stream:
         self._layers = layer.num_layers
         self.steps = 0
         self._step_shape = (self._rows, self.input_size) if batch_size is not None else (self.input_size,)
-        self._out_step = (self._rows, self.output_size)
+        self._out_step = (self._rows, self.output_size) if batch_size is not None else (self.output_size,)
         self._open(None)
 
     def _open(self, keep):
@@ -119,14 +119,11 @@ class Stream:
                 and x_t.flags.c_contiguous):
             x_t = self._checked("x_t", x_t, self._step_shape)
         if out is None:
-            y_t = np.empty(self._out_step, self.dtype)
-        else:
-            y_t = self._out("out", out, self._out_step if self.batch_size is not None else (self.output_size,))
-        # the loop reads (T, B, I) and writes (T, B, P): T = 1 views of the caller's arrays
-        self._stack.run(x_t.reshape(1, self._rows, self.input_size), y_t.reshape(1, self._rows, self.output_size),
-                        check_finite)
+            out = np.empty(self._out_step, self.dtype)
+        # the step stack checks `out` itself, before any step: the fast path checks once
+        self._stack.run(x_t, out, check_finite)
         self.steps += 1
-        return y_t if self.batch_size is not None or out is not None else y_t[0]
+        return out
 
     def __call__(self, x: ArrayLike, out: Optional[np.ndarray] = None, check_finite: bool = True) -> np.ndarray:
         """Advance through a chunk of steps: ``y = stream(x)``; the state carries over to

@@ -1276,27 +1276,35 @@ cdef class StepStack:
 
     def run(self, cnp.ndarray x, cnp.ndarray out, bint check_finite=True):
         """Step x (T, B, I) through the stack into out (T, B, P), both C-contiguous of the
-        plans' float type; with `check_finite`, a non-finite x is refused before any
-        step (the state is left as it was)."""
+        plans' float type; one step may come as x (B, I) and out (B, P), or, with one
+        row, x (I,) and out (P,). With `check_finite`, a non-finite x is refused before
+        any step (the state is left as it was)."""
         cdef int want = cnp.NPY_DOUBLE if self.is_double else cnp.NPY_FLOAT
-        cdef Py_ssize_t T
+        cdef int ndim = cnp.PyArray_NDIM(x)
+        cdef Py_ssize_t T = x.shape[0] if ndim == 3 else 1
         cdef int own[MAX_BLAS_LIBS]
         cdef bint finite = True
         cdef void *x_data
         cdef void *out_data
-        if (cnp.PyArray_NDIM(x) != 3 or cnp.PyArray_NDIM(out) != 3 or cnp.PyArray_TYPE(x) != want
-                or cnp.PyArray_TYPE(out) != want or not cnp.PyArray_IS_C_CONTIGUOUS(x)
-                or not cnp.PyArray_IS_C_CONTIGUOUS(out) or not cnp.PyArray_ISWRITEABLE(out)
-                or x.shape[1] != self.batch or x.shape[2] != self.input_size or out.shape[0] != x.shape[0]
-                or out.shape[1] != self.batch or out.shape[2] != self.output_size):
-            raise ValueError(f"run: expected C-contiguous {'float64' if self.is_double else 'float32'} x "
-                             f"(T, {self.batch}, {self.input_size}) and writeable out (T, {self.batch}, "
-                             f"{self.output_size}), got x {(<object>x).dtype} {(<object>x).shape}, "
-                             f"out {(<object>out).dtype} {(<object>out).shape}")
+        cdef str kind = "float64" if self.is_double else "float32"
+        if (cnp.PyArray_TYPE(x) != want or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not 1 <= ndim <= 3
+                or x.shape[ndim - 1] != self.input_size or (ndim >= 2 and x.shape[ndim - 2] != self.batch)
+                or (ndim == 1 and self.batch != 1)):
+            raise ValueError(f"x: expected a C-contiguous {kind} array (T, {self.batch}, {self.input_size}), "
+                             f"({self.batch}, {self.input_size})" + (f" or ({self.input_size},)" if self.batch == 1 else "")
+                             + f", got {(<object>x).dtype} {(<object>x).shape}")
+        if (cnp.PyArray_TYPE(out) != want or not cnp.PyArray_IS_C_CONTIGUOUS(out)
+                or not cnp.PyArray_ISWRITEABLE(out) or cnp.PyArray_NDIM(out) != ndim
+                or out.shape[ndim - 1] != self.output_size or (ndim >= 2 and out.shape[ndim - 2] != self.batch)
+                or (ndim == 3 and out.shape[0] != T)):
+            expected = ((T,) if ndim == 3 else ()) + ((self.batch,) if ndim >= 2 else ()) + (self.output_size,)
+            raise ValueError(f"out: expected a writeable C-contiguous {kind} array of shape {expected}, "
+                             f"got {(<object>out).dtype} {(<object>out).shape}"
+                             + ("" if cnp.PyArray_IS_C_CONTIGUOUS(out) else ", not C-contiguous")
+                             + ("" if cnp.PyArray_ISWRITEABLE(out) else ", read-only"))
         if self.busy:
             raise RuntimeError("stream: in use by another thread; a stream serves one caller at a time "
                                "(make one stream per thread)")
-        T = x.shape[0]
         x_data, out_data = cnp.PyArray_DATA(x), cnp.PyArray_DATA(out)
         self.busy = True
         try:
