@@ -1,7 +1,8 @@
 """Declares the compiled extensions; everything else is in pyproject.toml.
 
 Each `src/rnncore/backends/cython/*.pyx` becomes an extension module that reaches BLAS through
-scipy.linalg.cython_blas and includes the C element-wise kernels of `csrc/`.
+scipy.linalg.cython_blas and includes the C element-wise kernels of `csrc/`; `_probe` (the
+benchmarks' FMA-peak loop) is one of them.
 
 The extension is optional: where Cython or the C compiler fails, the package installs
 without it (one message says so) and runs on numba or the NumPy reference. OpenMP is
@@ -61,8 +62,18 @@ class OptionalBuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = compile_args + ext.extra_compile_args
             ext.extra_link_args = link_args + ext.extra_link_args
-        self.built = []
+        self.built, self.failed = [], []
         super().build_extensions()
+        # one message for the build, however many modules failed; the probe alone is no backend
+        failed = dict(self.failed)
+        backend = [name for name in failed if not name.endswith("._probe")]
+        if backend:
+            print(f"rnncore: the compiled backend could not be built ({failed[backend[0]]}); installing without "
+                  f"it: the numba backend (if installed) or the NumPy reference will be used", file=sys.stderr)
+        elif failed:
+            print(f"rnncore: the FMA-peak probe of the benchmarks could not be built "
+                  f"({next(iter(failed.values()))}); the benchmarks report no fraction of the peak",
+                  file=sys.stderr)
         if unix and not openmp and self.built:  # said only when it matters: the build went through
             print("rnncore: the C compiler does not accept -fopenmp; built without OpenMP (the parallel "
                   "loops, over the directions of a bidirectional layer, then run serially)", file=sys.stderr)
@@ -83,8 +94,7 @@ class OptionalBuildExt(build_ext):
             reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
             if len(reason) > 200:  # a failed command is quoted whole; its head says enough
                 reason = reason[:200] + "..."
-            print(f"rnncore: the compiled backend could not be built ({reason}); installing without it: "
-                  f"the numba backend (if installed) or the NumPy reference will be used", file=sys.stderr)
+            self.failed.append((ext.name, reason))
 
     def _accepts_openmp(self):
         """Whether the configured compiler compiles and links a tiny OpenMP function."""
