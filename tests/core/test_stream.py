@@ -115,6 +115,10 @@ def test_reset_of_some_rows_leaves_the_others_alone(backend):
     np.testing.assert_array_equal(y_rest, layer(x[4:], after)[0])
     stream.reset(rows=[0, 2])
     assert not stream.state[:, [0, 2]].any() and stream.state[:, 1].any()
+    # no rows: nothing to set (a server with no finished sequence this step)
+    before = stream.state
+    stream.reset(rows=[])
+    np.testing.assert_array_equal(stream.state, before)
 
 
 def test_unbatched_stream():
@@ -205,7 +209,9 @@ def test_refused_chunks_outs_and_states_leave_the_state_alone():
                         (lambda: stream.reset(np.full((1, 2, 3), np.nan, np.float32)), ValueError),
                         (lambda: stream.reset(np.ones((1, 1, 3), np.float32), rows=[2]), ValueError),
                         (lambda: stream.reset(np.ones((1, 2, 3), np.float32), rows=[0, 0]), ValueError),
-                        (lambda: stream.reset(rows=[]), ValueError)]:
+                        (lambda: stream.reset(rows=[[0]]), ValueError),
+                        (lambda: stream.step(np.ones((2, 4), np.float32), check_finite="no"), TypeError),
+                        (lambda: stream(np.ones((1, 2, 4), np.float32), check_finite=None), TypeError)]:
         with pytest.raises(error):
             call()
         np.testing.assert_array_equal(stream.state, before)
@@ -266,6 +272,62 @@ def test_one_stream_per_thread_runs_concurrently():
         np.testing.assert_array_equal(got, want)
 
 
+def test_copies_are_independent_and_pickling_is_refused():
+    import copy
+    import pickle
+    layer = rc.LSTM(3, 4, seed=0)
+    x = np.random.default_rng(15).standard_normal((6, 2, 3)).astype(np.float32)
+    stream = layer.stream(2)
+    stream(x[:2])
+    for twin in (copy.deepcopy(stream), copy.copy(stream)):
+        np.testing.assert_array_equal(twin(x[2:]), layer(x)[0][2:])
+    # the original did not move while its copies stepped
+    np.testing.assert_array_equal(stream(x[2:]), layer(x)[0][2:])
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(stream)
+
+
+def test_an_lstm_state_may_come_as_a_list():
+    layer = rc.LSTM(3, 4, seed=0)
+    h0, c0 = (np.full((1, 2, 4), v, np.float32) for v in (0.5, -0.5))
+    stream = layer.stream(2)
+    stream.reset([h0, c0])
+    x = np.ones((3, 2, 3), np.float32)
+    np.testing.assert_array_equal(stream(x), layer(x, (h0, c0))[0])
+
+
+def test_state_reset_and_refresh_during_another_threads_run_are_refused():
+    layer = rc.LSTM(64, 256, seed=0)
+    stream = layer.stream(8)
+    long_chunk = np.zeros((4000, 8, 64), np.float32)
+    started = threading.Event()
+
+    def run():
+        started.set()
+        stream(long_chunk)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    started.wait()
+    refused = set()
+    deadline = time.monotonic() + 10
+    while thread.is_alive() and len(refused) < 3 and time.monotonic() < deadline:
+        for name, call in (("state", lambda: stream.state), ("reset", stream.reset), ("refresh", stream.refresh)):
+            try:
+                call()
+            except RuntimeError as exc:
+                if "one caller at a time" in str(exc):
+                    refused.add(name)
+        time.sleep(0.001)
+    thread.join()
+    assert refused == {"state", "reset", "refresh"}
+    # the refused calls changed nothing: the run's end state is 4000 zero steps from zeros
+    reference = layer.stream(8)
+    reference(long_chunk)
+    assert stream.steps == 4000
+    _assert_same_states(_stream_state(stream), _stream_state(reference))
+
+
 def test_a_stream_used_from_two_threads_at_once_refuses_the_second():
     layer = rc.LSTM(64, 256, seed=0)
     stream = layer.stream(8)
@@ -321,7 +383,7 @@ def test_sequential_stream_equals_the_model_bit_for_bit():
     np.testing.assert_array_equal(steps, y)
     for got, want in zip(stream.state, states):
         _assert_same_states(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,))
-    stream.reset(states)
+    stream.reset(state=states)
     more = np.random.default_rng(12).integers(0, 7, (4, 2))
     np.testing.assert_array_equal(stream(more), model(more, states)[0])
 
@@ -360,6 +422,13 @@ def test_sequential_stream_refuses_what_cannot_step():
         rc.Sequential(rc.Linear(2, 3)).stream()
     with pytest.raises(ValueError, match="bidirectional"):
         rc.Sequential(rc.GRU(2, 3, bidirectional=True)).stream()
+    stream = rc.Sequential(rc.Linear(3, 8), rc.LSTM(8, 8)).stream(1)
+    # the caller's shapes in the messages, not an inner module's
+    with pytest.raises(ValueError, match=r"x_t: expected batch_size=1 rows first, got shape \(2, 3\)"):
+        stream.step(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"x: expected shape \(\.\.\., 3\), got \(1, 5\)"):
+        stream.step(np.zeros((1, 5), np.float32))
+    assert stream.steps == 0 and not stream.state[0][0].any()
 
 
 def test_generate_and_forecast_on_streams_match_the_call_loop():

@@ -14,6 +14,7 @@ loops is written here once:
 This module imports numpy only: a `CellSpec` arrives as an argument and is read through
 its attributes (kind, hidden_size, bias, reset_after, param_shapes()).
 """
+import threading
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -259,7 +260,8 @@ class StepStack:
     their own. Every backend computes a step of a T-step call as it computes a one-step
     call, so the bits are the call's.
 
-    `run(x, out, check_finite)` steps x (T, B, I) through the stack and writes the last
+    `claim()`/`release()` hold it for one caller (`run` does), so that a second caller
+    gets a RuntimeError rather than a torn state. `run(x, out, check_finite)` steps x (T, B, I) through the stack and writes the last
     layer's output of every step into out (T, B, P) (one step may come as x (B, I), out
     (B, P), or with one row x (I,), out (P,)); with `check_finite` a non-finite x is
     refused (ValueError) before any step; so is an `out` of another shape or dtype, or
@@ -272,6 +274,16 @@ class StepStack:
         self._states = [tuple(np.zeros((batch, width), dtype) for width in spec.state_sizes) for spec in specs]
         self._num_threads = num_threads
         self.batch, self.input_size, self.output_size = batch, specs[0].input_size, specs[-1].out_size
+        self._busy = threading.Lock()
+
+    def claim(self):
+        """Take the stack for one caller; RuntimeError while another holds it."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("stream: in use by another thread; a stream serves one caller at a time "
+                               "(make one stream per thread)")
+
+    def release(self):
+        self._busy.release()
 
     def states(self):
         return self._states
@@ -289,6 +301,13 @@ class StepStack:
         if check_finite and not np.isfinite(x).all():
             raise ValueError("x: expected finite values (pass check_finite=False to skip the check), "
                              "got NaN or infinity")
+        self.claim()
+        try:
+            self._steps(x, out)
+        finally:
+            self.release()
+
+    def _steps(self, x, out):
         for t in range(x.shape[0]):
             inputs = x[t:t + 1]
             for spec, p, state in zip(self._specs, self._params, self._states):

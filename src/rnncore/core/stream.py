@@ -19,6 +19,20 @@ from . import functional, validate
 __all__ = ["Stream"]
 
 
+class _Held:
+    """Holds a step stack for one caller (its claim/release) for the length of a block."""
+    __slots__ = ("stack",)
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    def __enter__(self):
+        self.stack.claim()
+
+    def __exit__(self, *exc):
+        self.stack.release()
+
+
 class Stream:
     """A layer's inference stepped through time, with the state carried between calls.
 
@@ -76,18 +90,23 @@ class Stream:
         self._out_step = (self._rows, self.output_size) if batch_size is not None else (self.output_size,)
         self._open(None)
 
-    def _open(self, keep):
-        """(Re)build the compiled stack from the layer's weights now; `keep`, the state
-        arrays to carry over (None: zeros)."""
+    def _open(self, keep, params=None):
+        """(Re)build the step stack from `params` (None: copies of the layer's weights
+        now); `keep`, the state arrays to carry over (None: zeros)."""
         layer = self._layer
-        params = [{name: np.array(value, order="C") for name, value in layer._direction_params(k)[0].items()}
-                  for k in range(self._layers)]
+        if params is None:
+            params = [{name: np.array(value, order="C") for name, value in layer._direction_params(k)[0].items()}
+                      for k in range(self._layers)]
         stack = functional.open_stream(layer.specs, params, self._rows, self.dtype, self._backend)
         if keep is not None:
             for held, kept in zip(stack.states(), keep):
                 for h, k in zip(held, kept):
                     h[...] = k
-        self._stack = stack
+        self._stack, self._params = stack, params
+
+    def _held(self):
+        """A context in which no other thread's call runs on the stack."""
+        return _Held(self._stack)
 
     # -- stepping --------------------------------------------------------------------
 
@@ -118,6 +137,8 @@ class Stream:
         if not (type(x_t) is np.ndarray and x_t.dtype is self.dtype and x_t.shape == self._step_shape
                 and x_t.flags.c_contiguous):
             x_t = self._checked("x_t", x_t, self._step_shape)
+        if check_finite is not True and check_finite is not False:
+            check_finite = validate.flag("check_finite", check_finite)
         if out is None:
             out = np.empty(self._out_step, self.dtype)
         # the step stack checks `out` itself, before any step: the fast path checks once
@@ -151,6 +172,7 @@ class Stream:
             left as it was.
         """
         x = validate.array("x", x, self.dtype)
+        check_finite = validate.flag("check_finite", check_finite)
         batched = self.batch_size is not None
         time_axis = 1 if batched and self._batch_first else 0
         T = x.shape[time_axis] if x.ndim > time_axis else 0
@@ -210,8 +232,9 @@ class Stream:
     def state(self):
         """The state now, shaped as the layer's final state: h_n (num_layers, B, H) (or
         (num_layers, H) when batch_size is None), (h_n, c_n) for an LSTM; copies."""
-        held = self._stack.states()
-        parts = tuple(np.stack([layer[k] for layer in held]) for k in range(len(self._widths)))
+        with self._held():
+            held = self._stack.states()
+            parts = tuple(np.stack([layer[k] for layer in held]) for k in range(len(self._widths)))
         if self.batch_size is None:
             parts = tuple(p[:, 0, :] for p in parts)
         return parts if len(parts) > 1 else parts[0]
@@ -223,12 +246,12 @@ class Stream:
         Parameters
         ----------
         state : array_like or tuple, optional
-            Shaped as `state` (h, or (h, c) for an LSTM), with len(rows) rows in place
-            of batch_size when `rows` is given; zeros when None.
+            Shaped as `state` (h, or (h, c) for an LSTM, as a tuple or a list), with
+            len(rows) rows in place of batch_size when `rows` is given; zeros when None.
         rows : sequence of int, optional
-            The batch rows to set (distinct, 0 <= row < batch_size): a server that
-            multiplexes many users' streams in one batch starts one user's sequence
-            without touching the others.
+            The batch rows to set (distinct, 0 <= row < batch_size; none: nothing to
+            set): a server that multiplexes many users' streams in one batch starts
+            one user's sequence without touching the others.
 
         Raises
         ------
@@ -240,14 +263,17 @@ class Stream:
                 raise ValueError("rows: expected None for an unbatched stream (batch_size=None), "
                                  f"got {rows!r}")
             picked = np.asarray(rows)
-            if picked.ndim != 1 or picked.dtype.kind not in "iu" or picked.size == 0:
-                raise ValueError(f"rows: expected a non-empty 1-D sequence of integers, got {rows!r}")
-            if picked.min() < 0 or picked.max() >= self._rows or np.unique(picked).size != picked.size:
+            if picked.ndim == 1 and picked.size == 0:
+                picked = picked.astype(np.int64)   # [] is float64 to numpy
+            if picked.ndim != 1 or picked.dtype.kind not in "iu":
+                raise ValueError(f"rows: expected a 1-D sequence of integers, got {rows!r}")
+            if picked.size and (picked.min() < 0 or picked.max() >= self._rows
+                                or np.unique(picked).size != picked.size):
                 raise ValueError(f"rows: expected distinct rows in [0, {self._rows}), got {picked.tolist()}")
         else:
             picked = slice(None)
         count = self._rows if rows is None else picked.size
-        parts = state if isinstance(state, tuple) else (state,)
+        parts = tuple(state) if isinstance(state, (tuple, list)) else (state,)
         if len(parts) != len(self._widths) and state is not None:
             raise ValueError(f"state: expected {' and '.join(self._state_names)} "
                              f"({len(self._widths)} arrays), got {len(parts)}")
@@ -265,13 +291,32 @@ class Stream:
                 validate.shape(name, arr, (self._layers, count, width))
             validate.finite(name, arr, skippable=False)
             values.append(arr)
-        for k, layer in enumerate(self._stack.states()):
-            for held, value in zip(layer, values):
-                held[picked] = value[k]
+        with self._held():
+            for k, layer in enumerate(self._stack.states()):
+                for held, value in zip(layer, values):
+                    held[picked] = value[k]
 
     def refresh(self) -> None:
         """Take the layer's current weights (packed again); the state carries over."""
-        self._open([tuple(np.array(s) for s in layer) for layer in self._stack.states()])
+        with self._held():
+            self._open([tuple(np.array(s) for s in layer) for layer in self._stack.states()])
+
+    def __deepcopy__(self, memo):
+        """An independent stream: the same weights (as this one holds them) and state,
+        stepping on from here on its own. (A shallow copy would share the state, so
+        `copy.copy` gives this too.)"""
+        twin = object.__new__(type(self))
+        twin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_stack", "_params")})
+        with self._held():
+            state = [tuple(np.array(s) for s in layer) for layer in self._stack.states()]
+        twin._open(state, [{name: value.copy() for name, value in p.items()} for p in self._params])
+        return twin
+
+    __copy__ = lambda self: self.__deepcopy__({})
+
+    def __reduce__(self):
+        raise TypeError("Stream: cannot be pickled (it holds packed weights and compiled buffers); pickle "
+                        "the layer, or its state_dict and stream.state, and make a stream where they load")
 
     def __repr__(self):
         return (f"Stream({type(self._layer).__name__}({self.input_size}, {self.output_size}), "

@@ -58,14 +58,27 @@ def _linear(x, weight, bias):
     return y
 
 
+def _linear_input(x, in_features, dtype):
+    """x checked as Linear takes it: its dtype, (..., in_features), finite."""
+    x = validate.array("x", x, dtype)
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x: expected shape (..., {in_features}), got {x.shape}")
+    validate.finite("x", x)
+    return x
+
+
 def _lookup(weight, indices):
     """weight[indices] after checking the indices, as Embedding computes it."""
     indices = validate.to_numpy(indices, "indices")
     if indices.dtype.kind not in "iu":
         raise TypeError(f"indices: expected integers, got dtype {indices.dtype}")
-    if indices.size and (indices.min() < 0 or indices.max() >= weight.shape[0]):
-        raise ValueError(f"indices: expected values in [0, {weight.shape[0] - 1}], "
-                         f"got min {indices.min()}, max {indices.max()}")
+    if indices.size == 1:
+        # one token a step (generation): a Python comparison, not two reductions
+        low = high = int(indices.reshape(-1)[0])
+    else:
+        low, high = (indices.min(), indices.max()) if indices.size else (0, 0)
+    if low < 0 or high >= weight.shape[0]:
+        raise ValueError(f"indices: expected values in [0, {weight.shape[0] - 1}], got min {low}, max {high}")
     return weight[indices]
 
 
@@ -125,10 +138,7 @@ class Linear(Module):
 
         %(call_raises)s
         """
-        x = validate.array("x", x, self.dtype)
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x: expected shape (..., {self.in_features}), got {x.shape}")
-        validate.finite("x", x)
+        x = _linear_input(x, self.in_features, self.dtype)
         y = _linear(x, self._params["weight"], self._params.get("bias"))
         self._saved = (x, y) if self.training else None
         return y
@@ -136,7 +146,9 @@ class Linear(Module):
     def _stepper(self):
         """y = f(x) over copies of the weights now, for a stream."""
         weight, bias = self._params["weight"].copy(), self._params.get("bias")
-        return functools.partial(_linear, weight=weight, bias=None if bias is None else bias.copy())
+        bias = None if bias is None else bias.copy()
+        in_features, dtype = self.in_features, self.dtype
+        return lambda x: _linear(_linear_input(x, in_features, dtype), weight, bias)
 
     forward = __call__
 
@@ -829,22 +841,61 @@ class SequentialStream:
             self.reset(states)
         self.steps = getattr(self, "steps", 0)
 
-    def step(self, x_t: ArrayLike) -> np.ndarray:
-        """Advance one step: x_t (batch_size, ...) (or without the batch axis when
-        batch_size is None), as the first module takes one step of its input; returns
-        the last module's output for this step."""
+    def step(self, x_t: ArrayLike, check_finite: bool = True) -> np.ndarray:
+        """Advance one step: ``y_t = stream.step(x_t)``.
+
+        Parameters
+        ----------
+        x_t : array_like, (batch_size, ...), or without the batch axis when batch_size
+            is None
+            One step of the first module's input (features, or integer tokens for an
+            Embedding).
+        check_finite : bool, default True
+            Whether the recurrent layers refuse NaN and infinity.
+
+        Returns
+        -------
+        y_t : np.ndarray
+            The last module's output for this step.
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong shape, dtype or value; the states are left as they were.
+        """
+        if self.batch_size is not None:
+            arr = x_t if isinstance(x_t, np.ndarray) else validate.to_numpy(x_t, "x_t")
+            if arr.ndim < 1 or arr.shape[0] != self.batch_size:
+                raise ValueError(f"x_t: expected batch_size={self.batch_size} rows first, got shape {arr.shape}")
+            x_t = arr
         for kind, piece in self._pieces:
             if kind == "recurrent":
-                x_t = piece.step(x_t)
+                x_t = piece.step(x_t, check_finite=check_finite)
             elif kind == "apply":
                 x_t = piece(x_t)
         self.steps += 1
         return x_t
 
     def __call__(self, x: ArrayLike) -> np.ndarray:
-        """Advance through a chunk, x as the model takes it (T steps first, or as the
-        layers are laid out); returns what the model returns for it, with the states
-        carried over from the calls before."""
+        """Advance through a chunk: ``y = stream(x)``.
+
+        Parameters
+        ----------
+        x : array_like
+            The chunk as the model takes it (T steps first, or as its layers are laid
+            out), T >= 1.
+
+        Returns
+        -------
+        y : np.ndarray
+            What the model returns for the chunk, with the states carried over from the
+            calls before.
+
+        Raises
+        ------
+        ValueError, TypeError
+            What a module raises for a wrong shape, dtype or value.
+        """
         T = None
         for kind, piece in self._pieces:
             if kind == "recurrent":
@@ -862,11 +913,24 @@ class SequentialStream:
         """The recurrent layers' states now, in the form Sequential's `states` takes."""
         return [stream.state for stream in self._streams]
 
-    def reset(self, states: Optional[list] = None, rows: Optional[ArrayLike] = None) -> None:
+    def reset(self, state: Optional[list] = None, rows: Optional[ArrayLike] = None) -> None:
         """Set every recurrent layer's state: zeros (None, or a None entry), or the given
-        ones (one per recurrent layer, in order), for every row or only `rows`. All are
-        checked before any is set."""
-        states = self.model._state_list("states", states)
+        ones, for every row or only `rows`; if one is refused, none changes.
+
+        Parameters
+        ----------
+        state : list, optional
+            One state per recurrent layer, in order, as Sequential's `states` (each as
+            that layer's `Stream.reset` takes it), or None entries for zeros.
+        rows : sequence of int, optional
+            Only these batch rows (see `rnncore.Stream.reset`).
+
+        Raises
+        ------
+        ValueError, TypeError
+            A wrong number of states, shape, dtype or row.
+        """
+        states = self.model._state_list("state", state)
         saved = [stream.state for stream in self._streams]
         try:
             for stream, state in zip(self._streams, states):

@@ -445,7 +445,11 @@ def generate(model: Any, prompt: ArrayLike, length: int, temperature: float = 1.
             else:
                 scaled = (last - last.max()) / temperature
                 probs = np.exp(scaled)
-                token = int(rng.choice(len(probs), p=probs / probs.sum()))
+                # Generator.choice(len(p), p=p)'s own draw (the same tokens), without its
+                # checks of p, which cost twice the rest of a step
+                cdf = np.cumsum(probs / probs.sum())
+                cdf /= cdf[-1]
+                token = int(cdf.searchsorted(rng.random(), side="right"))
             tokens[step] = token_in[0] = token
             if step + 1 < length:
                 last = stepping.step(token_in)[0]

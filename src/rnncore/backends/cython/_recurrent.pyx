@@ -1261,6 +1261,17 @@ cdef class StepStack:
     def __dealloc__(self):
         free(self.layers)
 
+    def claim(self):
+        """Take the stack for one caller (a run, or a reset of its state between runs);
+        RuntimeError while another holds it. With the GIL held, check and take are one."""
+        if self.busy:
+            raise RuntimeError("stream: in use by another thread; a stream serves one caller at a time "
+                               "(make one stream per thread)")
+        self.busy = True
+
+    def release(self):
+        self.busy = False
+
     def states(self):
         """Per layer, the arrays that hold its state now: (h,), or (h, c) for an LSTM;
         live buffers, which the next run reads and then leaves for the other pair."""
@@ -1302,11 +1313,8 @@ cdef class StepStack:
                              f"got {(<object>out).dtype} {(<object>out).shape}"
                              + ("" if cnp.PyArray_IS_C_CONTIGUOUS(out) else ", not C-contiguous")
                              + ("" if cnp.PyArray_ISWRITEABLE(out) else ", read-only"))
-        if self.busy:
-            raise RuntimeError("stream: in use by another thread; a stream serves one caller at a time "
-                               "(make one stream per thread)")
+        self.claim()
         x_data, out_data = cnp.PyArray_DATA(x), cnp.PyArray_DATA(out)
-        self.busy = True
         try:
             with nogil:
                 if check_finite:
