@@ -143,10 +143,13 @@ class Linear(Module):
         self._saved = (x, y) if self.training else None
         return y
 
-    def _stepper(self):
-        """y = f(x) over copies of the weights now, for a stream."""
+    def _stepper(self, first):
+        """y = f(x) over copies of the weights now, for a stream; its input is checked
+        where it is the caller's (`first`), not where it is a module's output."""
         weight, bias = self._params["weight"].copy(), self._params.get("bias")
         bias = None if bias is None else bias.copy()
+        if not first:
+            return lambda x: _linear(x, weight, bias)
         in_features, dtype = self.in_features, self.dtype
         return lambda x: _linear(_linear_input(x, in_features, dtype), weight, bias)
 
@@ -241,7 +244,7 @@ class Embedding(Module):
         self._saved = (indices, y) if self.training else None
         return y
 
-    def _stepper(self):
+    def _stepper(self, first):
         """y = f(indices) over a copy of the table now, for a stream."""
         return functools.partial(_lookup, self._params["weight"].copy())
 
@@ -297,8 +300,8 @@ class _Activation(Module):
         self._saved = y if self.training else None
         return y
 
-    def _stepper(self):
-        return lambda x: self._function(_float_input(x))
+    def _stepper(self, first):
+        return (lambda x: self._function(_float_input(x))) if first else self._function
 
     forward = __call__
 
@@ -831,7 +834,7 @@ class SequentialStream:
                 self._last_step = module
                 pieces.append(("last", None))
             elif hasattr(module, "_stepper") and type(module).__module__ == __name__:
-                pieces.append(("apply", module._stepper()))
+                pieces.append(("apply", module._stepper(first=i == 0)))
             else:
                 raise TypeError(f"stream: modules[{i}] ({type(module).__name__}) cannot step: expected "
                                 f"rnncore's recurrent layers, Linear, Embedding, activations or LastStep")

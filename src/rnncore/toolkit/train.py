@@ -447,7 +447,7 @@ def generate(model: Any, prompt: ArrayLike, length: int, temperature: float = 1.
                 probs = np.exp(scaled)
                 # Generator.choice(len(p), p=p)'s own draw (the same tokens), without its
                 # checks of p, which cost twice the rest of a step
-                cdf = np.cumsum(probs / probs.sum())
+                cdf = (probs / probs.sum()).cumsum()
                 cdf /= cdf[-1]
                 token = int(cdf.searchsorted(rng.random(), side="right"))
             tokens[step] = token_in[0] = token
