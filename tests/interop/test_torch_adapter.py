@@ -502,7 +502,11 @@ def test_adam_training_matches_torch():
     want = train_losses(plain)
     got = train_losses(fast)
     assert want[-1] < 0.5 * want[0]  # it learns
-    assert_close(got, want, rtol=1e-5, what="loss curve")
+    # float32 over a trajectory: each step's gradients round differently from torch's
+    # (other sum orders, ~1e-6 relative) and feed the next step's parameters, and Adam
+    # divides by sqrt(v), so the curves drift apart by up to a few 1e-5 of their scale
+    # over 50 steps; a wrong gradient moves them by orders of magnitude more
+    assert_close(got, want, rtol=3e-5, what="loss curve")
 
 
 def roundtrip_pickle(model):
