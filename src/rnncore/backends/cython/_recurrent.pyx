@@ -436,7 +436,6 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef Py_ssize_t s
     cdef floating *xp = <floating *>d.xp
     cdef floating *hs = <floating *>d.hs
-    cdef floating *w_hh = <floating *>d.w_hh
     cdef floating *gates
     cdef floating *h
     cdef floating *h_prev
