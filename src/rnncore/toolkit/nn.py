@@ -800,7 +800,7 @@ class Sequential:
 
 class SequentialStream:
     """A `Sequential` stepped through time: ``y_t = stream.step(x_t)``, ``y =
-    stream(x_chunk)``, ``stream.state``, ``stream.reset(states=None, rows=None)``,
+    stream(x_chunk)``, ``stream.state``, ``stream.reset(state=None, rows=None)``,
     ``stream.refresh()``, made by ``model.stream(batch_size)``.
 
     Each recurrent layer runs as a `rnncore.Stream`; Linear, Embedding and the
@@ -814,7 +814,7 @@ class SequentialStream:
     ----------
     batch_size : int or None
     steps : int
-        Steps taken since the stream was made.
+        Steps taken since the stream was made (its recurrent layers' streams').
     """
 
     def __init__(self, model: Sequential, batch_size: Optional[int] = 1):
@@ -822,27 +822,25 @@ class SequentialStream:
         if not model._recurrent:
             raise ValueError("stream: expected a model with a recurrent layer, got none (a feed-forward "
                              "model has no state to carry: call it on each step)")
-        self._open(None)
-
-    def _open(self, states):
-        pieces = []
-        self._last_step = None
-        for i, module in enumerate(self.model.modules):
-            if isinstance(module, _Recurrent):
-                pieces.append(("recurrent", module.stream(self.batch_size)))
-            elif isinstance(module, LastStep):
-                self._last_step = module
-                pieces.append(("last", None))
-            elif hasattr(module, "_stepper") and type(module).__module__ == __name__:
-                pieces.append(("apply", module._stepper(first=i == 0)))
-            else:
+        for i, module in enumerate(model.modules):
+            if not isinstance(module, (_Recurrent, LastStep)) and not (
+                    hasattr(module, "_stepper") and type(module).__module__ == __name__):
                 raise TypeError(f"stream: modules[{i}] ({type(module).__name__}) cannot step: expected "
                                 f"rnncore's recurrent layers, Linear, Embedding, activations or LastStep")
-        self._pieces = pieces
-        self._streams = [stream for kind, stream in pieces if kind == "recurrent"]
-        if states is not None:
-            self.reset(states)
-        self.steps = getattr(self, "steps", 0)
+        self._streams = [model.modules[i].stream(batch_size) for i in model._recurrent]
+        self._build()
+
+    def _build(self):
+        """Each module's step over its weights now: a recurrent layer's is its stream."""
+        streams = iter(self._streams)
+        self._pieces = [("recurrent", next(streams)) if isinstance(module, _Recurrent)
+                        else ("last", module) if isinstance(module, LastStep)
+                        else ("apply", module._stepper(first=i == 0))
+                        for i, module in enumerate(self.model.modules)]
+
+    @property
+    def steps(self) -> int:
+        return self._streams[0].steps
 
     def step(self, x_t: ArrayLike, check_finite: bool = True) -> np.ndarray:
         """Advance one step: ``y_t = stream.step(x_t)``.
@@ -876,7 +874,6 @@ class SequentialStream:
                 x_t = piece.step(x_t, check_finite=check_finite)
             elif kind == "apply":
                 x_t = piece(x_t)
-        self.steps += 1
         return x_t
 
     def __call__(self, x: ArrayLike) -> np.ndarray:
@@ -899,16 +896,11 @@ class SequentialStream:
         ValueError, TypeError
             What a module raises for a wrong shape, dtype or value.
         """
-        T = None
         for kind, piece in self._pieces:
-            if kind == "recurrent":
-                x = piece(x)
-                T = x.shape[1 if piece._batch_first and self.batch_size is not None else 0]
-            elif kind == "last":
-                x = self._last_step(x) if self.batch_size is not None else x[-1]
+            if kind == "last":
+                x = piece(x) if self.batch_size is not None else x[-1]
             else:
                 x = piece(x)
-        self.steps += T
         return x
 
     @property
@@ -945,9 +937,9 @@ class SequentialStream:
 
     def refresh(self) -> None:
         """Take every module's current weights; the states carry over."""
-        steps, states = self.steps, self.state
-        self._open(states)
-        self.steps = steps
+        for stream in self._streams:
+            stream.refresh()
+        self._build()
 
     def __repr__(self):
         return f"SequentialStream({len(self._pieces)} modules, batch_size={self.batch_size}, steps={self.steps})"
