@@ -174,19 +174,18 @@ class Stream:
         x = validate.array("x", x, self.dtype)
         check_finite = validate.flag("check_finite", check_finite)
         batched = self.batch_size is not None
-        time_axis = 1 if batched and self._batch_first else 0
-        T = x.shape[time_axis] if x.ndim > time_axis else 0
+        batch_first = batched and self._batch_first
+        T = x.shape[int(batch_first)] if x.ndim > int(batch_first) else 0
         if batched:
-            expected = (self._rows, T, self.input_size) if self._batch_first else (T, self._rows, self.input_size)
+            expected = (self._rows, T, self.input_size) if batch_first else (T, self._rows, self.input_size)
         else:
             expected = (T, self.input_size)
         if x.shape != expected or T < 1:
             raise ValueError(f"x: expected shape {self._chunk_shape('T')} with T >= 1, got {x.shape}")
-        if time_axis:
+        if batch_first:
             x = x.transpose(1, 0, 2)
         x = np.ascontiguousarray(x)
         shape = (T, self._rows, self.output_size)
-        batch_first = batched and self._batch_first
         if out is None:
             y = np.empty(shape, self.dtype)
         else:
