@@ -36,6 +36,17 @@ def build(cls, kwargs, input_size, hidden_size, dtype=np.float64, seed=0, backen
     return cls(input_size, hidden_size, dtype=dtype, seed=seed, backend=backend, **kwargs)
 
 
+def random_backend_case(spec, T, B, D, dtype, seed):
+    """A backend call's arguments for `spec`: D directions' params (U(-0.5, 0.5)), x
+    (T, B, I) and initial states, and the generator for more."""
+    rng = np.random.default_rng(seed)
+    params = [{name: rng.uniform(-0.5, 0.5, shape).astype(dtype) for name, shape in spec.param_shapes().items()}
+              for _ in range(D)]
+    x = rng.standard_normal((T, B, spec.input_size)).astype(dtype)
+    states = [tuple(rng.standard_normal((B, w)).astype(dtype) for w in spec.state_sizes) for _ in range(D)]
+    return params, x, states, rng
+
+
 def is_lstm(layer):
     return isinstance(layer, rc.LSTM)
 

@@ -9,7 +9,7 @@ import rnncore as rc
 from rnncore.backends.reference import backend as _reference
 from rnncore.core.spec import CellSpec
 
-from cases import THREADS
+from cases import THREADS, random_backend_case as _random_case
 from conftest import assert_close
 
 # an install without the compiled extension (no compiler at build time) skips this file
@@ -71,15 +71,6 @@ def test_tanh_is_odd_and_sigmoid_symmetric():
         _recurrent.activation("tanh", pos)
         _recurrent.activation("tanh", neg)
         np.testing.assert_array_equal(pos, -neg)
-
-
-def _random_case(spec, T, B, D, dtype, seed):
-    rng = np.random.default_rng(seed)
-    params = [{name: rng.uniform(-0.5, 0.5, shape).astype(dtype) for name, shape in spec.param_shapes().items()}
-              for _ in range(D)]
-    x = rng.standard_normal((T, B, spec.input_size)).astype(dtype)
-    states = [tuple(rng.standard_normal((B, w)).astype(dtype) for w in spec.state_sizes) for _ in range(D)]
-    return params, x, states, rng
 
 
 _SPECS = [

@@ -7,6 +7,7 @@ import pytest
 from rnncore.backends.reference import backend as _reference
 from rnncore.core.spec import CellSpec
 
+from cases import random_backend_case as _random_case
 from conftest import assert_close
 
 _recurrent = pytest.importorskip("rnncore.backends.cython._recurrent", reason="the compiled extension is not built here")
@@ -93,15 +94,6 @@ _SPECS = [
 ]
 _SPEC_IDS = [f"{s.kind}-H{s.hidden_size}-{s.proj_size}-{int(s.peephole)}{int(s.coupled_input_forget)}"
              f"-{int(s.reset_after)}" for s in _SPECS]
-
-
-def _random_case(spec, T, B, D, dtype, seed):
-    rng = np.random.default_rng(seed)
-    params = [{name: rng.uniform(-0.5, 0.5, shape).astype(dtype) for name, shape in spec.param_shapes().items()}
-              for _ in range(D)]
-    x = rng.standard_normal((T, B, spec.input_size)).astype(dtype)
-    states = [tuple(rng.standard_normal((B, w)).astype(dtype) for w in spec.state_sizes) for _ in range(D)]
-    return params, x, states, rng
 
 
 @pytest.mark.parametrize("B, lengths", [(1, None), (5, [6, 1, 3, 6, 2]), (17, None)])
