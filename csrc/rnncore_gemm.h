@@ -100,6 +100,20 @@ static size_t rc_packed_size(size_t n, size_t k, size_t value_bytes)
     return (n + nr - 1) / nr * nr * k;
 }
 
+/* the hidden units of one block of rc_pack_weight_groups in a cell's time step: 256
+ * bytes of each gate, a multiple of every instance's panel (the cell's update then runs
+ * over rows of 64 floats, long enough for its vector loop; one panel's 16 were not) */
+static int rc_gate_block_units(size_t value_bytes)
+{
+    return (int)(256 / value_bytes);
+}
+
+/* values for rc_pack_weight_groups: each group's n / groups columns padded on its own */
+static size_t rc_packed_groups_size(size_t groups, size_t n, size_t k, size_t value_bytes)
+{
+    return groups * rc_packed_size(n / groups, k, value_bytes);
+}
+
 #ifndef RC_CONCAT
 #define RC_CONCAT_(a, b) a##b
 #define RC_CONCAT(a, b) RC_CONCAT_(a, b)

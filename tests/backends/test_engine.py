@@ -160,6 +160,50 @@ def test_packed_path_bits_do_not_depend_on_threads_or_training(spec, dtype):
             np.testing.assert_array_equal(a, b)
 
 
+# the cells inference runs by blocks of hidden units (64 floats, 32 doubles a block)
+_BLOCK_SPECS = [
+    CellSpec("lstm", 3, 33),
+    CellSpec("lstm", 3, 65, proj_size=7),
+    CellSpec("lstm", 3, 31, peephole=True),
+    CellSpec("lstm", 3, 64, peephole=True, coupled_input_forget=True, bias=False),
+    CellSpec("lstm", 3, 129, coupled_input_forget=True),
+    CellSpec("lstm", 3, 1),
+    CellSpec("gru", 3, 33, reset_after=True),
+    CellSpec("gru", 3, 32, reset_after=True, bias=False),
+    CellSpec("gru", 3, 65, reset_after=True),
+    CellSpec("gru", 3, 1, reset_after=True),
+]
+
+
+@pytest.mark.parametrize("B, lengths", [(1, None), (5, [4, 1, 3, 4, 2]), (70, "mixed")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", _BLOCK_SPECS, ids=lambda s: f"{s.kind}-H{s.hidden_size}-{s.proj_size}"
+                         f"-{int(s.peephole)}{int(s.coupled_input_forget)}-{int(s.bias)}")
+def test_inference_by_blocks_of_units_gives_the_bits_of_training(spec, dtype, B, lengths, isa):
+    """Inference updates the LSTM and the reset-after GRU block by block of hidden units,
+    right after each block's products (W_hh packed gate-interleaved); training writes
+    every step's gates whole. Widths on both sides of a block (32 doubles, 64 floats)
+    and of a panel, a last block narrower than the rest, 70 rows (two chunks of the
+    stack scratch), shrinking active rows: the same bits as training's forward, and the
+    reference's numbers."""
+    params, x, states, rng = _random_case(spec, 4, B, 2, dtype, 31)
+    if lengths == "mixed":
+        lengths = rng.integers(1, 5, size=B)
+        lengths[0] = 4
+    elif lengths is not None:
+        lengths = np.array(lengths)
+    reverse = (False, True)
+    y, sn, _ = cython_backend.layer_forward(spec, params, x, states, lengths, False, reverse, 1)
+    y_train, sn_train, _ = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse, 1)
+    np.testing.assert_array_equal(y, y_train)
+    for a, b in zip([s for st in sn for s in st], [s for st in sn_train for s in st]):
+        np.testing.assert_array_equal(a, b)
+    y_ref, sn_ref, _ = _reference.layer_forward(spec, params, x, states, lengths, False, reverse, 1)
+    assert_close(y, y_ref, what="y")
+    for a, b in zip([s for st in sn for s in st], [s for st in sn_ref for s in st]):
+        assert_close(a, b, what="final state")
+
+
 @pytest.mark.parametrize("lengths", [None, "mixed"])
 @pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -40,6 +40,17 @@ cdef extern from "rnncore_gemm.h" nogil:
                           int accumulate, float *C, size_t ldc)
     void rc_packed_gemm_d(int m, int n, int k, const double *A, size_t lda, const double *packed,
                           int accumulate, double *C, size_t ldc)
+    size_t rc_packed_groups_size(size_t groups, size_t n, size_t k, size_t value_bytes)
+    int rc_gemm_vector_bytes(int isa)
+    int rc_gate_block_units(size_t value_bytes)
+    void rc_pack_weight_groups_f(int groups, int units, int n, int k, const float *W, size_t stride_n,
+                                 size_t stride_k, float *packed)
+    void rc_pack_weight_groups_d(int groups, int units, int n, int k, const double *W, size_t stride_n,
+                                 size_t stride_k, double *packed)
+    void rc_packed_gemm_from_f(int m, int n, int k, const float *A, size_t lda, const float *packed,
+                               const float *source, size_t ld_source, float *C, size_t ldc)
+    void rc_packed_gemm_from_d(int m, int n, int k, const double *A, size_t lda, const double *packed,
+                               const double *source, size_t ld_source, double *C, size_t ldc)
 
 cdef extern from "rnncore_cells.h" nogil:
     void rc_activate_rows_f(int n, int width, int act, const float *bias, float *io)
@@ -51,9 +62,11 @@ cdef extern from "rnncore_cells.h" nogil:
     void rc_column_sums_f(size_t rows, int width, size_t ld, const float *m, float *sums)
     void rc_column_sums_d(size_t rows, int width, size_t ld, const double *m, double *sums)
     void rc_lstm_forward_f(int n, int H, int coupled, const float *w_ci, const float *w_cf,
-                           const float *w_co, float *gates, const float *c_prev, float *c, float *m)
+                           const float *w_co, float *gates, size_t ld_gates, size_t gate_stride,
+                           const float *c_prev, float *c, float *m, size_t ld_state)
     void rc_lstm_forward_d(int n, int H, int coupled, const double *w_ci, const double *w_cf,
-                           const double *w_co, double *gates, const double *c_prev, double *c, double *m)
+                           const double *w_co, double *gates, size_t ld_gates, size_t gate_stride,
+                           const double *c_prev, double *c, double *m, size_t ld_state)
     void rc_lstm_backward_f(int n, int H, int coupled, const float *w_ci, const float *w_cf,
                             const float *w_co, const float *gates, const float *c_prev, const float *c,
                             const float *dm, float *dc, float *dgates, float *g_ci, float *g_cf, float *g_co)
@@ -61,10 +74,12 @@ cdef extern from "rnncore_cells.h" nogil:
                             const double *w_co, const double *gates, const double *c_prev, const double *c,
                             const double *dm, double *dc, double *dgates, double *g_ci, double *g_cf,
                             double *g_co)
-    void rc_gru_forward_after_f(int n, int H, const float *b_hn, float *gates, const float *hh,
-                                const float *h_prev, float *h, float *kept)
-    void rc_gru_forward_after_d(int n, int H, const double *b_hn, double *gates, const double *hh,
-                                const double *h_prev, double *h, double *kept)
+    void rc_gru_forward_after_f(int n, int H, const float *b_hn, float *gates, size_t ld_gates,
+                                size_t gate_stride, const float *hh, size_t ld_hh, size_t hh_stride,
+                                const float *h_prev, float *h, float *kept, size_t ld_state)
+    void rc_gru_forward_after_d(int n, int H, const double *b_hn, double *gates, size_t ld_gates,
+                                size_t gate_stride, const double *hh, size_t ld_hh, size_t hh_stride,
+                                const double *h_prev, double *h, double *kept, size_t ld_state)
     void rc_gru_backward_after_f(int n, int H, const float *gates, const float *kept, const float *h_prev,
                                  float *dh, float *dgates_x, float *dgates_h)
     void rc_gru_backward_after_d(int n, int H, const double *gates, const double *kept, const double *h_prev,
@@ -189,12 +204,12 @@ cdef inline void column_sums(size_t rows, int width, size_t ld, const floating *
 
 
 cdef inline void lstm_forward(int n, int H, int coupled, const floating *w_ci, const floating *w_cf,
-                              const floating *w_co, floating *gates, const floating *c_prev, floating *c,
-                              floating *m) noexcept nogil:
+                              const floating *w_co, floating *gates, size_t ld_gates, size_t gate_stride,
+                              const floating *c_prev, floating *c, floating *m, size_t ld_state) noexcept nogil:
     if floating is float:
-        rc_lstm_forward_f(n, H, coupled, w_ci, w_cf, w_co, gates, c_prev, c, m)
+        rc_lstm_forward_f(n, H, coupled, w_ci, w_cf, w_co, gates, ld_gates, gate_stride, c_prev, c, m, ld_state)
     else:
-        rc_lstm_forward_d(n, H, coupled, w_ci, w_cf, w_co, gates, c_prev, c, m)
+        rc_lstm_forward_d(n, H, coupled, w_ci, w_cf, w_co, gates, ld_gates, gate_stride, c_prev, c, m, ld_state)
 
 
 cdef inline void lstm_backward(int n, int H, int coupled, const floating *w_ci, const floating *w_cf,
@@ -207,12 +222,16 @@ cdef inline void lstm_backward(int n, int H, int coupled, const floating *w_ci, 
         rc_lstm_backward_d(n, H, coupled, w_ci, w_cf, w_co, gates, c_prev, c, dm, dc, dgates, g_ci, g_cf, g_co)
 
 
-cdef inline void gru_forward_after(int n, int H, const floating *b_hn, floating *gates, const floating *hh,
-                                   const floating *h_prev, floating *h, floating *kept) noexcept nogil:
+cdef inline void gru_forward_after(int n, int H, const floating *b_hn, floating *gates, size_t ld_gates,
+                                   size_t gate_stride, const floating *hh, size_t ld_hh, size_t hh_stride,
+                                   const floating *h_prev, floating *h, floating *kept,
+                                   size_t ld_state) noexcept nogil:
     if floating is float:
-        rc_gru_forward_after_f(n, H, b_hn, gates, hh, h_prev, h, kept)
+        rc_gru_forward_after_f(n, H, b_hn, gates, ld_gates, gate_stride, hh, ld_hh, hh_stride, h_prev, h, kept,
+                               ld_state)
     else:
-        rc_gru_forward_after_d(n, H, b_hn, gates, hh, h_prev, h, kept)
+        rc_gru_forward_after_d(n, H, b_hn, gates, ld_gates, gate_stride, hh, ld_hh, hh_stride, h_prev, h, kept,
+                               ld_state)
 
 
 cdef inline void gru_backward_after(int n, int H, const floating *gates, const floating *kept,
@@ -272,8 +291,23 @@ cdef inline void pack_weight_nn(int n, int k, const floating *w, Py_ssize_t ldw,
         rc_pack_weight_d(n, k, w, 1, ldw, packed)
 
 
+cdef inline void pack_weight_groups(int groups, int n, int k, const floating *w, floating *packed) noexcept nogil:
+    """packed <- w (n, k), row-major, its `groups` blocks of rows (a cell's gates)
+    interleaved by blocks of hidden units (rc_pack_weight_groups)."""
+    cdef int units = rc_gate_block_units(sizeof(floating))
+    if floating is float:
+        rc_pack_weight_groups_f(groups, units, n, k, w, k, 1, packed)
+    else:
+        rc_pack_weight_groups_d(groups, units, n, k, w, k, 1, packed)
+
+
 cdef inline Py_ssize_t packed_values(int n, int k, floating *tag) noexcept nogil:
     return rc_packed_size(n, k, sizeof(floating))
+
+
+cdef inline int panel_width(floating *tag) noexcept nogil:
+    """Columns of one panel of the micro-kernel instance in use."""
+    return 2 * rc_gemm_vector_bytes(rc_gemm_isa()) // <int>sizeof(floating)
 
 
 cdef inline void packed_product(int m, int n, int k, const floating *a, int lda, const floating *packed,
@@ -285,13 +319,36 @@ cdef inline void packed_product(int m, int n, int k, const floating *a, int lda,
         rc_packed_gemm_d(m, n, k, a, lda, packed, accumulate, c, ldc)
 
 
+cdef inline void packed_product_from(int m, int n, int k, const floating *a, int lda, const floating *packed,
+                                     const floating *source, size_t ld_source, floating *c,
+                                     int ldc) noexcept nogil:
+    """c (m, n) = source + a (m, k) @ w.T: source's rows ld_source apart (0: one row, a
+    bias, for every row of c)."""
+    if floating is float:
+        rc_packed_gemm_from_f(m, n, k, a, lda, packed, source, ld_source, c, ldc)
+    else:
+        rc_packed_gemm_from_d(m, n, k, a, lda, packed, source, ld_source, c, ldc)
+
+
+cdef inline bint gate_blocks(const Direction *d) noexcept nogil:
+    """Whether the time loop runs the cell block by block of hidden units, each block's
+    update right after its gates' products (see forward_steps): the LSTM and the
+    reset-after GRU in inference. Training keeps every step's gates for the backward
+    pass, so it writes them whole; the reset-before GRU's second product needs every
+    unit's reset gate first; Elman's update is one activation in place."""
+    return not d.training and (d.kind == LSTM or (d.kind == GRU and d.reset_after))
+
+
 cdef void pack_recurrent(Direction *d, floating *tag) noexcept nogil:
-    """W_hh into d.w_hh_p, once per call, as the steps take it: one (GH, P) block, or
-    GRU-before's r, z block (2H, H) then its n block (H, H) after it."""
+    """W_hh into d.w_hh_p, once per call, as the steps take it: one (GH, P) block, its
+    gates interleaved by blocks of hidden units where the cell runs by blocks
+    (gate_blocks), or GRU-before's r, z block (2H, H) then its n block (H, H) after it."""
     cdef int H = d.H
     cdef floating *w_hh = <floating *>d.w_hh
     cdef floating *packed = <floating *>d.w_hh_p
-    if d.kind == GRU and not d.reset_after:
+    if gate_blocks(d):
+        pack_weight_groups(d.GH // H, d.GH, d.P, w_hh, packed)
+    elif d.kind == GRU and not d.reset_after:
         pack_weight(2 * H, H, w_hh, packed)
         pack_weight(H, H, w_hh + 2 * H * H, packed + packed_values(2 * H, H, tag))
     elif d.kind == JORDAN:
@@ -356,7 +413,10 @@ def packed_recurrent_size(str kind, int H, int GH, int P, int O, bint reset_afte
         return rc_packed_size(2 * H, H, value) + rc_packed_size(H, H, value)
     if kind == "jordan":
         return rc_packed_size(H, O, value)
-    return rc_packed_size(GH, P if kind == "lstm" else H, value)
+    if kind == "lstm" or kind == "gru":
+        # room for the gate-interleaved layout of inference (each gate padded on its own)
+        return rc_packed_groups_size(GH // H, GH, P if kind == "lstm" else H, value)
+    return rc_packed_size(GH, H, value)
 
 
 def packed_gemm(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] c, bint accumulate):
@@ -420,15 +480,75 @@ cdef void input_projection(Direction *d, floating *tag) noexcept nogil:
     bit. (Against OpenBLAS's sgemm it runs at 0.9-1.1x its rate, one thread, AVX2: the
     input projections of the benchmark cases, measured in tests/backends/test_engine.py's
     companion benchmarks/bench_engine.py.)"""
-    cdef floating *xp = <floating *>d.xp
-    cdef const floating *bias = <const floating *>d.bias_x
-    cdef Py_ssize_t row
-    if bias != NULL:
-        for row in range(d.N):
-            memcpy(xp + row * d.GH, bias, d.GH * sizeof(floating))
-    # xp (+)= x @ w_ih.T    (N, GH) = (N, I) x (I, GH)
-    packed_product(<int>d.N, d.GH, d.input_size, <floating *>d.x, <int>d.ldx, <floating *>d.w_ih_p,
-                   bias != NULL, xp, d.GH)
+    # xp = bias + x @ w_ih.T    (N, GH) = (N, I) x (I, GH), the bias row the accumulators' start
+    packed_product_from(<int>d.N, d.GH, d.input_size, <floating *>d.x, <int>d.ldx, <floating *>d.w_ih_p,
+                        <const floating *>d.bias_x, 0, <floating *>d.xp, d.GH)
+
+
+# Inference's time step by blocks of hidden units (gate_blocks). W_hh's panels go block
+# after block of `units` hidden units, every gate of a block side by side
+# (pack_weight_groups), so a block's gates are G products over consecutive panels, from
+# the input projection's values, into a scratch of `chunk` rows on the stack, and the
+# cell updates the block's units from there while it is in cache: the (B, G*H) gate
+# array is read once, never written back and read again. Each element's sum is the one
+# the whole-row product makes (xp, then p = 0 .. P-1 in order), so the bits are
+# training's and a stream's.
+DEF SCRATCH_VALUES = 8192          # 64 KB of doubles: L2-resident, one thread's stack
+
+cdef inline Py_ssize_t gate_panels_at(int u0, int cols, int g, int G, int k, floating *tag) noexcept nogil:
+    """Offset of gate g's panels of the block of units u0 .. u0 + cols - 1."""
+    cdef int nr = panel_width(tag)
+    return (<Py_ssize_t>u0 * G + <Py_ssize_t>g * ((cols + nr - 1) // nr) * nr) * k
+
+
+cdef void lstm_step_blocks(Direction *d, int n, const floating *gates_x, const floating *h_prev,
+                           const floating *c_prev, floating *c, floating *m, floating *scratch,
+                           floating *tag) noexcept nogil:
+    cdef int H = d.H, GH = d.GH, P = d.P, G = d.GH // d.H, units = rc_gate_block_units(sizeof(floating))
+    cdef int chunk = SCRATCH_VALUES * <int>sizeof(double) // (G * units * <int>sizeof(floating))
+    cdef int r, r0, rows, u, u0, cols, g
+    cdef const floating *w_hh_p = <const floating *>d.w_hh_p
+    cdef const floating *w_ci
+    cdef const floating *w_cf
+    cdef const floating *w_co
+    cdef bint peephole = d.w_ci != NULL
+    for r in range((n + chunk - 1) // chunk):
+        r0 = r * chunk
+        rows = min(chunk, n - r0)
+        for u in range((H + units - 1) // units):
+            u0 = u * units
+            cols = min(units, H - u0)
+            for g in range(G):
+                # the block's gate g    (rows, cols) = xp + (rows, P) x (P, cols)
+                packed_product_from(rows, cols, P, h_prev + r0 * P, P, w_hh_p + gate_panels_at(u0, cols, g, G, P, tag),
+                                    gates_x + r0 * GH + g * H + u0, GH, scratch + g * units, G * units)
+            w_ci = <const floating *>d.w_ci + u0 if peephole else NULL
+            w_cf = <const floating *>d.w_cf + u0 if peephole and not d.coupled else NULL
+            w_co = <const floating *>d.w_co + u0 if peephole else NULL
+            lstm_forward(rows, cols, d.coupled, w_ci, w_cf, w_co, scratch, G * units, units,
+                         c_prev + r0 * H + u0, c + r0 * H + u0, m + r0 * H + u0, H)
+
+
+cdef void gru_step_blocks(Direction *d, int n, floating *gates_x, const floating *h_prev, floating *h,
+                          floating *kept, floating *scratch, floating *tag) noexcept nogil:
+    cdef int H = d.H, GH = d.GH, units = rc_gate_block_units(sizeof(floating))
+    cdef int chunk = SCRATCH_VALUES * <int>sizeof(double) // (3 * units * <int>sizeof(floating))
+    cdef int r, r0, rows, u, u0, cols, g
+    cdef const floating *w_hh_p = <const floating *>d.w_hh_p
+    cdef const floating *b_hn
+    for r in range((n + chunk - 1) // chunk):
+        r0 = r * chunk
+        rows = min(chunk, n - r0)
+        for u in range((H + units - 1) // units):
+            u0 = u * units
+            cols = min(units, H - u0)
+            for g in range(3):
+                # the block's W_h h_prev, gate g    (rows, cols) = (rows, H) x (H, cols)
+                packed_product_from(rows, cols, H, h_prev + r0 * H, H, w_hh_p + gate_panels_at(u0, cols, g, 3, H, tag),
+                                    <const floating *>NULL, 0, scratch + g * units, 3 * units)
+            b_hn = <const floating *>d.b_hn + u0 if d.b_hn != NULL else NULL
+            gru_forward_after(rows, cols, b_hn, gates_x + r0 * GH + u0, GH, H, scratch, 3 * units, units,
+                              h_prev + r0 * H + u0, h + r0 * H + u0, kept + r0 * H + u0, H)
 
 
 cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
@@ -443,6 +563,9 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef floating *kept
     cdef floating *w_hh_p = <floating *>d.w_hh_p
     cdef floating *w_hn_p = w_hh_p + packed_values(2 * H, H, tag)   # GRU-before's n block
+    cdef double scratch_values[SCRATCH_VALUES]
+    cdef floating *scratch = <floating *>scratch_values
+    cdef bint blocks = gate_blocks(d)
     for s in range(d.S):
         n = d.active[s]
         gates = xp + d.step_row[s] * GH
@@ -460,20 +583,25 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
             packed_product(n, O, H, gates, H, <floating *>d.w_ho_p, False, h, O)
             activate_rows(n, O, d.out_act, <floating *>d.b_ho, h)
         elif d.kind == LSTM:
-            # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
-            packed_product(n, GH, P, h_prev, P, w_hh_p, True, gates, GH)
             m = per_step(d, d.m_buf, tag, s) if d.w_hr != NULL else h
-            lstm_forward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
-                         gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), m)
+            if blocks:
+                lstm_step_blocks(d, n, gates, h_prev, cell_at(d, tag, s - 1), cell_at(d, tag, s), m, scratch, tag)
+            else:
+                # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
+                packed_product(n, GH, P, h_prev, P, w_hh_p, True, gates, GH)
+                lstm_forward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
+                             gates, GH, H, cell_at(d, tag, s - 1), cell_at(d, tag, s), m, H)
             if d.w_hr != NULL:
                 # h[s] = m[s] @ w_hr.T    (n, P) = (n, H) x (H, P)
                 packed_product(n, P, H, m, H, <floating *>d.w_hr_p, False, h, P)
         else:
             kept = per_step(d, d.kept, tag, s)
-            if d.reset_after:
+            if blocks:
+                gru_step_blocks(d, n, gates, h_prev, h, kept, scratch, tag)
+            elif d.reset_after:
                 # hh = h[s-1] @ w_hh.T    (n, 3H) = (n, H) x (H, 3H)
                 packed_product(n, GH, H, h_prev, H, w_hh_p, False, <floating *>d.hh, GH)
-                gru_forward_after(n, H, <floating *>d.b_hn, gates, <floating *>d.hh, h_prev, h, kept)
+                gru_forward_after(n, H, <floating *>d.b_hn, gates, GH, H, <floating *>d.hh, GH, H, h_prev, h, kept, H)
             else:
                 # gates[s][:, :2H] += h[s-1] @ w_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
                 packed_product(n, 2 * H, H, h_prev, H, w_hh_p, True, gates, GH)
