@@ -270,3 +270,50 @@ def test_slices_follow_the_rows_steps():
     assert (steps0, steps1) == (100, int(lengths[lo1]))
     assert cython_backend._row_slices(spec, cython_backend._slots(100, 64, lengths), 1, 1, False) is None
     assert cython_backend._row_slices(spec, cython_backend._slots(100, 3, None), 1, 4, False) is None
+
+
+def _gradual_underflow():
+    """Whether this thread's float arithmetic keeps subnormal results (NumPy's default)."""
+    return bool(np.float32(1e-30) * np.float32(1e-10) != 0)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_kernels_flush_subnormals_and_leave_the_callers_setting(kind):
+    """Inside the kernels subnormal values count as zero (FTZ/DAZ: a decaying state would
+    otherwise take a microcode assist per operation on many CPUs); the calling thread,
+    main or worker, gets its own setting back, so NumPy keeps gradual underflow."""
+    import threading
+    # no bias and zero states, so that nothing normal absorbs the subnormal products
+    spec = CellSpec(kind, 4, 6, nonlinearity="relu", bias=False) if kind == "rnn" else CellSpec(kind, 4, 6, bias=False)
+    params, _, states, _ = _random_case(spec, 3, 2, 1, np.float32, 41)
+    states = [tuple(np.zeros_like(s) for s in states[0])]
+    x = np.full((3, 2, 4), 1e-39, np.float32)          # subnormal in float32
+    zero = np.zeros_like(x)
+    results = {}
+
+    def call():
+        assert _gradual_underflow()
+        for training in (False, True):
+            y, _, _ = cython_backend.layer_forward(spec, params, x, states, None, training, (False,), 2)
+            y0, _, _ = cython_backend.layer_forward(spec, params, zero, states, None, training, (False,), 2)
+            results[training] = (y, y0)
+        results["after"] = _gradual_underflow()
+
+    call()
+    for training in (False, True):
+        # read as zero: the bits of a zero input
+        np.testing.assert_array_equal(*results[training])
+    assert results["after"]
+    # a stream's steps likewise
+    stack = cython_backend.open_stream([spec], [params[0]], 2, np.float32, 1)
+    out = np.empty((3, 2, spec.out_size), np.float32)
+    stack.run(x, out, True)
+    np.testing.assert_array_equal(out, results[False][1])
+    assert _gradual_underflow()
+    worker = threading.Thread(target=call)
+    worker.start()
+    worker.join()
+    assert results["after"]
+    # the reference keeps them (subnormal outputs where the kernels give zeros)
+    y_ref, _, _ = _reference.layer_forward(spec, params, x, states, None, False, (False,), 1)
+    assert np.count_nonzero(y_ref) and np.max(np.abs(y_ref)) < np.finfo(np.float32).tiny

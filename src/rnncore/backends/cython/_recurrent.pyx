@@ -100,6 +100,8 @@ cdef extern from "rnncore_cells.h" nogil:
     double rc_tanh_d(double x)
     float rc_sigmoid_f(float x)
     double rc_sigmoid_d(double x)
+    unsigned int rc_denormals_off()
+    void rc_denormals_restore(unsigned int before)
 
 DEF RNN = 0
 DEF JORDAN = 1
@@ -983,10 +985,13 @@ DEF PACK_BACKWARD = 5
 
 
 cdef void _run_one(Direction *d, int stage, bint is_double) noexcept nogil:
+    # on the thread that runs the stage, whichever it is (see rc_denormals_off)
+    cdef unsigned int control = rc_denormals_off()
     if is_double:
         _run_typed(d, stage, <double *>NULL)
     else:
         _run_typed(d, stage, <float *>NULL)
+    rc_denormals_restore(control)
 
 
 cdef void _run_typed(Direction *d, int stage, floating *tag) noexcept nogil:
@@ -1422,6 +1427,7 @@ cdef class StepStack:
         cdef Py_ssize_t T = x.shape[0] if ndim == 3 else 1
         cdef int own[MAX_BLAS_LIBS]
         cdef bint finite = True
+        cdef unsigned int control
         cdef void *x_data
         cdef void *out_data
         cdef str kind = "float64" if self.is_double else "float32"
@@ -1451,12 +1457,14 @@ cdef class StepStack:
                         finite = all_finite(<float *>x_data, T * self.batch * self.input_size)
                 if finite:
                     _blas_enter(own)
+                    control = rc_denormals_off()
                     if self.is_double:
                         stream_steps(self.layers, self.count, T, <double *>x_data, <double *>out_data,
                                      <double *>NULL)
                     else:
                         stream_steps(self.layers, self.count, T, <float *>x_data, <float *>out_data,
                                      <float *>NULL)
+                    rc_denormals_restore(control)
                     _blas_leave(own)
         finally:
             self.busy = False
