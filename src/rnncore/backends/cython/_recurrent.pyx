@@ -14,7 +14,7 @@
 cimport numpy as cnp
 import numpy as np
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from cpython.number cimport PyIndex_Check
 from cpython.object cimport PyObject
 from libc.math cimport isfinite
@@ -29,6 +29,28 @@ cdef extern from "Python.h":
     # on the schema's borrowed key pointers, without the reference counting of a Python
     # call nor PyDict_GetItem's saving and restoring of the error state; NULL when absent
     PyObject *PyDict_GetItemWithError(PyObject *mapping, PyObject *key) except? NULL
+
+# A thread team's own size and barrier, for the time loop split by hidden units: the
+# region is a plain parallel block (not a worksharing loop, where a barrier may not be),
+# and each thread takes its share by the size of the team it actually got.
+cdef extern from *:
+    """
+    #if defined(_OPENMP)
+    #include <omp.h>
+    static int rc_team_size(void) { return omp_get_num_threads(); }
+    static int rc_team_member(void) { return omp_get_thread_num(); }
+    static void rc_team_barrier(void) {
+        #pragma omp barrier
+    }
+    #else
+    static int rc_team_size(void) { return 1; }
+    static int rc_team_member(void) { return 0; }
+    static void rc_team_barrier(void) {}
+    #endif
+    """
+    int rc_team_size() noexcept nogil
+    int rc_team_member() noexcept nogil
+    void rc_team_barrier() noexcept nogil
 
 cdef extern from "rnncore_gemm.h" nogil:
     size_t rc_packed_size(size_t n, size_t k, size_t value_bytes)
@@ -503,9 +525,22 @@ cdef inline Py_ssize_t gate_panels_at(int u0, int cols, int g, int G, int k, flo
     return (<Py_ssize_t>u0 * G + <Py_ssize_t>g * ((cols + nr - 1) // nr) * nr) * k
 
 
+cdef inline int unit_blocks(const Direction *d, floating *tag) noexcept nogil:
+    """The blocks of hidden units of a gate_blocks direction's step."""
+    cdef int units = rc_gate_block_units(sizeof(floating))
+    return (d.H + units - 1) // units
+
+
+cdef inline bint unit_split(const Direction *d) noexcept nogil:
+    """Whether a direction's time loop can split by blocks of hidden units: the blocked
+    cells, without an LSTM projection (whose product reads every unit of a step)."""
+    return gate_blocks(d) and d.w_hr == NULL
+
+
 cdef void lstm_step_blocks(Direction *d, int n, const floating *gates_x, const floating *h_prev,
                            const floating *c_prev, floating *c, floating *m, floating *scratch,
-                           floating *tag) noexcept nogil:
+                           int first, int last, floating *tag) noexcept nogil:
+    """Blocks first .. last-1 of one step's units (all rows n)."""
     cdef int H = d.H, GH = d.GH, P = d.P, G = d.GH // d.H, units = rc_gate_block_units(sizeof(floating))
     cdef int chunk = SCRATCH_VALUES * <int>sizeof(double) // (G * units * <int>sizeof(floating))
     cdef int r, r0, rows, u, u0, cols, g
@@ -517,7 +552,7 @@ cdef void lstm_step_blocks(Direction *d, int n, const floating *gates_x, const f
     for r in range((n + chunk - 1) // chunk):
         r0 = r * chunk
         rows = min(chunk, n - r0)
-        for u in range((H + units - 1) // units):
+        for u in range(first, last):
             u0 = u * units
             cols = min(units, H - u0)
             for g in range(G):
@@ -532,7 +567,8 @@ cdef void lstm_step_blocks(Direction *d, int n, const floating *gates_x, const f
 
 
 cdef void gru_step_blocks(Direction *d, int n, floating *gates_x, const floating *h_prev, floating *h,
-                          floating *kept, floating *scratch, floating *tag) noexcept nogil:
+                          floating *kept, floating *scratch, int first, int last, floating *tag) noexcept nogil:
+    """Blocks first .. last-1 of one step's units (all rows n)."""
     cdef int H = d.H, GH = d.GH, units = rc_gate_block_units(sizeof(floating))
     cdef int chunk = SCRATCH_VALUES * <int>sizeof(double) // (3 * units * <int>sizeof(floating))
     cdef int r, r0, rows, u, u0, cols, g
@@ -541,7 +577,7 @@ cdef void gru_step_blocks(Direction *d, int n, floating *gates_x, const floating
     for r in range((n + chunk - 1) // chunk):
         r0 = r * chunk
         rows = min(chunk, n - r0)
-        for u in range((H + units - 1) // units):
+        for u in range(first, last):
             u0 = u * units
             cols = min(units, H - u0)
             for g in range(3):
@@ -587,7 +623,8 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
         elif d.kind == LSTM:
             m = per_step(d, d.m_buf, tag, s) if d.w_hr != NULL else h
             if blocks:
-                lstm_step_blocks(d, n, gates, h_prev, cell_at(d, tag, s - 1), cell_at(d, tag, s), m, scratch, tag)
+                lstm_step_blocks(d, n, gates, h_prev, cell_at(d, tag, s - 1), cell_at(d, tag, s), m, scratch, 0,
+                                 unit_blocks(d, tag), tag)
             else:
                 # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
                 packed_product(n, GH, P, h_prev, P, w_hh_p, True, gates, GH)
@@ -599,7 +636,7 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
         else:
             kept = per_step(d, d.kept, tag, s)
             if blocks:
-                gru_step_blocks(d, n, gates, h_prev, h, kept, scratch, tag)
+                gru_step_blocks(d, n, gates, h_prev, h, kept, scratch, 0, unit_blocks(d, tag), tag)
             elif d.reset_after:
                 # hh = h[s-1] @ w_hh.T    (n, 3H) = (n, H) x (H, 3H)
                 packed_product(n, GH, H, h_prev, H, w_hh_p, False, <floating *>d.hh, GH)
@@ -611,6 +648,35 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
                 # gates[s][:, 2H:] += (r * h[s-1]) @ w_hh[2H:].T    (n, H) += (n, H) x (H, H)
                 packed_product(n, H, H, kept, H, w_hn_p, True, gates + 2 * H, GH)
                 gru_forward_before_n(n, H, gates, h_prev, h)
+
+
+cdef void forward_unit_slice(Direction *d, int me, int team, floating *tag) noexcept nogil:
+    """Thread `me` of `team`'s share of inference's time loop split by hidden units (one
+    direction, gate_blocks, no projection): its own blocks of units of every step, for
+    every row, then a barrier, since the next step's product reads every unit of h.
+    Each thread's panels of W_hh (its blocks' gates) stay in its own cache for all the
+    steps; the c ring and the GRU's kept values are read back only by the thread that
+    wrote them. Every element is computed as in forward_steps: the same bits."""
+    cdef int blocks = unit_blocks(d, tag), n
+    cdef int first = me * blocks // team, last = (me + 1) * blocks // team
+    cdef Py_ssize_t s
+    cdef double scratch_values[SCRATCH_VALUES]
+    cdef floating *scratch = <floating *>scratch_values
+    cdef floating *gates
+    cdef floating *h
+    cdef floating *h_prev
+    for s in range(d.S):
+        n = d.active[s]
+        gates = <floating *>d.xp + d.step_row[s] * d.GH
+        h = <floating *>d.hs + d.step_row[s] * d.P
+        h_prev = state_before(d, <floating *>d.hs, s)
+        if first < last:
+            if d.kind == LSTM:
+                lstm_step_blocks(d, n, gates, h_prev, cell_at(d, tag, s - 1), cell_at(d, tag, s), h, scratch,
+                                 first, last, tag)
+            else:
+                gru_step_blocks(d, n, gates, h_prev, h, per_step(d, d.kept, tag, s), scratch, first, last, tag)
+        rc_team_barrier()
 
 
 # -- backward ---------------------------------------------------------------------------
@@ -1206,8 +1272,18 @@ cdef void _slice_projection(const Direction *src, Direction *dst, Py_ssize_t fir
     dst.xp = _rows_at(src.xp, first, src.GH, value)
 
 
+cdef void _run_unit_slice(Direction *d, bint is_double) noexcept nogil:
+    """The calling team member's share of forward_unit_slice."""
+    cdef unsigned int control = rc_denormals_off()
+    if is_double:
+        forward_unit_slice(d, rc_team_member(), rc_team_size(), <double *>NULL)
+    else:
+        forward_unit_slice(d, rc_team_member(), rc_team_size(), <float *>NULL)
+    rc_denormals_restore(control)
+
+
 def _run(list plans, int first, int last, bint is_double, int num_threads, tuple slices=None,
-         tuple projection=None):
+         tuple projection=None, int unit_threads=1):
     """Run stages first..last for each direction's plan, filling the plans once (a short
     call pays for every fill). `slices`: (lo, hi, active, steps) row slices of the time
     loop, shared by the directions (None: one, all rows); `projection`: the slot-row
@@ -1220,7 +1296,7 @@ def _run(list plans, int first, int last, bint is_double, int num_threads, tuple
     cdef int own[MAX_BLAS_LIBS]
     cdef size_t value = sizeof(double) if is_double else sizeof(float)
     cdef Direction *work = NULL
-    cdef int threads
+    cdef int threads, units
     cdef cnp.ndarray active
     if not 1 <= count <= 2:
         raise ValueError(f"plans: expected one plan per direction, 1 or 2, got {count}")
@@ -1265,13 +1341,22 @@ def _run(list plans, int first, int last, bint is_double, int num_threads, tuple
                     work[i] = directions[i]
                 items = count
             threads = min(num_threads, items) if stage != WEIGHT_GRADIENTS and not _team_lost else 1
+            units = 1
+            if stage == FORWARD_STEPS and unit_threads > 1 and not _team_lost:
+                if count != 1 or n_slices != 1 or slices[0][2] is not None or not unit_split(&directions[0]):
+                    raise ValueError("unit_threads: expected one direction of an LSTM without projection or "
+                                     "a reset-after GRU, in inference and in one slice of rows, got another plan")
+                units = min(unit_threads, num_threads)
             with nogil:
                 _blas_enter(own)
                 if stage == INPUT_PROJECTION or stage == BACKWARD_STEPS:
                     for i in range(count):
                         _run_one(&directions[i], PACK_WEIGHTS if stage == INPUT_PROJECTION else PACK_BACKWARD,
                                  is_double)
-                if threads > 1:
+                if units > 1:
+                    with parallel(num_threads=units):
+                        _run_unit_slice(&work[0], is_double)
+                elif threads > 1:
                     for i in prange(items, num_threads=threads, schedule="static", chunksize=1):
                         _run_one(&work[i], stage, is_double)
                 else:
@@ -1282,8 +1367,19 @@ def _run(list plans, int first, int last, bint is_double, int num_threads, tuple
         free(work)
 
 
-def forward_all(list plans, bint is_double, int num_threads, tuple slices=None, tuple projection=None):
-    _run(plans, INPUT_PROJECTION, FORWARD_STEPS, is_double, num_threads, slices, projection)
+def forward_all(list plans, bint is_double, int num_threads, tuple slices=None, tuple projection=None,
+                int unit_threads=1):
+    """The forward stages. `unit_threads` > 1 splits the time loop of one inference
+    direction by blocks of hidden units over that many threads (forward_unit_slice; see
+    unit_split for the plans it takes), in place of row slices."""
+    _run(plans, INPUT_PROJECTION, FORWARD_STEPS, is_double, num_threads, slices, projection, unit_threads)
+
+
+def unit_blocks_of(int H, bint is_double):
+    """How many blocks of hidden units a step of H units runs in: the most threads a
+    split by units can use."""
+    cdef int units = rc_gate_block_units(sizeof(double) if is_double else sizeof(float))
+    return (H + units - 1) // units
 
 
 def backward_all(list plans, bint is_double, int num_threads, tuple slices=None):
