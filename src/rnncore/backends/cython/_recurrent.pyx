@@ -15,7 +15,7 @@ cimport numpy as cnp
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
-from cpython.number cimport PyIndex_Check
+from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject, PyObject_GenericGetAttr
 from libc.math cimport isfinite
 from libc.stdlib cimport calloc, free
@@ -725,7 +725,7 @@ cdef struct Field:
 DEF MAX_FIELDS = 96
 cdef Field _fields[MAX_FIELDS]
 cdef Py_ssize_t _field_count = 0
-_FIELD_INDEX = {}                  # name: its index in _fields
+cdef dict _FIELD_INDEX = {}        # name: its index in _fields
 
 
 cdef _compile_plan_schema():
@@ -766,8 +766,9 @@ cdef str _expected(const Field *f, bint is_double):
     return f"a C-contiguous {names[f.kind]} array"
 
 
-cdef int _store(char *at, object value, const Field *f, bint is_double) except -1:
-    """Write value into the field at `at`, or raise naming the field (writing nothing)."""
+cdef object _store(char *at, object value, const Field *f, bint is_double):
+    """Write value into the field at `at` and return it (an integer as a Python int), or
+    raise naming the field, writing nothing."""
     cdef long long number
     cdef int small
     cdef Py_ssize_t size
@@ -775,9 +776,12 @@ cdef int _store(char *at, object value, const Field *f, bint is_double) except -
     cdef int want
     cdef bint fits
     if f.kind <= SIZE:
-        if not PyIndex_Check(value):
+        try:
+            # an integer or what stands for one (a NumPy integer, not a one-element array)
+            value = PyNumber_Index(value)
+        except TypeError:
             raise TypeError(f"plan.{<object>f.name}: expected {_expected(f, is_double)}, "
-                            f"got {type(value).__name__}")
+                            f"got {type(value).__name__}") from None
         try:
             number = value
             fits = 0 <= number <= f.most
@@ -792,7 +796,7 @@ cdef int _store(char *at, object value, const Field *f, bint is_double) except -
         else:
             small = <int>number
             memcpy(at, &small, sizeof(int))
-        return 0
+        return value
     want = (cnp.NPY_FLOAT64 if is_double else cnp.NPY_FLOAT32) if f.kind == REAL else \
         (cnp.NPY_INTP if f.kind == INTP else cnp.NPY_INT)
     # the type numbers compared first: PyArray_EquivTypenums (long and long long, say) is slow
@@ -804,7 +808,7 @@ cdef int _store(char *at, object value, const Field *f, bint is_double) except -
         raise TypeError(f"plan.{<object>f.name}: expected {_expected(f, is_double)}, got {got}")
     data = cnp.PyArray_DATA(<cnp.ndarray>value)
     memcpy(at, &data, sizeof(void *))
-    return 0
+    return value
 
 
 cdef class Plan:
@@ -818,13 +822,13 @@ cdef class Plan:
     fields (the arrays shared), to which more may be added without touching this one."""
     cdef Direction d
     cdef readonly bint is_double
-    cdef dict values               # every field set, by name: keeps the arrays alive, reads back
-    cdef char given[MAX_FIELDS]
+    cdef list held                 # each field's value as set, or None (absent): keeps the
+                                   # arrays alive, and is what a field reads back
     cdef public object last_rows   # kept by backend.py for itself, not read here
     cdef public object params
 
     def __cinit__(self):
-        self.values = {}
+        self.held = [None] * _field_count
 
     def __init__(self, bint is_double, **fields):
         self.is_double = is_double
@@ -848,12 +852,9 @@ cdef class Plan:
         if value is None:
             memset(<char *>&self.d + f.offset, 0,
                    sizeof(int) if f.kind < SIZE else sizeof(Py_ssize_t) if f.kind == SIZE else sizeof(void *))
-            self.values.pop(name, None)
-            self.given[k] = False
-            return 0
-        _store(<char *>&self.d + f.offset, value, f, self.is_double)
-        self.values[name] = value
-        self.given[k] = True
+        else:
+            value = _store(<char *>&self.d + f.offset, value, f, self.is_double)
+        self.held[k] = value
         return 0
 
     def __setattr__(self, name, value):
@@ -862,11 +863,9 @@ cdef class Plan:
     def __getattribute__(self, name):
         # the fields first: a __getattr__ would be reached only after the class's own
         # lookup had raised and cleared an AttributeError, ten times the cost of a read
-        cdef PyObject *value = PyDict_GetItemWithError(<PyObject *>self.values, <PyObject *>name)
-        if value != NULL:
-            return <object>value
-        if PyDict_GetItemWithError(<PyObject *>_FIELD_INDEX, <PyObject *>name) != NULL:
-            return None
+        cdef PyObject *index = PyDict_GetItemWithError(<PyObject *>_FIELD_INDEX, <PyObject *>name)
+        if index != NULL:
+            return self.held[<Py_ssize_t><object>index]
         try:
             return PyObject_GenericGetAttr(self, name)
         except AttributeError:
@@ -879,7 +878,7 @@ cdef class Plan:
         cdef const Field *f
         for k in range(_field_count):
             f = &_fields[k]
-            if not self.given[k] and f.any_of & holds and (backward or not f.backward):
+            if f.any_of & holds and (backward or not f.backward) and self.held[k] is None:
                 raise ValueError(f"plan.{<object>f.name}: expected {_expected(f, self.is_double)} "
                                  f"(required: {PLAN_SCHEMA[k][2]}), got None")
         return 0
@@ -891,8 +890,7 @@ cdef class Plan:
 
     def copy(self):
         cdef Plan other = Plan.__new__(Plan)
-        other.d, other.is_double, other.values = self.d, self.is_double, dict(self.values)
-        memcpy(other.given, self.given, MAX_FIELDS)
+        other.d, other.is_double, other.held = self.d, self.is_double, self.held[:]
         other.last_rows, other.params = self.last_rows, self.params
         return other
 
