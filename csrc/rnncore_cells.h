@@ -1,10 +1,16 @@
 /* The fused element-wise cell kernels, for float (suffix _f) and double (suffix _d).
  *
- * The body is written once in rnncore_cells.inc and instantiated here for each
+ * The bodies are written once, one file per cell family (rnncore_elman.inc: the plain
+ * activations and the shared row helpers; rnncore_lstm.inc; rnncore_gru.inc), with
+ * `real` for the float type and RC_FN adding the suffix, and instantiated here for each
  * precision; Cython picks the instance through its fused types. Every kernel works on
  * `n` rows of a batch (the rows still active at this step), each row a contiguous run
  * of the given widths, and is a plain loop over the hidden units that GCC vectorises.
- * The matrix products between these passes run in rnncore_gemm.h's packed micro-kernel
+ * Derivatives are written in terms of the activated values that forward stored, as in
+ * the reference backend. Optional arrays (peepholes, biases) are NULL when absent; the
+ * tests on them are loop-invariant, so GCC unswitches them out of the loops.
+ * rc_sigmoid_f/_d and rc_tanh_f/_d come from rnncore_math.h under the same suffix. The
+ * matrix products between these passes run in rnncore_gemm.h's packed micro-kernel
  * (every step's) and BLAS (the weight gradients over all steps).
  */
 #ifndef RNNCORE_CELLS_H
@@ -39,13 +45,17 @@ RC_FAST_MATH_BEGIN
 
 #define real float
 #define RC_FN(name) RC_CONCAT(name, _f)
-#include "rnncore_cells.inc"
+#include "rnncore_elman.inc"
+#include "rnncore_lstm.inc"
+#include "rnncore_gru.inc"
 #undef real
 #undef RC_FN
 
 #define real double
 #define RC_FN(name) RC_CONCAT(name, _d)
-#include "rnncore_cells.inc"
+#include "rnncore_elman.inc"
+#include "rnncore_lstm.inc"
+#include "rnncore_gru.inc"
 #undef real
 #undef RC_FN
 

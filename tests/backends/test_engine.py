@@ -107,7 +107,7 @@ def test_every_variant_on_the_packed_path_matches_reference(spec, dtype, B, leng
     lengths = None if lengths is None else np.array(lengths)
     reverse = (False, True)
     y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse, 1)
-    assert all(plan.get("w_hh_p") is not None for plan in ctx["plans"])
+    assert all(plan.w_hh_p is not None for plan in ctx["plans"])
     y_ref, sn_ref, ctx_ref = _reference.layer_forward(spec, params, x, states, lengths, True, reverse, 1)
     assert_close(y, y_ref, what="y")
     for d in range(2):

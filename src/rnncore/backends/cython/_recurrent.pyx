@@ -8,15 +8,15 @@
 # other (PyTorch's PackedSequence order), so the rows active at step s are always the
 # first active[s] rows of the batch and the state of step s-1 feeds step s as it lies.
 # The backend module (backend.py) builds the schedule, sorts and gathers, allocates
-# every buffer once per call, and hands over one plan per direction: a dict, whose one
-# description is _PLAN below, checked and copied into a `Direction`; this module only
+# every buffer once per call, and hands over one plan per direction: a `Plan`, whose one
+# description is _PLAN below, each field checked as it is set; this module only
 # computes.
 cimport numpy as cnp
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from cpython.number cimport PyIndex_Check
-from cpython.object cimport PyObject
+from cpython.number cimport PyNumber_Index
+from cpython.object cimport PyObject, PyObject_GenericGetAttr
 from libc.math cimport isfinite
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
@@ -26,8 +26,8 @@ from ._blas cimport gemm
 cnp.import_array()
 
 cdef extern from "Python.h":
-    # on the schema's borrowed key pointers, without the reference counting of a Python
-    # call nor PyDict_GetItem's saving and restoring of the error state; NULL when absent
+    # a plan's field lookups, without the reference counting of a Python call nor
+    # PyDict_GetItem's saving and restoring of the error state; NULL when absent
     PyObject *PyDict_GetItemWithError(PyObject *mapping, PyObject *key) except? NULL
 
 # A thread team's own size and barrier, for the time loop split by hidden units: the
@@ -172,7 +172,7 @@ cdef struct Direction:
     void *hh                       # GRU reset_after: (B, 3H) recurrent product of a step
     # backward
     void *dy                       # slot rows of dL/dy, ldy apart
-    Py_ssize_t dy_offset           # this direction's first column of dy (applied by _fill)
+    Py_ssize_t dy_offset           # this direction's first column of dy (applied by _load)
     Py_ssize_t ldy
     void *dgx                      # (N, GH) gradient of the input-side pre-activations
     void *dgh                      # (N, GH) gradient of the recurrent product (== dgx but GRU-after)
@@ -785,17 +785,22 @@ cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
 
 # -- the plan: the one description of what backend.py hands over ---------------------------
 #
-# backend.py hands over one dict per direction. _PLAN below is the only description of it:
-# each key, the kind of its value, when it is required, and the Direction field it fills.
-# `_fill` walks it and refuses, before any work, a key it does not hold, a required key
-# missing, or a value of the wrong kind, so a misspelling on either side is an error and
-# not a read of uninitialised memory.
+# backend.py hands over one `Plan` per direction: a `Direction` struct and the arrays its
+# pointers point into. _PLAN below is the only description of its fields: each name, the
+# kind of its value, when it is required, and the Direction field it fills. A field is
+# checked once, when it is assigned (an attribute, or a keyword of the constructor), and
+# refused, naming it, if its value is of the wrong kind; before a stage runs, a plan
+# lacking a field its kind, variant or stage requires is refused. So a misspelling on
+# either side is an error and not a read of uninitialised memory, and a call copies
+# structs and looks nothing up.
 #
-# Kinds: "int" and "size" (a C int, a Py_ssize_t); "real" (a C-contiguous array of the
-# call's float type); "intp" and "intc" (C-contiguous integer arrays); "host" (kept in the
-# plan by backend.py for itself, not read here). A None value counts as absent.
-# Required when: "always"; "optional" (NULL or 0 when absent); or any of the conditions
-# of _CONDITIONS joined by "|", after "backward" for what only the backward stages read.
+# Kinds: "flag" (a C int, 0 or 1), "code" (a C int, 0 to 3: a kind or an activation),
+# "int" and "size" (a C int, a Py_ssize_t, not negative); "real" (a C-contiguous array of
+# the plan's float type); "intp" and "intc" (C-contiguous integer arrays). None clears a
+# field (NULL or 0). Required when: "always"; "optional" (NULL or 0 when absent); or any of
+# the conditions of _CONDITIONS joined by "|", after "backward" for what only the backward
+# stages read. What backend.py keeps in a plan for itself (`last_rows`, `params`) are
+# ordinary attributes, not read here.
 
 cdef Direction _probe              # only the addresses of its fields are used
 
@@ -805,13 +810,13 @@ cdef Py_ssize_t _at(void *field):
 
 
 _PLAN = (
-    # key            kind     required when                 Direction field
-    ("kind",         "int",   "always",                     _at(&_probe.kind)),
-    ("act",          "int",   "always",                     _at(&_probe.act)),
-    ("out_act",      "int",   "always",                     _at(&_probe.out_act)),
-    ("coupled",      "int",   "always",                     _at(&_probe.coupled)),
-    ("reset_after",  "int",   "always",                     _at(&_probe.reset_after)),
-    ("training",     "int",   "always",                     _at(&_probe.training)),
+    # name           kind     required when                 Direction field
+    ("kind",         "code",  "always",                     _at(&_probe.kind)),
+    ("act",          "code",  "always",                     _at(&_probe.act)),
+    ("out_act",      "code",  "always",                     _at(&_probe.out_act)),
+    ("coupled",      "flag",  "always",                     _at(&_probe.coupled)),
+    ("reset_after",  "flag",  "always",                     _at(&_probe.reset_after)),
+    ("training",     "flag",  "always",                     _at(&_probe.training)),
     ("B",            "int",   "always",                     _at(&_probe.B)),
     ("S",            "int",   "always",                     _at(&_probe.S)),
     ("H",            "int",   "always",                     _at(&_probe.H)),
@@ -873,13 +878,11 @@ _PLAN = (
     ("g_b_ho",       "real",  "backward out_bias",          _at(&_probe.g_b_ho)),
     ("dx",           "real",  "backward",                   _at(&_probe.dx)),
     ("ldx_out",      "size",  "backward",                   _at(&_probe.ldx_out)),
-    ("dx_accumulate", "int",  "backward",                   _at(&_probe.dx_accumulate)),
-    ("last_rows",    "host",  "optional",                   -1),
-    ("params",       "host",  "optional",                   -1),
+    ("dx_accumulate", "flag", "backward",                   _at(&_probe.dx_accumulate)),
 )
 PLAN_SCHEMA = tuple(entry[:3] for entry in _PLAN)
 
-# the conditions a key may be required on, bit k of `_conditions` for _CONDITIONS[k]
+# the conditions a field may be required on, bit k of `_conditions` for _CONDITIONS[k]
 _CONDITIONS = ("always", "rnn", "jordan", "lstm", "gru", "gru_after", "gru_before", "proj", "peephole",
                "peephole_f", "bias", "out_bias")
 
@@ -901,74 +904,95 @@ cdef unsigned int _conditions(const Direction *d) noexcept:
 
 
 cdef enum FieldKind:
-    INT, SIZE, REAL, INTP, INTC, HOST
+    FLAG, CODE, INT, SIZE, REAL, INTP, INTC
 
-_KINDS = {"int": INT, "size": SIZE, "real": REAL, "intp": INTP, "intc": INTC, "host": HOST}
+_KINDS = {"flag": FLAG, "code": CODE, "int": INT, "size": SIZE, "real": REAL, "intp": INTP, "intc": INTC}
+# the values an integer field takes: up to its C type's largest, or the flags' and codes'
+_INT_RANGES = {FLAG: 1, CODE: 3, INT: 2**31 - 1, SIZE: 2**63 - 1}
 
 cdef struct Field:
-    PyObject *key                  # borrowed from _PLAN, which lives as long as the module
+    PyObject *name                 # borrowed from _PLAN, which lives as long as the module
     FieldKind kind
     Py_ssize_t offset
+    long long most                 # an integer field's largest value (its least is 0)
     unsigned int any_of            # required when one of these conditions holds; 0: optional
     bint backward                  # ... and only for the backward stages
 
 DEF MAX_FIELDS = 96
 cdef Field _fields[MAX_FIELDS]
 cdef Py_ssize_t _field_count = 0
+cdef dict _FIELD_INDEX = {}        # name: its index in _fields
 
 
 cdef _compile_plan_schema():
-    """_PLAN into the C table `_fill` walks."""
+    """_PLAN into the C table that Plan's assignments and checks read."""
     global _field_count
     if len(_PLAN) > MAX_FIELDS:
-        raise ValueError(f"_PLAN: expected at most {MAX_FIELDS} keys, got {len(_PLAN)}")
-    for k, (key, kind, when, offset) in enumerate(_PLAN):
+        raise ValueError(f"_PLAN: expected at most {MAX_FIELDS} fields, got {len(_PLAN)}")
+    for k, (name, kind, when, offset) in enumerate(_PLAN):
         words = when.split()
         backward = words[:1] == ["backward"]
         if backward:
             words = words[1:] or ["always"]
         names = [] if words == ["optional"] else words[0].split("|")
-        unknown = [name for name in names if name not in _CONDITIONS]
+        unknown = [condition for condition in names if condition not in _CONDITIONS]
         if len(words) != 1 or unknown:
-            raise ValueError(f"_PLAN[{key!r}]: expected a required-when of {_CONDITIONS}, got {when!r}")
-        _fields[k].key = <PyObject *>key
+            raise ValueError(f"_PLAN[{name!r}]: expected a required-when of {_CONDITIONS}, got {when!r}")
+        _fields[k].name = <PyObject *>name
         _fields[k].kind = _KINDS[kind]
         _fields[k].offset = offset
+        _fields[k].most = _INT_RANGES.get(_KINDS[kind], 0)
         _fields[k].any_of = 0
-        for name in names:
-            _fields[k].any_of |= 1u << _CONDITIONS.index(name)
+        for condition in names:
+            _fields[k].any_of |= 1u << _CONDITIONS.index(condition)
         _fields[k].backward = backward
+        _FIELD_INDEX[name] = k
     _field_count = len(_PLAN)
 
 
 _compile_plan_schema()
-_PLAN_KEYS = frozenset(key for key, _, _ in PLAN_SCHEMA)
 
 
-cdef str _expected(FieldKind kind, bint is_double):
-    if kind == INT or kind == SIZE:
-        return "an integer"
+cdef str _expected(const Field *f, bint is_double):
+    if f.kind == FLAG:
+        return "0 or 1"
+    if f.kind <= SIZE:
+        return f"an integer from 0 to {f.most}"
     names = {REAL: "float64" if is_double else "float32", INTP: "intp", INTC: "intc"}
-    return f"a C-contiguous {names[kind]} array"
+    return f"a C-contiguous {names[f.kind]} array"
 
 
-cdef int _store(char *at, object value, const Field *f, bint is_double) except -1:
-    """Write value into the field at `at`, or raise TypeError naming the key."""
-    cdef int number
+cdef object _store(char *at, object value, const Field *f, bint is_double):
+    """Write value into the field at `at` and return it (an integer as a Python int), or
+    raise naming the field, writing nothing."""
+    cdef long long number
+    cdef int small
     cdef Py_ssize_t size
     cdef void *data
     cdef int want
-    if f.kind == INT or f.kind == SIZE:
-        if not PyIndex_Check(value):
-            raise TypeError(f"plan[{<object>f.key!r}]: expected an integer, got {type(value).__name__}")
-        # memcpy: a field is written through its address, as bytes (no aliasing question)
-        if f.kind == INT:
+    cdef bint fits
+    if f.kind <= SIZE:
+        try:
+            # an integer or what stands for one (a NumPy integer, not a one-element array)
+            value = PyNumber_Index(value)
+        except TypeError:
+            raise TypeError(f"plan.{<object>f.name}: expected {_expected(f, is_double)}, "
+                            f"got {type(value).__name__}") from None
+        try:
             number = value
-            memcpy(at, &number, sizeof(int))
-        else:
-            size = value
+            fits = 0 <= number <= f.most
+        except OverflowError:
+            fits = False
+        if not fits:
+            raise ValueError(f"plan.{<object>f.name}: expected {_expected(f, is_double)}, got {value!r}")
+        # memcpy: a field is written through its address, as bytes (no aliasing question)
+        if f.kind == SIZE:
+            size = <Py_ssize_t>number
             memcpy(at, &size, sizeof(Py_ssize_t))
-        return 0
+        else:
+            small = <int>number
+            memcpy(at, &small, sizeof(int))
+        return value
     want = (cnp.NPY_FLOAT64 if is_double else cnp.NPY_FLOAT32) if f.kind == REAL else \
         (cnp.NPY_INTP if f.kind == INTP else cnp.NPY_INT)
     # the type numbers compared first: PyArray_EquivTypenums (long and long long, say) is slow
@@ -977,70 +1001,134 @@ cdef int _store(char *at, object value, const Field *f, bint is_double) except -
                  or cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(<cnp.ndarray>value), want))):
         got = (f"{'' if value.flags.c_contiguous else 'non-contiguous '}{value.dtype} array"
                if isinstance(value, cnp.ndarray) else type(value).__name__)
-        raise TypeError(f"plan[{<object>f.key!r}]: expected {_expected(f.kind, is_double)}, got {got}")
+        raise TypeError(f"plan.{<object>f.name}: expected {_expected(f, is_double)}, got {got}")
     data = cnp.PyArray_DATA(<cnp.ndarray>value)
     memcpy(at, &data, sizeof(void *))
-    return 0
+    return value
 
 
-cdef int _fill(Direction *d, dict plan, bint backward, bint is_double) except -1:
-    """d from one direction's plan, every key checked against _PLAN (before any work)."""
-    cdef Py_ssize_t k, known = 0
-    cdef char given[MAX_FIELDS]
-    cdef PyObject *item
-    cdef const Field *f
-    cdef unsigned int holds
-    memset(d, 0, sizeof(Direction))
-    for k in range(_field_count):
+cdef class Plan:
+    """What the compiled stages compute for one direction: a `Direction` and the arrays
+    it points into, which the plan keeps alive. Fields are set by keyword or by
+    attribute, each checked as it is set (see _PLAN); a field read back is the value
+    given, or None. `is_double` sets the float type of every "real" array.
+
+    Plan(is_double, **fields); `check(backward)` refuses a plan that lacks a required
+    field, as the stages do before any work; `copy()` is a plan of its own with the same
+    fields (the arrays shared), to which more may be added without touching this one."""
+    cdef Direction d
+    cdef readonly bint is_double
+    cdef list held                 # each field's value as set, or None (absent): keeps the
+                                   # arrays alive, and is what a field reads back
+    cdef public object last_rows   # kept by backend.py for itself, not read here
+    cdef public object params
+
+    def __cinit__(self):
+        self.held = [None] * _field_count
+
+    def __init__(self, bint is_double, **fields):
+        self.is_double = is_double
+        for name, value in fields.items():
+            self._set(name, value)
+
+    cdef int _set(self, object name, object value) except -1:
+        cdef PyObject *index = PyDict_GetItemWithError(<PyObject *>_FIELD_INDEX, <PyObject *>name)
+        cdef Py_ssize_t k
+        cdef const Field *f
+        if index == NULL:
+            if name == "last_rows":
+                self.last_rows = value
+            elif name == "params":
+                self.params = value
+            else:
+                raise AttributeError(f"plan: expected a field of PLAN_SCHEMA, last_rows or params, got {name!r}")
+            return 0
+        k = <object>index
         f = &_fields[k]
-        item = PyDict_GetItemWithError(<PyObject *>plan, f.key)
-        known += item != NULL
-        given[k] = item != NULL and item != <PyObject *>None
-        if given[k] and f.kind != HOST:
-            _store(<char *>d + f.offset, <object>item, f, is_double)
-    if known != len(plan):  # the keys are distinct, so some key of the plan is not in _PLAN
-        raise ValueError(f"plan: expected only the keys of PLAN_SCHEMA, got "
-                         f"{', '.join(repr(key) for key in plan if key not in _PLAN_KEYS)}")
-    holds = _conditions(d)
-    for k in range(_field_count):
-        f = &_fields[k]
-        if not given[k] and f.any_of & holds and (backward or not f.backward):
-            key, kind, when = PLAN_SCHEMA[k]
-            raise ValueError(f"plan[{key!r}]: expected {_expected(f.kind, is_double)} (required: {when}), "
-                             f"got {'None' if key in plan else 'no such key'}")
+        if value is None:
+            memset(<char *>&self.d + f.offset, 0,
+                   sizeof(int) if f.kind < SIZE else sizeof(Py_ssize_t) if f.kind == SIZE else sizeof(void *))
+        else:
+            value = _store(<char *>&self.d + f.offset, value, f, self.is_double)
+        self.held[k] = value
+        return 0
+
+    def __setattr__(self, name, value):
+        self._set(name, value)
+
+    def __getattribute__(self, name):
+        # the fields first: a __getattr__ would be reached only after the class's own
+        # lookup had raised and cleared an AttributeError, ten times the cost of a read
+        cdef PyObject *index = PyDict_GetItemWithError(<PyObject *>_FIELD_INDEX, <PyObject *>name)
+        if index != NULL:
+            return self.held[<Py_ssize_t><object>index]
+        try:
+            return PyObject_GenericGetAttr(self, name)
+        except AttributeError:
+            raise AttributeError(f"plan: expected a field of PLAN_SCHEMA, last_rows or params, "
+                                 f"got {name!r}") from None
+
+    cdef int _check(self, bint backward) except -1:
+        cdef unsigned int holds = _conditions(&self.d)
+        cdef Py_ssize_t k
+        cdef const Field *f
+        for k in range(_field_count):
+            f = &_fields[k]
+            if f.any_of & holds and (backward or not f.backward) and self.held[k] is None:
+                raise ValueError(f"plan.{<object>f.name}: expected {_expected(f, self.is_double)} "
+                                 f"(required: {PLAN_SCHEMA[k][2]}), got None")
+        return 0
+
+    def check(self, bint backward):
+        """Refuse the plan, as the stages (backward: the backward ones) would before any
+        work: ValueError naming the first required field it lacks; else None."""
+        self._check(backward)
+
+    def copy(self):
+        cdef Plan other = Plan.__new__(Plan)
+        other.d, other.is_double, other.held = self.d, self.is_double, self.held[:]
+        other.last_rows, other.params = self.last_rows, self.params
+        return other
+
+
+cdef int _load(object item, Direction *d, bint backward, Py_ssize_t index, bint is_double) except -1:
+    """d <- the Direction of plans[index] (a Plan of the float type `is_double`), once
+    its required fields are checked."""
+    cdef Plan plan
+    if not isinstance(item, Plan):
+        raise TypeError(f"plans[{index}]: expected a Plan, got {type(item).__name__}")
+    plan = <Plan>item
+    if plan.is_double != is_double:
+        raise TypeError(f"plans[{index}]: expected a {'float64' if is_double else 'float32'} plan like plans[0], "
+                        f"got a {'float64' if plan.is_double else 'float32'} one")
+    plan._check(backward)
+    d[0] = plan.d
     if d.dy != NULL:
         # dy's rows hold both directions side by side: start at this direction's columns
         d.dy = <char *>d.dy + d.dy_offset * (sizeof(double) if is_double else sizeof(float))
     return 0
 
 
-def check_plan(dict plan, bint backward, bint is_double):
-    """Check one plan against PLAN_SCHEMA as the stages do, computing nothing: raises
-    ValueError or TypeError naming the key, else returns None."""
-    cdef Direction d
-    _fill(&d, plan, backward, is_double)
-
-
 def _layout_problems(entries=_PLAN):
-    """Where `entries` (_PLAN) and the Direction struct disagree: bytes no key fills
-    beyond the alignment padding, or two keys on one field. Empty when every field has
-    its key (the struct's fields are laid out in order, each at its natural alignment)."""
-    sizes = {"int": sizeof(int), "size": sizeof(Py_ssize_t)}
-    fields = sorted((offset, sizes.get(kind, sizeof(void *)), key)
-                    for key, kind, _, offset in entries if kind != "host")
+    """Where `entries` (_PLAN) and the Direction struct disagree: bytes no field of the
+    table fills beyond the alignment padding, or two on one field. Empty when every
+    struct field has its entry (they are laid out in order, each at its natural
+    alignment)."""
+    sizes = {"size": sizeof(Py_ssize_t), "int": sizeof(int), "flag": sizeof(int), "code": sizeof(int)}
+    fields = sorted((offset, sizes.get(kind, sizeof(void *)), name) for name, kind, _, offset in entries)
     problems, end = [], 0
-    for offset, size, key in fields:
+    for offset, size, name in fields:
         aligned = -(-end // size) * size
         if offset != aligned:
-            problems.append(f"{key!r} at byte {offset}, expected {aligned}")
+            problems.append(f"{name!r} at byte {offset}, expected {aligned}")
         end = offset + size
     widest = max(sizeof(void *), sizeof(Py_ssize_t))
     if -(-end // widest) * widest != sizeof(Direction):
-        problems.append(f"the last key ends at byte {end}, the struct at {sizeof(Direction)}")
+        problems.append(f"the last field ends at byte {end}, the struct at {sizeof(Direction)}")
     return problems
 
 
-# -- Python entry points: fill the plans, release the GIL, run ------------------------------
+# -- Python entry points: load the plans, release the GIL, run ------------------------------
 
 DEF INPUT_PROJECTION = 0
 DEF FORWARD_STEPS = 1
@@ -1282,10 +1370,10 @@ cdef void _run_unit_slice(Direction *d, bint is_double) noexcept nogil:
     rc_denormals_restore(control)
 
 
-def _run(list plans, int first, int last, bint is_double, int num_threads, tuple slices=None,
-         tuple projection=None, int unit_threads=1):
-    """Run stages first..last for each direction's plan, filling the plans once (a short
-    call pays for every fill). `slices`: (lo, hi, active, steps) row slices of the time
+def _run(list plans, int first, int last, int num_threads, tuple slices=None, tuple projection=None,
+         int unit_threads=1):
+    """Run stages first..last for each direction's plan (one or two Plans of one float
+    type), each checked and copied once. `slices`: (lo, hi, active, steps) row slices of the time
     loop, shared by the directions (None: one, all rows); `projection`: the slot-row
     bounds the input projection splits at (None: one range). The slices and directions
     run side by side on up to num_threads threads; the weight gradients run one
@@ -1294,14 +1382,17 @@ def _run(list plans, int first, int last, bint is_double, int num_threads, tuple
     cdef Direction directions[2]
     cdef int count = len(plans), i, j, stage, n_slices, n_ranges, items
     cdef int own[MAX_BLAS_LIBS]
-    cdef size_t value = sizeof(double) if is_double else sizeof(float)
+    cdef bint is_double
+    cdef size_t value
     cdef Direction *work = NULL
     cdef int threads, units
     cdef cnp.ndarray active
     if not 1 <= count <= 2:
         raise ValueError(f"plans: expected one plan per direction, 1 or 2, got {count}")
+    is_double = isinstance(plans[0], Plan) and (<Plan>plans[0]).is_double
+    value = sizeof(double) if is_double else sizeof(float)
     for i in range(count):
-        _fill(&directions[i], plans[i], first >= BACKWARD_STEPS, is_double)
+        _load(plans[i], &directions[i], first >= BACKWARD_STEPS, i, is_double)
     slices = slices or ((0, directions[0].B, None, directions[0].S),)
     projection = projection or (0, directions[0].N)
     n_slices, n_ranges = len(slices), len(projection) - 1
@@ -1367,12 +1458,11 @@ def _run(list plans, int first, int last, bint is_double, int num_threads, tuple
         free(work)
 
 
-def forward_all(list plans, bint is_double, int num_threads, tuple slices=None, tuple projection=None,
-                int unit_threads=1):
+def forward_all(list plans, int num_threads, tuple slices=None, tuple projection=None, int unit_threads=1):
     """The forward stages. `unit_threads` > 1 splits the time loop of one inference
     direction by blocks of hidden units over that many threads (forward_unit_slice; see
     unit_split for the plans it takes), in place of row slices."""
-    _run(plans, INPUT_PROJECTION, FORWARD_STEPS, is_double, num_threads, slices, projection, unit_threads)
+    _run(plans, INPUT_PROJECTION, FORWARD_STEPS, num_threads, slices, projection, unit_threads)
 
 
 def unit_blocks_of(int H, bint is_double):
@@ -1382,12 +1472,12 @@ def unit_blocks_of(int H, bint is_double):
     return (H + units - 1) // units
 
 
-def backward_all(list plans, bint is_double, int num_threads, tuple slices=None):
-    _run(plans, BACKWARD_STEPS, BACKWARD_STEPS, is_double, num_threads, slices)
+def backward_all(list plans, int num_threads, tuple slices=None):
+    _run(plans, BACKWARD_STEPS, BACKWARD_STEPS, num_threads, slices)
 
 
-def weight_gradients_all(list plans, bint is_double):
-    _run(plans, WEIGHT_GRADIENTS, WEIGHT_GRADIENTS, is_double, 1)
+def weight_gradients_all(list plans):
+    _run(plans, WEIGHT_GRADIENTS, WEIGHT_GRADIENTS, 1)
 
 
 def activation(str name, floating[::1] values):
@@ -1443,12 +1533,12 @@ cdef bint all_finite(const floating *values, Py_ssize_t count) noexcept nogil:
 
 
 cdef class StepStack:
-    """The compiled half of a stream: a stack of one-step inference plans (one dict per
+    """The compiled half of a stream: a stack of one-step inference plans (one Plan per
     layer, as backend.py's `_plan` makes them with T = 1 and the stream's own state
-    buffers), filled and packed once. `run(x, out)` steps x (T, B, I) through the stack
+    buffers, of one float type), loaded and packed once. `run(x, out)` steps x (T, B, I) through the stack
     and writes the last layer's output of every step into out (T, B, P). `parity` says
-    which buffer of each pair holds the state: 0 the plans' "h0" (and "c0"), 1 their
-    "hs" (and "c_buf"'s first slot). One caller at a time: a second, from another
+    which buffer of each pair holds the state: 0 the plans' h0 (and c0), 1 their hs
+    (and c_buf's first slot). One caller at a time: a second, from another
     thread while a run is under way, gets a RuntimeError."""
     cdef Direction *layers
     cdef int count
@@ -1460,17 +1550,19 @@ cdef class StepStack:
     def __cinit__(self):
         self.layers = NULL
 
-    def __init__(self, list plans, bint is_double):
+    def __init__(self, list plans):
         cdef int k, count = len(plans)
         cdef Direction *d
+        cdef bint is_double
         if count < 1:
             raise ValueError("plans: expected one plan per layer, got none")
+        is_double = isinstance(plans[0], Plan) and (<Plan>plans[0]).is_double
         self.layers = <Direction *>calloc(count, sizeof(Direction))
         if self.layers == NULL:
             raise MemoryError()
         for k in range(count):
             d = &self.layers[k]
-            _fill(d, plans[k], False, is_double)
+            _load(plans[k], d, False, k, is_double)
             if d.S != 1 or d.N != d.B or d.training or d.B != self.layers[0].B:
                 raise ValueError(f"plans[{k}]: expected a one-step inference plan of {self.layers[0].B} rows, "
                                  f"got S={d.S}, N={d.N}, B={d.B}, training={d.training}")
@@ -1506,11 +1598,11 @@ cdef class StepStack:
         out = []
         for k in range(self.count):
             plan = self.plans[k]
-            h = plan["hs"] if self.parity else plan["h0"]
+            h = plan.hs if self.parity else plan.h0
             if self.layers[k].kind != LSTM:
                 out.append((h,))
             else:
-                out.append((h, plan["c_buf"][0] if self.parity else plan["c0"]))
+                out.append((h, plan.c_buf[0] if self.parity else plan.c0))
         return out
 
     def run(self, cnp.ndarray x, cnp.ndarray out, bint check_finite=True):

@@ -4,8 +4,9 @@ This module owns shapes and buffers; `_recurrent` (Cython) owns the loops. Per c
 takes the length schedule (`contract.schedule`: with lengths, the batch sorted by length)
 and lays it out as slot rows (`_Slots`: which rows each step uses; with lengths, packed
 step after step, so finished sequences cost nothing), gathers what the slots need,
-allocates every buffer once, and hands one plan per direction to the compiled stages:
-the input projection, the time loop, and (backward) the products over all steps. Importing it fails with ImportError when the extension was not compiled, so
+allocates every buffer once, and hands one plan per direction (a `_recurrent.Plan`,
+each field checked as it is set) to the compiled stages: the input projection, the time
+loop, and (backward) the products over all steps. Importing it fails with ImportError when the extension was not compiled, so
 the registry falls back to another backend.
 """
 
@@ -73,18 +74,19 @@ def _slots(T, B, lengths):
 
 
 @functools.lru_cache(maxsize=256)
-def _fixed(spec, training):
-    """The plan entries that follow from the spec alone, built once per spec: a short
-    call (one step of decoding) would otherwise spend microseconds rebuilding them."""
+def _fixed(spec, training, is_double):
+    """The plan of the fields that follow from the spec alone, built once per spec and
+    only ever copied: a short call (one step of decoding) would otherwise spend
+    microseconds setting them."""
     H, G = spec.hidden_size, spec.num_gates
-    return dict(kind=_KINDS[spec.kind], act=_ACTIVATIONS[spec.nonlinearity],
-                out_act=_ACTIVATIONS[spec.output_activation], coupled=int(spec.coupled_input_forget),
-                reset_after=int(spec.reset_after), training=int(training),
-                H=H, GH=G * H, P=spec.out_size, O=spec.output_size, I=spec.input_size)
+    return _recurrent.Plan(is_double, kind=_KINDS[spec.kind], act=_ACTIVATIONS[spec.nonlinearity],
+                           out_act=_ACTIVATIONS[spec.output_activation], coupled=int(spec.coupled_input_forget),
+                           reset_after=int(spec.reset_after), training=int(training),
+                           H=H, GH=G * H, P=spec.out_size, O=spec.output_size, I=spec.input_size)
 
 
-# Each parameter's slot in a plan, and its gradient's (None: the parameter enters through
-# another slot: the biases through the folded `bias_x` and `b_hn`)
+# Each parameter's field in a plan, and its gradient's (None: the parameter enters through
+# other fields: the biases through the folded `bias_x` and `b_hn`)
 _SLOTS = (("weight_ih", "w_ih", "g_w_ih"), ("weight_hh", "w_hh", "g_w_hh"), ("bias_ih", None, "g_b_ih"),
           ("bias_hh", None, "g_b_hh"), ("weight_hr", "w_hr", "g_w_hr"), ("weight_ci", "w_ci", "g_ci"),
           ("weight_cf", "w_cf", "g_cf"), ("weight_co", "w_co", "g_co"), ("weight_ho", "w_ho", "g_w_ho"),
@@ -97,46 +99,45 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
     H = spec.hidden_size
     N = slots.N
     schedule = slots.schedule
-    plan = dict(_fixed(spec, bool(training)))
-    GH, P = plan["GH"], plan["P"]
+    is_double = dtype == np.float64
+    plan = _fixed(spec, bool(training), is_double).copy()
+    GH, P, O = plan.GH, plan.P, plan.O
     p = {name: np.ascontiguousarray(value) for name, value in p.items()}
-    step_row, last_rows = slots.rows(reverse)
-    plan.update(B=B, ring_rows=B, S=slots.S, N=N, step_row=step_row, last_rows=last_rows, active=slots.active,
-                params=p)
-    for name, slot in _PARAMETER_SLOTS:
-        plan[slot] = p.get(name)
+    plan.step_row, plan.last_rows = slots.rows(reverse)
+    plan.B, plan.ring_rows, plan.S, plan.N, plan.active, plan.params = B, B, slots.S, N, slots.active, p
+    for name, field in _PARAMETER_SLOTS:
+        setattr(plan, field, p.get(name))
     # every product's weights, packed once per call into the micro-kernel's panels
     # (`_recurrent.pack_weights`): every step reads them
-    is_double = dtype == np.float64
-    plan["w_ih_p"] = np.empty(_recurrent.packed_size(GH, spec.input_size, is_double), dtype)
-    plan["w_hh_p"] = np.empty(_recurrent.packed_recurrent_size(
-        spec.kind, H, GH, P, plan["O"], bool(spec.reset_after), is_double), dtype)
-    if plan["w_hr"] is not None:
-        plan["w_hr_p"] = np.empty(_recurrent.packed_size(P, H, is_double), dtype)
-    if plan["w_ho"] is not None:
-        plan["w_ho_p"] = np.empty(_recurrent.packed_size(plan["O"], H, is_double), dtype)
-    plan["bias_x"], plan["b_hn"] = contract.fold_bias(spec, p)
+    plan.w_ih_p = np.empty(_recurrent.packed_size(GH, spec.input_size, is_double), dtype)
+    plan.w_hh_p = np.empty(_recurrent.packed_recurrent_size(
+        spec.kind, H, GH, P, O, bool(spec.reset_after), is_double), dtype)
+    if plan.w_hr is not None:
+        plan.w_hr_p = np.empty(_recurrent.packed_size(P, H, is_double), dtype)
+    if plan.w_ho is not None:
+        plan.w_ho_p = np.empty(_recurrent.packed_size(O, H, is_double), dtype)
+    plan.bias_x, plan.b_hn = contract.fold_bias(spec, p)
     if slots.packed:
-        plan["x"] = x[schedule.packed(reverse)]
+        plan.x = x[schedule.packed(reverse)]
     else:
-        plan["x"] = x.reshape(T * B, I)
-    plan["ldx"] = I
-    plan["hs"] = np.empty((N, P), dtype)
+        plan.x = x.reshape(T * B, I)
+    plan.ldx = I
+    plan.hs = np.empty((N, P), dtype)
     # Elman: the input projection, pre-activation and state are one buffer, updated in place
-    plan["xp"] = plan["hs"] if spec.kind == "rnn" else np.empty((N, GH), dtype)
+    plan.xp = plan.hs if spec.kind == "rnn" else np.empty((N, GH), dtype)
     # inference reads the initial state where it lies; training keeps it for the
     # backward pass, so it takes its own copy, as it does of x
-    plan["h0"] = schedule.sort(state[0], copy=training)
+    plan.h0 = schedule.sort(state[0], copy=training)
     per_step = (N, H) if training else (B, H)
     if spec.kind == "lstm":
-        plan["c0"] = schedule.sort(state[1], copy=training)
-        plan["c_buf"] = np.empty((N, H) if training else (2, B, H), dtype)
+        plan.c0 = schedule.sort(state[1], copy=training)
+        plan.c_buf = np.empty((N, H) if training else (2, B, H), dtype)
         if spec.proj_size:
-            plan["m_buf"] = np.empty(per_step, dtype)
+            plan.m_buf = np.empty(per_step, dtype)
     elif spec.kind == "gru":
-        plan["kept"] = np.empty(per_step, dtype)
+        plan.kept = np.empty(per_step, dtype)
         if spec.reset_after:
-            plan["hh"] = np.empty((B, GH), dtype)
+            plan.hh = np.empty((B, GH), dtype)
     return plan
 
 
@@ -145,24 +146,24 @@ def _final_states(spec, plan, slots):
     if not slots.packed:
         # every row's last step is the loop's last step: one block of B rows, sliced
         # (fancy indexing costs several microseconds, a tenth of a short call)
-        first = int(plan["step_row"][-1])
-        h_n = plan["hs"][first:first + B].copy()
+        first = int(plan.step_row[-1])
+        h_n = plan.hs[first:first + B].copy()
         if spec.kind != "lstm":
             return (h_n,)
-        cells = plan["c_buf"]
+        cells = plan.c_buf
         # inference keeps c in a two-slot ring: step s wrote slot s % 2
-        c_n = cells[first:first + B] if plan["training"] else cells[(slots.S - 1) % 2]
+        c_n = cells[first:first + B] if plan.training else cells[(slots.S - 1) % 2]
         return h_n, c_n.copy()
     schedule = slots.schedule
-    last = plan["last_rows"]
-    h_n = schedule.unsort(plan["hs"][last])
+    last = plan.last_rows
+    h_n = schedule.unsort(plan.hs[last])
     if spec.kind != "lstm":
         return (h_n,)
-    if plan["training"]:
-        c_last = plan["c_buf"][last]
+    if plan.training:
+        c_last = plan.c_buf[last]
     else:
         # inference keeps c in a two-slot ring: step s wrote slot s % 2
-        c_last = plan["c_buf"][(schedule.lengths - 1) % 2, np.arange(B)]
+        c_last = plan.c_buf[(schedule.lengths - 1) % 2, np.arange(B)]
     return h_n, schedule.unsort(c_last)
 
 
@@ -214,28 +215,27 @@ def layer_forward(spec, params, x, states, lengths, training, reverse, num_threa
     """(y, states_n, ctx): see `rnncore.backends.contract.Backend`."""
     T, B, _ = x.shape
     dtype = x.dtype
-    is_double = dtype == np.float64
     slots = _slots(T, B, lengths)
     plans = [_plan(spec, p, x, s, slots, rev, training, dtype)
              for p, s, rev in zip(params, states, reverse)]
     D = len(plans)
-    _recurrent.forward_all(plans, is_double, num_threads, _row_slices(spec, slots, D, num_threads, False),
+    _recurrent.forward_all(plans, num_threads, _row_slices(spec, slots, D, num_threads, False),
                            _projection_ranges(slots, D, num_threads))
 
     P = spec.out_size
     if D == 1 and not slots.packed and not training:
         # one direction in time order: hs already is y, and in inference nothing else
         # keeps it (training keeps hs for the backward pass, so y must be a copy there)
-        y = plans[0]["hs"].reshape(T, B, P)
+        y = plans[0].hs.reshape(T, B, P)
         return y, [_final_states(spec, plans[0], slots)], None
     y = (np.zeros if slots.packed else np.empty)((T, B, D * P), dtype)
     for d, plan in enumerate(plans):
         if slots.packed:
             time, batch = slots.schedule.packed(reverse[d])
-            y[time, batch, d * P:(d + 1) * P] = plan["hs"]
+            y[time, batch, d * P:(d + 1) * P] = plan.hs
         else:
             # a reverse direction's slots are already in time order
-            y[:, :, d * P:(d + 1) * P] = plan["hs"].reshape(T, B, P)
+            y[:, :, d * P:(d + 1) * P] = plan.hs.reshape(T, B, P)
     states_n = [_final_states(spec, plan, slots) for plan in plans]
     ctx = None
     if training:
@@ -255,51 +255,51 @@ def layer_backward(ctx, dy, dstates_n, num_threads):
     grads = []
     # the saved plans are only read: each call's buffers go into a plan of its own, so
     # that a context may be back-propagated through again, or from two threads at once
-    plans = [dict(plan) for plan in plans]
+    plans = [plan.copy() for plan in plans]
     for d, (plan, dstate) in enumerate(zip(plans, dstates_n)):
-        GH = plan["GH"]
+        GH = plan.GH
         g = contract.new_gradients(spec, dtype)
         grads.append(g)
         if slots.packed:
             time, batch = schedule.packed(ctx["reverse"][d])
-            plan["dy"] = np.ascontiguousarray(dy[time, batch, d * P:(d + 1) * P])
-            plan["dy_offset"], plan["ldy"] = 0, P
-            plan["dx"], plan["ldx_out"], plan["dx_accumulate"] = np.empty((N, I), dtype), I, 0
+            plan.dy = np.ascontiguousarray(dy[time, batch, d * P:(d + 1) * P])
+            plan.dy_offset, plan.ldy = 0, P
+            plan.dx, plan.ldx_out, plan.dx_accumulate = np.empty((N, I), dtype), I, 0
         else:
-            plan["dy"], plan["dy_offset"], plan["ldy"] = dy, d * P, D * P
-            plan["dx"], plan["ldx_out"], plan["dx_accumulate"] = dx, I, int(d > 0)
-        plan["dgx"] = np.empty((N, GH), dtype)
-        plan["dgh"] = np.empty((N, GH), dtype) if spec.kind == "gru" and spec.reset_after else plan["dgx"]
-        plan["dh"] = schedule.sort(dstate[0])
+            plan.dy, plan.dy_offset, plan.ldy = dy, d * P, D * P
+            plan.dx, plan.ldx_out, plan.dx_accumulate = dx, I, int(d > 0)
+        plan.dgx = np.empty((N, GH), dtype)
+        plan.dgh = np.empty((N, GH), dtype) if spec.kind == "gru" and spec.reset_after else plan.dgx
+        plan.dh = schedule.sort(dstate[0])
         if spec.kind == "lstm":
-            plan["dc"] = schedule.sort(dstate[1])
+            plan.dc = schedule.sort(dstate[1])
         if (spec.kind == "lstm" and spec.proj_size) or (spec.kind == "gru" and not spec.reset_after):
-            plan["dm"] = np.empty((B, H), dtype)
+            plan.dm = np.empty((B, H), dtype)
         if spec.kind == "lstm" and spec.proj_size:
-            plan["dhtot"] = np.empty((N, P), dtype)
+            plan.dhtot = np.empty((N, P), dtype)
         if spec.kind == "jordan":
-            plan["dypre"] = np.empty((N, P), dtype)
-        plan["hprev"] = np.empty((N, P), dtype)
+            plan.dypre = np.empty((N, P), dtype)
+        plan.hprev = np.empty((N, P), dtype)
         # the weights as the backward's products take them, packed once per call
-        plan["w_hh_bp"] = np.empty(_recurrent.packed_backward_size(
+        plan.w_hh_bp = np.empty(_recurrent.packed_backward_size(
             spec.kind, H, GH, P, spec.output_size, bool(spec.reset_after), is_double), dtype)
-        if plan["w_hr"] is not None:
-            plan["w_hr_bp"] = np.empty(_recurrent.packed_size(H, P, is_double), dtype)
-        if plan["w_ho"] is not None:
-            plan["w_ho_bp"] = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
-        for name, _, slot in _SLOTS:
-            plan[slot] = g.get(name)
+        if plan.w_hr is not None:
+            plan.w_hr_bp = np.empty(_recurrent.packed_size(H, P, is_double), dtype)
+        if plan.w_ho is not None:
+            plan.w_ho_bp = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
+        for name, _, field in _SLOTS:
+            setattr(plan, field, g.get(name))
 
-    _recurrent.backward_all(plans, is_double, num_threads, _row_slices(spec, slots, D, num_threads, True))
-    _recurrent.weight_gradients_all(plans, is_double)
+    _recurrent.backward_all(plans, num_threads, _row_slices(spec, slots, D, num_threads, True))
+    _recurrent.weight_gradients_all(plans)
 
     dstates0 = []
     for d, plan in enumerate(plans):
         if slots.packed:
-            dx[schedule.packed(ctx["reverse"][d])] += plan["dx"]
-        ds = [schedule.unsort(plan["dh"])]
+            dx[schedule.packed(ctx["reverse"][d])] += plan.dx
+        ds = [schedule.unsort(plan.dh)]
         if spec.kind == "lstm":
-            ds.append(schedule.unsort(plan["dc"]))
+            ds.append(schedule.unsort(plan.dc))
         dstates0.append(tuple(ds))
     return dx, dstates0, grads
 
@@ -314,4 +314,4 @@ def open_stream(specs, params, batch, dtype, num_threads):
         state = tuple(np.zeros((batch, width), dtype) for width in spec.state_sizes)
         x = np.zeros((1, batch, spec.input_size), dtype)
         plans.append(_plan(spec, p, x, state, slots, False, False, dtype))
-    return _recurrent.StepStack(plans, dtype == np.float64)
+    return _recurrent.StepStack(plans)
