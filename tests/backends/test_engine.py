@@ -244,6 +244,74 @@ def test_row_slices_give_the_bits_of_one_thread(spec, dtype, directions, lengths
             assert_close(results[-1][4][d][k], grads_ref[d][k], what=k)
 
 
+_UNIT_SPECS = [
+    CellSpec("lstm", 3, 129),
+    CellSpec("lstm", 3, 200, peephole=True),
+    CellSpec("lstm", 3, 130, coupled_input_forget=True, bias=False),
+    CellSpec("gru", 3, 129, reset_after=True),
+    CellSpec("gru", 3, 65, reset_after=True, bias=False),
+]
+
+
+@pytest.mark.parametrize("lengths", [None, "mixed"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec", _UNIT_SPECS, ids=lambda s: f"{s.kind}-H{s.hidden_size}-{int(s.peephole)}"
+                         f"{int(s.coupled_input_forget)}")
+def test_unit_slices_give_the_bits_of_one_thread(spec, dtype, lengths, monkeypatch):
+    """Inference of a small batch splits every step's hidden units between 2 to 4 threads
+    (blocks of 64 floats or 32 doubles; a barrier per step), called from the main thread
+    and from a worker thread, with rows dropping out as their sequences end: the bits of
+    one thread, and the reference's numbers."""
+    import threading
+    monkeypatch.setattr(cython_backend, "MIN_UNIT_STEP_WORK", 1)
+    B, T = 3, 7
+    params, x, states, _ = _random_case(spec, T, B, 1, dtype, 51)
+    lengths = None if lengths is None else np.array([7, 2, 5])
+    slots = cython_backend._slots(T, B, lengths)
+    blocks = _recurrent.unit_blocks_of(spec.hidden_size, dtype == np.float64)
+    results = []
+
+    def run(threads):
+        results.append(cython_backend.layer_forward(spec, params, x, states, lengths, False, (False,), threads)[:2])
+
+    for threads in (1, 2, 3, 4):
+        units = cython_backend._unit_threads(spec, slots, 1, threads, False, dtype == np.float64)
+        assert units == min(threads, blocks)
+        run(threads)
+    worker = threading.Thread(target=run, args=(3,))
+    worker.start()
+    worker.join()
+    flat = [[np.asarray(a) for a in _flatten(r)] for r in results]
+    for other in flat[1:]:
+        for a, b in zip(flat[0], other):
+            np.testing.assert_array_equal(a, b)
+    y_ref, _, _ = _reference.layer_forward(spec, params, x, states, lengths, False, (False,), 1)
+    assert_close(results[-1][0], y_ref, what="y")
+
+
+def test_unit_slices_only_where_they_apply():
+    """Training, two directions, an LSTM projection, the reset-before GRU, Elman, a batch
+    that row slices serve, or a step too small to repay its barrier: no split by units;
+    and a plan that cannot split is refused, not run."""
+    slots = cython_backend._slots(5, 2, None)
+    lstm = CellSpec("lstm", 3, 256)
+    assert cython_backend._unit_threads(lstm, slots, 1, 2, False, False) == 2
+    assert cython_backend._unit_threads(lstm, slots, 1, 2, True, False) == 1
+    assert cython_backend._unit_threads(lstm, slots, 2, 4, False, False) == 1
+    for spec in (CellSpec("lstm", 3, 256, proj_size=8), CellSpec("gru", 3, 256, reset_after=False),
+                 CellSpec("rnn", 3, 256)):
+        assert cython_backend._unit_threads(spec, slots, 1, 2, False, False) == 1
+    assert cython_backend._unit_threads(lstm, cython_backend._slots(5, 64, None), 1, 2, False, False) == 1
+    assert cython_backend._unit_threads(CellSpec("lstm", 3, 65), cython_backend._slots(5, 1, None), 1, 2, False,
+                                        False) == 1
+    spec = CellSpec("lstm", 3, 129, proj_size=4)
+    params, x, states, _ = _random_case(spec, 4, 2, 1, np.float32, 1)
+    plan = cython_backend._plan(spec, params[0], x, states[0], cython_backend._slots(4, 2, None), False, False,
+                                np.float32)
+    with pytest.raises(ValueError, match="unit_threads: expected one direction of an LSTM without projection"):
+        _recurrent.forward_all([plan], 2, None, None, 2)
+
+
 def _flatten(value):
     if isinstance(value, dict):
         for key in sorted(value):

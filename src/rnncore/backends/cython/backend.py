@@ -29,6 +29,13 @@ MIN_SLICE_ROWS = 4
 MIN_SLICE_WORK = 200_000
 # the input projection's slot rows are split likewise, into ranges of at least this many
 MIN_PROJECTION_ROWS = 64
+# Inference of a small batch splits each step's hidden units instead (see
+# `_recurrent.forward_unit_slice`), when a row slice would hold fewer than this many
+# rows (a register tile's: fewer leave its multiply-adds idle)...
+UNIT_SPLIT_BELOW_ROWS = 8
+# ...and each thread's share of a step is at least this many multiply-adds: the step
+# ends at a barrier, a microsecond or two, which a smaller share would not repay
+MIN_UNIT_STEP_WORK = 40_000
 
 # the kernels hold the BLAS at one thread while they run, in _recurrent's section,
 # which the registry configures once (see registry.blas_section)
@@ -199,6 +206,18 @@ def _row_slices(spec, slots, directions, num_threads, backward):
     return tuple(slices) if len(slices) > 1 else None
 
 
+def _unit_threads(spec, slots, directions, num_threads, training, is_double):
+    """How many threads split inference's time loop by hidden units (1: none)."""
+    if training or directions != 1 or num_threads < 2 or slots.B >= UNIT_SPLIT_BELOW_ROWS * num_threads:
+        return 1
+    if not ((spec.kind == "lstm" and not spec.proj_size) or (spec.kind == "gru" and spec.reset_after)):
+        return 1
+    step_work = slots.B * spec.num_gates * spec.hidden_size * spec.out_size
+    threads = min(num_threads, _recurrent.unit_blocks_of(spec.hidden_size, is_double),
+                  step_work // MIN_UNIT_STEP_WORK)
+    return max(int(threads), 1)
+
+
 def _projection_ranges(slots, directions, num_threads):
     """The slot-row bounds the input projection splits at, or None for one range."""
     count = min(num_threads // directions, slots.N // MIN_PROJECTION_ROWS)
@@ -219,8 +238,9 @@ def layer_forward(spec, params, x, states, lengths, training, reverse, num_threa
     plans = [_plan(spec, p, x, s, slots, rev, training, dtype)
              for p, s, rev in zip(params, states, reverse)]
     D = len(plans)
-    _recurrent.forward_all(plans, num_threads, _row_slices(spec, slots, D, num_threads, False),
-                           _projection_ranges(slots, D, num_threads))
+    units = _unit_threads(spec, slots, D, num_threads, training, dtype == np.float64)
+    _recurrent.forward_all(plans, num_threads, None if units > 1 else _row_slices(spec, slots, D, num_threads, False),
+                           _projection_ranges(slots, D, num_threads), units)
 
     P = spec.out_size
     if D == 1 and not slots.packed and not training:
