@@ -160,38 +160,47 @@ def test_packed_path_bits_do_not_depend_on_threads_or_training(spec, dtype):
             np.testing.assert_array_equal(a, b)
 
 
-# the cells inference runs by blocks of hidden units (64 floats, 32 doubles a block)
+# the cells inference runs by blocks of hidden units (64 floats, 32 doubles a block),
+# with each step's own input product (small W_ih) or from the projection of all steps
+# (a wide input over few rows)
 _BLOCK_SPECS = [
     CellSpec("lstm", 3, 33),
     CellSpec("lstm", 3, 65, proj_size=7),
     CellSpec("lstm", 3, 31, peephole=True),
     CellSpec("lstm", 3, 64, peephole=True, coupled_input_forget=True, bias=False),
     CellSpec("lstm", 3, 129, coupled_input_forget=True),
-    CellSpec("lstm", 3, 1),
+    CellSpec("lstm", 300, 65, peephole=True),
+    CellSpec("lstm", 300, 33, proj_size=5, bias=False),
     CellSpec("gru", 3, 33, reset_after=True),
     CellSpec("gru", 3, 32, reset_after=True, bias=False),
-    CellSpec("gru", 3, 65, reset_after=True),
-    CellSpec("gru", 3, 1, reset_after=True),
+    CellSpec("gru", 3, 129, reset_after=True),
+    CellSpec("gru", 300, 65, reset_after=True),
+    CellSpec("gru", 300, 33, reset_after=True, bias=False),
 ]
 
 
 @pytest.mark.parametrize("B, lengths", [(1, None), (5, [4, 1, 3, 4, 2]), (70, "mixed")])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("spec", _BLOCK_SPECS, ids=lambda s: f"{s.kind}-H{s.hidden_size}-{s.proj_size}"
-                         f"-{int(s.peephole)}{int(s.coupled_input_forget)}-{int(s.bias)}")
+@pytest.mark.parametrize("spec", _BLOCK_SPECS, ids=lambda s: f"{s.kind}-I{s.input_size}-H{s.hidden_size}-"
+                         f"{s.proj_size}-{int(s.peephole)}{int(s.coupled_input_forget)}-{int(s.bias)}")
 def test_inference_by_blocks_of_units_gives_the_bits_of_training(spec, dtype, B, lengths, isa):
     """Inference updates the LSTM and the reset-after GRU block by block of hidden units,
     right after each block's products (W_hh packed gate-interleaved); training writes
     every step's gates whole. Widths on both sides of a block (32 doubles, 64 floats)
-    and of a panel, a last block narrower than the rest, 70 rows (two chunks of the
-    stack scratch), shrinking active rows: the same bits as training's forward, and the
-    reference's numbers."""
+    and of a panel, a last block narrower than the rest, 70 rows (more than one chunk of
+    the stack scratch), shrinking active rows, the input product in each step or read
+    from the projection of all steps, and steps too small to run by blocks: the same
+    bits as training's forward, and the reference's numbers."""
     params, x, states, rng = _random_case(spec, 4, B, 2, dtype, 31)
     if lengths == "mixed":
         lengths = rng.integers(1, 5, size=B)
         lengths[0] = 4
     elif lengths is not None:
         lengths = np.array(lengths)
+    blocked, in_steps = cython_backend._layout(spec, False, B)
+    GH, I = spec.num_gates * spec.hidden_size, spec.input_size
+    assert blocked == (B * GH * (I + spec.out_size) >= 32768)
+    assert in_steps == (blocked and (I < 3 * B or I * GH <= 65536))
     reverse = (False, True)
     y, sn, _ = cython_backend.layer_forward(spec, params, x, states, lengths, False, reverse, 1)
     y_train, sn_train, _ = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse, 1)
@@ -202,6 +211,13 @@ def test_inference_by_blocks_of_units_gives_the_bits_of_training(spec, dtype, B,
     assert_close(y, y_ref, what="y")
     for a, b in zip([s for st in sn for s in st], [s for st in sn_ref for s in st]):
         assert_close(a, b, what="final state")
+
+
+def test_the_block_layouts_all_occur_in_the_tests():
+    """The cases above reach every layout: unblocked, blocked with each step's input
+    product, blocked reading the projection of all steps."""
+    seen = {cython_backend._layout(spec, False, B) for spec in _BLOCK_SPECS for B in (1, 5, 70)}
+    assert seen == {(False, False), (True, True), (True, False)}
 
 
 @pytest.mark.parametrize("lengths", [None, "mixed"])
@@ -246,6 +262,8 @@ def test_row_slices_give_the_bits_of_one_thread(spec, dtype, directions, lengths
 
 _UNIT_SPECS = [
     CellSpec("lstm", 3, 129),
+    CellSpec("lstm", 300, 129),
+    CellSpec("gru", 300, 129, reset_after=True),
     CellSpec("lstm", 3, 200, peephole=True),
     CellSpec("lstm", 3, 130, coupled_input_forget=True, bias=False),
     CellSpec("gru", 3, 129, reset_after=True),

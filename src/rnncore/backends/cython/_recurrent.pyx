@@ -354,13 +354,49 @@ cdef inline void packed_product_from(int m, int n, int k, const floating *a, int
         rc_packed_gemm_from_d(m, n, k, a, lda, packed, source, ld_source, c, ldc)
 
 
-cdef inline bint gate_blocks(const Direction *d) noexcept nogil:
+# below this many multiply-adds a step, the blocks' extra calls cost more than they save
+DEF MIN_BLOCKED_STEP_WORK = 32768
+# W_ih of at most this many values is read at every step from cache (256 KB of floats)
+DEF STEP_INPUT_VALUES = 65536
+
+
+cdef inline bint blocked_layout(int kind, int reset_after, int training, Py_ssize_t rows, int GH, int I,
+                                int P) noexcept nogil:
     """Whether the time loop runs the cell block by block of hidden units, each block's
     update right after its gates' products (see forward_steps): the LSTM and the
-    reset-after GRU in inference. Training keeps every step's gates for the backward
-    pass, so it writes them whole; the reset-before GRU's second product needs every
-    unit's reset gate first; Elman's update is one activation in place."""
-    return not d.training and (d.kind == LSTM or (d.kind == GRU and d.reset_after))
+    reset-after GRU in inference, unless a step is tiny. Training keeps every step's
+    gates for the backward pass, so it writes them whole; the reset-before GRU's second
+    product needs every unit's reset gate first; Elman's update is one activation in
+    place. `rows`: the whole batch's (a slice of rows follows its batch)."""
+    return (not training and (kind == LSTM or (kind == GRU and reset_after != 0))
+            and rows * GH * <Py_ssize_t>(I + P) >= MIN_BLOCKED_STEP_WORK)
+
+
+cdef inline bint input_layout(int kind, int reset_after, int training, Py_ssize_t rows, int GH, int I,
+                              int P) noexcept nogil:
+    """Whether a blocked step makes its own input product (from x, W_ih packed by blocks
+    too) rather than read it from one projection of all steps (xp): when W_ih is small
+    enough to stay in cache between steps, or the projection's array (written, read
+    back: about 3 T B GH values of memory traffic) outweighs re-reading W_ih at every
+    step (T I GH)."""
+    return (blocked_layout(kind, reset_after, training, rows, GH, I, P)
+            and (I < 3 * rows or <Py_ssize_t>I * GH <= STEP_INPUT_VALUES))
+
+
+cdef inline bint gate_blocks(const Direction *d) noexcept nogil:
+    return blocked_layout(d.kind, d.reset_after, d.training, d.ring_rows, d.GH, d.input_size, d.P)
+
+
+cdef inline bint input_in_steps(const Direction *d) noexcept nogil:
+    return input_layout(d.kind, d.reset_after, d.training, d.ring_rows, d.GH, d.input_size, d.P)
+
+
+def step_layout(str kind, bint reset_after, bint training, Py_ssize_t rows, int GH, int I, int P):
+    """(blocked, input in steps) for a direction of these sizes: see blocked_layout and
+    input_layout (backend.py allocates by them)."""
+    cdef int code = {"rnn": RNN, "jordan": JORDAN, "lstm": LSTM, "gru": GRU}[kind]
+    return (bool(blocked_layout(code, reset_after, training, rows, GH, I, P)),
+            bool(input_layout(code, reset_after, training, rows, GH, I, P)))
 
 
 cdef void pack_recurrent(Direction *d, floating *tag) noexcept nogil:
@@ -383,7 +419,10 @@ cdef void pack_recurrent(Direction *d, floating *tag) noexcept nogil:
 
 cdef void pack_weights(Direction *d, floating *tag) noexcept nogil:
     """The forward's weights into their panels, once per call (or per stream)."""
-    pack_weight(d.GH, d.input_size, <floating *>d.w_ih, <floating *>d.w_ih_p)
+    if input_in_steps(d):
+        pack_weight_groups(d.GH // d.H, d.GH, d.input_size, <floating *>d.w_ih, <floating *>d.w_ih_p)
+    else:
+        pack_weight(d.GH, d.input_size, <floating *>d.w_ih, <floating *>d.w_ih_p)
     pack_recurrent(d, tag)
     if d.w_hr_p != NULL:
         pack_weight(d.P, d.H, <floating *>d.w_hr, <floating *>d.w_hr_p)
@@ -416,6 +455,15 @@ cdef void pack_backward(Direction *d, floating *tag) noexcept nogil:
 def packed_size(int n, int k, bint is_double):
     """Values of a packed (n, k) weight: n output columns, k summed over."""
     return rc_packed_size(n, k, sizeof(double) if is_double else sizeof(float))
+
+
+def packed_input_size(str kind, int GH, int H, int I, bint is_double):
+    """Values of the buffer pack_weights fills with W_ih (the plan's "w_ih_p")."""
+    cdef size_t value = sizeof(double) if is_double else sizeof(float)
+    if kind == "lstm" or kind == "gru":
+        # room for the gate-interleaved layout of inference (each gate padded on its own)
+        return rc_packed_groups_size(GH // H, GH, I, value)
+    return rc_packed_size(GH, I, value)
 
 
 def packed_backward_size(str kind, int H, int GH, int P, int O, bint reset_after, bint is_double):
@@ -504,6 +552,8 @@ cdef void input_projection(Direction *d, floating *tag) noexcept nogil:
     bit. (Against OpenBLAS's sgemm it runs at 0.9-1.1x its rate, one thread, AVX2: the
     input projections of the benchmark cases, measured in tests/backends/test_engine.py's
     companion benchmarks/bench_engine.py.)"""
+    if input_in_steps(d):
+        return          # each step's blocks make their own input product (lstm_step_blocks)
     # xp = bias + x @ w_ih.T    (N, GH) = (N, I) x (I, GH), the bias row the accumulators' start
     packed_product_from(<int>d.N, d.GH, d.input_size, <floating *>d.x, <int>d.ldx, <floating *>d.w_ih_p,
                         <const floating *>d.bias_x, 0, <floating *>d.xp, d.GH)
@@ -537,17 +587,28 @@ cdef inline bint unit_split(const Direction *d) noexcept nogil:
     return gate_blocks(d) and d.w_hr == NULL
 
 
-cdef void lstm_step_blocks(Direction *d, int n, const floating *gates_x, const floating *h_prev,
+cdef inline floating *step_input(Direction *d, Py_ssize_t s, floating *tag) noexcept nogil:
+    """Step s's rows of x where its blocks make their own input product, else NULL."""
+    return <floating *>d.x + d.step_row[s] * d.ldx if input_in_steps(d) else NULL
+
+
+cdef void lstm_step_blocks(Direction *d, int n, const floating *x, const floating *xp, const floating *h_prev,
                            const floating *c_prev, floating *c, floating *m, floating *scratch,
                            int first, int last, floating *tag) noexcept nogil:
-    """Blocks first .. last-1 of one step's units (all rows n)."""
-    cdef int H = d.H, GH = d.GH, P = d.P, G = d.GH // d.H, units = rc_gate_block_units(sizeof(floating))
+    """Blocks first .. last-1 of one step's units (all rows n), from the step's input
+    rows x (input_in_steps) or else from its rows of the input projection xp."""
+    cdef int H = d.H, GH = d.GH, P = d.P, I = d.input_size, G = d.GH // d.H
+    cdef int units = rc_gate_block_units(sizeof(floating))
     cdef int chunk = SCRATCH_VALUES * <int>sizeof(double) // (G * units * <int>sizeof(floating))
     cdef int r, r0, rows, u, u0, cols, g
+    cdef Py_ssize_t ldx = d.ldx
+    cdef const floating *w_ih_p = <const floating *>d.w_ih_p
     cdef const floating *w_hh_p = <const floating *>d.w_hh_p
+    cdef const floating *bias = <const floating *>d.bias_x
     cdef const floating *w_ci
     cdef const floating *w_cf
     cdef const floating *w_co
+    cdef floating *gate
     cdef bint peephole = d.w_ci != NULL
     for r in range((n + chunk - 1) // chunk):
         r0 = r * chunk
@@ -556,9 +617,21 @@ cdef void lstm_step_blocks(Direction *d, int n, const floating *gates_x, const f
             u0 = u * units
             cols = min(units, H - u0)
             for g in range(G):
-                # the block's gate g    (rows, cols) = xp + (rows, P) x (P, cols)
-                packed_product_from(rows, cols, P, h_prev + r0 * P, P, w_hh_p + gate_panels_at(u0, cols, g, G, P, tag),
-                                    gates_x + r0 * GH + g * H + u0, GH, scratch + g * units, G * units)
+                gate = scratch + g * units
+                if x != NULL:
+                    # the block's gate g    (rows, cols) = bias + (rows, I) x (I, cols) ...
+                    packed_product_from(rows, cols, I, x + r0 * ldx, <int>ldx,
+                                        w_ih_p + gate_panels_at(u0, cols, g, G, I, tag),
+                                        bias + g * H + u0 if bias != NULL else NULL, 0, gate, G * units)
+                    # ... + (rows, P) x (P, cols)
+                    packed_product_from(rows, cols, P, h_prev + r0 * P, P,
+                                        w_hh_p + gate_panels_at(u0, cols, g, G, P, tag), gate, G * units, gate,
+                                        G * units)
+                else:
+                    # the block's gate g    (rows, cols) = xp + (rows, P) x (P, cols)
+                    packed_product_from(rows, cols, P, h_prev + r0 * P, P,
+                                        w_hh_p + gate_panels_at(u0, cols, g, G, P, tag),
+                                        xp + r0 * GH + g * H + u0, GH, gate, G * units)
             w_ci = <const floating *>d.w_ci + u0 if peephole else NULL
             w_cf = <const floating *>d.w_cf + u0 if peephole and not d.coupled else NULL
             w_co = <const floating *>d.w_co + u0 if peephole else NULL
@@ -566,14 +639,23 @@ cdef void lstm_step_blocks(Direction *d, int n, const floating *gates_x, const f
                          c_prev + r0 * H + u0, c + r0 * H + u0, m + r0 * H + u0, H)
 
 
-cdef void gru_step_blocks(Direction *d, int n, floating *gates_x, const floating *h_prev, floating *h,
-                          floating *kept, floating *scratch, int first, int last, floating *tag) noexcept nogil:
-    """Blocks first .. last-1 of one step's units (all rows n)."""
-    cdef int H = d.H, GH = d.GH, units = rc_gate_block_units(sizeof(floating))
-    cdef int chunk = SCRATCH_VALUES * <int>sizeof(double) // (3 * units * <int>sizeof(floating))
+cdef void gru_step_blocks(Direction *d, int n, const floating *x, floating *xp, const floating *h_prev,
+                          floating *h, floating *kept, floating *scratch, int first, int last,
+                          floating *tag) noexcept nogil:
+    """Blocks first .. last-1 of one step's units (all rows n), from the step's input
+    rows x (input_in_steps: the scratch holds the block's x-side gates, then its
+    W_h h_prev) or else from its rows of the input projection xp."""
+    cdef int H = d.H, GH = d.GH, I = d.input_size, units = rc_gate_block_units(sizeof(floating))
+    cdef int width = 6 * units if x != NULL else 3 * units
+    cdef int chunk = SCRATCH_VALUES * <int>sizeof(double) // (width * <int>sizeof(floating))
     cdef int r, r0, rows, u, u0, cols, g
+    cdef Py_ssize_t ldx = d.ldx
+    cdef const floating *w_ih_p = <const floating *>d.w_ih_p
     cdef const floating *w_hh_p = <const floating *>d.w_hh_p
+    cdef const floating *bias = <const floating *>d.bias_x
     cdef const floating *b_hn
+    cdef floating *hh = scratch + 3 * units if x != NULL else scratch
+    cdef floating *gates
     for r in range((n + chunk - 1) // chunk):
         r0 = r * chunk
         rows = min(chunk, n - r0)
@@ -581,12 +663,21 @@ cdef void gru_step_blocks(Direction *d, int n, floating *gates_x, const floating
             u0 = u * units
             cols = min(units, H - u0)
             for g in range(3):
-                # the block's W_h h_prev, gate g    (rows, cols) = (rows, H) x (H, cols)
+                if x != NULL:
+                    # the block's x-side gate g    (rows, cols) = bias + (rows, I) x (I, cols)
+                    packed_product_from(rows, cols, I, x + r0 * ldx, <int>ldx,
+                                        w_ih_p + gate_panels_at(u0, cols, g, 3, I, tag),
+                                        bias + g * H + u0 if bias != NULL else NULL, 0, scratch + g * units, width)
+                # its W_h h_prev    (rows, cols) = (rows, H) x (H, cols)
                 packed_product_from(rows, cols, H, h_prev + r0 * H, H, w_hh_p + gate_panels_at(u0, cols, g, 3, H, tag),
-                                    <const floating *>NULL, 0, scratch + g * units, 3 * units)
+                                    <const floating *>NULL, 0, hh + g * units, width)
             b_hn = <const floating *>d.b_hn + u0 if d.b_hn != NULL else NULL
-            gru_forward_after(rows, cols, b_hn, gates_x + r0 * GH + u0, GH, H, scratch, 3 * units, units,
-                              h_prev + r0 * H + u0, h + r0 * H + u0, kept + r0 * H + u0, H)
+            if x != NULL:
+                gru_forward_after(rows, cols, b_hn, scratch, width, units, hh, width, units,
+                                  h_prev + r0 * H + u0, h + r0 * H + u0, kept + r0 * H + u0, H)
+            else:
+                gru_forward_after(rows, cols, b_hn, xp + r0 * GH + u0, GH, H, hh, width, units,
+                                  h_prev + r0 * H + u0, h + r0 * H + u0, kept + r0 * H + u0, H)
 
 
 cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
@@ -606,7 +697,7 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef bint blocks = gate_blocks(d)
     for s in range(d.S):
         n = d.active[s]
-        gates = xp + d.step_row[s] * GH
+        gates = NULL if xp == NULL else xp + d.step_row[s] * GH    # NULL: the blocks read x
         h = hs + d.step_row[s] * P
         h_prev = state_before(d, hs, s)
         if d.kind == RNN:
@@ -623,7 +714,8 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
         elif d.kind == LSTM:
             m = per_step(d, d.m_buf, tag, s) if d.w_hr != NULL else h
             if blocks:
-                lstm_step_blocks(d, n, gates, h_prev, cell_at(d, tag, s - 1), cell_at(d, tag, s), m, scratch, 0,
+                lstm_step_blocks(d, n, step_input(d, s, tag), gates, h_prev, cell_at(d, tag, s - 1),
+                                 cell_at(d, tag, s), m, scratch, 0,
                                  unit_blocks(d, tag), tag)
             else:
                 # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
@@ -636,7 +728,8 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
         else:
             kept = per_step(d, d.kept, tag, s)
             if blocks:
-                gru_step_blocks(d, n, gates, h_prev, h, kept, scratch, 0, unit_blocks(d, tag), tag)
+                gru_step_blocks(d, n, step_input(d, s, tag), gates, h_prev, h, kept, scratch, 0,
+                                unit_blocks(d, tag), tag)
             elif d.reset_after:
                 # hh = h[s-1] @ w_hh.T    (n, 3H) = (n, H) x (H, 3H)
                 packed_product(n, GH, H, h_prev, H, w_hh_p, False, <floating *>d.hh, GH)
@@ -662,20 +755,22 @@ cdef void forward_unit_slice(Direction *d, int me, int team, floating *tag) noex
     cdef Py_ssize_t s
     cdef double scratch_values[SCRATCH_VALUES]
     cdef floating *scratch = <floating *>scratch_values
-    cdef floating *gates
+    cdef floating *x
+    cdef floating *xp
     cdef floating *h
     cdef floating *h_prev
     for s in range(d.S):
         n = d.active[s]
-        gates = <floating *>d.xp + d.step_row[s] * d.GH
+        x = step_input(d, s, tag)
+        xp = NULL if x != NULL else <floating *>d.xp + d.step_row[s] * d.GH
         h = <floating *>d.hs + d.step_row[s] * d.P
         h_prev = state_before(d, <floating *>d.hs, s)
         if first < last:
             if d.kind == LSTM:
-                lstm_step_blocks(d, n, gates, h_prev, cell_at(d, tag, s - 1), cell_at(d, tag, s), h, scratch,
+                lstm_step_blocks(d, n, x, xp, h_prev, cell_at(d, tag, s - 1), cell_at(d, tag, s), h, scratch,
                                  first, last, tag)
             else:
-                gru_step_blocks(d, n, gates, h_prev, h, per_step(d, d.kept, tag, s), scratch, first, last, tag)
+                gru_step_blocks(d, n, x, xp, h_prev, h, per_step(d, d.kept, tag, s), scratch, first, last, tag)
         rc_team_barrier()
 
 
@@ -844,7 +939,7 @@ _PLAN = (
     ("w_ho_p",       "real",  "jordan",                     _at(&_probe.w_ho_p)),
     ("x",            "real",  "always",                     _at(&_probe.x)),
     ("ldx",          "size",  "always",                     _at(&_probe.ldx)),
-    ("xp",           "real",  "always",                     _at(&_probe.xp)),
+    ("xp",           "real",  "projected",                  _at(&_probe.xp)),
     ("hs",           "real",  "always",                     _at(&_probe.hs)),
     ("h0",           "real",  "always",                     _at(&_probe.h0)),
     ("c0",           "real",  "lstm",                       _at(&_probe.c0)),
@@ -884,7 +979,7 @@ PLAN_SCHEMA = tuple(entry[:3] for entry in _PLAN)
 
 # the conditions a field may be required on, bit k of `_conditions` for _CONDITIONS[k]
 _CONDITIONS = ("always", "rnn", "jordan", "lstm", "gru", "gru_after", "gru_before", "proj", "peephole",
-               "peephole_f", "bias", "out_bias")
+               "peephole_f", "bias", "out_bias", "projected")
 
 
 cdef unsigned int _conditions(const Direction *d) noexcept:
@@ -900,7 +995,8 @@ cdef unsigned int _conditions(const Direction *d) noexcept:
             | peephole << 8
             | (peephole and d.coupled == 0) << 9             # peephole_f: with a forget gate
             | (d.bias_x != NULL) << 10                       # bias
-            | (d.b_ho != NULL) << 11)                        # out_bias: Jordan's output bias
+            | (d.b_ho != NULL) << 11                         # out_bias: Jordan's output bias
+            | (not input_in_steps(d)) << 12)                 # projected: the steps read xp
 
 
 cdef enum FieldKind:

@@ -116,7 +116,7 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
         setattr(plan, field, p.get(name))
     # every product's weights, packed once per call into the micro-kernel's panels
     # (`_recurrent.pack_weights`): every step reads them
-    plan.w_ih_p = np.empty(_recurrent.packed_size(GH, spec.input_size, is_double), dtype)
+    plan.w_ih_p = np.empty(_recurrent.packed_input_size(spec.kind, GH, H, spec.input_size, is_double), dtype)
     plan.w_hh_p = np.empty(_recurrent.packed_recurrent_size(
         spec.kind, H, GH, P, O, bool(spec.reset_after), is_double), dtype)
     if plan.w_hr is not None:
@@ -130,8 +130,13 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
         plan.x = x.reshape(T * B, I)
     plan.ldx = I
     plan.hs = np.empty((N, P), dtype)
-    # Elman: the input projection, pre-activation and state are one buffer, updated in place
-    plan.xp = plan.hs if spec.kind == "rnn" else np.empty((N, GH), dtype)
+    # Elman: the input projection, pre-activation and state are one buffer, updated in place;
+    # where inference runs by blocks of units and each step makes its own input product
+    # (`_recurrent.input_layout`), there is no (N, GH) array
+    if spec.kind == "rnn":
+        plan.xp = plan.hs
+    elif not _layout(spec, training, B)[1]:
+        plan.xp = np.empty((N, GH), dtype)
     # inference reads the initial state where it lies; training keeps it for the
     # backward pass, so it takes its own copy, as it does of x
     plan.h0 = schedule.sort(state[0], copy=training)
@@ -206,11 +211,19 @@ def _row_slices(spec, slots, directions, num_threads, backward):
     return tuple(slices) if len(slices) > 1 else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _layout(spec, training, B):
+    """(blocked, input in steps): how the compiled time loop runs a direction of this
+    spec over B rows (`_recurrent.step_layout`)."""
+    return _recurrent.step_layout(spec.kind, bool(spec.reset_after), bool(training), B,
+                                  spec.num_gates * spec.hidden_size, spec.input_size, spec.out_size)
+
+
 def _unit_threads(spec, slots, directions, num_threads, training, is_double):
     """How many threads split inference's time loop by hidden units (1: none)."""
     if training or directions != 1 or num_threads < 2 or slots.B >= UNIT_SPLIT_BELOW_ROWS * num_threads:
         return 1
-    if not ((spec.kind == "lstm" and not spec.proj_size) or (spec.kind == "gru" and spec.reset_after)):
+    if spec.proj_size or not _layout(spec, training, slots.B)[0]:
         return 1
     step_work = slots.B * spec.num_gates * spec.hidden_size * spec.out_size
     threads = min(num_threads, _recurrent.unit_blocks_of(spec.hidden_size, is_double),
