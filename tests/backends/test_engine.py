@@ -403,3 +403,31 @@ def test_kernels_flush_subnormals_and_leave_the_callers_setting(kind):
     # the reference keeps them (subnormal outputs where the kernels give zeros)
     y_ref, _, _ = _reference.layer_forward(spec, params, x, states, None, False, (False,), 1)
     assert np.count_nonzero(y_ref) and np.max(np.abs(y_ref)) < np.finfo(np.float32).tiny
+
+
+@pytest.mark.parametrize("groups", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_two_products_in_one_pass(isa, dtype, groups):
+    """bias + a @ w.T + a2 @ w2.T summed in one pass (each element: bias, the first
+    product's terms, then the second's), over gate-interleaved panels block by block as
+    a blocked step runs it: the bits of the first product stored and the second added
+    in a second call, and the float64 product's numbers."""
+    rng = np.random.default_rng(groups)
+    for m, width, k, k2 in ((1, 1, 1, 1), (5, 7, 3, 33), (13, 65, 17, 8), (17, 33, 64, 129), (40, 129, 9, 2)):
+        n = groups * width
+        a = rng.standard_normal((m, k)).astype(dtype)
+        w = rng.standard_normal((n, k)).astype(dtype)
+        a2 = rng.standard_normal((m, k2)).astype(dtype)
+        w2 = rng.standard_normal((n, k2)).astype(dtype)
+        bias = rng.standard_normal(n).astype(dtype)
+        c = np.full((m, n), np.nan, dtype)
+        _recurrent.packed_gemm_pair(a, w, a2, w2, c, bias, groups)
+        two = np.tile(bias, (m, 1))
+        _recurrent.packed_gemm(a, w, two, True)
+        _recurrent.packed_gemm(a2, w2, two, True)
+        np.testing.assert_array_equal(c, two, err_msg=f"m={m} n={n} k={k} k2={k2}")
+        want = bias + a.astype(np.float64) @ w.T + a2.astype(np.float64) @ w2.T
+        assert_close(c, want, rtol=(1e-13 if dtype == np.float64 else 3e-6) * (k + k2))
+        no_bias = np.empty_like(c)
+        _recurrent.packed_gemm_pair(a, w, a2, w2, no_bias, None, groups)
+        assert_close(no_bias, want - bias, rtol=(1e-13 if dtype == np.float64 else 3e-6) * (k + k2))

@@ -73,6 +73,12 @@ cdef extern from "rnncore_gemm.h" nogil:
                                const float *source, size_t ld_source, float *C, size_t ldc)
     void rc_packed_gemm_from_d(int m, int n, int k, const double *A, size_t lda, const double *packed,
                                const double *source, size_t ld_source, double *C, size_t ldc)
+    void rc_packed_gemm2_f(int m, int n, int k, const float *A, size_t lda, const float *packed, int k2,
+                           const float *A2, size_t lda2, const float *packed2, const float *source,
+                           size_t ld_source, float *C, size_t ldc)
+    void rc_packed_gemm2_d(int m, int n, int k, const double *A, size_t lda, const double *packed, int k2,
+                           const double *A2, size_t lda2, const double *packed2, const double *source,
+                           size_t ld_source, double *C, size_t ldc)
 
 cdef extern from "rnncore_cells.h" nogil:
     void rc_activate_rows_f(int n, int width, int act, const float *bias, float *io)
@@ -343,6 +349,17 @@ cdef inline void packed_product(int m, int n, int k, const floating *a, int lda,
         rc_packed_gemm_d(m, n, k, a, lda, packed, accumulate, c, ldc)
 
 
+cdef inline void packed_products(int m, int n, int k, const floating *a, int lda, const floating *packed, int k2,
+                                 const floating *a2, int lda2, const floating *packed2, const floating *source,
+                                 size_t ld_source, floating *c, int ldc) noexcept nogil:
+    """c (m, n) = source + a (m, k) @ w.T + a2 (m, k2) @ w2.T in one pass: each element
+    sums the first product's terms, then the second's, as two calls would."""
+    if floating is float:
+        rc_packed_gemm2_f(m, n, k, a, lda, packed, k2, a2, lda2, packed2, source, ld_source, c, ldc)
+    else:
+        rc_packed_gemm2_d(m, n, k, a, lda, packed, k2, a2, lda2, packed2, source, ld_source, c, ldc)
+
+
 cdef inline void packed_product_from(int m, int n, int k, const floating *a, int lda, const floating *packed,
                                      const floating *source, size_t ld_source, floating *c,
                                      int ldc) noexcept nogil:
@@ -508,6 +525,38 @@ def packed_gemm(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] c, bint
             packed_product(m, n, k, a_data, k, &packed[0], accumulate, &c[0, 0], n)
 
 
+def packed_gemm_pair(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] a2, floating[:, ::1] w2,
+                     floating[:, ::1] c, floating[::1] bias=None, int groups=1):
+    """c = bias + a @ w.T + a2 @ w2.T in one pass of packed_products (for the tests): a
+    (m, k), w (n, k), a2 (m, k2), w2 (n, k2), c (m, n), bias (n,) or None; with groups
+    > 1 the weights are packed gate-interleaved (pack_weight_groups) and the product
+    runs group by group over each block of units, as a blocked step does."""
+    cdef int m = a.shape[0], k = a.shape[1], n = w.shape[0], k2 = a2.shape[1]
+    cdef int g, u, u0, cols, units = rc_gate_block_units(sizeof(floating)), width
+    if (w.shape[1] != k or a2.shape[0] != m or w2.shape[0] != n or w2.shape[1] != k2 or c.shape[0] != m
+            or c.shape[1] != n or (bias is not None and bias.shape[0] != n) or groups < 1 or n % groups
+            or not (m and n and k and k2)):
+        raise ValueError(f"packed_gemm_pair: expected a (m, k), w (n, k), a2 (m, k2), w2 (n, k2), c (m, n), "
+                         f"bias (n,), n a multiple of groups, no size 0, got ({m}, {k}), ({n}, {w.shape[1]}), "
+                         f"({a2.shape[0]}, {k2}), ({w2.shape[0]}, {w2.shape[1]}), ({c.shape[0]}, {c.shape[1]}), "
+                         f"groups {groups}")
+    dtype = np.float64 if floating is double else np.float32
+    cdef floating[::1] packed = np.zeros(rc_packed_groups_size(groups, n, k, sizeof(floating)), dtype)
+    cdef floating[::1] packed2 = np.zeros(rc_packed_groups_size(groups, n, k2, sizeof(floating)), dtype)
+    cdef const floating *b = &bias[0] if bias is not None else NULL
+    width = n // groups
+    with nogil:
+        pack_weight_groups(groups, n, k, &w[0, 0], &packed[0])
+        pack_weight_groups(groups, n, k2, &w2[0, 0], &packed2[0])
+        for u in range((width + units - 1) // units):
+            u0 = u * units
+            cols = min(units, width - u0)
+            for g in range(groups):
+                packed_products(m, cols, k, &a[0, 0], k, &packed[0] + gate_panels_at(u0, cols, g, groups, k, <floating *>NULL),
+                                k2, &a2[0, 0], k2, &packed2[0] + gate_panels_at(u0, cols, g, groups, k2, <floating *>NULL),
+                                b + g * width + u0 if b != NULL else NULL, 0, &c[0, g * width + u0], n)
+
+
 def gemm_isa(int isa=-1):
     """The micro-kernel instance in use: 0 portable, 1 AVX2 and FMA, 2 AVX-512F, 3 the
     AVX-512 tile without its instructions (never chosen; it runs that tile's logic on any
@@ -619,14 +668,10 @@ cdef void lstm_step_blocks(Direction *d, int n, const floating *x, const floatin
             for g in range(G):
                 gate = scratch + g * units
                 if x != NULL:
-                    # the block's gate g    (rows, cols) = bias + (rows, I) x (I, cols) ...
-                    packed_product_from(rows, cols, I, x + r0 * ldx, <int>ldx,
-                                        w_ih_p + gate_panels_at(u0, cols, g, G, I, tag),
-                                        bias + g * H + u0 if bias != NULL else NULL, 0, gate, G * units)
-                    # ... + (rows, P) x (P, cols)
-                    packed_product_from(rows, cols, P, h_prev + r0 * P, P,
-                                        w_hh_p + gate_panels_at(u0, cols, g, G, P, tag), gate, G * units, gate,
-                                        G * units)
+                    # the block's gate g    (rows, cols) = bias + (rows, I) x (I, cols) + (rows, P) x (P, cols)
+                    packed_products(rows, cols, I, x + r0 * ldx, <int>ldx, w_ih_p + gate_panels_at(u0, cols, g, G, I, tag),
+                                    P, h_prev + r0 * P, P, w_hh_p + gate_panels_at(u0, cols, g, G, P, tag),
+                                    bias + g * H + u0 if bias != NULL else NULL, 0, gate, G * units)
                 else:
                     # the block's gate g    (rows, cols) = xp + (rows, P) x (P, cols)
                     packed_product_from(rows, cols, P, h_prev + r0 * P, P,
