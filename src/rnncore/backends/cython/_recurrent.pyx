@@ -610,12 +610,14 @@ cdef void input_projection(Direction *d, floating *tag) noexcept nogil:
 
 # Inference's time step by blocks of hidden units (gate_blocks). W_hh's panels go block
 # after block of `units` hidden units, every gate of a block side by side
-# (pack_weight_groups), so a block's gates are G products over consecutive panels, from
-# the input projection's values, into a scratch of `chunk` rows on the stack, and the
-# cell updates the block's units from there while it is in cache: the (B, G*H) gate
-# array is read once, never written back and read again. Each element's sum is the one
-# the whole-row product makes (xp, then p = 0 .. P-1 in order), so the bits are
-# training's and a stream's.
+# (pack_weight_groups), so a block's gates are G products over consecutive panels into
+# a scratch of `chunk` rows on the stack, and the cell updates the block's units from
+# there while it is in cache: the (B, G*H) gate array is never written and read back.
+# Each product starts from the input projection's values (xp), or, where input_in_steps,
+# makes the block's input product itself from x over W_ih packed the same way, in the
+# same pass (packed_products): then there is no (N, G*H) projection either. Each
+# element's sum is the one the whole-row products make (bias, x terms, then h terms, in
+# order), so the bits are training's and a stream's.
 DEF SCRATCH_VALUES = 8192          # 64 KB of doubles: L2-resident, one thread's stack
 
 cdef inline Py_ssize_t gate_panels_at(int u0, int cols, int g, int G, int k, floating *tag) noexcept nogil:
