@@ -48,7 +48,7 @@ class Backend(Protocol):
     any `num_threads`, and for any number of concurrent callers.
     """
 
-    def layer_forward(self, spec, params, x, states, lengths, training, reverse, num_threads):
+    def layer_forward(self, spec, params, x, states, lengths, training, reverse, num_threads, masks=None):
         """Run the layer: returns (y, states_n, ctx).
 
         spec : CellSpec, the cell kind and variant (frozen, hashable: a backend may key
@@ -65,6 +65,12 @@ class Backend(Protocol):
         reverse : tuple of bools, one per direction (a bidirectional layer passes
             (False, True)); D = len(params) = len(states) = len(reverse).
         num_threads : int >= 1, see the class.
+        masks : None, or a list over directions of {name: array} (see `MASKS`): the
+            random masks of the regularised cells, drawn by the caller. A missing entry
+            means the deterministic (evaluation) form: zoneout's expectation
+            h_t = p h_{t-1} + (1 - p) h~_t with p = spec.zoneout_h (c: spec.zoneout_c),
+            no recurrent dropout. Weight dropout never reaches a backend: the caller
+            passes W_hh * M / (1 - p) as weight_hh.
 
         y : (T, B, D * out), direction d in columns d * out : (d + 1) * out, zero past a
             sequence's end. The caller's: ctx holds no reference to it.
@@ -102,6 +108,21 @@ class Backend(Protocol):
     # for a stack of one-direction layers (specs and params per layer, params the
     # stream's own copies) that steps `batch` rows through time: see `StepStack` below
     # for what it returns. One that does not gets `StepStack` over its layer_forward.
+
+
+# The masks of the regularised cells (`Backend.layer_forward`'s `masks`), by name: the
+# shape (in the sizes of `Backend`, time-major and in the caller's batch order, indexed
+# by time index whatever the direction: the step that visits x[t] uses mask[t]) and what
+# the cell does with it. All of the call's dtype, C-contiguous.
+MASKS = {
+    # (T, B, out), 0 or 1: h_t = d * h_{t-1} + (1 - d) * h~_t; y_t is that h_t
+    "zoneout_h": "zoneout of h",
+    # (T, B, H), 0 or 1: c_t = d * c_{t-1} + (1 - d) * c~_t (LSTM)
+    "zoneout_c": "zoneout of c",
+    # (B, out), 0 or 1 / (1 - p): the recurrent product reads h_{t-1} * m at every step
+    # (h_{t-1} itself everywhere else: GRU's z * h_{t-1}, the carried state)
+    "recurrent": "dropout of the state entering the recurrent product",
+}
 
 
 # -- the length schedule ---------------------------------------------------------------

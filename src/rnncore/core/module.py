@@ -335,13 +335,17 @@ class Module(ConfigRepr):
         self.training = True
         self._saved = None
 
-    def _init_params(self, shapes, hidden_size, seed):
+    def _init_params(self, shapes, hidden_size, seed, constants=None):
         _check_budget(sum(math.prod(shape) for shape in shapes.values()), self.dtype, charge=True)
         # every parameter U(-1/sqrt(H), 1/sqrt(H)), as PyTorch; drawn in float64 so that
-        # float32 and float64 layers with the same seed hold the same values
+        # float32 and float64 layers with the same seed hold the same values. Those in
+        # `constants` ({name: value}: the layer norm's gains and shifts) start at their
+        # value and draw nothing, so the others keep the draws of a layer without them.
+        constants = constants or {}
         bound = init_bound(hidden_size)
         self._rng = np.random.default_rng(validate.seed(seed))
-        self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+        self._params = {name: (np.full(shape, constants[name], self.dtype) if name in constants
+                               else self._rng.uniform(-bound, bound, shape).astype(self.dtype))
                         for name, shape in shapes.items()}
         self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
         self.training = True

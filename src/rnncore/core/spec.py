@@ -40,7 +40,23 @@ FEATURES = {
     "peephole": "peephole connections from the cell state to the gates",
     "coupled_input_forget": "coupled input and forget gates",
     "reset_after": "reset gate applied after the recurrent product",
+    "layer_norm": "layer normalisation of the gate products and the cell state",
+    "zoneout": "zoneout of the carried state",
+    "recurrent_dropout": "dropout of the state entering the recurrent product",
+    "weight_dropout": "dropout of the recurrent weights (DropConnect)",
 }
+
+# The regularised and normalised cells (API.md, "Regularised and normalised cells"):
+# which kinds take each option. Layer norm is over the whole gate vector of a row, so
+# the reset-before GRU cannot have it (its n block's product needs r, which needs the
+# statistics of the whole vector).
+REGULARISED_KINDS = {
+    "layer_norm": ("lstm", "gru"),
+    "zoneout": ("rnn", "lstm", "gru"),
+    "recurrent_dropout": ("rnn", "lstm", "gru"),
+    "weight_dropout": ("rnn", "lstm", "gru"),
+}
+LAYER_NORM_EPS = 1e-5    # LN(v; g, b) = g * (v - mean(v)) / sqrt(var(v) + eps) + b
 
 
 def init_bound(hidden_size):
@@ -68,6 +84,17 @@ class CellSpec:
     reset_after: bool = True       # gru
     output_size: int = 0           # jordan
     output_activation: str = "identity"  # jordan
+    # the regularised cells (REGULARISED_KINDS): all off by default
+    layer_norm: bool = False       # lstm, gru (reset_after only)
+    zoneout_h: float = 0.0         # the probability that a unit of h keeps its previous value
+    zoneout_c: float = 0.0         # lstm: the same for c
+    recurrent_dropout: float = 0.0  # dropout of h_{t-1} where it enters the recurrent product
+    weight_dropout: float = 0.0    # DropConnect on W_hh; applied by the caller, backends see W_hh * M
+
+    @property
+    def zoneout(self):
+        """Whether either state is zoned out."""
+        return self.zoneout_h > 0 or self.zoneout_c > 0
 
     @property
     def gates(self):
@@ -103,7 +130,11 @@ class CellSpec:
                 "proj_size": lstm and self.proj_size > 0,
                 "peephole": lstm and self.peephole,
                 "coupled_input_forget": lstm and self.coupled_input_forget,
-                "reset_after": self.kind == "gru" and self.reset_after}
+                "reset_after": self.kind == "gru" and self.reset_after,
+                "layer_norm": self.layer_norm,
+                "zoneout": self.zoneout,
+                "recurrent_dropout": self.recurrent_dropout > 0,
+                "weight_dropout": self.weight_dropout > 0}
         return frozenset(name for name in FEATURES if used[name])
 
     def unsupported(self, expressible):
@@ -116,6 +147,8 @@ class CellSpec:
         """The constructor argument that turns `feature` on, as this cell sets it."""
         if feature == "relu":
             return f"nonlinearity={self.nonlinearity!r}"
+        if feature == "zoneout":
+            return f"zoneout={(self.zoneout_h, self.zoneout_c) if self.kind == 'lstm' else self.zoneout_h!r}"
         return f"{feature}={getattr(self, feature)!r}"
 
     def param_shapes(self):
@@ -136,4 +169,19 @@ class CellSpec:
             shapes["weight_ho"] = (self.output_size, H)
             if self.bias:
                 shapes["bias_ho"] = (self.output_size,)
+        if self.layer_norm:
+            # the gains of LN(W_ih x) and LN(W_hh h) (no shift: b_ih, b_hh are the shifts),
+            # and the LSTM's gain and shift of LN(c_t)
+            shapes["weight_ih_ln"] = (G * H,)
+            shapes["weight_hh_ln"] = (G * H,)
+            if self.kind == "lstm":
+                shapes["weight_c_ln"] = (H,)
+                shapes["bias_c_ln"] = (H,)
         return shapes
+
+    def initial_value(self, name):
+        """The value a parameter starts at when it is not drawn from U(-bound, bound): the
+        layer norm's gains 1 and shift 0 (None for the drawn ones)."""
+        if name.endswith("_ln"):
+            return 0.0 if name.startswith("bias") else 1.0
+        return None
