@@ -3,12 +3,12 @@ through the same door to the backends as the layers (`functional.run_layer`), ch
 the same `validate.sequence_call`."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import functional, validate
+from . import functional, regularise, validate
 from .docs import PARAMETER_DOCS, filled
 from .module import Module, commit, register, saved_context
 from .spec import ACTIVATIONS, CellSpec
@@ -40,8 +40,13 @@ class _Cell(Module):
             functional.check_backend(backend)
         self._backend_name = backend
         self.bias = validate.flag("bias", bias)
-        self.spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
-        self._init_params(self.spec.param_shapes(), self.hidden_size, seed)
+        self.spec = spec = CellSpec(kind, self.input_size, self.hidden_size, self.bias, **variant)
+        self._init_params(spec.param_shapes(), self.hidden_size, seed,
+                          {name: spec.initial_value(name) for name in spec.param_shapes()
+                           if spec.initial_value(name) is not None})
+        # the regularised options as the constructor took them (get_config reads them)
+        self.layer_norm, self.zoneout = spec.layer_norm, regularise.config_zoneout(spec)
+        self.recurrent_dropout, self.weight_dropout = spec.recurrent_dropout, spec.weight_dropout
 
     def _call_form(self):
         grad_names = tuple("d" + n.replace("0", "1") for n in self._state_names)
@@ -50,9 +55,14 @@ class _Cell(Module):
 
     def _step(self, x, states, check_finite):
         x, states, _, batched, _ = validate.sequence_call(self._form, x, states, None, check_finite, self.training)
-        _, (states_n,), ctx = functional.run_layer(self.spec, [self._params], x, [states], None, self.training,
-                                                   (False,), self._backend_name)
-        self._saved = dict(ctx=ctx, batched=batched, B=x.shape[1]) if self.training else None
+        params, masks, dropped = [self._params], None, [None]
+        if self.training and regularise.random(self.spec):
+            # a cell's call is a sequence of one step: its masks are drawn per call
+            masks, dropped = regularise.draw(self._rng, self.spec, 1, x.shape[1], self.dtype, 1)
+            params = regularise.dropped_weights(params, dropped)
+        _, (states_n,), ctx = functional.run_layer(self.spec, params, x, [states], None, self.training,
+                                                   (False,), self._backend_name, masks)
+        self._saved = dict(ctx=ctx, batched=batched, B=x.shape[1], weight_masks=dropped) if self.training else None
         return tuple(s if batched else s[0] for s in states_n)
 
     def _step_back(self, dstates):
@@ -60,7 +70,9 @@ class _Cell(Module):
                                     "(call the cell in train() mode first)")
         dy, dstates = validate.sequence_grads(self._form, None, dstates, (1, saved["B"], self.spec.out_size),
                                               saved["batched"], check_finite=True)
-        dx, (dstates0,), (grads,) = functional.run_layer_backward(saved["ctx"], dy, [dstates])
+        dx, (dstates0,), grads = functional.run_layer_backward(saved["ctx"], dy, [dstates])
+        regularise.weight_gradients(grads, saved["weight_masks"])
+        (grads,) = grads
         commit([(self, saved, grads)])
         if saved["batched"]:
             return dx[0], dstates0
@@ -133,6 +145,9 @@ class RNNCell(_OneStateCell):
     %(dtype)s
     %(seed)s
     %(backend)s
+    %(zoneout)s
+    %(recurrent_dropout)s
+    %(weight_dropout)s
 
     %(raises)s
 
@@ -151,9 +166,11 @@ class RNNCell(_OneStateCell):
     """
 
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True,
-                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None, *,
+                 zoneout: float = 0.0, recurrent_dropout: float = 0.0, weight_dropout: float = 0.0) -> None:
         validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
-        super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, backend, nonlinearity=nonlinearity)
+        super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, backend, nonlinearity=nonlinearity,
+                         **regularise.options("rnn", False, zoneout, recurrent_dropout, weight_dropout))
         self.nonlinearity = nonlinearity
 
 
@@ -173,6 +190,10 @@ class GRUCell(_OneStateCell):
     %(dtype)s
     %(seed)s
     %(backend)s
+    %(layer_norm)s
+    %(zoneout)s
+    %(recurrent_dropout)s
+    %(weight_dropout)s
 
     %(raises)s
 
@@ -189,9 +210,13 @@ class GRUCell(_OneStateCell):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True,
-                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None, *,
+                 layer_norm: bool = False, zoneout: float = 0.0, recurrent_dropout: float = 0.0,
+                 weight_dropout: float = 0.0) -> None:
         reset_after = validate.flag("reset_after", reset_after)
-        super().__init__("gru", input_size, hidden_size, bias, dtype, seed, backend, reset_after=reset_after)
+        super().__init__("gru", input_size, hidden_size, bias, dtype, seed, backend, reset_after=reset_after,
+                         **regularise.options("gru", layer_norm, zoneout, recurrent_dropout, weight_dropout,
+                                              reset_after))
         self.reset_after = reset_after
 
 
@@ -213,6 +238,10 @@ class LSTMCell(_Cell):
     %(dtype)s
     %(seed)s
     %(backend)s
+    %(layer_norm)s
+    %(zoneout_lstm)s
+    %(recurrent_dropout)s
+    %(weight_dropout)s
 
     %(raises)s
 
@@ -232,10 +261,13 @@ class LSTMCell(_Cell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, peephole: bool = False,
                  coupled_input_forget: bool = False, dtype: DTypeLike = np.float32, seed: Optional[int] = None,
-                 backend: Optional[str] = None) -> None:
+                 backend: Optional[str] = None, *, layer_norm: bool = False,
+                 zoneout: Union[float, tuple[float, float]] = 0.0, recurrent_dropout: float = 0.0,
+                 weight_dropout: float = 0.0) -> None:
         super().__init__("lstm", input_size, hidden_size, bias, dtype, seed, backend,
                          peephole=validate.flag("peephole", peephole),
-                         coupled_input_forget=validate.flag("coupled_input_forget", coupled_input_forget))
+                         coupled_input_forget=validate.flag("coupled_input_forget", coupled_input_forget),
+                         **regularise.options("lstm", layer_norm, zoneout, recurrent_dropout, weight_dropout))
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
 

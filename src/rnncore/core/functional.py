@@ -148,7 +148,7 @@ class _Context:
 
 # -- the door: every call of a backend goes through these two ---------------------------
 
-def run_layer(spec, params, x, states, lengths, training, reverse, backend=None):
+def run_layer(spec, params, x, states, lengths, training, reverse, backend=None, masks=None):
     """One layer of `spec`, one or two directions, through a backend: the layers, the cells
     and the functions below all reach the backends here, and nowhere else. The arrays
     are trusted, as `validate.sequence_call` returns them: x C-contiguous (T, B, I),
@@ -156,11 +156,23 @@ def run_layer(spec, params, x, states, lengths, training, reverse, backend=None)
     lengths int64 (B,) or None, reverse a bool per direction. The backend (a name, None:
     the current selection) and the thread count are resolved here, once per call, and
     passed down. Returns y (T, B, D*W), the final states per direction, and a context for
-    `run_layer_backward` (None unless training)."""
+    `run_layer_backward` (None unless training). `masks`: the regularised cells' random
+    masks per direction (`contract.MASKS`), None for their deterministic form."""
     module = registry.resolve(backend)
+    extra = () if masks is None else (masks,)
     y, states_n, inner = module.layer_forward(spec, params, x, states, lengths, training, reverse,
-                                              registry.get_num_threads())
+                                              registry.get_num_threads(), *extra)
     return y, states_n, (_Context(module, inner, spec, x.shape[:2], x.dtype) if training else None)
+
+
+def trace_layer(spec, params, x, states, lengths, reverse, backend=None):
+    """The gate trace of one layer (arrays trusted as for `run_layer`): per direction
+    {name: (T, B, H)} of the deterministic forward, from the backend's own
+    `layer_trace`, or from the NumPy reference's for a backend without one."""
+    module = registry.resolve(backend)
+    if getattr(module, "layer_trace", None) is None:
+        module = registry.resolve("numpy")
+    return module.layer_trace(spec, params, x, states, lengths, reverse, registry.get_num_threads())
 
 
 def open_stream(specs, params, batch, dtype, backend=None):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import functional, validate
+from . import functional, regularise, validate
 from .docs import shared_docs
 from .module import Module, _check_budget, commit, register, saved_context
 from .spec import ACTIVATIONS, OUTPUT_ACTIVATIONS, CellSpec, layer_suffix
@@ -70,7 +70,15 @@ class _Recurrent(Module):
                   for k, spec in enumerate(self.specs)
                   for d in range(self.num_directions)
                   for base, shape in spec.param_shapes().items()}
-        self._init_params(shapes, self.hidden_size, seed)
+        constants = {_param_name(base, k, d): spec.initial_value(base)
+                     for k, spec in enumerate(self.specs)
+                     for d in range(self.num_directions)
+                     for base in spec.param_shapes() if spec.initial_value(base) is not None}
+        self._init_params(shapes, self.hidden_size, seed, constants)
+        spec = self.specs[0]
+        # the regularised options as the constructor took them (get_config reads them)
+        self.layer_norm, self.zoneout = spec.layer_norm, regularise.config_zoneout(spec)
+        self.recurrent_dropout, self.weight_dropout = spec.recurrent_dropout, spec.weight_dropout
 
     def _call_form(self):
         grad_names = tuple("d" + n.replace("0", "_n") for n in self._state_names)
@@ -136,28 +144,35 @@ class _Recurrent(Module):
         x, states, lengths, batched, _ = validate.sequence_call(self._form, x, states, lengths, check_finite,
                                                                 self.training)
         dropout_mask = self._dropout_mask if self.training and self.dropout > 0 else None
-        y, finals, saved = self._stack_forward(x, states, lengths, self.training, dropout_mask)
+        y, finals, saved = self._stack_forward(x, states, lengths, self.training, dropout_mask,
+                                               draw_masks=self.training)
         self._saved = dict(saved, batched=batched) if saved is not None else None
         finals = [f if batched else f[:, 0, :] for f in finals]
         return self._output(y, batched), finals
 
-    def _stack_forward(self, x, states, lengths, keep_context, dropout_mask=None):
+    def _stack_forward(self, x, states, lengths, keep_context, dropout_mask=None, draw_masks=False):
         """The stack over C-contiguous time-major x (T, B, I) and C-contiguous states
         [(D*L, B, n)], as `validate.sequence_call` returns them: y (T, B, W), the final
         states, and what `_stack_backward` needs (None unless keep_context).
         `dropout_mask(shape)`, when given, draws the inverted-dropout mask of each layer's
-        output but the last. It stores nothing on the layer, so calls may interleave."""
+        output but the last; `draw_masks` draws the regularised cells' masks (training
+        mode), else they take their deterministic form. It stores nothing on the layer,
+        so calls may interleave."""
         T, B, _ = x.shape
         D = self.num_directions
         reverse = (False, True)[:D]
         finals = [np.empty_like(s) for s in states]
-        contexts, masks = [], []
+        contexts, masks, weight_masks = [], [], []
         layer_input = x
         for k, spec in enumerate(self.specs):
             rows = range(k * D, (k + 1) * D)
             states_k = [tuple(s[r] for s in states) for r in rows]
-            y, states_n, ctx = functional.run_layer(spec, self._direction_params(k), layer_input, states_k, lengths,
-                                                    keep_context, reverse, self._backend_name)
+            params, cell_masks, dropped = self._direction_params(k), None, [None] * D
+            if draw_masks and regularise.random(spec):
+                cell_masks, dropped = regularise.draw(self._rng, spec, T, B, self.dtype, D)
+                params = regularise.dropped_weights(params, dropped)
+            y, states_n, ctx = functional.run_layer(spec, params, layer_input, states_k, lengths, keep_context,
+                                                    reverse, self._backend_name, cell_masks)
             for r, state in zip(rows, states_n):
                 for final, value in zip(finals, state):
                     final[r] = value
@@ -167,9 +182,29 @@ class _Recurrent(Module):
                 y = y * mask
             contexts.append(ctx)
             masks.append(mask)
+            weight_masks.append(dropped)
             layer_input = y
-        saved = dict(contexts=contexts, masks=masks, y_shape=(T, B, self.output_width)) if keep_context else None
+        saved = dict(contexts=contexts, masks=masks, weight_masks=weight_masks,
+                     y_shape=(T, B, self.output_width)) if keep_context else None
         return layer_input, finals, saved
+
+    def _trace(self, x, states, lengths, check_finite):
+        x, states, lengths, batched, _ = validate.sequence_call(self._form, x, states, lengths, check_finite, False)
+        D = self.num_directions
+        reverse = (False, True)[:D]
+        traces = {}
+        layer_input = x
+        for k, spec in enumerate(self.specs):
+            rows = range(k * D, (k + 1) * D)
+            states_k = [tuple(s[r] for s in states) for r in rows]
+            params = self._direction_params(k)
+            found = functional.trace_layer(spec, params, layer_input, states_k, lengths, reverse, self._backend_name)
+            for d, arrays in enumerate(found):
+                traces[layer_suffix(k, d)[1:]] = {name: a if batched else a[:, 0] for name, a in arrays.items()}
+            if k + 1 < self.num_layers:
+                layer_input, _, _ = functional.run_layer(spec, params, layer_input, states_k, lengths, False, reverse,
+                                                         self._backend_name)
+        return traces
 
     def _dropout_mask(self, shape):
         keep = 1.0 - self.dropout
@@ -200,6 +235,7 @@ class _Recurrent(Module):
             rows = range(k * D, (k + 1) * D)
             dstates_k = [tuple(s[r] for s in dstates) for r in rows]
             dx, ds0, grads = functional.run_layer_backward(saved["contexts"][k], dy, dstates_k)
+            regularise.weight_gradients(grads, saved["weight_masks"][k])
             for r, state in zip(rows, ds0):
                 for d0, value in zip(dstates0, state):
                     d0[r] = value
@@ -247,6 +283,37 @@ class _OneState(_Recurrent):
 
     forward = __call__
 
+    def trace(self, x: ArrayLike, hx: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None,
+              check_finite: bool = True) -> dict[str, dict[str, np.ndarray]]:
+        """The gates of every step, for inspection and plotting:
+        ``trace = layer.trace(x, hx=None, lengths=None)``, hx the initial state h0.
+
+        The layer's deterministic forward (its evaluation form, whatever its mode: no
+        random masks, zoneout's expectation) over x, as `__call__` takes it.
+
+        Returns
+        -------
+        dict
+            Per layer and direction, keyed "l0", "l0_reverse", "l1", ..., a dict of
+            (T, B, H) arrays, time-major whatever `batch_first` ((T, H) for unbatched x),
+            zero past a sequence's end: a GRU's gate activations "r", "z", "n"; an
+            Elman RNN's hidden state "h".
+
+        Raises
+        ------
+        ValueError, TypeError
+            As `__call__`.
+
+        Examples
+        --------
+        >>> import numpy as np, rnncore as rc
+        >>> gru = rc.GRU(3, 4, num_layers=2, seed=0)
+        >>> trace = gru.trace(np.ones((5, 2, 3), dtype=np.float32))
+        >>> sorted(trace), sorted(trace["l1"]), trace["l1"]["z"].shape
+        (['l0', 'l1'], ['n', 'r', 'z'], (5, 2, 4))
+        """
+        return self._trace(x, (hx,), lengths, check_finite)
+
     def backward(self, dy: ArrayLike, dh_n: Optional[ArrayLike] = None) -> tuple[np.ndarray, np.ndarray]:
         """Back-propagate through the last training-mode forward, adding the parameter
         gradients into `grads`: ``dx, dh0 = layer.backward(dy, dh_n=None)``.
@@ -292,6 +359,9 @@ class RNN(_OneState):
     %(dtype)s
     %(seed)s
     %(backend)s
+    %(zoneout)s
+    %(recurrent_dropout)s
+    %(weight_dropout)s
 
     %(raises)s
 
@@ -307,10 +377,12 @@ class RNN(_OneState):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None) -> None:
+                 dtype: DTypeLike = np.float32, seed: Optional[int] = None, backend: Optional[str] = None, *,
+                 zoneout: float = 0.0, recurrent_dropout: float = 0.0, weight_dropout: float = 0.0) -> None:
         validate.choice("nonlinearity", nonlinearity, ACTIVATIONS)
         super().__init__("rnn", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, backend, nonlinearity=nonlinearity)
+                         bidirectional, dtype, seed, backend, nonlinearity=nonlinearity,
+                         **regularise.options("rnn", False, zoneout, recurrent_dropout, weight_dropout))
         self.nonlinearity = nonlinearity
 
 
@@ -334,6 +406,10 @@ class GRU(_OneState):
     %(dtype)s
     %(seed)s
     %(backend)s
+    %(layer_norm)s
+    %(zoneout)s
+    %(recurrent_dropout)s
+    %(weight_dropout)s
 
     %(raises)s
 
@@ -349,10 +425,13 @@ class GRU(_OneState):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  reset_after: bool = True, dtype: DTypeLike = np.float32, seed: Optional[int] = None,
-                 backend: Optional[str] = None) -> None:
+                 backend: Optional[str] = None, *, layer_norm: bool = False, zoneout: float = 0.0,
+                 recurrent_dropout: float = 0.0, weight_dropout: float = 0.0) -> None:
         reset_after = validate.flag("reset_after", reset_after)
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, backend, reset_after=reset_after)
+                         bidirectional, dtype, seed, backend, reset_after=reset_after,
+                         **regularise.options("gru", layer_norm, zoneout, recurrent_dropout, weight_dropout,
+                                              reset_after))
         self.reset_after = reset_after
 
 
@@ -381,6 +460,10 @@ class LSTM(_Recurrent):
     %(dtype)s
     %(seed)s
     %(backend)s
+    %(layer_norm)s
+    %(zoneout_lstm)s
+    %(recurrent_dropout)s
+    %(weight_dropout)s
 
     %(raises)s
 
@@ -399,14 +482,17 @@ class LSTM(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  peephole: bool = False, coupled_input_forget: bool = False, dtype: DTypeLike = np.float32,
-                 seed: Optional[int] = None, backend: Optional[str] = None) -> None:
+                 seed: Optional[int] = None, backend: Optional[str] = None, *, layer_norm: bool = False,
+                 zoneout: Union[float, tuple[float, float]] = 0.0, recurrent_dropout: float = 0.0,
+                 weight_dropout: float = 0.0) -> None:
         validate.positive_int("proj_size", proj_size, minimum=0)
         if proj_size >= validate.positive_int("hidden_size", hidden_size):
             raise ValueError(f"proj_size: expected 0 or less than hidden_size ({hidden_size}), got {proj_size}")
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, seed, backend, proj_size=int(proj_size),
                          peephole=validate.flag("peephole", peephole),
-                         coupled_input_forget=validate.flag("coupled_input_forget", coupled_input_forget))
+                         coupled_input_forget=validate.flag("coupled_input_forget", coupled_input_forget),
+                         **regularise.options("lstm", layer_norm, zoneout, recurrent_dropout, weight_dropout))
         self.proj_size = int(proj_size)
         self.peephole = bool(peephole)
         self.coupled_input_forget = bool(coupled_input_forget)
@@ -442,6 +528,38 @@ class LSTM(_Recurrent):
         return y, (h_n, c_n)
 
     forward = __call__
+
+    def trace(self, x: ArrayLike, hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
+              lengths: Optional[ArrayLike] = None, check_finite: bool = True) -> dict[str, dict[str, np.ndarray]]:
+        """The gates and cell states of every step, for inspection and plotting:
+        ``trace = lstm.trace(x, hx=None, lengths=None)``.
+
+        The layer's deterministic forward (its evaluation form, whatever its mode: no
+        random masks, zoneout's expectation) over x, as `__call__` takes it.
+
+        Returns
+        -------
+        dict
+            Per layer and direction, keyed "l0", "l0_reverse", "l1", ..., a dict of
+            (T, B, H) arrays, time-major whatever `batch_first` ((T, H) for unbatched x),
+            zero past a sequence's end: the gate activations "i", "f", "g", "o" (with
+            coupled_input_forget, f = 1 - i) and the cell state "c" carried out of each
+            step.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As `__call__`.
+
+        Examples
+        --------
+        >>> import numpy as np, rnncore as rc
+        >>> lstm = rc.LSTM(3, 4, bidirectional=True, seed=0)
+        >>> trace = lstm.trace(np.ones((5, 2, 3), dtype=np.float32))
+        >>> sorted(trace), sorted(trace["l0"]), trace["l0"]["f"].shape
+        (['l0', 'l0_reverse'], ['c', 'f', 'g', 'i', 'o'], (5, 2, 4))
+        """
+        return self._trace(x, validate.pair("hx", hx), lengths, check_finite)
 
     def backward(self, dy: ArrayLike, dh_n: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:

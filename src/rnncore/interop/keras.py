@@ -31,8 +31,10 @@ __all__ = ["load_weights", "load_model_weights", "to_keras_weights", "reorder_ga
 
 _KERAS_CLASSES = {"rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
 # the variant features (core/spec.py FEATURES) each Keras layer computes: SimpleRNN's
-# activation="relu", GRU's reset_after=True; a feature missing here is refused
-_EXPRESSIBLE = {"rnn": {"relu"}, "lstm": set(), "gru": {"reset_after"}}
+# activation="relu", GRU's reset_after=True; the dropout options, which act in training
+# only and leave the weights and the inference alike; a feature missing here is refused
+_TRAINING_ONLY = {"recurrent_dropout", "weight_dropout"}
+_EXPRESSIBLE = {"rnn": {"relu"} | _TRAINING_ONLY, "lstm": set(_TRAINING_ONLY), "gru": {"reset_after"} | _TRAINING_ONLY}
 
 
 def _convertible(layer, verb):

@@ -45,7 +45,11 @@ _OPERATORS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 # the variant features (core/spec.py FEATURES) each operator computes: RNN's Relu
 # activation, LSTM's peephole input P and input_forget=1, GRU's linear_before_reset=1; a
 # feature missing here is refused
-_EXPRESSIBLE = {"rnn": {"relu"}, "lstm": {"peephole", "coupled_input_forget"}, "gru": {"reset_after"}}
+# The dropout options act in training only: the exported (inference) graph is the plain
+# cell's. Layer norm and zoneout's evaluation blend have no place in the operators.
+_TRAINING_ONLY = {"recurrent_dropout", "weight_dropout"}
+_EXPRESSIBLE = {"rnn": {"relu"} | _TRAINING_ONLY, "lstm": {"peephole", "coupled_input_forget"} | _TRAINING_ONLY,
+                "gru": {"reset_after"} | _TRAINING_ONLY}
 _KINDS = {op: kind for kind, op in _OPERATORS.items()}
 _ACTIVATIONS = {"tanh": "Tanh", "relu": "Relu"}
 # the non-recurrent operators that a graph of one stacked layer may hold: layout changes
