@@ -108,6 +108,14 @@ class Backend(Protocol):
     # for a stack of one-direction layers (specs and params per layer, params the
     # stream's own copies) that steps `batch` rows through time: see `StepStack` below
     # for what it returns. One that does not gets `StepStack` over its layer_forward.
+    #
+    #     layer_trace(spec, params, x, states, lengths, reverse, num_threads) -> traces
+    #
+    # the gates of its own deterministic forward (no masks), arguments as layer_forward's:
+    # a list over directions of {name: (T, B, H)} in time order and the caller's batch
+    # order, zero past a sequence's end: LSTM "i", "f", "g", "o" (f = 1 - i when coupled)
+    # and the carried cell state "c"; GRU "r", "z", "n"; Elman RNN "h". One that does not
+    # is traced by the NumPy reference's.
 
 
 # The masks of the regularised cells (`Backend.layer_forward`'s `masks`), by name: the
