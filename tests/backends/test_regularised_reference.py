@@ -378,3 +378,91 @@ def test_layer_norm_ignores_the_scale_of_the_weights(variant):
     assert np.max(np.abs(y_of(normed, 10.0) - y_of(normed, 1.0))) < 2e-3
     plain = make_spec(variant, ())
     assert np.max(np.abs(y_of(plain, 10.0) - y_of(plain, 1.0))) > 0.1
+
+
+# -- gate traces --------------------------------------------------------------------------------
+
+def trace_and_forward(spec, seed, lengths=LENGTHS):
+    params, x, states, _ = random_backend_case(spec, T, B, 2, np.float64, seed)
+    traces = reference.layer_trace(spec, params, x, states, lengths, BOTH, 1)
+    y, states_n, _ = forward(spec, params, x, states, lengths, training=False)
+    return traces, y, states, states_n
+
+
+def previous(trace_d, initial, reverse, lengths):
+    """(T, B, n): the value each visited step started from, in time order: the traced
+    value of the step visited before (the initial state for the first), zero past the
+    end."""
+    before = np.zeros_like(trace_d)
+    for b, length in enumerate(lengths):
+        order = list(range(length))[::-1] if reverse else list(range(length))
+        for k, t in enumerate(order):
+            before[t, b] = initial[b] if k == 0 else trace_d[order[k - 1], b]
+    return before
+
+
+def zoned(p, prev, new):
+    return p * prev + (1 - p) * new
+
+
+@pytest.mark.parametrize("variant", ["lstm", "lstm_peephole", "lstm_cifg", "lstm_nobias"])
+@pytest.mark.parametrize("options", [(), ("zoneout",), ("recurrent_dropout",)])
+def test_trace_lstm_is_what_the_forward_computes(variant, options):
+    """Per direction, in time order: c_t = f * c_{t-1} + i * g (zoned out with the
+    expectation), h_t = o * tanh(c~_t) is y, the last c is the final state; f = 1 - i
+    when coupled; zero past the end."""
+    spec = make_spec(variant, options)
+    traces, y, states, states_n = trace_and_forward(spec, 12)
+    valid = (np.arange(T)[:, None] < LENGTHS[None, :])[:, :, None]
+    for d, (trace, reverse) in enumerate(zip(traces, BOTH)):
+        assert list(trace) == ["i", "f", "g", "o", "c"] and all(a.shape == (T, B, H) for a in trace.values())
+        i, f, g, o, c = (trace[k] for k in "ifgoc")
+        c_prev = previous(c, states[d][1], reverse, LENGTHS)
+        h_prev = previous(y[:, :, d * H:(d + 1) * H], states[d][0], reverse, LENGTHS)
+        c_new = f * c_prev + i * g
+        np.testing.assert_allclose(c, zoned(spec.zoneout_c, c_prev, c_new) * valid, rtol=1e-13, atol=1e-15)
+        h = zoned(spec.zoneout_h, h_prev, o * np.tanh(c_new)) * valid
+        np.testing.assert_allclose(y[:, :, d * H:(d + 1) * H], h, rtol=1e-13, atol=1e-15)
+        if spec.coupled_input_forget:
+            np.testing.assert_array_equal(f, (1 - i) * valid)
+        last = LENGTHS - 1 if not reverse else np.zeros(B, dtype=int)
+        np.testing.assert_array_equal(c[last, np.arange(B)], states_n[d][1])
+        for gate in (i, f, g, o, c):
+            assert not gate[~np.broadcast_to(valid, gate.shape)].any()
+
+
+@pytest.mark.parametrize("variant, options", [("gru", ()), ("gru", ("zoneout",)), ("gru", ("layer_norm",)),
+                                              ("gru_cho", ()), ("gru_cho", ("zoneout", "recurrent_dropout"))])
+def test_trace_gru_is_what_the_forward_computes(variant, options):
+    """y_t = (1 - z) * n + z * h_{t-1}, zoned out with the expectation."""
+    spec = make_spec(variant, options)
+    traces, y, states, _ = trace_and_forward(spec, 13)
+    valid = (np.arange(T)[:, None] < LENGTHS[None, :])[:, :, None]
+    for d, (trace, reverse) in enumerate(zip(traces, BOTH)):
+        assert list(trace) == ["r", "z", "n"]
+        y_d = y[:, :, d * H:(d + 1) * H]
+        h_prev = previous(y_d, states[d][0], reverse, LENGTHS)
+        h_new = (1 - trace["z"]) * trace["n"] + trace["z"] * h_prev
+        np.testing.assert_allclose(y_d, zoned(spec.zoneout_h, h_prev, h_new) * valid, rtol=1e-13, atol=1e-15)
+        assert not trace["r"][~np.broadcast_to(valid, trace["r"].shape)].any()
+
+
+def test_trace_rnn_is_the_output():
+    """The Elman trace's h is the carried (zoned-out) h_t, that is y."""
+    spec = make_spec("rnn", ("zoneout",))
+    traces, y, _, _ = trace_and_forward(spec, 14)
+    for d, trace in enumerate(traces):
+        np.testing.assert_array_equal(trace["h"], y[:, :, d * H:(d + 1) * H])
+
+
+def test_trace_lstm_one_step_by_hand():
+    """The gates themselves, one plain step: i = sigmoid(W_ii x + b_ii + W_hi h + b_hi) ..."""
+    spec = make_spec("lstm", ())
+    params, x, states, _ = random_backend_case(spec, 1, B, 1, np.float64, 15)
+    p, (h0, c0) = params[0], states[0]
+    a = x[0] @ p["weight_ih"].T + p["bias_ih"] + h0 @ p["weight_hh"].T + p["bias_hh"]
+    a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)
+    (trace,) = reference.layer_trace(spec, params, x, states, None, (False,), 1)
+    for name, expected in (("i", cells.sigmoid(a_i)), ("f", cells.sigmoid(a_f)), ("g", np.tanh(a_g)),
+                           ("o", cells.sigmoid(a_o))):
+        np.testing.assert_allclose(trace[name][0], expected, rtol=1e-13)

@@ -15,12 +15,13 @@ The batch keeps its order: nothing is sorted here.
 
 The regularised cells' masks (`contract.MASKS`) are indexed by time index, so the loop
 gathers them in its own step order as it does x; a step receives its share as a
-`cells.Masks` (zoneout's expectation p where a mask is missing).
+`cells.Masks` (zoneout's expectation p where a mask is missing). `layer_trace` reports
+the gates a deterministic forward kept in its caches.
 """
 import numpy as np
 
 from .. import contract
-from .cells import STEPS, Masks, linear
+from .cells import STEPS, TRACED, Masks, linear
 
 
 def step_masks(spec, masks, time, batch):
@@ -117,3 +118,25 @@ def layer_forward(spec, params, x, states, lengths, training, reverse, num_threa
 def layer_backward(ctx, dy, dstates_n, num_threads=1):
     """(dx, dstates0, grads): see `rnncore.backends.contract.Backend`; runs on one thread."""
     return contract.backward_directions(direction_backward, ctx, dy, dstates_n)
+
+
+def direction_trace(spec, p, x, state0, lengths=None, reverse=False):
+    """The gates of one direction's deterministic forward, {name: (T, B, H)} (`TRACED`),
+    read from the caches its training forward keeps; in time order, zero past a
+    sequence's end."""
+    _, _, ctx = direction_forward(spec, p, x, state0, lengths, reverse=reverse, training=True)
+    time, valid, batch = ctx["time"], ctx["valid"][:, :, None], np.arange(x.shape[1])
+    trace = {}
+    for name in TRACED[spec.kind]:
+        by_step = np.stack([getattr(cache, name) for cache in ctx["caches"]])
+        trace[name] = np.zeros_like(by_step)
+        trace[name][time, batch] = np.where(valid, by_step, 0)
+    return trace
+
+
+def layer_trace(spec, params, x, states, lengths, reverse, num_threads=1):
+    """The gate trace of a layer, a backend's optional companion of `layer_forward` (the
+    same arguments less training and masks): a list over directions of
+    `direction_trace`, from the deterministic forward (zoneout's expectation, no
+    recurrent dropout), in the caller's batch order; runs on one thread."""
+    return [direction_trace(spec, p, x, state0, lengths, rev) for p, state0, rev in zip(params, states, reverse)]

@@ -140,7 +140,8 @@ def layer_norm_back(d_out, stats, gain, grads, gain_name, shift_name=None):
 
 class RNNCache(NamedTuple):
     h_in: np.ndarray   # h_{t-1} as the recurrent product read it
-    h: np.ndarray      # h~_t
+    h_new: np.ndarray  # h~_t
+    h: np.ndarray      # h_t, the carried state (h~_t without zoneout)
 
 
 def rnn_step(spec, p, x_proj, state, masks=PLAIN):
@@ -155,7 +156,7 @@ def rnn_step(spec, p, x_proj, state, masks=PLAIN):
     h_in = dropped(h_prev, masks.recurrent)
     h_new = activate(spec.nonlinearity, x_proj + linear(h_in, p["weight_hh"], p.get("bias_hh")))
     h = zoneout(masks.zoneout_h, h_prev, h_new)
-    return (h,), RNNCache(h_in, h_new)
+    return (h,), RNNCache(h_in, h_new, h)
 
 
 def rnn_step_back(spec, p, cache, dstate, grads, masks=PLAIN):
@@ -168,7 +169,7 @@ def rnn_step_back(spec, p, cache, dstate, grads, masks=PLAIN):
                             [zoneout: dh_{t-1} += w * dh_t]
     """
     (dh,) = dstate
-    da = activation_back(spec.nonlinearity, cache.h, zoneout_back(masks.zoneout_h, dh))
+    da = activation_back(spec.nonlinearity, cache.h_new, zoneout_back(masks.zoneout_h, dh))
     grads["weight_hh"] += da.T @ cache.h_in
     if spec.bias:
         grads["bias_hh"] += da.sum(axis=0)
@@ -502,3 +503,8 @@ STEPS = {
     "lstm": (lstm_step, lstm_step_back),
     "gru": (gru_step, gru_step_back),
 }
+
+# What a gate trace reports of each kind: the caches' fields of those names, (B, H) each:
+# the gate activations (the coupled LSTM's f is 1 - i), the carried c_t and the Elman h_t
+# (both after zoneout), the Jordan's hidden h_t (its output is y)
+TRACED = {"rnn": ("h",), "jordan": ("h",), "lstm": ("i", "f", "g", "o", "c"), "gru": ("r", "z", "n")}
