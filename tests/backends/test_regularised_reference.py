@@ -144,8 +144,9 @@ def test_gradients_deterministic(case):
 @pytest.mark.parametrize("masked", [True, False])
 def test_gradients_float32_follow_float64(masked):
     """float32 keeps its dtype through forward and backward and agrees with float64 to
-    the float32 rounding of T steps (eps 1.2e-7 grown by the steps, the products and
-    the normalisation's division: 1e-4 of the scale)."""
+    the float32 rounding of T steps: eps 1.2e-7 grown by the steps, the products and the
+    normalisation's division (3e-7 of the scale measured), held to the project's float32
+    agreement, 1e-5."""
     spec = make_spec("lstm_all", OPTIONS)
     results = {}
     for dtype in (np.float64, np.float32):
@@ -161,7 +162,7 @@ def test_gradients_float32_follow_float64(masked):
         results[dtype] = arrays
     for single, double in zip(results[np.float32], results[np.float64]):
         scale = max(float(np.max(np.abs(double))), 1e-3)
-        assert float(np.max(np.abs(single - double))) <= 1e-4 * scale
+        assert float(np.max(np.abs(single - double))) <= 1e-5 * scale
 
 
 # -- zoneout -----------------------------------------------------------------------------------
