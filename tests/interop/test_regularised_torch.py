@@ -3,7 +3,9 @@ recurrent dropout and weight dropout, written here as a plain loop of torch oper
 in float64 straight from the formulas of docs/api.md ("Regularised and normalised
 cells"), fed the weights of an rnncore layer and the masks that layer draws (from a copy
 of its generator, in the order `regularise.draw` documents), and compared with the
-layer: outputs, final states, and every gradient (autograd against `backward`).
+layer: outputs, final states, and every gradient (autograd against `backward`); the
+evaluation forms and the gate traces against the same loop without masks; the cells
+against one step of it.
 
 The torch loop knows nothing of rnncore's backends: one step per equation, lengths by
 keeping the state past each sequence's end and giving zero output there, the reverse
@@ -184,11 +186,11 @@ def stack(opt, params, x, states, lengths, layer_masks, between, zoneout_p):
 
 # -- the rnncore side, and the masks it draws ------------------------------------------------
 
-def options(layer):
-    spec = layer.specs[0]
+def options(spec, num_layers=1, bidirectional=False):
+    """What the torch loop needs to know of a layer's (or cell's) configuration."""
     return dict(kind=spec.kind, layer_norm=spec.layer_norm, proj_size=spec.proj_size, peephole=spec.peephole,
                 coupled_input_forget=spec.coupled_input_forget, reset_after=spec.reset_after,
-                nonlinearity=spec.nonlinearity, num_layers=layer.num_layers, bidirectional=layer.bidirectional)
+                nonlinearity=spec.nonlinearity, num_layers=num_layers, bidirectional=bidirectional)
 
 
 def drawn_masks(layer, rng, steps, batch):
@@ -233,20 +235,27 @@ def inputs(layer, with_states, seed=1):
     return x, states, rng
 
 
+def batch_major(layer, array):
+    """A time-major (T, B, n) array as the layer takes and gives it."""
+    return np.ascontiguousarray(array.transpose(1, 0, 2)) if layer.batch_first else array
+
+
 def rc_call(layer, x, states, lengths):
+    """y (time-major) and the final states of a layer call on time-major x."""
     if isinstance(layer, rc.LSTM):
-        y, finals = layer(x, None if states is None else tuple(states), lengths=lengths)
-        return y, list(finals)
-    y, h_n = layer(x, None if states is None else states[0], lengths=lengths)
-    return y, [h_n]
+        y, finals = layer(batch_major(layer, x), None if states is None else tuple(states), lengths=lengths)
+        return batch_major(layer, y), list(finals)
+    y, h_n = layer(batch_major(layer, x), None if states is None else states[0], lengths=lengths)
+    return batch_major(layer, y), [h_n]
 
 
 def rc_backward(layer, dy, dfinals):
+    """dx (time-major) and the initial states' gradients from time-major dy."""
     if isinstance(layer, rc.LSTM):
-        dx, dstates = layer.backward(dy, tuple(dfinals))
-        return dx, list(dstates)
-    dx, dh0 = layer.backward(dy, dfinals[0])
-    return dx, [dh0]
+        dx, dstates = layer.backward(batch_major(layer, dy), tuple(dfinals))
+        return batch_major(layer, dx), list(dstates)
+    dx, dh0 = layer.backward(batch_major(layer, dy), dfinals[0])
+    return batch_major(layer, dx), [dh0]
 
 
 def leaf(array):
@@ -262,8 +271,8 @@ def torch_side(layer, x, states, lengths, layer_masks, between):
     states_t = [leaf(s) for s in states] if states is not None else [torch.zeros(rows, B, w, dtype=torch.float64)
                                                                      for w in widths]
     spec = layer.specs[0]
-    y, finals, traces = stack(options(layer), params, x_t, states_t, lengths, layer_masks, between,
-                              (spec.zoneout_h, spec.zoneout_c))
+    y, finals, traces = stack(options(spec, layer.num_layers, layer.bidirectional), params, x_t, states_t, lengths,
+                              layer_masks, between, (spec.zoneout_h, spec.zoneout_c))
     return params, x_t, states_t, y, finals, traces
 
 
@@ -303,10 +312,11 @@ CASES = [
     (rc.LSTM, dict(layer_norm=True, zoneout=(0.2, 0.4), recurrent_dropout=0.3, weight_dropout=0.3, dropout=0.3,
                    proj_size=3, peephole=True), 2, True, True, True),
     (rc.LSTM, dict(layer_norm=True, zoneout=0.25, recurrent_dropout=0.2, weight_dropout=0.2,
-                   coupled_input_forget=True), 2, True, True, True),
+                   coupled_input_forget=True, batch_first=True), 2, True, True, True),
     (rc.GRU, dict(layer_norm=True, zoneout=0.3, recurrent_dropout=0.3, weight_dropout=0.4, dropout=0.2),
      2, True, True, True),
-    (rc.GRU, dict(zoneout=0.3, recurrent_dropout=0.3, weight_dropout=0.4, reset_after=False), 2, True, True, True),
+    (rc.GRU, dict(zoneout=0.3, recurrent_dropout=0.3, weight_dropout=0.4, reset_after=False, batch_first=True),
+     2, True, True, True),
     (rc.RNN, dict(zoneout=0.3, recurrent_dropout=0.4, weight_dropout=0.3, dropout=0.5), 2, True, True, True),
 ]
 CASE_IDS = ["{}-{}-L{}-{}-{}-{}".format(cls.__name__, "-".join(f"{k}={v}" for k, v in kw.items()), L,
@@ -364,6 +374,7 @@ def test_evaluation_is_zoneout_expectation_without_dropout_and_trace_reports_its
     x, states, _ = inputs(layer, True)
     no_masks = [[{}, {}], [{}, {}]]
     _, _, _, y_t, finals_t, traces_t = torch_side(layer, x, states, LENGTHS, no_masks, [None, None])
+    # traced in training mode on purpose: a trace is the evaluation form whatever the mode
     trace = (layer.trace(x, tuple(states), LENGTHS) if cls is rc.LSTM else layer.trace(x, states[0], LENGTHS))
     layer.eval()
     y, finals = rc_call(layer, x, states, LENGTHS)
@@ -402,16 +413,12 @@ def test_cells_match_one_torch_step(cls, kwargs):
         dx, dh0 = cell.backward(dnew[0])
         dstates = [dh0]
 
-    spec = cell.spec
-    opt = dict(kind=spec.kind, layer_norm=spec.layer_norm, proj_size=0, peephole=spec.peephole,
-               coupled_input_forget=spec.coupled_input_forget, reset_after=spec.reset_after,
-               nonlinearity=spec.nonlinearity)
     params = {name: leaf(value) for name, value in cell.parameters().items()}
     given = {name: torch.tensor(m) for name, m in masks[0].items()}
     if weight_masks[0] is not None:
         given["weight"] = torch.tensor(weight_masks[0])
     x_t, states_t = leaf(x[None]), [leaf(s) for s in states]
-    _, new_t, _ = direction(opt, params, x_t, states_t, np.full(B, 1), False, given, (0.0, 0.0))
+    _, new_t, _ = direction(options(cell.spec), params, x_t, states_t, np.full(B, 1), False, given, (0.0, 0.0))
     torch.autograd.backward(new_t, [torch.tensor(d) for d in dnew])
     for a, b in zip(got, new_t):
         assert_close(a, b.detach().numpy(), what="new state")
