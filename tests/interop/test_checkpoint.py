@@ -256,8 +256,13 @@ def test_pickles_are_never_executed(saved):
 
 
 @pytest.mark.parametrize("changes,match", [
-    (dict(format_version=2, rnncore_version="9.0"), r"format version 2 \(written by rnncore 9.0\); this rnncore reads "
-                                                    r"format versions up to 1: upgrade rnncore"),
+    (dict(format_version=3, rnncore_version="9.0"), r"format version 3 \(written by rnncore 9.0\); this rnncore reads "
+                                                    r"format versions up to 2: upgrade rnncore"),
+    (dict(generators={"7.": {"bit_generator": "PCG64"}}), r"generator states for \['7.'\], which its model has no"),
+    (dict(generators={"": {"bit_generator": "MT19937"}}), "the generator at '': expected a PCG64 state"),
+    (dict(generators={"": {"bit_generator": "PCG64", "state": {"state": -1, "inc": "x"}}}),
+     "the generator at '' has an invalid state"),
+    (dict(generators=[]), "'generators': expected an object of generator states"),
     (dict(format_version="1"), "invalid format_version '1'"),
     (dict(**{"class": "subprocess.Popen"}), "'subprocess.Popen', which is not a registered checkpoint class"),
     (dict(config={"input_size": 3, "hidden_size": 5, "num_layers": 2}),
@@ -330,3 +335,30 @@ def test_a_checkpoint_gets_the_mode_a_plain_open_gives(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "model.ckpt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_loaded_model_draws_the_masks_the_saved_one_would_have_drawn(tmp_path):
+    """The generators of the model and of the modules inside it are saved: training
+    resumes with the same dropout and zoneout masks as if it had never stopped."""
+    model = rc.Sequential(rc.LSTM(3, 4, num_layers=2, dropout=0.5, zoneout=0.3, weight_dropout=0.2, seed=1),
+                          rc.Linear(4, 2, seed=2))
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    model(x)
+    rc.save(tmp_path / "m.ckpt", model)
+    loaded = rc.load(tmp_path / "m.ckpt")
+    np.testing.assert_array_equal(loaded(x)[0], model(x)[0])
+
+
+def test_a_version_1_file_without_generators_still_loads(saved):
+    members = members_of(saved)
+    header = json.loads(members["header"].tobytes())
+    header["format_version"] = 1
+    del header["generators"]
+    members["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    write_members(saved, members)
+    assert rc.load(saved).specs[0].hidden_size == 4
+    header["format_version"] = 2
+    members["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    write_members(saved, members)
+    with pytest.raises(CheckpointError, match="lacks the entries \\['generators'\\]"):
+        rc.load(saved)

@@ -1,12 +1,14 @@
 """Checkpoints: a layer, cell or registered model, and optionally an optimizer's state, in
 one file that a crash cannot half-write and that loading never executes.
 
-Format (version 1): an uncompressed NumPy `.npz` (a zip of `.npy` members) holding
+Format (version 2): an uncompressed NumPy `.npz` (a zip of `.npy` members) holding
 - `header`: UTF-8 JSON as a uint8 array: {"format": "rnncore.checkpoint",
-  "format_version": 1, "rnncore_version", "class" (a registered name), "config" (the
+  "format_version": 2, "rnncore_version", "class" (a registered name), "config" (the
   object's get_config()), "dtype", "training", "state" (the names of its arrays, in
   order), "optimizer" (null, or the optimizer state's structure: nested dicts, lists and
-  scalars, with each array replaced by the name of its member)};
+  scalars, with each array replaced by the name of its member), "generators" (the state
+  of the random generator of the object and of each module inside it that draws masks,
+  keyed by its place: "" the object, "0." its first module; version 1 has none)};
 - `state/<name>`: each array of the object's state_dict(), in its own dtype (bit-exact);
 - `optimizer/<n>`: each array of the optimizer state.
 
@@ -56,7 +58,7 @@ __all__ = ["save", "load", "read", "register", "registered", "unregister", "Chec
            "FORMAT_VERSION"]
 
 FORMAT = "rnncore.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # The entries the functions' docstrings share, filled in by `filled(_DOCS)`
 _DOCS = {
@@ -182,7 +184,8 @@ def save(path: Union[str, os.PathLike], obj: Any, optimizer: Any = None) -> None
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "rnncore_version": __version__,
               "class": name, "config": config, "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
               "training": bool(getattr(obj, "training", False)), "state": list(state),
-              "optimizer": optimizer_tree}
+              "optimizer": optimizer_tree,
+              "generators": {place: rng.bit_generator.state for place, rng in _generators(obj)}}
     try:
         text = json.dumps(header, allow_nan=True)
     except TypeError as exc:
@@ -438,7 +441,11 @@ _HEADER_ENTRIES = {
     "state": (lambda v: isinstance(v, list) and all(isinstance(k, str) for k in v) and len(set(v)) == len(v),
               "a list of distinct array names"),
     "optimizer": (lambda v: v is None or isinstance(v, dict), "null or an object"),
+    "generators": (lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()),
+                   "an object of generator states"),
 }
+# the entries a file of an older format version lacks
+_ADDED_IN = {"generators": 2}
 
 
 def _header(archive, infos, size, where):
@@ -466,7 +473,8 @@ def _header(archive, infos, size, where):
         raise CheckpointError(f"{where} has format version {version} (written by rnncore "
                               f"{header.get('rnncore_version', '?')}); this rnncore reads format versions up to "
                               f"{FORMAT_VERSION}: upgrade rnncore to load it")
-    listed = {"lacks the entries": [key for key in _HEADER_ENTRIES if key not in header],
+    listed = {"lacks the entries": [key for key in _HEADER_ENTRIES
+                                    if key not in header and _ADDED_IN.get(key, 1) <= version],
               "has the unknown entries": [key for key in header if key not in _HEADER_ENTRIES]}
     wrong = [f"{key!r}: expected {what}, got {reprlib.repr(header[key])}"
              for key, (check, what) in _HEADER_ENTRIES.items() if key in header and not check(header[key])]
@@ -599,9 +607,42 @@ def _read_archive(archive, size, where):
         except RecursionError:
             raise CheckpointError(f"{where} has an optimizer state nested too deeply to be one rnncore writes") \
                 from None
+    _restore_generators(obj, header.get("generators", {}), where)
     if callable(getattr(obj, "train", None)):
         obj.train(header["training"])
     return Checkpoint(obj, optimizer_state, header)
+
+
+def _generators(obj, place=""):
+    """(place, generator) of `obj` and of every module inside it (a Sequential's
+    `modules`, recursively) that holds one: what draws their dropout and regularisers'
+    masks, so that a loaded model draws what the saved one would have drawn next."""
+    rng = getattr(obj, "_rng", None)
+    if isinstance(rng, np.random.Generator):
+        yield place, rng
+    modules = getattr(obj, "modules", None)
+    if isinstance(modules, (list, tuple)):
+        for i, module in enumerate(modules):
+            yield from _generators(module, f"{place}{i}.")
+
+
+def _restore_generators(obj, states, where):
+    """Put the saved generator states back, each checked by numpy's own setter."""
+    generators = dict(_generators(obj))
+    unknown = sorted(set(states) - set(generators))
+    if unknown:
+        raise CheckpointError(f"{where} has generator states for {reprlib.repr(unknown)}, which its model has "
+                              f"no generator at; corrupt or forged")
+    for place, state in states.items():
+        bit_generator = generators[place].bit_generator
+        if state.get("bit_generator") != type(bit_generator).__name__:
+            raise CheckpointError(f"{where}: the generator at {place!r}: expected a "
+                                  f"{type(bit_generator).__name__} state, got {reprlib.repr(state)}")
+        try:
+            bit_generator.state = state
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise CheckpointError(f"{where}: the generator at {place!r} has an invalid state "
+                                  f"({type(exc).__name__}: {exc})") from None
 
 
 @filled(_DOCS)
