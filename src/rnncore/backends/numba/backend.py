@@ -515,6 +515,37 @@ def layer_backward(ctx, dy, dstates_n, num_threads):
     return contract.backward_directions(run, ctx, dy, dstates_n)
 
 
+def layer_trace(spec, params, x, states, lengths, reverse, num_threads):
+    """Per direction, {name: (T, B, H)} of what the cells computed at every step, in time
+    order and the caller's batch order, zero past a sequence's end: LSTM "i", "f", "g",
+    "o" (the gate activations; coupled, f = 1 - i) and "c" (the carried cell state);
+    GRU "r", "z", "n"; Elman "h" (the state); Jordan "h" (the hidden layer). Read from the
+    buffers of a deterministic (mask-free) training forward, where the kernels leave
+    the activated gates."""
+    _, _, ctx = layer_forward(spec, params, x, states, lengths, True, reverse, num_threads)
+    return [_direction_trace(spec, ctx_d) for ctx_d in ctx]
+
+
+def _direction_trace(spec, ctx):
+    order, saved = ctx["order"], ctx["saved"]
+    schedule = order.schedule
+    if spec.kind == "rnn":
+        work = {"h": saved["states"][1:]}
+    elif spec.kind == "jordan":
+        work = {"h": saved["hidden"]}
+    else:
+        # the kernels overwrite each running step's input projection with its gates
+        work = dict(zip(spec.gates, np.split(saved["x_proj"], spec.num_gates, axis=2)))
+        if spec.kind == "lstm":
+            if spec.coupled_input_forget:
+                work["f"] = 1 - work["i"]
+            work = {name: work[name] for name in "ifgo"}
+            work["c"] = saved["cells"][1:]
+    # a row's buffers past its end hold what the kernels never overwrote
+    running = (np.arange(schedule.T)[:, None] < schedule.lengths[None, :])[:, :, None]
+    return {name: order.scatter(np.where(running, values, 0)) for name, values in work.items()}
+
+
 def warmup(spec, dtype, training):
     """Compile, or load from numba's disk cache, the kernels that layers of `spec`'s cell
     kind call on `dtype` arrays: the forward, and the backward when `training`. Every

@@ -23,7 +23,9 @@ the fed-back state (H; P for a projected LSTM; O for Jordan).
   inference keeps only the running value, updated in place.
 
 Variants are runtime flags, so a cell family costs one compilation per dtype and
-direction of pass, whatever the variant.
+direction of pass, whatever the variant. The regularised cells are variants too: layer
+norm, zoneout and recurrent dropout are flags of the same loops, with stand-in arrays
+where an option is off (see "the regularised cells' pieces" below).
 """
 import numpy as np
 from llvmlite import ir
