@@ -260,9 +260,60 @@ def _folded_bias(spec, p, dtype):
     return bias_x, b_hn
 
 
+class _Regularisers:
+    """One direction's arguments of the regularised cells, as the kernels take them
+    (kernels.py, "the regularised cells' pieces"), in work order: the layer norm's gains
+    and the buffers that keep its normalised values; zoneout's weights, the caller's
+    masks or the one row of p's of its expectation; the recurrent dropout's mask and the
+    buffer of h_{t-1} * mask. An option that is off gets stand-ins of the same types, so
+    every variant is one compiled signature; the layer norm's stand-ins have a row per
+    batch row, which the kernels write (and never read) without it."""
+
+    def __init__(self, spec, p, masks, order, T, B, training, dtype):
+        masks = masks or {}
+        S, H, GH = spec.out_size, spec.hidden_size, spec.num_gates * spec.hidden_size
+        lstm = spec.kind == "lstm"
+        self.zoneout_h, self.zone_h = self._zone(masks.get("zoneout_h"), spec.zoneout_h, S, order, dtype)
+        self.zoneout_c, self.zone_c = self._zone(masks.get("zoneout_c"), spec.zoneout_c if lstm else 0.0, H, order,
+                                                 dtype)
+        self.c_cand = _per_step(training, T, B, H, dtype) if self.zoneout_c else _dummy(dtype, 3)
+        self.dropout = "recurrent" in masks
+        self.rec_mask = order.schedule.sort(masks["recurrent"]) if self.dropout else _dummy(dtype, 2)
+        self.dropped = _per_step(training, T, B, S, dtype) if self.dropout else _dummy(dtype, 3)
+        self.layer_norm = spec.layer_norm
+        if self.layer_norm:
+            self.g_ih, self.g_hh = p["weight_ih_ln"], p["weight_hh_ln"]
+            self.xhat_ih, self.xhat_hh = _per_step(training, T, B, GH, dtype), _per_step(training, T, B, GH, dtype)
+            self.rstd = _per_step(training, T, B, 3, dtype)
+        else:
+            self.g_ih = self.g_hh = _dummy(dtype, 1)
+            self.xhat_ih = self.xhat_hh = np.zeros((1, B, 1), dtype)
+            self.rstd = np.zeros((1, B, 3), dtype)
+        if self.layer_norm and lstm:
+            self.g_c, self.b_c = p["weight_c_ln"], p["bias_c_ln"]
+            self.chat = _per_step(training, T, B, H, dtype)
+        else:
+            self.g_c = self.b_c = _dummy(dtype, 1)
+            self.chat = np.zeros((1, B, 1), dtype)
+
+    @staticmethod
+    def _zone(mask, p, width, order, dtype):
+        """(on, weights): the masks in work order, else the row of p's (off where p = 0)."""
+        if mask is not None:
+            return True, order.gather(mask)
+        return p > 0, np.full((1, 1, width), p, dtype)
+
+    def norm(self):
+        """The layer norm's arguments of the GRU kernels (the LSTM's add g_c, b_c, chat)."""
+        return self.layer_norm, self.g_ih, self.g_hh, self.xhat_ih, self.xhat_hh, self.rstd
+
+    def drop(self):
+        return self.dropout, self.rec_mask, self.dropped
+
+
 # -- Elman and Jordan ------------------------------------------------------------------
 
-def _simple_forward(spec, p, x, state0, order, training, threads):
+def _simple_forward(spec, p, x, state0, order, training, threads, reg):
     T, B, _ = x.shape
     H, S, dtype = spec.hidden_size, spec.out_size, x.dtype
     jordan = spec.kind == "jordan"
@@ -275,18 +326,19 @@ def _simple_forward(spec, p, x, state0, order, training, threads):
         w_ho = p["weight_ho"]
         b_ho = p["bias_ho"] if spec.bias else np.zeros(S, dtype)
     else:
-        hidden = states[1:]  # Elman's hidden state is its output
+        # Elman's hidden state is its output, unless zoneout blends the two
+        hidden = _per_step(training, T, B, H, dtype) if reg.zoneout_h else states[1:]
         w_ho, b_ho = _dummy(dtype, 2), _dummy(dtype, 1)
     act, out_act = ACTIVATION_CODES[spec.nonlinearity], ACTIVATION_CODES[spec.output_activation]
     chunk = rows_per_chunk(B)
     with _kernel_call(kernels.simple_forward, dtype, threads):
         kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, order.active, chunk, act, out_act,
-                               jordan, x_proj, states, hidden)
+                               jordan, x_proj, states, hidden, reg.zoneout_h, reg.zone_h, *reg.drop())
     saved = dict(x=x, states=states, hidden=hidden, w_ho=w_ho, act=act, out_act=out_act, jordan=jordan, chunk=chunk)
     return states, (order.final(states),), saved
 
 
-def _simple_backward(spec, p, s, dy, d_states, order, threads):
+def _simple_backward(spec, p, s, reg, dy, d_states, order, threads):
     x = s["x"]
     T, B, I = x.shape
     H, S, dtype = spec.hidden_size, spec.out_size, x.dtype
@@ -302,14 +354,15 @@ def _simple_backward(spec, p, s, dy, d_states, order, threads):
     bias_ho_grad = np.empty(S, dtype)
     with _kernel_call(kernels.simple_backward, dtype, threads):
         kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
-                                s["out_act"], jordan, s["states"], s["hidden"], dy, d_state, d_pre, d_out, d_hidden, dx,
-                                g["weight_ih"], g["weight_hh"], g["weight_ho"], bias_grad, bias_ho_grad)
+                                s["out_act"], jordan, s["states"], s["hidden"], reg.zoneout_h, reg.zone_h, *reg.drop(),
+                                dy, d_state, d_pre, d_out, d_hidden, dx, g["weight_ih"], g["weight_hh"],
+                                g["weight_ho"], bias_grad, bias_ho_grad)
     return dx, (d_state,), contract.gradients(spec, dict(g, bias_ih=bias_grad, bias_hh=bias_grad, bias_ho=bias_ho_grad))
 
 
 # -- LSTM ----------------------------------------------------------------------------
 
-def _lstm_forward(spec, p, x, state0, order, training, threads):
+def _lstm_forward(spec, p, x, state0, order, training, threads, reg):
     T, B, _ = x.shape
     H, S, G, dtype = spec.hidden_size, spec.out_size, spec.num_gates, x.dtype
     projected, peephole, coupled = bool(spec.proj_size), spec.peephole, spec.coupled_input_forget
@@ -325,44 +378,56 @@ def _lstm_forward(spec, p, x, state0, order, training, threads):
     w_ci = p["weight_ci"] if peephole else _dummy(dtype, 1)
     w_cf = p["weight_cf"] if peephole and not coupled else _dummy(dtype, 1)
     w_co = p["weight_co"] if peephole else _dummy(dtype, 1)
+    hh = np.empty((B, G * H), dtype) if reg.layer_norm else _dummy(dtype, 2)
     chunk = rows_per_chunk(B)
     with _kernel_call(kernels.lstm_forward, dtype, threads):
         kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], w_hr, w_ci, w_cf, w_co, order.active, chunk,
-                             peephole, coupled, projected, x_proj, states, cells, m)
+                             peephole, coupled, projected, x_proj, states, cells, m, *reg.norm()[:3], reg.g_c, reg.b_c,
+                             reg.xhat_ih, reg.xhat_hh, reg.chat, reg.rstd, hh, reg.zoneout_h, reg.zone_h,
+                             reg.zoneout_c, reg.zone_c, reg.c_cand, *reg.drop())
     saved = dict(x=x, x_proj=x_proj, states=states, cells=cells, m=m, w_hr=w_hr, w_ci=w_ci, w_cf=w_cf, w_co=w_co,
                  chunk=chunk)
     return states, (order.final(states), order.final(cells)), saved
 
 
-def _lstm_backward(spec, p, s, dy, d_states, order, threads):
+def _lstm_backward(spec, p, s, reg, dy, d_states, order, threads):
     x = s["x"]
     T, B, I = x.shape
     H, S, G, dtype = spec.hidden_size, spec.out_size, spec.num_gates, x.dtype
     projected, peephole, coupled = bool(spec.proj_size), spec.peephole, spec.coupled_input_forget
     d_state, d_cell = d_states
     chunk = s["chunk"]
+    chunks = -(-B // chunk)
     d_gates = np.zeros((T, B, G * H), dtype)
+    d_hh = np.zeros((T, B, G * H), dtype) if reg.layer_norm else _dummy(dtype, 3)
     d_h = np.zeros((T, B, S), dtype) if projected else _dummy(dtype, 3)
     d_m = np.empty((B, H), dtype) if projected else _dummy(dtype, 2)
-    peephole_sums = np.zeros((-(-B // chunk), 3, H), np.float64)
+    # per chunk, in float64: the peepholes' and LN(c)'s sums (H wide), the bias's and
+    # the gains' with layer norm (G*H wide)
+    vector_sums = np.zeros((chunks, 5, H), np.float64)
+    gate_sums = np.zeros((chunks, 3, G * H if reg.layer_norm else 1), np.float64)
     dx = np.empty((T, B, I), dtype)
     g = contract.new_gradients(spec, dtype)
     g.setdefault("weight_hr", _dummy(dtype, 2))
     bias_grad = np.empty(G * H, dtype)
-    peephole_grad = np.empty((3, H), dtype)
+    vector_grads = np.empty((5, H), dtype)
+    gain_grads = np.empty((2, G * H), dtype) if reg.layer_norm else _dummy(dtype, 2)
     with _kernel_call(kernels.lstm_backward, dtype, threads):
         kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], s["w_hr"], s["w_ci"], s["w_cf"], s["w_co"],
                               order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
-                              s["m"], dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, g["weight_ih"],
-                              g["weight_hh"], g["weight_hr"], bias_grad, peephole_grad)
-    g.update(bias_ih=bias_grad, bias_hh=bias_grad, weight_ci=peephole_grad[0], weight_cf=peephole_grad[1],
-             weight_co=peephole_grad[2])
+                              s["m"], *reg.norm()[:3], reg.g_c, reg.b_c, reg.xhat_ih, reg.xhat_hh, reg.chat, reg.rstd,
+                              reg.zoneout_h, reg.zone_h, reg.zoneout_c, reg.zone_c, reg.c_cand, *reg.drop(), dy,
+                              d_state, d_cell, d_gates, d_hh, d_h, d_m, vector_sums, gate_sums, dx, g["weight_ih"],
+                              g["weight_hh"], g["weight_hr"], bias_grad, vector_grads, gain_grads)
+    g.update(bias_ih=bias_grad, bias_hh=bias_grad, weight_ci=vector_grads[0], weight_cf=vector_grads[1],
+             weight_co=vector_grads[2], weight_c_ln=vector_grads[3], bias_c_ln=vector_grads[4],
+             weight_ih_ln=gain_grads[0], weight_hh_ln=gain_grads[-1])
     return dx, (d_state, d_cell), contract.gradients(spec, g)
 
 
 # -- GRU -------------------------------------------------------------------------------
 
-def _gru_forward(spec, p, x, state0, order, training, threads):
+def _gru_forward(spec, p, x, state0, order, training, threads, reg):
     T, B, _ = x.shape
     H, dtype = spec.hidden_size, x.dtype
     reset_after = spec.reset_after
@@ -375,12 +440,12 @@ def _gru_forward(spec, p, x, state0, order, training, threads):
     chunk = rows_per_chunk(B)
     with _kernel_call(kernels.gru_forward, dtype, threads):
         kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, order.active, chunk, reset_after, x_proj,
-                            states, aux, hh)
+                            states, aux, hh, *reg.norm(), reg.zoneout_h, reg.zone_h, *reg.drop())
     saved = dict(x=x, x_proj=x_proj, states=states, aux=aux, chunk=chunk)
     return states, (order.final(states),), saved
 
 
-def _gru_backward(spec, p, s, dy, d_states, order, threads):
+def _gru_backward(spec, p, s, reg, dy, d_states, order, threads):
     x = s["x"]
     T, B, I = x.shape
     H, dtype = spec.hidden_size, x.dtype
@@ -390,14 +455,19 @@ def _gru_backward(spec, p, s, dy, d_states, order, threads):
     d_x_proj = np.zeros((T, B, 3 * H), dtype)
     d_hh = np.zeros((T, B, 3 * H), dtype) if reset_after else _dummy(dtype, 3)
     d_rh = _dummy(dtype, 2) if reset_after else np.empty((B, H), dtype)
+    # per chunk, in float64, with layer norm: the sums of the biases' and the gains' gradients
+    gate_sums = np.zeros((-(-B // s["chunk"]), 4, 3 * H if reg.layer_norm else 1), np.float64)
     dx = np.empty((T, B, I), dtype)
     g = contract.new_gradients(spec, dtype)
     bias_ih_grad, bias_hh_grad = np.empty(3 * H, dtype), np.empty(3 * H, dtype)
+    gain_grads = np.empty((2, 3 * H), dtype) if reg.layer_norm else _dummy(dtype, 2)
     with _kernel_call(kernels.gru_backward, dtype, threads):
         kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
-                             s["states"], s["aux"], dy, d_state, d_direct, d_x_proj, d_hh, d_rh, dx, g["weight_ih"],
-                             g["weight_hh"], bias_ih_grad, bias_hh_grad)
-    return dx, (d_state,), contract.gradients(spec, dict(g, bias_ih=bias_ih_grad, bias_hh=bias_hh_grad))
+                             s["states"], s["aux"], *reg.norm(), reg.zoneout_h, reg.zone_h, *reg.drop(), dy, d_state,
+                             d_direct, d_x_proj, d_hh, d_rh, gate_sums, dx, g["weight_ih"], g["weight_hh"],
+                             bias_ih_grad, bias_hh_grad, gain_grads)
+    g.update(bias_ih=bias_ih_grad, bias_hh=bias_hh_grad, weight_ih_ln=gain_grads[0], weight_hh_ln=gain_grads[-1])
+    return dx, (d_state,), contract.gradients(spec, g)
 
 
 _FAMILIES = {
@@ -410,20 +480,22 @@ _FAMILIES = {
 
 # -- the contract ----------------------------------------------------------------------
 
-def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads):
+def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads, masks=None):
     """(y, states_n, ctx): see `rnncore.backends.contract.Backend`."""
     forward, _ = _FAMILIES[spec.kind]
     T, B, _ = x.shape
     schedule = contract.schedule(T, B, lengths)
+    direction_masks = iter(masks if masks is not None else [None] * len(params))
 
     def run(p, state0, rev):
         order = _WorkOrder(schedule, rev)
         p = {name: _writable(value) for name, value in p.items()}
+        reg = _Regularisers(spec, p, next(direction_masks), order, T, B, training, x.dtype)
         states_seq, finals, saved = forward(spec, p, order.gather(x), [schedule.sort(s) for s in state0], order,
-                                            training, num_threads)
+                                            training, num_threads, reg)
         # training keeps states_seq for the backward: a caller's in-place edit of y must not reach it
         y = order.scatter(states_seq[1:], copy=training)
-        return y, finals, dict(spec=spec, params=p, order=order, saved=saved)
+        return y, finals, dict(spec=spec, params=p, order=order, saved=saved, reg=reg)
     return contract.forward_directions(run, params, states, reverse, training)
 
 
@@ -431,7 +503,8 @@ def _direction_backward(ctx, dy, d_states_n, num_threads):
     spec, order = ctx["spec"], ctx["order"]
     _, backward = _FAMILIES[spec.kind]
     d_states = [order.schedule.sort(s) for s in d_states_n]
-    dx_work, d_states0, g = backward(spec, ctx["params"], ctx["saved"], order.gather(dy), d_states, order, num_threads)
+    dx_work, d_states0, g = backward(spec, ctx["params"], ctx["saved"], ctx["reg"], order.gather(dy), d_states, order,
+                                     num_threads)
     return order.scatter(dx_work), tuple(order.schedule.unsort(s) for s in d_states0), g
 
 
@@ -440,6 +513,37 @@ def layer_backward(ctx, dy, dstates_n, num_threads):
     def run(ctx_d, dy_d, d_states_n):
         return _direction_backward(ctx_d, dy_d, d_states_n, num_threads)
     return contract.backward_directions(run, ctx, dy, dstates_n)
+
+
+def layer_trace(spec, params, x, states, lengths, reverse, num_threads):
+    """Per direction, {name: (T, B, H)} of what the cells computed at every step, in time
+    order and the caller's batch order, zero past a sequence's end: LSTM "i", "f", "g",
+    "o" (the gate activations; coupled, f = 1 - i) and "c" (the carried cell state);
+    GRU "r", "z", "n"; Elman "h" (the state); Jordan "h" (the hidden layer). Read from the
+    buffers of a deterministic (mask-free) training forward, where the kernels leave
+    the activated gates."""
+    _, _, ctx = layer_forward(spec, params, x, states, lengths, True, reverse, num_threads)
+    return [_direction_trace(spec, ctx_d) for ctx_d in ctx]
+
+
+def _direction_trace(spec, ctx):
+    order, saved = ctx["order"], ctx["saved"]
+    schedule = order.schedule
+    if spec.kind == "rnn":
+        work = {"h": saved["states"][1:]}
+    elif spec.kind == "jordan":
+        work = {"h": saved["hidden"]}
+    else:
+        # the kernels overwrite each running step's input projection with its gates
+        work = dict(zip(spec.gates, np.split(saved["x_proj"], spec.num_gates, axis=2)))
+        if spec.kind == "lstm":
+            if spec.coupled_input_forget:
+                work["f"] = 1 - work["i"]
+            work = {name: work[name] for name in "ifgo"}
+            work["c"] = saved["cells"][1:]
+    # a row's buffers past its end hold what the kernels never overwrote
+    running = (np.arange(schedule.T)[:, None] < schedule.lengths[None, :])[:, :, None]
+    return {name: order.scatter(np.where(running, values, 0)) for name, values in work.items()}
 
 
 def warmup(spec, dtype, training):

@@ -23,7 +23,9 @@ the fed-back state (H; P for a projected LSTM; O for Jordan).
   inference keeps only the running value, updated in place.
 
 Variants are runtime flags, so a cell family costs one compilation per dtype and
-direction of pass, whatever the variant.
+direction of pass, whatever the variant. The regularised cells are variants too: layer
+norm, zoneout and recurrent dropout are flags of the same loops, with stand-in arrays
+where an option is off (see "the regularised cells' pieces" below).
 """
 import numpy as np
 from llvmlite import ir
@@ -368,24 +370,180 @@ def _project_input(x, w_ih, bias, x_proj, scalars):
 
 
 @njit(**_ROWS)
-def _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, grad_b_ih, scalars):
+def _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, scalars):
     T, B, I = x.shape
     d_rows = d_x_proj.reshape(T * B, d_x_proj.shape[2])
     # dW_ih = d_x_proj.T @ x    (G*H, I) = (G*H, T*B) x (T*B, I)
     gemm(d_rows, True, x.reshape(T * B, I), False, grad_w_ih, False, scalars)
     # dx = d_x_proj @ W_ih    (T*B, I) = (T*B, G*H) x (G*H, I)
     gemm(d_rows, False, w_ih, False, dx.reshape(T * B, I), False, scalars)
-    column_sums(d_rows, grad_b_ih)
+
+
+@njit(**_ROWS)
+def _chunk_totals(sums, row, out):
+    """out[k] = sums[0, row, k] + sums[1, row, k] + ...: per-chunk float64 sums added in
+    chunk order, an order fixed by the batch size alone."""
+    for k in range(out.shape[0]):
+        total = 0.0
+        for c in range(sums.shape[0]):
+            total += sums[c, row, k]
+        out[k] = total
+
+
+# -- the regularised cells' pieces, shared by the families -----------------------------
+# Layer norm: LN(v; g, b) = g * (v - mean(v)) / sqrt(var(v) + eps) + b over a whole row
+# (the G*H gate pre-activations, or the H cell values), its statistics in float64.
+# Zoneout: h_t = w * h_{t-1} + (1 - w) * h~_t, w a step's 0/1 mask in training and the
+# probability p otherwise; `zone` holds either the masks in work order, (T, B, S), or
+# the one row of p's, (1, 1, S) (`_blend_row` reads both). Recurrent dropout: the
+# recurrent product reads h_{t-1} * mask (one (B, S) mask in work order), written into
+# `dropped` (kept per step in training: it is the operand of dW_hh).
+
+LAYER_NORM_EPS = 1e-5  # spec.LAYER_NORM_EPS (tests/core/test_spec_vocabulary.py)
+
+
+@njit(**_ROWS)
+def _layer_norm_row(v, gain, shift, xhat, out):
+    """out = gain * xhat + shift, xhat = (v - mean(v)) / sqrt(var(v) + eps) written into
+    `xhat`; returns 1 / sqrt(var(v) + eps). `out` may be `v`. Four partial sums, added in
+    a fixed order, shorten the chain of dependent additions."""
+    N = v.shape[0]
+    N4 = N - N % 4
+    s0 = s1 = s2 = s3 = 0.0
+    for k in range(0, N4, 4):
+        s0 += v[k]
+        s1 += v[k + 1]
+        s2 += v[k + 2]
+        s3 += v[k + 3]
+    for k in range(N4, N):
+        s0 += v[k]
+    mean = ((s0 + s1) + (s2 + s3)) / N
+    s0 = s1 = s2 = s3 = 0.0
+    for k in range(0, N4, 4):
+        d0, d1, d2, d3 = v[k] - mean, v[k + 1] - mean, v[k + 2] - mean, v[k + 3] - mean
+        s0 += d0 * d0
+        s1 += d1 * d1
+        s2 += d2 * d2
+        s3 += d3 * d3
+    for k in range(N4, N):
+        d0 = v[k] - mean
+        s0 += d0 * d0
+    rstd = 1.0 / np.sqrt(((s0 + s1) + (s2 + s3)) / N + LAYER_NORM_EPS)
+    mean_t, rstd_t = v.dtype.type(mean), v.dtype.type(rstd)
+    for k in range(N):
+        xhat[k] = (v[k] - mean_t) * rstd_t
+    for k in range(N):
+        out[k] = gain[k] * xhat[k] + shift[k]
+    return rstd_t
+
+
+@njit(**_ROWS)
+def _layer_norm_back_row(d_out, gain, xhat, rstd, d_in):
+    """d_in = the gradient of v from d_out, that of gain * xhat + shift:
+    rstd * (e - mean(e) - xhat * mean(e * xhat)) with e = d_out * gain. `d_in` may be
+    `d_out`."""
+    N = d_out.shape[0]
+    s0 = s1 = 0.0
+    for k in range(N):
+        e = d_out[k] * gain[k]
+        s0 += e
+        s1 += e * xhat[k]
+    mean_e, mean_ex = d_out.dtype.type(s0 / N), d_out.dtype.type(s1 / N)
+    for k in range(N):
+        d_in[k] = rstd * (d_out[k] * gain[k] - mean_e - xhat[k] * mean_ex)
+
+
+@njit(**_ROWS)
+def _add_gain_sums(d, xhat, gain_sums, shift_sums):
+    """gain_sums += d * xhat, shift_sums += d: a layer norm's parameter gradients, in float64."""
+    for k in range(d.shape[0]):
+        gain_sums[k] += d[k] * xhat[k]
+    for k in range(d.shape[0]):
+        shift_sums[k] += d[k]
+
+
+@njit(inline="always")
+def _blend_row(zone, t, row):
+    """Row `row`'s zoneout weights at step t: its mask, or the row of p's (leading axes of
+    length 1 broadcast)."""
+    return zone[t if zone.shape[0] > 1 else 0, row if zone.shape[1] > 1 else 0]
+
+
+@njit(**_ROWS)
+def _zoneout_rows(prev, new, zone, t, lo, out):
+    """out = w * prev + (1 - w) * new for the rows of a step; `out` may be `new`."""
+    one = new.dtype.type(1)
+    for j in range(new.shape[0]):
+        w, p, q, o = _blend_row(zone, t, lo + j), prev[j], new[j], out[j]
+        for k in range(q.shape[0]):
+            o[k] = w[k] * p[k] + (one - w[k]) * q[k]
+
+
+@njit(**_ROWS)
+def _zoneout_back_rows(d, zone, t, lo, carry):
+    """Back through `_zoneout_rows`: d, the gradient of out, leaves as that of new,
+    (1 - w) * d; carry receives that of prev, w * d."""
+    one = d.dtype.type(1)
+    for j in range(d.shape[0]):
+        w, dj, cj = _blend_row(zone, t, lo + j), d[j], carry[j]
+        for k in range(dj.shape[0]):
+            cj[k] = w[k] * dj[k]
+        for k in range(dj.shape[0]):
+            dj[k] = (one - w[k]) * dj[k]
+
+
+@njit(**_ROWS)
+def _add_rows(src, dst):
+    for j in range(dst.shape[0]):
+        s, o = src[j], dst[j]
+        for k in range(o.shape[0]):
+            o[k] += s[k]
+
+
+@njit(**_ROWS)
+def _scale_rows(rows, mask, lo):
+    """rows[j] *= mask[lo + j]: the recurrent dropout's gradient through h_{t-1} * mask."""
+    for j in range(rows.shape[0]):
+        r, m_row = rows[j], mask[lo + j]
+        for k in range(r.shape[0]):
+            r[k] *= m_row[k]
+
+
+@njit(**_ROWS)
+def _recurrent_input(states, t, lo, n, dropout, rec_mask, dropped):
+    """What step t's recurrent product reads for rows lo:lo+n: h_{t-1}, or h_{t-1} * mask
+    written into `dropped`."""
+    h_prev = states[t, lo:lo + n]
+    if not dropout:
+        return h_prev
+    h_in = dropped[_slot(dropped, t), lo:lo + n]
+    for j in range(n):
+        src, m_row, dst = h_prev[j], rec_mask[lo + j], h_in[j]
+        for k in range(dst.shape[0]):
+            dst[k] = src[k] * m_row[k]
+    return h_in
+
+
+@njit
+def _recurrent_operand(states, dropped, dropout):
+    """(T*B, S): every step's operand of the recurrent product, for the dW_hh GEMM."""
+    T, B, S = dropped.shape[0], states.shape[1], states.shape[2]
+    if dropout:
+        return dropped.reshape(T * B, S)
+    T = states.shape[0] - 1
+    return states[:T].reshape(T * B, S)
 
 
 # -- Elman and Jordan ----------------------------------------------------------------
 # Elman: h_t = act(x_proj_t + h_{t-1} @ W_hh.T), the state is h.
 # Jordan: h_t = act(x_proj_t + y_{t-1} @ W_hh.T), y_t = act_o(h_t @ W_ho.T + b_ho), the
-# state is y. For Elman `hidden` is states[1:] itself, so h lands in the state directly.
+# state is y. For the plain Elman cell `hidden` is states[1:] itself, so h lands in the
+# state directly; with zoneout `hidden` keeps h~_t (its activation's gradient reads it)
+# and the state takes the blend.
 
 @njit(**_ROWS)
 def _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_hh_t, w_ho, b_ho, act, out_act, jordan,
-                         scalars):
+                         zoneout, zone, dropout, rec_mask, dropped, scalars):
     H = hidden.shape[2]
     no_shift = np.zeros(H, hidden.dtype)
     for t in range(x_proj.shape[0]):
@@ -393,8 +551,9 @@ def _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_hh_t, w
         if n <= 0:
             break  # rows are sorted by length: this chunk has no later steps
         pre = x_proj[t, lo:lo + n]
+        h_in = _recurrent_input(states, t, lo, n, dropout, rec_mask, dropped)
         # pre += s_{t-1} @ W_hh.T    (n, H) += (n, S) x (S, H)
-        _step_product_t(states[t, lo:lo + n], w_hh, w_hh_t, pre, True, scalars)
+        _step_product_t(h_in, w_hh, w_hh_t, pre, True, scalars)
         h = hidden[_slot(hidden, t), lo:lo + n]
         _activate_rows(act, pre, no_shift, h)
         if jordan:
@@ -402,29 +561,33 @@ def _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_hh_t, w
             # y = h @ W_ho.T    (n, O) = (n, H) x (H, O)
             gemm(h, False, w_ho, True, y, False, scalars)
             _activate_rows(out_act, y, b_ho, y)
+        elif zoneout:
+            _zoneout_rows(states[t, lo:lo + n], h, zone, t, lo, states[t + 1, lo:lo + n])
 
 
 @njit(**_ENTRY)
-def simple_forward(x, w_ih, bias, w_hh, w_ho, b_ho, active, chunk, act, out_act, jordan, x_proj, states, hidden):
+def simple_forward(x, w_ih, bias, w_hh, w_ho, b_ho, active, chunk, act, out_act, jordan, x_proj, states, hidden,
+                   zoneout, zone, dropout, rec_mask, dropped):
     _project_input(x, w_ih, bias, x_proj, _scalars_like(x))
     B = x.shape[1]
     w_hh_t = _transposed_for_small(w_hh, min(chunk, B))
     if (B + chunk - 1) // chunk == 1:
         # one chunk: run it on the calling thread, not on a woken worker
         _simple_forward_rows(0, B, active, x_proj, states, hidden, w_hh, w_hh_t, w_ho, b_ho, act, out_act,
-                             jordan, _scalars_like(x))
+                             jordan, zoneout, zone, dropout, rec_mask, dropped, _scalars_like(x))
     else:
         for c in prange((B + chunk - 1) // chunk):
             lo, hi = _chunk_bounds(chunk, c, B)
             _simple_forward_rows(lo, hi, active, x_proj, states, hidden, w_hh, w_hh_t, w_ho, b_ho, act, out_act,
-                                 jordan, _scalars_like(x))
+                                 jordan, zoneout, zone, dropout, rec_mask, dropped, _scalars_like(x))
 
 
 @njit(**_ROWS)
-def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
-                          d_hidden, d_state, scalars):
+def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, zoneout, zone,
+                          dropout, rec_mask, d_pre, d_out, d_hidden, d_state, scalars):
     H = hidden.shape[2]
     O = states.shape[2]
+    carry = np.empty((hi - lo if zoneout else 0, O), d_state.dtype)
     for t in range(dy.shape[0] - 1, -1, -1):
         n = _running(active, t, lo, hi)
         if n <= 0:
@@ -447,30 +610,40 @@ def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, o
             for j in range(n):
                 for k in range(H):
                     dp[j, k] = dy[t, lo + j, k] + d_state[lo + j, k]
+            if zoneout:
+                _zoneout_back_rows(dp, zone, t, lo, carry[:n])
         _times_activation_grad(act, h, dp)
         # d s_{t-1} = d_pre @ W_hh    (n, S) = (n, H) x (H, S)
         _step_product(dp, w_hh, d_state[lo:lo + n], False, scalars)
+        if dropout:
+            _scale_rows(d_state[lo:lo + n], rec_mask, lo)
+        if zoneout:
+            _add_rows(carry[:n], d_state[lo:lo + n])
 
 
 @njit(**_ENTRY)
-def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, states, hidden, dy, d_state,
-                    d_pre, d_out, d_hidden, dx, grad_w_ih, grad_w_hh, grad_w_ho, grad_b, grad_b_ho):
+def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, states, hidden, zoneout, zone,
+                    dropout, rec_mask, dropped, dy, d_state, d_pre, d_out, d_hidden, dx, grad_w_ih, grad_w_hh,
+                    grad_w_ho, grad_b, grad_b_ho):
     T, B, _ = x.shape
     if (B + chunk - 1) // chunk == 1:
         # one chunk: run it on the calling thread, not on a woken worker
-        _simple_backward_rows(0, B, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
-                              d_hidden, d_state, _scalars_like(x))
+        _simple_backward_rows(0, B, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, zoneout, zone,
+                              dropout, rec_mask, d_pre, d_out, d_hidden, d_state, _scalars_like(x))
     else:
         for c in prange((B + chunk - 1) // chunk):
             lo, hi = _chunk_bounds(chunk, c, B)
-            _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, d_pre, d_out,
-                                  d_hidden, d_state, _scalars_like(x))
+            _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, out_act, jordan, zoneout,
+                                  zone, dropout, rec_mask, d_pre, d_out, d_hidden, d_state, _scalars_like(x))
     scalars = _scalars_like(x)
-    _input_gradients(d_pre, x, w_ih, dx, grad_w_ih, grad_b, scalars)
-    S, H = states.shape[2], d_pre.shape[2]
-    # dW_hh = d_pre.T @ s_{t-1}    (H, S) = (H, T*B) x (T*B, S)
-    gemm(d_pre.reshape(T * B, H), True, states[:T].reshape(T * B, S), False, grad_w_hh, False, scalars)
+    _input_gradients(d_pre, x, w_ih, dx, grad_w_ih, scalars)
+    H = d_pre.shape[2]
+    column_sums(d_pre.reshape(T * B, H), grad_b)
+    # dW_hh = d_pre.T @ s_{t-1}    (H, S) = (H, T*B) x (T*B, S)    (s_{t-1} * mask with dropout)
+    gemm(d_pre.reshape(T * B, H), True, _recurrent_operand(states, dropped, dropout), False, grad_w_hh, False,
+         scalars)
     if jordan:
+        S = states.shape[2]
         d_out_rows = d_out.reshape(T * B, S)
         # dW_ho = d_out.T @ h    (O, H) = (O, T*B) x (T*B, H)
         gemm(d_out_rows, True, hidden.reshape(T * B, H), False, grad_w_ho, False, scalars)
@@ -481,6 +654,12 @@ def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, st
 # Gate columns i, f, g, o (i, g, o when coupled, f = 1 - i). Peepholes: i and f see
 # c_{t-1}, o sees c_t. With a projection, h_t = m_t @ W_hr.T where m_t = o * tanh(c_t);
 # without, h_t = m_t is written straight into the state.
+# Layer norm: the gates read LN(x_t @ W_ih.T) + LN(h_{t-1} @ W_hh.T) + b_ih + b_hh (the
+# input projection then holds no bias) and m_t = o * tanh(LN(c_t)); `xhat_ih`,
+# `xhat_hh` and `chat` keep the normalised values, `rstd` the three 1 / sqrt(var + eps).
+# Zoneout of c: the cell writes c~_t into `c_cand` (kept per step in training, where the
+# backward reads it as the cell's own c_t) and the carried c_t is the blend; of h: the
+# state is blended in place, h~_t not being needed later.
 
 # The element-wise passes below are runs of short loops over one row's contiguous gate
 # blocks, each loop writing one array. LLVM vectorises a loop only after proving, or
@@ -490,9 +669,11 @@ def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, st
 # inference alternates two cell slots, so that c_{t-1} and c_t are never one array.
 
 @njit(**_ROWS)
-def _lstm_cell_forward(row, c_prev, c_new, out, p_i, p_f, p_o, coupled):
+def _lstm_cell_forward(row, c_prev, c_new, out, p_i, p_f, p_o, coupled, layer_norm, g_c, b_c, chat):
     """One row of one step: the gate pre-activations in `row` become the activated
-    gates; c_new = f * c_prev + i * g; out = o * tanh(c_new)."""
+    gates; c_new = f * c_prev + i * g; out = o * tanh(c_new), or o * tanh(LN(c_new))
+    with `chat` receiving the normalised c_new. Returns LN's 1 / sqrt(var + eps) (1
+    without)."""
     one = c_prev.dtype.type(1)
     H = c_prev.shape[0]
     g_col = H if coupled else 2 * H
@@ -514,17 +695,26 @@ def _lstm_cell_forward(row, c_prev, c_new, out, p_i, p_f, p_o, coupled):
             c_new[k] = gate_f[k] * c_prev[k] + gate_i[k] * gate_g[k]
     for k in range(H):
         gate_o[k] = sigmoid(gate_o[k] + p_o[k] * c_new[k])
+    if not layer_norm:
+        for k in range(H):
+            out[k] = gate_o[k] * tanh(c_new[k])
+        return one
+    # LN(c_t) waits in out's place
+    rstd = _layer_norm_row(c_new, g_c, b_c, chat, out)
     for k in range(H):
-        out[k] = gate_o[k] * tanh(c_new[k])
+        out[k] = gate_o[k] * tanh(out[k])
+    return rstd
 
 
 @njit(**_ROWS)
 def _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hh_t, w_hr, w_ci, w_cf, w_co, peephole,
-                       coupled, projected, scalars):
+                       coupled, projected, bias, layer_norm, g_ih, g_hh, g_c, b_c, xhat_ih, xhat_hh, chat, rstd, hh,
+                       zoneout_h, zone_h, zoneout_c, zone_c, c_cand, dropout, rec_mask, dropped, scalars):
     H = cells.shape[2]
     # without peepholes, zero weights: adding 0 * c (c is finite) leaves the sums as they
     # are, and the inner loops have no branch on the variant
     p_i, p_f, p_o = _peephole_weights(w_ci, w_cf, w_co, peephole, coupled, H)
+    no_shift = np.zeros(hh.shape[1], hh.dtype)
     # c_t sits at t in training (T+1 slots) and at t % 2 in inference (2 slots)
     slots = cells.shape[0]
     for t in range(x_proj.shape[0]):
@@ -532,16 +722,33 @@ def _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hh_t, w
         if n <= 0:
             break
         gates = x_proj[t, lo:lo + n]
-        # gates += h_{t-1} @ W_hh.T    (n, G*H) += (n, S) x (S, G*H)
-        _step_product_t(states[t, lo:lo + n], w_hh, w_hh_t, gates, True, scalars)
+        h_in = _recurrent_input(states, t, lo, n, dropout, rec_mask, dropped)
+        s = _slot(rstd, t)
+        if layer_norm:
+            rec = hh[lo:lo + n]
+            # rec = h_{t-1} @ W_hh.T    (n, G*H) = (n, S) x (S, G*H)
+            _step_product_t(h_in, w_hh, w_hh_t, rec, False, scalars)
+            for j in range(n):
+                rstd[s, lo + j, 0] = _layer_norm_row(gates[j], g_ih, bias, xhat_ih[s, lo + j], gates[j])
+                rstd[s, lo + j, 1] = _layer_norm_row(rec[j], g_hh, no_shift, xhat_hh[s, lo + j], rec[j])
+            _add_rows(rec, gates)
+        else:
+            # gates += h_{t-1} @ W_hh.T    (n, G*H) += (n, S) x (S, G*H)
+            _step_product_t(h_in, w_hh, w_hh_t, gates, True, scalars)
         c_prev = cells[t % slots, lo:lo + n]
         c_new = cells[(t + 1) % slots, lo:lo + n]
+        c_own = c_cand[_slot(c_cand, t), lo:lo + n] if zoneout_c else c_new
         out = m[_slot(m, t), lo:lo + n] if projected else states[t + 1, lo:lo + n]
         for j in range(n):
-            _lstm_cell_forward(gates[j], c_prev[j], c_new[j], out[j], p_i, p_f, p_o, coupled)
+            rstd[s, lo + j, 2] = _lstm_cell_forward(gates[j], c_prev[j], c_own[j], out[j], p_i, p_f, p_o, coupled,
+                                                    layer_norm, g_c, b_c, chat[_slot(chat, t), lo + j])
         if projected:
             # h = m @ W_hr.T    (n, P) = (n, H) x (H, P)
             gemm(out, False, w_hr, True, states[t + 1, lo:lo + n], False, scalars)
+        if zoneout_c:
+            _zoneout_rows(c_prev, c_own, zone_c, t, lo, c_new)
+        if zoneout_h:
+            _zoneout_rows(states[t, lo:lo + n], states[t + 1, lo:lo + n], zone_h, t, lo, states[t + 1, lo:lo + n])
 
 
 @njit(inline="always")
@@ -555,26 +762,34 @@ def _peephole_weights(w_ci, w_cf, w_co, peephole, coupled, H):
 
 @njit(**_ENTRY)
 def lstm_forward(x, w_ih, bias, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole, coupled, projected,
-                 x_proj, states, cells, m):
-    _project_input(x, w_ih, bias, x_proj, _scalars_like(x))
+                 x_proj, states, cells, m, layer_norm, g_ih, g_hh, g_c, b_c, xhat_ih, xhat_hh, chat, rstd, hh,
+                 zoneout_h, zone_h, zoneout_c, zone_c, c_cand, dropout, rec_mask, dropped):
+    # with layer norm the biases come after the normalisation, not in the projection
+    _project_input(x, w_ih, np.zeros_like(bias) if layer_norm else bias, x_proj, _scalars_like(x))
     B = x.shape[1]
     w_hh_t = _transposed_for_small(w_hh, min(chunk, B))
     if (B + chunk - 1) // chunk == 1:
         # one chunk: run it on the calling thread, not on a woken worker
         _lstm_forward_rows(0, B, active, x_proj, states, cells, m, w_hh, w_hh_t, w_hr, w_ci, w_cf, w_co, peephole,
-                           coupled, projected, _scalars_like(x))
+                           coupled, projected, bias, layer_norm, g_ih, g_hh, g_c, b_c, xhat_ih, xhat_hh, chat, rstd,
+                           hh, zoneout_h, zone_h, zoneout_c, zone_c, c_cand, dropout, rec_mask, dropped,
+                           _scalars_like(x))
     else:
         for c in prange((B + chunk - 1) // chunk):
             lo, hi = _chunk_bounds(chunk, c, B)
-            _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hh_t, w_hr, w_ci, w_cf, w_co, peephole,
-                               coupled, projected, _scalars_like(x))
+            _lstm_forward_rows(lo, hi, active, x_proj, states, cells, m, w_hh, w_hh_t, w_hr, w_ci, w_cf, w_co,
+                               peephole, coupled, projected, bias, layer_norm, g_ih, g_hh, g_c, b_c, xhat_ih, xhat_hh,
+                               chat, rstd, hh, zoneout_h, zone_h, zoneout_c, zone_c, c_cand, dropout, rec_mask,
+                               dropped, _scalars_like(x))
 
 
 @njit(**_ROWS)
-def _lstm_cell_backward(gates, c_prev, c_now, dm, d_cell, d_row, p_i, p_f, p_o, coupled):
+def _lstm_cell_backward(gates, c_prev, c_now, dm, d_cell, d_row, p_i, p_f, p_o, coupled, layer_norm, g_c, b_c,
+                        chat, rstd_c, c_sums):
     """One row of one step back: dm is the gradient of m_t, d_cell holds that of c_t
     from step t+1 and leaves with that of c_{t-1}; d_row receives the gradients of the
-    gate pre-activations."""
+    gate pre-activations. With layer norm, c_sums[0] and [1] gather the gradients of
+    LN(c)'s gain and shift."""
     one = c_prev.dtype.type(1)
     H = c_prev.shape[0]
     g_col = H if coupled else 2 * H
@@ -584,12 +799,23 @@ def _lstm_cell_backward(gates, c_prev, c_now, dm, d_cell, d_row, p_i, p_f, p_o, 
     da_i = d_row[:H]
     da_g = d_row[g_col:g_col + H]
     da_o = d_row[g_col + H:g_col + 2 * H]
-    # tanh(c_t) waits in da_o's place: a scratch row without an allocation
-    for k in range(H):
-        da_o[k] = tanh(c_now[k])
-    for k in range(H):
-        d_cell[k] = (d_cell[k] + dm[k] * o[k] * (one - da_o[k] * da_o[k])
-                     + dm[k] * da_o[k] * o[k] * (one - o[k]) * p_o[k])
+    if layer_norm:
+        # tanh(LN(c_t)) waits in da_o's place, the gradient of LN(c_t) in da_g's
+        for k in range(H):
+            da_o[k] = tanh(g_c[k] * chat[k] + b_c[k])
+        for k in range(H):
+            da_g[k] = dm[k] * o[k] * (one - da_o[k] * da_o[k])
+        _add_gain_sums(da_g, chat, c_sums[0], c_sums[1])
+        _layer_norm_back_row(da_g, g_c, chat, rstd_c, da_g)
+        for k in range(H):
+            d_cell[k] = d_cell[k] + da_g[k] + dm[k] * da_o[k] * o[k] * (one - o[k]) * p_o[k]
+    else:
+        # tanh(c_t) waits in da_o's place: a scratch row without an allocation
+        for k in range(H):
+            da_o[k] = tanh(c_now[k])
+        for k in range(H):
+            d_cell[k] = (d_cell[k] + dm[k] * o[k] * (one - da_o[k] * da_o[k])
+                         + dm[k] * da_o[k] * o[k] * (one - o[k]) * p_o[k])
     for k in range(H):
         da_o[k] = dm[k] * da_o[k] * o[k] * (one - o[k])
     if coupled:  # f = 1 - i: i's gradient takes -dc * c_{t-1} from f's
@@ -614,7 +840,9 @@ def _lstm_cell_backward(gates, c_prev, c_now, dm, d_cell, d_row, p_i, p_f, p_o, 
 
 @njit(**_ROWS)
 def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
-                        projected, d_gates, d_h, d_m, d_state, d_cell, peephole_sums):
+                        projected, layer_norm, g_ih, g_hh, g_c, b_c, xhat_ih, xhat_hh, chat, rstd, zoneout_h, zone_h,
+                        zoneout_c, zone_c, c_cand, dropout, rec_mask, d_gates, d_hh, d_h, d_m, d_state, d_cell,
+                        vector_sums, gate_sums):
     H = cells.shape[2]
     P = dy.shape[2]
     g_col = H if coupled else 2 * H
@@ -622,6 +850,8 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
     scalars = _scalars_like(dy)
     p_i, p_f, p_o = _peephole_weights(w_ci, w_cf, w_co, peephole, coupled, H)
     d_m_direct = np.empty((hi - lo if not projected else 0, H), cells.dtype)
+    carry_h = np.empty((hi - lo if zoneout_h else 0, P), cells.dtype)
+    carry_c = np.empty((hi - lo if zoneout_c else 0, H), cells.dtype)
     for t in range(dy.shape[0] - 1, -1, -1):
         n = _running(active, t, lo, hi)
         if n <= 0:
@@ -631,11 +861,14 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
             for j in range(n):
                 for k in range(P):
                     dh[j, k] = dy[t, lo + j, k] + d_state[lo + j, k]
+            if zoneout_h:
+                _zoneout_back_rows(dh, zone_h, t, lo, carry_h[:n])
             # dm = dh @ W_hr    (n, H) = (n, P) x (P, H)
             gemm(dh, False, w_hr, False, d_m[lo:lo + n], False, scalars)
         gates = gates_seq[t, lo:lo + n]
         c_prev = cells[t, lo:lo + n]
-        c_now = cells[t + 1, lo:lo + n]
+        c_now = c_cand[t, lo:lo + n] if zoneout_c else cells[t + 1, lo:lo + n]
+        s = _slot(rstd, t)  # the layer norm's buffers: per step with layer norm, one stand-in slot without
         da = d_gates[t, lo:lo + n]
         if not projected:
             # dm: the state gradient, in rows of its own so that the element-wise pass reads one array
@@ -643,52 +876,84 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
             for j in range(n):
                 for k in range(H):
                     dm_rows[j, k] = dy[t, lo + j, k] + d_state[lo + j, k]
+            if zoneout_h:
+                _zoneout_back_rows(dm_rows, zone_h, t, lo, carry_h[:n])
         else:
             dm_rows = d_m[lo:lo + n]
+        if zoneout_c:
+            _zoneout_back_rows(d_cell[lo:lo + n], zone_c, t, lo, carry_c[:n])
         for j in range(n):
             _lstm_cell_backward(gates[j], c_prev[j], c_now[j], dm_rows[j], d_cell[lo + j], da[j], p_i, p_f, p_o,
-                                coupled)
+                                coupled, layer_norm, g_c, b_c, chat[s, lo + j], rstd[s, lo + j, 2], vector_sums[3:])
         if peephole:
             # kept out of the fused loop: float64 sums the variants without peepholes skip
             for j in range(n):
                 for k in range(H):
-                    peephole_sums[2, k] += da[j, o_col + k] * c_now[j, k]
+                    vector_sums[2, k] += da[j, o_col + k] * c_now[j, k]
                     if not coupled:
-                        peephole_sums[1, k] += da[j, H + k] * c_prev[j, k]
-                    peephole_sums[0, k] += da[j, k] * c_prev[j, k]
+                        vector_sums[1, k] += da[j, H + k] * c_prev[j, k]
+                    vector_sums[0, k] += da[j, k] * c_prev[j, k]
+        rec = da
+        if layer_norm:
+            # the biases' and gains' gradients, then da through each LN: d_hh for the
+            # recurrent product, da itself becomes the input projection's
+            rec = d_hh[t, lo:lo + n]
+            for j in range(n):
+                _add_gain_sums(da[j], xhat_ih[t, lo + j], gate_sums[1], gate_sums[0])
+                xhat = xhat_hh[t, lo + j]
+                for k in range(da.shape[1]):
+                    gate_sums[2, k] += da[j, k] * xhat[k]
+                _layer_norm_back_row(da[j], g_hh, xhat, rstd[t, lo + j, 1], rec[j])
+                _layer_norm_back_row(da[j], g_ih, xhat_ih[t, lo + j], rstd[t, lo + j, 0], da[j])
         # dh_{t-1} = d_gates @ W_hh    (n, S) = (n, G*H) x (G*H, S)
-        _step_product(da, w_hh, d_state[lo:lo + n], False, scalars)
+        _step_product(rec, w_hh, d_state[lo:lo + n], False, scalars)
+        if dropout:
+            _scale_rows(d_state[lo:lo + n], rec_mask, lo)
+        if zoneout_h:
+            _add_rows(carry_h[:n], d_state[lo:lo + n])
+        if zoneout_c:
+            _add_rows(carry_c[:n], d_cell[lo:lo + n])
 
 
 @njit(**_ENTRY)
 def lstm_backward(x, w_ih, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole, coupled, projected, x_proj,
-                  states, cells, m, dy, d_state, d_cell, d_gates, d_h, d_m, peephole_sums, dx, grad_w_ih, grad_w_hh,
-                  grad_w_hr, grad_b, grad_peephole):
+                  states, cells, m, layer_norm, g_ih, g_hh, g_c, b_c, xhat_ih, xhat_hh, chat, rstd, zoneout_h, zone_h,
+                  zoneout_c, zone_c, c_cand, dropout, rec_mask, dropped, dy, d_state, d_cell, d_gates, d_hh, d_h, d_m,
+                  vector_sums, gate_sums, dx, grad_w_ih, grad_w_hh, grad_w_hr, grad_b, grad_vectors, grad_gains):
     T, B, _ = x.shape
     if (B + chunk - 1) // chunk == 1:
         # one chunk: run it on the calling thread, not on a woken worker
         _lstm_backward_rows(0, B, active, dy, x_proj, cells, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
-                            projected, d_gates, d_h, d_m, d_state, d_cell, peephole_sums[0])
+                            projected, layer_norm, g_ih, g_hh, g_c, b_c, xhat_ih, xhat_hh, chat, rstd, zoneout_h,
+                            zone_h, zoneout_c, zone_c, c_cand, dropout, rec_mask, d_gates, d_hh, d_h, d_m, d_state,
+                            d_cell, vector_sums[0], gate_sums[0])
     else:
         for c in prange((B + chunk - 1) // chunk):
             lo, hi = _chunk_bounds(chunk, c, B)
             _lstm_backward_rows(lo, hi, active, dy, x_proj, cells, w_hh, w_hr, w_ci, w_cf, w_co, peephole, coupled,
-                                projected, d_gates, d_h, d_m, d_state, d_cell, peephole_sums[c])
+                                projected, layer_norm, g_ih, g_hh, g_c, b_c, xhat_ih, xhat_hh, chat, rstd, zoneout_h,
+                                zone_h, zoneout_c, zone_c, c_cand, dropout, rec_mask, d_gates, d_hh, d_h, d_m,
+                                d_state, d_cell, vector_sums[c], gate_sums[c])
     scalars = _scalars_like(x)
-    _input_gradients(d_gates, x, w_ih, dx, grad_w_ih, grad_b, scalars)
     S, GH, H = states.shape[2], d_gates.shape[2], cells.shape[2]
-    # dW_hh = d_gates.T @ h_{t-1}    (G*H, S) = (G*H, T*B) x (T*B, S)
-    gemm(d_gates.reshape(T * B, GH), True, states[:T].reshape(T * B, S), False, grad_w_hh, False, scalars)
+    if layer_norm:
+        # the bias gradient came per chunk, before d_gates became the projection's
+        _chunk_totals(gate_sums, 0, grad_b)
+        _chunk_totals(gate_sums, 1, grad_gains[0])
+        _chunk_totals(gate_sums, 2, grad_gains[1])
+    else:
+        column_sums(d_gates.reshape(T * B, GH), grad_b)
+    _input_gradients(d_gates, x, w_ih, dx, grad_w_ih, scalars)
+    rec = d_hh if layer_norm else d_gates
+    # dW_hh = d_gates.T @ h_{t-1}    (G*H, S) = (G*H, T*B) x (T*B, S)    (h_{t-1} * mask with dropout)
+    gemm(rec.reshape(T * B, GH), True, _recurrent_operand(states, dropped, dropout), False, grad_w_hh, False,
+         scalars)
     if projected:
         # dW_hr = dh.T @ m    (P, H) = (P, T*B) x (T*B, H)
         gemm(d_h.reshape(T * B, S), True, m.reshape(T * B, H), False, grad_w_hr, False, scalars)
-    # per-chunk peephole sums, added in chunk order
-    for row in range(3):
-        for k in range(H):
-            total = 0.0
-            for c in range(peephole_sums.shape[0]):
-                total += peephole_sums[c, row, k]
-            grad_peephole[row, k] = total
+    # per-chunk peephole and LN(c) sums, added in chunk order
+    for row in range(grad_vectors.shape[0]):
+        _chunk_totals(vector_sums, row, grad_vectors[row])
 
 
 # -- GRU -------------------------------------------------------------------------------
@@ -697,6 +962,10 @@ def lstm_backward(x, w_ih, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole
 # keeps h_{t-1} @ W_hn.T + b_hn. Cho et al.: n = tanh(x_n + (r * h_{t-1}) @ W_hn.T),
 # b_hn folded into x_proj; the r, z and n products are added into x_proj in two GEMMs
 # and `aux` keeps r * h_{t-1}, the operand of the second.
+# Layer norm (reset_after only): x_proj holds LN(x_t @ W_ih.T) plus the folded biases
+# and hh LN(h_{t-1} @ W_hh.T), before the cell reads them as it reads the products.
+# Zoneout blends the state in place; recurrent dropout feeds h_{t-1} * mask to the
+# products (Cho et al.: r * (h_{t-1} * mask) to the second), h_{t-1} to z * h_{t-1}.
 
 @njit(**_ROWS)
 def _gru_cell_reset_after(row, rec, b_hn, h_prev, kept, h):
@@ -718,9 +987,11 @@ def _gru_cell_reset_after(row, rec, b_hn, h_prev, kept, h):
 
 
 @njit(**_ROWS)
-def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, w_hh_t, b_hn, reset_after, scalars):
+def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, w_hh_t, bias, b_hn, reset_after, layer_norm,
+                      g_ih, g_hh, xhat_ih, xhat_hh, rstd, zoneout, zone, dropout, rec_mask, dropped, scalars):
     one = scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = states.shape[2]
+    no_shift = np.zeros(hh.shape[1], hh.dtype)
     # one store target per loop, as in the LSTM passes (see _lstm_cell_forward)
     for t in range(x_proj.shape[0]):
         n = _running(active, t, lo, hi)
@@ -728,24 +999,30 @@ def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, w_hh_t, b_h
             break
         gates = x_proj[t, lo:lo + n]
         h_prev = states[t, lo:lo + n]
+        h_in = _recurrent_input(states, t, lo, n, dropout, rec_mask, dropped)
         h = states[t + 1, lo:lo + n]
         kept = aux[_slot(aux, t), lo:lo + n]
         if reset_after:
             rec = hh[lo:lo + n]
             # hh = h_{t-1} @ W_hh.T    (n, 3H) = (n, H) x (H, 3H)
-            _step_product_t(h_prev, w_hh, w_hh_t, rec, False, scalars)
+            _step_product_t(h_in, w_hh, w_hh_t, rec, False, scalars)
+            if layer_norm:
+                s = _slot(rstd, t)
+                for j in range(n):
+                    rstd[s, lo + j, 0] = _layer_norm_row(gates[j], g_ih, bias, xhat_ih[s, lo + j], gates[j])
+                    rstd[s, lo + j, 1] = _layer_norm_row(rec[j], g_hh, no_shift, xhat_hh[s, lo + j], rec[j])
             for j in range(n):
                 _gru_cell_reset_after(gates[j], rec[j], b_hn, h_prev[j], kept[j], h[j])
         else:
             # gates[:, :2H] += h_{t-1} @ W_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
-            _step_product_t(h_prev, w_hh[:2 * H], w_hh_t[:, :2 * H], gates[:, :2 * H], True, scalars)
+            _step_product_t(h_in, w_hh[:2 * H], w_hh_t[:, :2 * H], gates[:, :2 * H], True, scalars)
             for j in range(n):
                 r_z = gates[j, :2 * H]
                 for k in range(2 * H):
                     r_z[k] = sigmoid(r_z[k])
-                r, kept_row, h_prev_row = gates[j, :H], kept[j], h_prev[j]
+                r, kept_row, h_in_row = gates[j, :H], kept[j], h_in[j]
                 for k in range(H):
-                    kept_row[k] = r[k] * h_prev_row[k]
+                    kept_row[k] = r[k] * h_in_row[k]
             # gates[:, 2H:] += (r * h_{t-1}) @ W_hh[2H:].T    (n, H) += (n, H) x (H, H)
             _step_product_t(kept, w_hh[2 * H:], w_hh_t[:, 2 * H:], gates[:, 2 * H:], True, scalars)
             for j in range(n):
@@ -754,51 +1031,70 @@ def _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, w_hh_t, b_h
                     new[k] = tanh(new[k])
                 for k in range(H):
                     h_row[k] = (one - z[k]) * new[k] + z[k] * h_prev_row[k]
+        if zoneout:
+            _zoneout_rows(h_prev, h, zone, t, lo, h)
 
 
 @njit(**_ENTRY)
-def gru_forward(x, w_ih, bias, w_hh, b_hn, active, chunk, reset_after, x_proj, states, aux, hh):
-    _project_input(x, w_ih, bias, x_proj, _scalars_like(x))
+def gru_forward(x, w_ih, bias, w_hh, b_hn, active, chunk, reset_after, x_proj, states, aux, hh, layer_norm, g_ih,
+                g_hh, xhat_ih, xhat_hh, rstd, zoneout, zone, dropout, rec_mask, dropped):
+    # with layer norm the biases come after the normalisation, not in the projection
+    _project_input(x, w_ih, np.zeros_like(bias) if layer_norm else bias, x_proj, _scalars_like(x))
     B = x.shape[1]
     w_hh_t = _transposed_for_small(w_hh, min(chunk, B))
     if (B + chunk - 1) // chunk == 1:
         # one chunk: run it on the calling thread, not on a woken worker
-        _gru_forward_rows(0, B, active, x_proj, states, aux, hh, w_hh, w_hh_t, b_hn, reset_after, _scalars_like(x))
+        _gru_forward_rows(0, B, active, x_proj, states, aux, hh, w_hh, w_hh_t, bias, b_hn, reset_after, layer_norm,
+                          g_ih, g_hh, xhat_ih, xhat_hh, rstd, zoneout, zone, dropout, rec_mask, dropped,
+                          _scalars_like(x))
     else:
         for c in prange((B + chunk - 1) // chunk):
             lo, hi = _chunk_bounds(chunk, c, B)
-            _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, w_hh_t, b_hn, reset_after,
-                              _scalars_like(x))
+            _gru_forward_rows(lo, hi, active, x_proj, states, aux, hh, w_hh, w_hh_t, bias, b_hn, reset_after,
+                              layer_norm, g_ih, g_hh, xhat_ih, xhat_hh, rstd, zoneout, zone, dropout, rec_mask,
+                              dropped, _scalars_like(x))
 
 
 @njit(**_ROWS)
-def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
-                       d_state, d_direct, scalars):
+def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_after, layer_norm, g_ih, g_hh,
+                       xhat_ih, xhat_hh, rstd, zoneout, zone, dropout, rec_mask, dropped, d_x_proj, d_hh, d_rh,
+                       d_state, d_direct, gate_sums, scalars):
     one = scalars[1]  # in the arrays' dtype: float32 math stays float32
     H = states.shape[2]
+    carry = np.empty((hi - lo if zoneout else 0, H), states.dtype)
     for t in range(dy.shape[0] - 1, -1, -1):
         n = _running(active, t, lo, hi)
         if n <= 0:
             continue
         gates = gates_seq[t, lo:lo + n]
         h_prev = states[t, lo:lo + n]
+        h_in = dropped[t, lo:lo + n] if dropout else h_prev
         kept = aux[t, lo:lo + n]
         dxp = d_x_proj[t, lo:lo + n]
+        # the state gradient arrives by three paths: the output, the recurrent product
+        # of step t+1 and the direct z * h_{t-1} term of step t+1 (the last kept in
+        # d_direct, which holds the sum until it takes this step's); zoneout takes its
+        # share w * dh_t off to `carry`, the direct path of the blend
+        for j in range(n):
+            dy_row, d_state_row, dh = dy[t, lo + j], d_state[lo + j], d_direct[lo + j]
+            for k in range(H):
+                dh[k] = dy_row[k] + d_state_row[k] + dh[k]
+        if zoneout:
+            _zoneout_back_rows(d_direct[lo:lo + n], zone, t, lo, carry[:n])
         for j in range(n):
             r, z, new = gates[j, :H], gates[j, H:2 * H], gates[j, 2 * H:]
             da_r, da_z, da_n = dxp[j, :H], dxp[j, H:2 * H], dxp[j, 2 * H:]
-            dy_row, d_state_row, dh, h_prev_row = dy[t, lo + j], d_state[lo + j], d_direct[lo + j], h_prev[j]
-            # the state gradient arrives by three paths: the output, the recurrent
-            # product of step t+1 and the direct z * h_{t-1} term of step t+1 (the
-            # last kept in d_direct, which holds the sum until it takes this step's)
-            for k in range(H):
-                dh[k] = dy_row[k] + d_state_row[k] + dh[k]
+            dh, h_prev_row = d_direct[lo + j], h_prev[j]
             for k in range(H):
                 da_n[k] = dh[k] * (one - z[k]) * (one - new[k] * new[k])
             for k in range(H):
                 da_z[k] = dh[k] * (h_prev_row[k] - new[k]) * z[k] * (one - z[k])
             for k in range(H):
                 dh[k] = dh[k] * z[k]
+            if zoneout:
+                carry_row = carry[j]
+                for k in range(H):
+                    dh[k] += carry_row[k]
             if reset_after:
                 kept_row = kept[j]
                 for k in range(H):
@@ -809,6 +1105,15 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
                 for k in range(H):
                     d_rec_n[k] = da_n[k] * r[k]
         if reset_after:
+            if layer_norm:
+                # the biases' and gains' gradients, then each side back through its LN
+                s = _slot(rstd, t)
+                for j in range(n):
+                    d_rec = d_hh[t, lo + j]
+                    _add_gain_sums(dxp[j], xhat_ih[s, lo + j], gate_sums[2], gate_sums[0])
+                    _add_gain_sums(d_rec, xhat_hh[s, lo + j], gate_sums[3], gate_sums[1])
+                    _layer_norm_back_row(dxp[j], g_ih, xhat_ih[s, lo + j], rstd[s, lo + j, 0], dxp[j])
+                    _layer_norm_back_row(d_rec, g_hh, xhat_hh[s, lo + j], rstd[s, lo + j, 1], d_rec)
             # dh_{t-1} = d_hh @ W_hh    (n, H) = (n, 3H) x (3H, H)
             _step_product(d_hh[t, lo:lo + n], w_hh, d_state[lo:lo + n], False, scalars)
         else:
@@ -816,46 +1121,65 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
             # d(r * h_{t-1}) = da_n @ W_hn    (n, H) = (n, H) x (H, H)
             _step_product(dxp[:, 2 * H:], w_hh[2 * H:], d_kept, False, scalars)
             for j in range(n):
-                r, da_r, d_kept_row, h_prev_row = gates[j, :H], dxp[j, :H], d_kept[j], h_prev[j]
+                r, da_r, d_kept_row, h_in_row = gates[j, :H], dxp[j, :H], d_kept[j], h_in[j]
                 d_direct_row = d_direct[lo + j]
                 for k in range(H):
-                    da_r[k] = d_kept_row[k] * h_prev_row[k] * r[k] * (one - r[k])
-                for k in range(H):
-                    d_direct_row[k] += d_kept_row[k] * r[k]
+                    da_r[k] = d_kept_row[k] * h_in_row[k] * r[k] * (one - r[k])
+                if dropout:  # r * (h_{t-1} * mask): this path's share of dh_{t-1} is scaled too
+                    m_row = rec_mask[lo + j]
+                    for k in range(H):
+                        d_direct_row[k] += d_kept_row[k] * r[k] * m_row[k]
+                else:
+                    for k in range(H):
+                        d_direct_row[k] += d_kept_row[k] * r[k]
             # dh_{t-1} += [da_r, da_z] @ W_hh[:2H]    (n, H) = (n, 2H) x (2H, H)
             _step_product(dxp[:, :2 * H], w_hh[:2 * H], d_state[lo:lo + n], False, scalars)
+        if dropout:
+            _scale_rows(d_state[lo:lo + n], rec_mask, lo)
 
 
 @njit(**_ENTRY)
-def gru_backward(x, w_ih, w_hh, active, chunk, reset_after, x_proj, states, aux, dy, d_state, d_direct, d_x_proj,
-                 d_hh, d_rh, dx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh):
+def gru_backward(x, w_ih, w_hh, active, chunk, reset_after, x_proj, states, aux, layer_norm, g_ih, g_hh, xhat_ih,
+                 xhat_hh, rstd, zoneout, zone, dropout, rec_mask, dropped, dy, d_state, d_direct, d_x_proj, d_hh,
+                 d_rh, gate_sums, dx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_gains):
     T, B, _ = x.shape
     if (B + chunk - 1) // chunk == 1:
         # one chunk: run it on the calling thread, not on a woken worker
-        _gru_backward_rows(0, B, active, dy, x_proj, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
-                           d_state, d_direct, _scalars_like(x))
+        _gru_backward_rows(0, B, active, dy, x_proj, states, aux, w_hh, reset_after, layer_norm, g_ih, g_hh,
+                           xhat_ih, xhat_hh, rstd, zoneout, zone, dropout, rec_mask, dropped, d_x_proj, d_hh, d_rh,
+                           d_state, d_direct, gate_sums[0], _scalars_like(x))
     else:
         for c in prange((B + chunk - 1) // chunk):
             lo, hi = _chunk_bounds(chunk, c, B)
-            _gru_backward_rows(lo, hi, active, dy, x_proj, states, aux, w_hh, reset_after, d_x_proj, d_hh, d_rh,
-                               d_state, d_direct, _scalars_like(x))
+            _gru_backward_rows(lo, hi, active, dy, x_proj, states, aux, w_hh, reset_after, layer_norm, g_ih, g_hh,
+                               xhat_ih, xhat_hh, rstd, zoneout, zone, dropout, rec_mask, dropped, d_x_proj, d_hh,
+                               d_rh, d_state, d_direct, gate_sums[c], _scalars_like(x))
     # the initial state's gradient: the recurrent and the direct path of step 0
     for b in range(B):
         for k in range(d_state.shape[1]):
             d_state[b, k] += d_direct[b, k]
     scalars = _scalars_like(x)
-    _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, grad_b_ih, scalars)
     H = states.shape[2]
-    h_prev = states[:T].reshape(T * B, H)
+    d_rows = d_x_proj.reshape(T * B, 3 * H)
+    if layer_norm:
+        # the biases' gradients came per chunk, before the LN backs rewrote d_x_proj and d_hh
+        _chunk_totals(gate_sums, 0, grad_b_ih)
+        _chunk_totals(gate_sums, 1, grad_b_hh)
+        _chunk_totals(gate_sums, 2, grad_gains[0])
+        _chunk_totals(gate_sums, 3, grad_gains[1])
+    else:
+        column_sums(d_rows, grad_b_ih)
+    _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, scalars)
+    h_in = _recurrent_operand(states, dropped, dropout)
     if reset_after:
         d_rec = d_hh.reshape(T * B, 3 * H)
-        # dW_hh = d_hh.T @ h_{t-1}    (3H, H) = (3H, T*B) x (T*B, H)
-        gemm(d_rec, True, h_prev, False, grad_w_hh, False, scalars)
-        column_sums(d_rec, grad_b_hh)
+        # dW_hh = d_hh.T @ h_{t-1}    (3H, H) = (3H, T*B) x (T*B, H)    (h_{t-1} * mask with dropout)
+        gemm(d_rec, True, h_in, False, grad_w_hh, False, scalars)
+        if not layer_norm:
+            column_sums(d_rec, grad_b_hh)
     else:
-        d_rows = d_x_proj.reshape(T * B, 3 * H)
         # dW_hh[:2H] = [da_r, da_z].T @ h_{t-1}    (2H, H) = (2H, T*B) x (T*B, H)
-        gemm(d_rows[:, :2 * H], True, h_prev, False, grad_w_hh[:2 * H], False, scalars)
+        gemm(d_rows[:, :2 * H], True, h_in, False, grad_w_hh[:2 * H], False, scalars)
         # dW_hh[2H:] = da_n.T @ (r * h_{t-1})    (H, H) = (H, T*B) x (T*B, H)
         gemm(d_rows[:, 2 * H:], True, aux.reshape(T * B, H), False, grad_w_hh[2 * H:], False, scalars)
         grad_b_hh[:] = grad_b_ih  # b_hn sits beside x_n: every bias sees the same gradient
