@@ -192,11 +192,11 @@ def _run(spec, dtype, T, B, lengths, directions, masked, seed, threads=1):
     return (params, x, states, masks, reverse, dy, dsn), (y, sn, dx, ds0, grads)
 
 
-def _close(actual, expected, dtype, what):
+def _close(actual, expected, dtype, what, rtol32=1e-5):
     assert actual.shape == expected.shape, what
     scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-3)
     err = float(np.max(np.abs(actual.astype(np.float64) - expected), initial=0.0))
-    rtol = 1e-10 if dtype == np.float64 else 1e-5
+    rtol = 1e-10 if dtype == np.float64 else rtol32
     assert err <= rtol * scale, f"{what}: max abs error {err:.3e} exceeds {rtol:.0e} x scale {scale:.3e}"
 
 
@@ -204,16 +204,19 @@ def _check(spec, dtype, T, B, lengths, directions, masked, seed):
     (params, x, states, masks, reverse, dy, dsn), (y, sn, dx, ds0, grads) = _run(
         spec, dtype, T, B, lengths, directions, masked, seed)
     y_o, sn_o, dx_o, ds0_o, grads_o = _oracle(spec, params, x, states, lengths, reverse, masks, dy, dsn)
-    _close(y, y_o, dtype, what="y")
-    _close(dx, dx_o, dtype, what="dx")
+    # a layer norm over a row of 3 or 4 values (H = 1) scales float32's rounding by
+    # 1/std of so few values: 5e-5 there
+    rtol32 = 5e-5 if spec.layer_norm and spec.hidden_size == 1 else 1e-5
+    _close(y, y_o, dtype, rtol32=rtol32, what="y")
+    _close(dx, dx_o, dtype, rtol32=rtol32, what="dx")
     for d in range(directions):
         for a, b in zip(sn[d], sn_o[d]):
-            _close(a, b, dtype, what=f"final state {d}")
+            _close(a, b, dtype, rtol32=rtol32, what=f"final state {d}")
         for a, b in zip(ds0[d], ds0_o[d]):
-            _close(a, b, dtype, what=f"initial-state gradient {d}")
+            _close(a, b, dtype, rtol32=rtol32, what=f"initial-state gradient {d}")
         assert set(grads[d]) == set(grads_o[d])
         for k in grads_o[d]:
-            _close(grads[d][k], grads_o[d][k], dtype, what=f"{k} ({d})")
+            _close(grads[d][k], grads_o[d][k], dtype, rtol32=rtol32, what=f"{k} ({d})")
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["expectation", "masks"])

@@ -130,6 +130,13 @@ cdef extern from "rnncore_cells.h" nogil:
     void rc_layer_norm_rows_d(int n, int width, const double *src, size_t ld_src, const double *gain,
                               const double *bias, int accumulate, double *dst, size_t ld_dst, double *xhat,
                               double *stats)
+    void rc_layer_norm_pair_rows_f(int n, int width, const float *x, size_t ld_x, const float *gain_x,
+                                   const float *bias, const float *h, size_t ld_h, const float *gain_h, float *dst,
+                                   size_t ld_dst, float *xhat_x, float *stats_x, float *xhat_h, float *stats_h)
+    void rc_layer_norm_pair_rows_d(int n, int width, const double *x, size_t ld_x, const double *gain_x,
+                                   const double *bias, const double *h, size_t ld_h, const double *gain_h,
+                                   double *dst, size_t ld_dst, double *xhat_x, double *stats_x, double *xhat_h,
+                                   double *stats_h)
     void rc_layer_norm_backward_rows_f(int n, int width, const float *dout, size_t ld_dout, const float *gain,
                                        const float *xhat, const float *stats, float *dsrc, size_t ld_dsrc)
     void rc_layer_norm_backward_rows_d(int n, int width, const double *dout, size_t ld_dout, const double *gain,
@@ -381,6 +388,19 @@ cdef inline void layer_norm_rows(int n, int width, const floating *src, size_t l
         rc_layer_norm_rows_f(n, width, src, ld_src, gain, bias, accumulate, dst, ld_dst, xhat, stats)
     else:
         rc_layer_norm_rows_d(n, width, src, ld_src, gain, bias, accumulate, dst, ld_dst, xhat, stats)
+
+
+cdef inline void layer_norm_pair_rows(int n, int width, const floating *x, size_t ld_x, const floating *gain_x,
+                                      const floating *bias, const floating *h, size_t ld_h, const floating *gain_h,
+                                      floating *dst, size_t ld_dst, floating *xhat_x, floating *stats_x,
+                                      floating *xhat_h, floating *stats_h) noexcept nogil:
+    """dst = gain_x LN(x) + bias + gain_h LN(h), row by row (see rc_layer_norm_pair_rows)."""
+    if floating is float:
+        rc_layer_norm_pair_rows_f(n, width, x, ld_x, gain_x, bias, h, ld_h, gain_h, dst, ld_dst, xhat_x, stats_x,
+                                  xhat_h, stats_h)
+    else:
+        rc_layer_norm_pair_rows_d(n, width, x, ld_x, gain_x, bias, h, ld_h, gain_h, dst, ld_dst, xhat_x, stats_x,
+                                  xhat_h, stats_h)
 
 
 cdef inline void layer_norm_backward_rows(int n, int width, const floating *dout, size_t ld_dout,
@@ -765,13 +785,10 @@ cdef void input_projection(Direction *d, floating *tag) noexcept nogil:
     if input_in_steps(d):
         return          # each step's blocks make their own input product (lstm_step_blocks)
     if d.layer_norm:
-        # xp = LN(x @ w_ih.T) g_ih + bias: the statistics are of the product alone, so it
-        # starts from zeros, and the bias comes after (each row normalised on its own:
-        # any split of the rows gives the same bits)
+        # xp = x @ w_ih.T alone: its layer norm (and then the bias) is applied step by
+        # step, while the step's rows are in cache (forward_steps)
         packed_product_from(<int>d.N, d.GH, d.input_size, <floating *>d.x, <int>d.ldx, <floating *>d.w_ih_p,
                             <const floating *>NULL, 0, <floating *>d.xp, d.GH)
-        layer_norm_rows(<int>d.N, d.GH, <floating *>d.xp, d.GH, <floating *>d.w_ih_ln, <floating *>d.bias_x, False,
-                        <floating *>d.xp, d.GH, <floating *>d.ln_xh_ih, <floating *>d.ln_st_ih)
         return
     # xp = bias + x @ w_ih.T    (N, GH) = (N, I) x (I, GH), the bias row the accumulators' start
     packed_product_from(<int>d.N, d.GH, d.input_size, <floating *>d.x, <int>d.ldx, <floating *>d.w_ih_p,
@@ -977,10 +994,13 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
             else:
                 c_new = cell_new(d, tag, s)
                 if d.layer_norm:
-                    # gates[s] += LN(h[s-1] @ w_hh.T) g_hh, normalised on its own    (n, GH) = (n, P) x (P, GH)
+                    # gates[s] = LN(xp[s]) g_ih + bias + LN(h[s-1] @ w_hh.T) g_hh, each product
+                    # normalised on its own    (n, GH) = (n, P) x (P, GH)
                     packed_product(n, GH, P, h_in, P, w_hh_p, False, hh, GH)
-                    layer_norm_rows(n, GH, hh, GH, <floating *>d.w_hh_ln, <floating *>NULL, True, gates, GH,
-                                    slot_rows(d.ln_xh_hh, row, GH, tag), slot_rows(d.ln_st_hh, row, 2, tag))
+                    layer_norm_pair_rows(n, GH, gates, GH, <floating *>d.w_ih_ln, <floating *>d.bias_x, hh, GH,
+                                         <floating *>d.w_hh_ln, gates, GH, slot_rows(d.ln_xh_ih, row, GH, tag),
+                                         slot_rows(d.ln_st_ih, row, 2, tag), slot_rows(d.ln_xh_hh, row, GH, tag),
+                                         slot_rows(d.ln_st_hh, row, 2, tag))
                     lstm_forward_ln(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
                                     gates, GH, H, cell_at(d, tag, s - 1), c_new, m, H, <floating *>d.w_c_ln,
                                     <floating *>d.b_c_ln, slot_rows(d.ln_st_c, row, 2, tag))
@@ -1005,7 +1025,10 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
                 # hh = h[s-1] @ w_hh.T    (n, 3H) = (n, H) x (H, 3H)
                 packed_product(n, GH, H, h_in, H, w_hh_p, False, hh, GH)
                 if d.layer_norm:
-                    # hh = LN(hh) g_hh in place; b_hn is added inside r * (.) as without it
+                    # xp[s] = LN(xp[s]) g_ih + bias, hh = LN(hh) g_hh, in place; b_hn is added
+                    # inside r * (.) as without them
+                    layer_norm_rows(n, GH, gates, GH, <floating *>d.w_ih_ln, <floating *>d.bias_x, False, gates, GH,
+                                    slot_rows(d.ln_xh_ih, row, GH, tag), slot_rows(d.ln_st_ih, row, 2, tag))
                     layer_norm_rows(n, GH, hh, GH, <floating *>d.w_hh_ln, <floating *>NULL, False, hh, GH,
                                     slot_rows(d.ln_xh_hh, row, GH, tag), slot_rows(d.ln_st_hh, row, 2, tag))
                 gru_forward_after(n, H, <floating *>d.b_hn, gates, GH, H, hh, GH, H, h_prev, h, kept, H)
@@ -1849,8 +1872,6 @@ cdef void _slice_projection(const Direction *src, Direction *dst, Py_ssize_t fir
     dst.N = last - first
     dst.x = _rows_at(src.x, first, src.ldx, value)
     dst.xp = _rows_at(src.xp, first, src.GH, value)
-    dst.ln_xh_ih = _rows_at(src.ln_xh_ih, first, src.GH, value)
-    dst.ln_st_ih = _rows_at(src.ln_st_ih, first, 2, value)
 
 
 cdef void _run_unit_slice(Direction *d, bint is_double) noexcept nogil:
