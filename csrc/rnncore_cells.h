@@ -1,7 +1,8 @@
 /* The fused element-wise cell kernels, for float (suffix _f) and double (suffix _d).
  *
  * The bodies are written once, one file per cell family (rnncore_elman.inc: the plain
- * activations and the shared row helpers; rnncore_lstm.inc; rnncore_gru.inc), with
+ * activations and the shared row helpers; rnncore_lstm.inc; rnncore_gru.inc;
+ * rnncore_regular.inc: zoneout, recurrent dropout and layer norm), with
  * `real` for the float type and RC_FN adding the suffix, and instantiated here for each
  * precision; Cython picks the instance through its fused types. Every kernel works on
  * `n` rows of a batch (the rows still active at this step), each row a contiguous run
@@ -16,7 +17,12 @@
 #ifndef RNNCORE_CELLS_H
 #define RNNCORE_CELLS_H
 
+#include <math.h>
+
 #include "rnncore_math.h"
+
+/* spec.LAYER_NORM_EPS */
+#define RC_LAYER_NORM_EPS 1e-5
 
 #if defined(__GNUC__) || defined(__clang__)
 #define RC_RESTRICT __restrict__
@@ -48,6 +54,7 @@ RC_FAST_MATH_BEGIN
 #include "rnncore_elman.inc"
 #include "rnncore_lstm.inc"
 #include "rnncore_gru.inc"
+#include "rnncore_regular.inc"
 #undef real
 #undef RC_FN
 
@@ -56,6 +63,7 @@ RC_FAST_MATH_BEGIN
 #include "rnncore_elman.inc"
 #include "rnncore_lstm.inc"
 #include "rnncore_gru.inc"
+#include "rnncore_regular.inc"
 #undef real
 #undef RC_FN
 

@@ -13,11 +13,13 @@ import re
 import numpy as np
 import pytest
 
-from cases import VARIANTS, back, build, call
+from rnncore.core.spec import CellSpec
+
+from cases import VARIANTS, back, build, call, random_backend_case
 
 NOT_BUILT = "the compiled extension is not built here"
 _recurrent = pytest.importorskip("rnncore.backends.cython._recurrent", reason=NOT_BUILT)
-pytest.importorskip("rnncore.backends.cython.backend", reason=NOT_BUILT)
+cython_backend = pytest.importorskip("rnncore.backends.cython.backend", reason=NOT_BUILT)
 Plan = _recurrent.Plan
 
 STAGES = ("forward_all", "backward_all", "weight_gradients_all")
@@ -58,9 +60,32 @@ def _run_case(name, cls, kwargs, training, lengths, directions, bias):
     return calls
 
 
+# the regularised cells, through the backend itself: in training with masks and without
+REGULARISED = [CellSpec("lstm", I, H, layer_norm=True, zoneout_h=0.2, zoneout_c=0.3, recurrent_dropout=0.1),
+               CellSpec("gru", I, H, layer_norm=True, zoneout_h=0.2, recurrent_dropout=0.1),
+               CellSpec("gru", I, H, reset_after=False, zoneout_h=0.2, recurrent_dropout=0.1)]
+
+
+def _run_regularised(spec, training, masked):
+    params, x, states, rng = random_backend_case(spec, T, B, 1, np.float64, 0)
+    masks = [{"zoneout_h": np.ones((T, B, H)), "zoneout_c": np.zeros((T, B, H)), "recurrent": np.ones((B, H))}]
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        _spy(patch, STAGES, calls)
+        y, _, ctx = cython_backend.layer_forward(spec, params, x, states, None, training, (False,), 1,
+                                                 masks if masked else None)
+        if training:
+            cython_backend.layer_backward(ctx, np.ones_like(y), [tuple(np.zeros_like(a) for a in states[0])], 1)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def captured():
-    return {case_id: _run_case(*case) for case_id, case in CASE.items()}
+    plans = {case_id: _run_case(*case) for case_id, case in CASE.items()}
+    for k, spec in enumerate(REGULARISED):
+        for training, masked in ((False, False), (True, False), (True, True)):
+            plans[f"regularised-{k}-{training}-{masked}"] = _run_regularised(spec, training, masked)
+    return plans
 
 
 def _given(plan):

@@ -124,6 +124,54 @@ cdef extern from "rnncore_cells.h" nogil:
                                     const float *d_kept, float *dh, float *dgates)
     void rc_gru_backward_before_r_d(int n, int H, const double *gates, const double *h_prev,
                                     const double *d_kept, double *dh, double *dgates)
+    void rc_layer_norm_rows_f(int n, int width, const float *src, size_t ld_src, const float *gain,
+                              const float *bias, int accumulate, float *dst, size_t ld_dst, float *xhat,
+                              float *stats)
+    void rc_layer_norm_rows_d(int n, int width, const double *src, size_t ld_src, const double *gain,
+                              const double *bias, int accumulate, double *dst, size_t ld_dst, double *xhat,
+                              double *stats)
+    void rc_layer_norm_pair_rows_f(int n, int width, const float *x, size_t ld_x, const float *gain_x,
+                                   const float *bias, const float *h, size_t ld_h, const float *gain_h, float *dst,
+                                   size_t ld_dst, float *xhat_x, float *stats_x, float *xhat_h, float *stats_h)
+    void rc_layer_norm_pair_rows_d(int n, int width, const double *x, size_t ld_x, const double *gain_x,
+                                   const double *bias, const double *h, size_t ld_h, const double *gain_h,
+                                   double *dst, size_t ld_dst, double *xhat_x, double *stats_x, double *xhat_h,
+                                   double *stats_h)
+    void rc_layer_norm_backward_rows_f(int n, int width, const float *dout, size_t ld_dout, const float *gain,
+                                       const float *xhat, const float *stats, float *dsrc, size_t ld_dsrc)
+    void rc_layer_norm_backward_rows_d(int n, int width, const double *dout, size_t ld_dout, const double *gain,
+                                       const double *xhat, const double *stats, double *dsrc, size_t ld_dsrc)
+    void rc_column_dot_sums_f(size_t rows, int width, const float *a, size_t ld_a, const float *b, size_t ld_b,
+                              float *sums)
+    void rc_column_dot_sums_d(size_t rows, int width, const double *a, size_t ld_a, const double *b,
+                              size_t ld_b, double *sums)
+    void rc_zoneout_rows_f(int n, int width, const float *mask, size_t ld_mask, float p, const float *prev,
+                           size_t ld_prev, const float *src, size_t ld_src, float *dst, size_t ld_dst)
+    void rc_zoneout_rows_d(int n, int width, const double *mask, size_t ld_mask, double p, const double *prev,
+                           size_t ld_prev, const double *src, size_t ld_src, double *dst, size_t ld_dst)
+    void rc_zoneout_backward_rows_f(int n, int width, const float *mask, float p, float *d, float *direct)
+    void rc_zoneout_backward_rows_d(int n, int width, const double *mask, double p, double *d, double *direct)
+    void rc_mask_rows_f(int n, int width, const float *mask, const float *src, int accumulate, float *dst)
+    void rc_mask_rows_d(int n, int width, const double *mask, const double *src, int accumulate, double *dst)
+    void rc_lstm_forward_ln_f(int n, int H, int coupled, const float *w_ci, const float *w_cf, const float *w_co,
+                              float *gates, size_t ld_gates, size_t gate_stride, const float *c_prev, float *c,
+                              float *m, size_t ld_state, const float *g_c, const float *b_c, float *stats)
+    void rc_lstm_forward_ln_d(int n, int H, int coupled, const double *w_ci, const double *w_cf,
+                              const double *w_co, double *gates, size_t ld_gates, size_t gate_stride,
+                              const double *c_prev, double *c, double *m, size_t ld_state, const double *g_c,
+                              const double *b_c, double *stats)
+    void rc_lstm_backward_ln_f(int n, int H, int coupled, const float *w_ci, const float *w_cf, const float *w_co,
+                               const float *gates, const float *c_prev, const float *c, const float *g_c,
+                               const float *b_c, const float *stats, const float *dm, float *dc, float *dgates,
+                               float *dcl, float *g_ci, float *g_cf, float *g_co)
+    void rc_lstm_backward_ln_d(int n, int H, int coupled, const double *w_ci, const double *w_cf,
+                               const double *w_co, const double *gates, const double *c_prev, const double *c,
+                               const double *g_c, const double *b_c, const double *stats, const double *dm,
+                               double *dc, double *dgates, double *dcl, double *g_ci, double *g_cf, double *g_co)
+    void rc_layer_norm_cell_grads_f(size_t rows, int H, const float *dcl, const float *c, size_t ld_c,
+                                    const float *stats, float *g_gain, float *g_shift)
+    void rc_layer_norm_cell_grads_d(size_t rows, int H, const double *dcl, const double *c, size_t ld_c,
+                                    const double *stats, double *g_gain, double *g_shift)
     float rc_tanh_f(float x)
     double rc_tanh_d(double x)
     float rc_sigmoid_f(float x)
@@ -201,6 +249,33 @@ cdef struct Direction:
     void *dx                       # slot rows of dL/dx, ldx_out apart
     Py_ssize_t ldx_out
     int dx_accumulate
+    # the regularised cells (a field is NULL or 0 where the spec has not its option)
+    void *zoneout                  # (2,) the probabilities (p_h, p_c) of the expectation
+    void *zmask_h                  # (N, P) slot rows of zoneout's 0/1 masks of h; NULL: p_h
+    void *zmask_c                  # (N, H) likewise of c
+    void *rmask                    # (B, P) sorted: the recurrent dropout's mask, 0 or 1/(1-p)
+    void *hm                       # (B, P) scratch: h_prev * rmask, the recurrent product's input
+    void *c_tilde                  # LSTM in training with zoned c: (N, H) the cell's own new c
+    void *w_ih_ln                  # the gains of LN(W_ih x), LN(W_hh h) (G*H,), of LN(c) and its shift (H,)
+    void *w_hh_ln
+    void *w_c_ln
+    void *b_c_ln
+    void *ln_xh_ih                 # training: (N, GH) the normalised W_ih x, W_hh h of each slot row
+    void *ln_xh_hh
+    void *ln_st_ih                 # training: (N, 2) their (mean, rstd); of c (LSTM)
+    void *ln_st_hh
+    void *ln_st_c
+    void *dz                       # backward (B, P), (B, H): zoneout's direct share of dh, dc
+    void *dzc
+    void *dr                       # backward (B, P): the gradient of the recurrent product's input
+    void *dgr                      # backward (N, GH): of the raw recurrent product (dgh, but LN's)
+    void *dcl                      # backward (N, H): of LN(c) (LSTM)
+    void *g_ih_ln
+    void *g_hh_ln
+    void *g_c_ln
+    void *g_bc_ln
+    int layer_norm                 # LN of both gate products (and of c, LSTM)
+    int zoned_h, zoned_c           # zoneout of h, of c (LSTM): by masks, or their expectation
 
 
 # -- fused-type doors to the C kernels --------------------------------------------------
@@ -305,6 +380,105 @@ cdef inline void gru_backward_before_r(int n, int H, const floating *gates, cons
         rc_gru_backward_before_r_d(n, H, gates, h_prev, d_kept, dh, dgates)
 
 
+cdef inline void layer_norm_rows(int n, int width, const floating *src, size_t ld_src, const floating *gain,
+                                 const floating *bias, bint accumulate, floating *dst, size_t ld_dst,
+                                 floating *xhat, floating *stats) noexcept nogil:
+    """dst = (accumulate ? dst : 0) + gain LN(src) + bias, row by row (see rc_layer_norm_rows)."""
+    if floating is float:
+        rc_layer_norm_rows_f(n, width, src, ld_src, gain, bias, accumulate, dst, ld_dst, xhat, stats)
+    else:
+        rc_layer_norm_rows_d(n, width, src, ld_src, gain, bias, accumulate, dst, ld_dst, xhat, stats)
+
+
+cdef inline void layer_norm_pair_rows(int n, int width, const floating *x, size_t ld_x, const floating *gain_x,
+                                      const floating *bias, const floating *h, size_t ld_h, const floating *gain_h,
+                                      floating *dst, size_t ld_dst, floating *xhat_x, floating *stats_x,
+                                      floating *xhat_h, floating *stats_h) noexcept nogil:
+    """dst = gain_x LN(x) + bias + gain_h LN(h), row by row (see rc_layer_norm_pair_rows)."""
+    if floating is float:
+        rc_layer_norm_pair_rows_f(n, width, x, ld_x, gain_x, bias, h, ld_h, gain_h, dst, ld_dst, xhat_x, stats_x,
+                                  xhat_h, stats_h)
+    else:
+        rc_layer_norm_pair_rows_d(n, width, x, ld_x, gain_x, bias, h, ld_h, gain_h, dst, ld_dst, xhat_x, stats_x,
+                                  xhat_h, stats_h)
+
+
+cdef inline void layer_norm_backward_rows(int n, int width, const floating *dout, size_t ld_dout,
+                                          const floating *gain, const floating *xhat, const floating *stats,
+                                          floating *dsrc, size_t ld_dsrc) noexcept nogil:
+    if floating is float:
+        rc_layer_norm_backward_rows_f(n, width, dout, ld_dout, gain, xhat, stats, dsrc, ld_dsrc)
+    else:
+        rc_layer_norm_backward_rows_d(n, width, dout, ld_dout, gain, xhat, stats, dsrc, ld_dsrc)
+
+
+cdef inline void column_dot_sums(size_t rows, int width, const floating *a, size_t ld_a, const floating *b,
+                                 size_t ld_b, floating *sums) noexcept nogil:
+    if floating is float:
+        rc_column_dot_sums_f(rows, width, a, ld_a, b, ld_b, sums)
+    else:
+        rc_column_dot_sums_d(rows, width, a, ld_a, b, ld_b, sums)
+
+
+cdef inline void zoneout_rows(int n, int width, const floating *mask, size_t ld_mask, floating p,
+                              const floating *prev, size_t ld_prev, const floating *src, size_t ld_src,
+                              floating *dst, size_t ld_dst) noexcept nogil:
+    """dst = w prev + (1 - w) src, w the mask's (NULL: p)."""
+    if floating is float:
+        rc_zoneout_rows_f(n, width, mask, ld_mask, p, prev, ld_prev, src, ld_src, dst, ld_dst)
+    else:
+        rc_zoneout_rows_d(n, width, mask, ld_mask, p, prev, ld_prev, src, ld_src, dst, ld_dst)
+
+
+cdef inline void zoneout_backward_rows(int n, int width, const floating *mask, floating p, floating *d,
+                                       floating *direct) noexcept nogil:
+    if floating is float:
+        rc_zoneout_backward_rows_f(n, width, mask, p, d, direct)
+    else:
+        rc_zoneout_backward_rows_d(n, width, mask, p, d, direct)
+
+
+cdef inline void mask_rows(int n, int width, const floating *mask, const floating *src, bint accumulate,
+                           floating *dst) noexcept nogil:
+    if floating is float:
+        rc_mask_rows_f(n, width, mask, src, accumulate, dst)
+    else:
+        rc_mask_rows_d(n, width, mask, src, accumulate, dst)
+
+
+cdef inline void lstm_forward_ln(int n, int H, int coupled, const floating *w_ci, const floating *w_cf,
+                                 const floating *w_co, floating *gates, size_t ld_gates, size_t gate_stride,
+                                 const floating *c_prev, floating *c, floating *m, size_t ld_state,
+                                 const floating *g_c, const floating *b_c, floating *stats) noexcept nogil:
+    if floating is float:
+        rc_lstm_forward_ln_f(n, H, coupled, w_ci, w_cf, w_co, gates, ld_gates, gate_stride, c_prev, c, m,
+                             ld_state, g_c, b_c, stats)
+    else:
+        rc_lstm_forward_ln_d(n, H, coupled, w_ci, w_cf, w_co, gates, ld_gates, gate_stride, c_prev, c, m,
+                             ld_state, g_c, b_c, stats)
+
+
+cdef inline void lstm_backward_ln(int n, int H, int coupled, const floating *w_ci, const floating *w_cf,
+                                  const floating *w_co, const floating *gates, const floating *c_prev,
+                                  const floating *c, const floating *g_c, const floating *b_c,
+                                  const floating *stats, const floating *dm, floating *dc, floating *dgates,
+                                  floating *dcl, floating *g_ci, floating *g_cf, floating *g_co) noexcept nogil:
+    if floating is float:
+        rc_lstm_backward_ln_f(n, H, coupled, w_ci, w_cf, w_co, gates, c_prev, c, g_c, b_c, stats, dm, dc, dgates,
+                              dcl, g_ci, g_cf, g_co)
+    else:
+        rc_lstm_backward_ln_d(n, H, coupled, w_ci, w_cf, w_co, gates, c_prev, c, g_c, b_c, stats, dm, dc, dgates,
+                              dcl, g_ci, g_cf, g_co)
+
+
+cdef inline void layer_norm_cell_grads(size_t rows, int H, const floating *dcl, const floating *c, size_t ld_c,
+                                       const floating *stats, floating *g_gain, floating *g_shift) noexcept nogil:
+    if floating is float:
+        rc_layer_norm_cell_grads_f(rows, H, dcl, c, ld_c, stats, g_gain, g_shift)
+    else:
+        rc_layer_norm_cell_grads_d(rows, H, dcl, c, ld_c, stats, g_gain, g_shift)
+
+
 cdef inline void pack_weight(int n, int k, const floating *w, floating *packed) noexcept nogil:
     """packed <- w (n, k), row-major, laid out for c (+)= a @ w.T by packed_product."""
     if floating is float:
@@ -378,42 +552,49 @@ DEF STEP_INPUT_VALUES = 65536
 
 
 cdef inline bint blocked_layout(int kind, int reset_after, int training, Py_ssize_t rows, int GH, int I,
-                                int P) noexcept nogil:
+                                int P, bint whole) noexcept nogil:
     """Whether the time loop runs the cell block by block of hidden units, each block's
     update right after its gates' products (see forward_steps): the LSTM and the
     reset-after GRU in inference, unless a step is tiny. Training keeps every step's
     gates for the backward pass, so it writes them whole; the reset-before GRU's second
     product needs every unit's reset gate first; Elman's update is one activation in
-    place. `rows`: the whole batch's (a slice of rows follows its batch)."""
-    return (not training and (kind == LSTM or (kind == GRU and reset_after != 0))
+    place. `rows`: the whole batch's (a slice of rows follows its batch). `whole`: the step
+    needs whole rows (layer norm's statistics over every gate; masks, which only
+    training passes)."""
+    return (not training and not whole and (kind == LSTM or (kind == GRU and reset_after != 0))
             and rows * GH * <Py_ssize_t>(I + P) >= MIN_BLOCKED_STEP_WORK)
 
 
 cdef inline bint input_layout(int kind, int reset_after, int training, Py_ssize_t rows, int GH, int I,
-                              int P) noexcept nogil:
+                              int P, bint whole) noexcept nogil:
     """Whether a blocked step makes its own input product (from x, W_ih packed by blocks
     too) rather than read it from one projection of all steps (xp): when W_ih is small
     enough to stay in cache between steps, or the projection's array (written, read
     back: about 3 T B GH values of memory traffic) outweighs re-reading W_ih at every
     step (T I GH)."""
-    return (blocked_layout(kind, reset_after, training, rows, GH, I, P)
+    return (blocked_layout(kind, reset_after, training, rows, GH, I, P, whole)
             and (I < 3 * rows or <Py_ssize_t>I * GH <= STEP_INPUT_VALUES))
 
 
+cdef inline bint whole_rows(const Direction *d) noexcept nogil:
+    return d.layer_norm != 0 or d.zmask_h != NULL or d.zmask_c != NULL or d.rmask != NULL
+
+
 cdef inline bint gate_blocks(const Direction *d) noexcept nogil:
-    return blocked_layout(d.kind, d.reset_after, d.training, d.ring_rows, d.GH, d.input_size, d.P)
+    return blocked_layout(d.kind, d.reset_after, d.training, d.ring_rows, d.GH, d.input_size, d.P, whole_rows(d))
 
 
 cdef inline bint input_in_steps(const Direction *d) noexcept nogil:
-    return input_layout(d.kind, d.reset_after, d.training, d.ring_rows, d.GH, d.input_size, d.P)
+    return input_layout(d.kind, d.reset_after, d.training, d.ring_rows, d.GH, d.input_size, d.P, whole_rows(d))
 
 
-def step_layout(str kind, bint reset_after, bint training, Py_ssize_t rows, int GH, int I, int P):
+def step_layout(str kind, bint reset_after, bint training, Py_ssize_t rows, int GH, int I, int P,
+                bint whole=False):
     """(blocked, input in steps) for a direction of these sizes: see blocked_layout and
-    input_layout (backend.py allocates by them)."""
+    input_layout (backend.py allocates by them); `whole`: layer norm, or masks."""
     cdef int code = {"rnn": RNN, "jordan": JORDAN, "lstm": LSTM, "gru": GRU}[kind]
-    return (bool(blocked_layout(code, reset_after, training, rows, GH, I, P)),
-            bool(input_layout(code, reset_after, training, rows, GH, I, P)))
+    return (bool(blocked_layout(code, reset_after, training, rows, GH, I, P, whole)),
+            bool(input_layout(code, reset_after, training, rows, GH, I, P, whole)))
 
 
 cdef void pack_recurrent(Direction *d, floating *tag) noexcept nogil:
@@ -603,6 +784,12 @@ cdef void input_projection(Direction *d, floating *tag) noexcept nogil:
     companion benchmarks/bench_engine.py.)"""
     if input_in_steps(d):
         return          # each step's blocks make their own input product (lstm_step_blocks)
+    if d.layer_norm:
+        # xp = x @ w_ih.T alone: its layer norm (and then the bias) is applied step by
+        # step, while the step's rows are in cache (forward_steps)
+        packed_product_from(<int>d.N, d.GH, d.input_size, <floating *>d.x, <int>d.ldx, <floating *>d.w_ih_p,
+                            <const floating *>NULL, 0, <floating *>d.xp, d.GH)
+        return
     # xp = bias + x @ w_ih.T    (N, GH) = (N, I) x (I, GH), the bias row the accumulators' start
     packed_product_from(<int>d.N, d.GH, d.input_size, <floating *>d.x, <int>d.ldx, <floating *>d.w_ih_p,
                         <const floating *>d.bias_x, 0, <floating *>d.xp, d.GH)
@@ -641,6 +828,24 @@ cdef inline bint unit_split(const Direction *d) noexcept nogil:
 cdef inline floating *step_input(Direction *d, Py_ssize_t s, floating *tag) noexcept nogil:
     """Step s's rows of x where its blocks make their own input product, else NULL."""
     return <floating *>d.x + d.step_row[s] * d.ldx if input_in_steps(d) else NULL
+
+
+cdef inline floating zoneout_p(const Direction *d, int which, floating *tag) noexcept nogil:
+    """The probability of zoneout's expectation: of h (which = 0), of c (1)."""
+    return (<const floating *>d.zoneout)[which] if d.zoneout != NULL else 0
+
+
+cdef inline floating *slot_rows(void *buf, Py_ssize_t row, Py_ssize_t width, floating *tag) noexcept nogil:
+    """The slot rows from `row` of an (N, width) store, or NULL where there is none."""
+    return NULL if buf == NULL else <floating *>buf + row * width
+
+
+cdef inline floating *cell_new(Direction *d, floating *tag, Py_ssize_t s) noexcept nogil:
+    """Where step s's cell writes its own new c: training with zoned c keeps it apart from
+    the carried (blended) one, for the backward pass; otherwise it is blended in place."""
+    if d.c_tilde != NULL:
+        return <floating *>d.c_tilde + d.step_row[s] * d.H
+    return cell_at(d, tag, s)
 
 
 cdef void lstm_step_blocks(Direction *d, int n, const floating *x, const floating *xp, const floating *h_prev,
@@ -684,6 +889,14 @@ cdef void lstm_step_blocks(Direction *d, int n, const floating *x, const floatin
             w_co = <const floating *>d.w_co + u0 if peephole else NULL
             lstm_forward(rows, cols, d.coupled, w_ci, w_cf, w_co, scratch, G * units, units,
                          c_prev + r0 * H + u0, c + r0 * H + u0, m + r0 * H + u0, H)
+            # zoneout's expectation, block by block while the block is in cache (masks
+            # and layer norm run whole rows); with a projection h is blended after it
+            if d.zoned_c:
+                zoneout_rows(rows, cols, <floating *>NULL, 0, zoneout_p(d, 1, tag), c_prev + r0 * H + u0, H,
+                             c + r0 * H + u0, H, c + r0 * H + u0, H)
+            if d.zoned_h and d.w_hr == NULL:
+                zoneout_rows(rows, cols, <floating *>NULL, 0, zoneout_p(d, 0, tag), h_prev + r0 * P + u0, P,
+                             m + r0 * H + u0, H, m + r0 * H + u0, H)
 
 
 cdef void gru_step_blocks(Direction *d, int n, const floating *x, floating *xp, const floating *h_prev,
@@ -725,18 +938,25 @@ cdef void gru_step_blocks(Direction *d, int n, const floating *x, floating *xp, 
             else:
                 gru_forward_after(rows, cols, b_hn, xp + r0 * GH + u0, GH, H, hh, width, units,
                                   h_prev + r0 * H + u0, h + r0 * H + u0, kept + r0 * H + u0, H)
+            if d.zoned_h:
+                zoneout_rows(rows, cols, <floating *>NULL, 0, zoneout_p(d, 0, tag), h_prev + r0 * H + u0, H,
+                             h + r0 * H + u0, H, h + r0 * H + u0, H)
 
 
 cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef int H = d.H, GH = d.GH, P = d.P, O = d.O, n
-    cdef Py_ssize_t s
+    cdef Py_ssize_t s, row
     cdef floating *xp = <floating *>d.xp
     cdef floating *hs = <floating *>d.hs
+    cdef floating *hh = <floating *>d.hh
+    cdef floating *rmask = <floating *>d.rmask
     cdef floating *gates
     cdef floating *h
     cdef floating *h_prev
+    cdef floating *h_in
     cdef floating *m
     cdef floating *kept
+    cdef floating *c_new
     cdef floating *w_hh_p = <floating *>d.w_hh_p
     cdef floating *w_hn_p = w_hh_p + packed_values(2 * H, H, tag)   # GRU-before's n block
     cdef double scratch_values[SCRATCH_VALUES]
@@ -744,12 +964,19 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef bint blocks = gate_blocks(d)
     for s in range(d.S):
         n = d.active[s]
-        gates = NULL if xp == NULL else xp + d.step_row[s] * GH    # NULL: the blocks read x
-        h = hs + d.step_row[s] * P
+        row = d.step_row[s]
+        gates = NULL if xp == NULL else xp + row * GH    # NULL: the blocks read x
+        h = hs + row * P
         h_prev = state_before(d, hs, s)
+        h_in = h_prev
+        if rmask != NULL:
+            # the recurrent product reads h[s-1] * mask; every other use, h[s-1] itself
+            mask_rows(n, P, rmask, h_prev, False, <floating *>d.hm)
+            h_in = <floating *>d.hm
         if d.kind == RNN:
-            # h[s] = act(xp[s] + h[s-1] @ w_hh.T); xp and hs are one buffer    (n, H) += (n, H) x (H, H)
-            packed_product(n, H, H, h_prev, H, w_hh_p, True, gates, H)
+            # h[s] = act(xp[s] + h[s-1] @ w_hh.T); xp and hs are one buffer but with zoneout
+            # (then xp keeps the cell's own h for the backward pass)    (n, H) += (n, H) x (H, H)
+            packed_product(n, H, H, h_in, H, w_hh_p, True, gates, H)
             activate_rows(n, H, d.act, <floating *>NULL, gates)
         elif d.kind == JORDAN:
             # gates[s] += y[s-1] @ w_hh.T    (n, H) += (n, O) x (O, H)
@@ -765,10 +992,27 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
                                  cell_at(d, tag, s), m, scratch, 0,
                                  unit_blocks(d, tag), tag)
             else:
-                # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
-                packed_product(n, GH, P, h_prev, P, w_hh_p, True, gates, GH)
-                lstm_forward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
-                             gates, GH, H, cell_at(d, tag, s - 1), cell_at(d, tag, s), m, H)
+                c_new = cell_new(d, tag, s)
+                if d.layer_norm:
+                    # gates[s] = LN(xp[s]) g_ih + bias + LN(h[s-1] @ w_hh.T) g_hh, each product
+                    # normalised on its own    (n, GH) = (n, P) x (P, GH)
+                    packed_product(n, GH, P, h_in, P, w_hh_p, False, hh, GH)
+                    layer_norm_pair_rows(n, GH, gates, GH, <floating *>d.w_ih_ln, <floating *>d.bias_x, hh, GH,
+                                         <floating *>d.w_hh_ln, gates, GH, slot_rows(d.ln_xh_ih, row, GH, tag),
+                                         slot_rows(d.ln_st_ih, row, 2, tag), slot_rows(d.ln_xh_hh, row, GH, tag),
+                                         slot_rows(d.ln_st_hh, row, 2, tag))
+                    lstm_forward_ln(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
+                                    gates, GH, H, cell_at(d, tag, s - 1), c_new, m, H, <floating *>d.w_c_ln,
+                                    <floating *>d.b_c_ln, slot_rows(d.ln_st_c, row, 2, tag))
+                else:
+                    # gates[s] += h[s-1] @ w_hh.T    (n, GH) += (n, P) x (P, GH)
+                    packed_product(n, GH, P, h_in, P, w_hh_p, True, gates, GH)
+                    lstm_forward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
+                                 gates, GH, H, cell_at(d, tag, s - 1), c_new, m, H)
+                if d.zoned_c:
+                    # c[s] = w c[s-1] + (1 - w) c~[s]; m came from c~ (Krueger et al.)
+                    zoneout_rows(n, H, slot_rows(d.zmask_c, row, H, tag), H, zoneout_p(d, 1, tag),
+                                 cell_at(d, tag, s - 1), H, c_new, H, cell_at(d, tag, s), H)
             if d.w_hr != NULL:
                 # h[s] = m[s] @ w_hr.T    (n, P) = (n, H) x (H, P)
                 packed_product(n, P, H, m, H, <floating *>d.w_hr_p, False, h, P)
@@ -779,15 +1023,26 @@ cdef void forward_steps(Direction *d, floating *tag) noexcept nogil:
                                 unit_blocks(d, tag), tag)
             elif d.reset_after:
                 # hh = h[s-1] @ w_hh.T    (n, 3H) = (n, H) x (H, 3H)
-                packed_product(n, GH, H, h_prev, H, w_hh_p, False, <floating *>d.hh, GH)
-                gru_forward_after(n, H, <floating *>d.b_hn, gates, GH, H, <floating *>d.hh, GH, H, h_prev, h, kept, H)
+                packed_product(n, GH, H, h_in, H, w_hh_p, False, hh, GH)
+                if d.layer_norm:
+                    # xp[s] = LN(xp[s]) g_ih + bias, hh = LN(hh) g_hh, in place; b_hn is added
+                    # inside r * (.) as without them
+                    layer_norm_rows(n, GH, gates, GH, <floating *>d.w_ih_ln, <floating *>d.bias_x, False, gates, GH,
+                                    slot_rows(d.ln_xh_ih, row, GH, tag), slot_rows(d.ln_st_ih, row, 2, tag))
+                    layer_norm_rows(n, GH, hh, GH, <floating *>d.w_hh_ln, <floating *>NULL, False, hh, GH,
+                                    slot_rows(d.ln_xh_hh, row, GH, tag), slot_rows(d.ln_st_hh, row, 2, tag))
+                gru_forward_after(n, H, <floating *>d.b_hn, gates, GH, H, hh, GH, H, h_prev, h, kept, H)
             else:
                 # gates[s][:, :2H] += h[s-1] @ w_hh[:2H].T    (n, 2H) += (n, H) x (H, 2H)
-                packed_product(n, 2 * H, H, h_prev, H, w_hh_p, True, gates, GH)
-                gru_forward_before_rz(n, H, gates, h_prev, kept)
+                packed_product(n, 2 * H, H, h_in, H, w_hh_p, True, gates, GH)
+                gru_forward_before_rz(n, H, gates, h_in, kept)
                 # gates[s][:, 2H:] += (r * h[s-1]) @ w_hh[2H:].T    (n, H) += (n, H) x (H, H)
                 packed_product(n, H, H, kept, H, w_hn_p, True, gates + 2 * H, GH)
                 gru_forward_before_n(n, H, gates, h_prev, h)
+        if d.zoned_h and (not blocks or d.w_hr != NULL):
+            # h[s] = w h[s-1] + (1 - w) h~[s] (Elman's h~ in xp); the blocks blend their own
+            zoneout_rows(n, P, slot_rows(d.zmask_h, row, P, tag), P, zoneout_p(d, 0, tag), h_prev, P,
+                         gates if d.kind == RNN else h, P, h, P)
 
 
 cdef void forward_unit_slice(Direction *d, int me, int team, floating *tag) noexcept nogil:
@@ -831,9 +1086,12 @@ cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
     cdef floating *w_hh_bp = <floating *>d.w_hh_bp
     cdef floating *dh = <floating *>d.dh
     cdef floating *dm = <floating *>d.dm
+    cdef floating *dr = <floating *>d.dr
+    cdef floating *rmask = <floating *>d.rmask
     cdef floating *gates
     cdef floating *dgates
     cdef floating *dgates_h
+    cdef floating *dgr
     cdef floating *h_prev
     cdef floating *dmj
     cdef floating *dypre
@@ -842,14 +1100,25 @@ cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
         row = d.step_row[s]
         gates = xp + row * GH
         dgates = <floating *>d.dgx + row * GH
+        dgr = <floating *>d.dgr + row * GH
         h_prev = state_before(d, hs, s)
         # rows past their sequence's end carry dh unchanged; the active ones add dy[s]
         add_rows(n, P, <floating *>d.dy + row * d.ldy, d.ldy, dh)
+        # zoneout: w dh goes straight to h[s-1] (added back below), (1 - w) dh to the cell's
+        if d.zoned_h:
+            zoneout_backward_rows(n, P, slot_rows(d.zmask_h, row, P, tag), zoneout_p(d, 0, tag), dh,
+                                  <floating *>d.dz)
+        if d.kind == LSTM and d.zoned_c:
+            zoneout_backward_rows(n, H, slot_rows(d.zmask_c, row, H, tag), zoneout_p(d, 1, tag),
+                                  <floating *>d.dc, <floating *>d.dzc)
         if d.kind == RNN:
             memcpy(dgates, dh, n * H * sizeof(floating))
-            activation_grad_rows(n * H, d.act, hs + row * P, dgates)
+            # the cell's own h (xp; hs too, but with zoneout)
+            activation_grad_rows(n * H, d.act, gates, dgates)
             # dh[s-1] = da @ w_hh    (n, H) = (n, H) x (H, H)
             packed_product(n, H, H, dgates, H, w_hh_bp, False, dh, H)
+            if rmask != NULL:
+                mask_rows(n, H, rmask, dh, False, dh)
         elif d.kind == JORDAN:
             dypre = <floating *>d.dypre + row * O
             memcpy(dypre, dh, n * O * sizeof(floating))
@@ -866,23 +1135,59 @@ cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
                 # dm = dh @ w_hr    (n, H) = (n, P) x (P, H)
                 packed_product(n, H, P, dh, P, <floating *>d.w_hr_bp, False, dm, H)
                 dmj = dm
-            lstm_backward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
-                          gates, cell_at(d, tag, s - 1), cell_at(d, tag, s), dmj, <floating *>d.dc, dgates,
-                          <floating *>d.g_ci, <floating *>d.g_cf, <floating *>d.g_co)
+            if d.layer_norm:
+                lstm_backward_ln(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
+                                 gates, cell_at(d, tag, s - 1), cell_new(d, tag, s), <floating *>d.w_c_ln,
+                                 <floating *>d.b_c_ln, <floating *>d.ln_st_c + row * 2, dmj, <floating *>d.dc,
+                                 dgates, <floating *>d.dcl + row * H, <floating *>d.g_ci, <floating *>d.g_cf,
+                                 <floating *>d.g_co)
+                # through LN(h[s-1] @ w_hh.T) g_hh to the raw product
+                layer_norm_backward_rows(n, GH, dgates, GH, <floating *>d.w_hh_ln, <floating *>d.ln_xh_hh + row * GH,
+                                         <floating *>d.ln_st_hh + row * 2, dgr, GH)
+            else:
+                lstm_backward(n, H, d.coupled, <floating *>d.w_ci, <floating *>d.w_cf, <floating *>d.w_co,
+                              gates, cell_at(d, tag, s - 1), cell_new(d, tag, s), dmj, <floating *>d.dc, dgates,
+                              <floating *>d.g_ci, <floating *>d.g_cf, <floating *>d.g_co)
+                dgr = dgates
             # dh[s-1] = dgates @ w_hh    (n, P) = (n, GH) x (GH, P)
-            packed_product(n, P, GH, dgates, GH, w_hh_bp, False, dh, P)
+            packed_product(n, P, GH, dgr, GH, w_hh_bp, False, dh, P)
+            if rmask != NULL:
+                mask_rows(n, P, rmask, dh, False, dh)
         elif d.reset_after:
             dgates_h = <floating *>d.dgh + row * GH
             gru_backward_after(n, H, gates, per_step(d, d.kept, tag, s), h_prev, dh, dgates, dgates_h)
-            # dh[s-1] += dgates_h @ w_hh    (n, H) += (n, 3H) x (3H, H)
-            packed_product(n, H, GH, dgates_h, GH, w_hh_bp, True, dh, H)
+            if d.layer_norm:
+                layer_norm_backward_rows(n, GH, dgates_h, GH, <floating *>d.w_hh_ln,
+                                         <floating *>d.ln_xh_hh + row * GH, <floating *>d.ln_st_hh + row * 2,
+                                         dgr, GH)
+            else:
+                dgr = dgates_h
+            if rmask != NULL:
+                # d(h[s-1] * mask) = dgr @ w_hh, then times the mask    (n, H) = (n, 3H) x (3H, H)
+                packed_product(n, H, GH, dgr, GH, w_hh_bp, False, dr, H)
+                mask_rows(n, H, rmask, dr, True, dh)
+            else:
+                # dh[s-1] += dgr @ w_hh    (n, H) += (n, 3H) x (3H, H)
+                packed_product(n, H, GH, dgr, GH, w_hh_bp, True, dh, H)
         else:
             gru_backward_before_zn(n, H, gates, h_prev, dh, dgates)
             # d(r * h[s-1]) = da_n @ w_hh[2H:]    (n, H) = (n, H) x (H, H)
             packed_product(n, H, H, dgates + 2 * H, GH, w_hh_bp + packed_values(H, 2 * H, tag), False, dm, H)
-            gru_backward_before_r(n, H, gates, h_prev, dm, dh, dgates)
-            # dh[s-1] += da_rz @ w_hh[:2H]    (n, H) += (n, 2H) x (2H, H)
-            packed_product(n, H, 2 * H, dgates, GH, w_hh_bp, True, dh, H)
+            if rmask != NULL:
+                # both products read h[s-1] * mask: their gradients gather in dr, then the mask
+                mask_rows(n, H, rmask, h_prev, False, <floating *>d.hm)
+                memset(dr, 0, n * H * sizeof(floating))
+                gru_backward_before_r(n, H, gates, <floating *>d.hm, dm, dr, dgates)
+                packed_product(n, H, 2 * H, dgates, GH, w_hh_bp, True, dr, H)
+                mask_rows(n, H, rmask, dr, True, dh)
+            else:
+                gru_backward_before_r(n, H, gates, h_prev, dm, dh, dgates)
+                # dh[s-1] += da_rz @ w_hh[:2H]    (n, H) += (n, 2H) x (2H, H)
+                packed_product(n, H, 2 * H, dgates, GH, w_hh_bp, True, dh, H)
+        if d.zoned_h:
+            add_rows(n, P, <floating *>d.dz, P, dh)
+        if d.kind == LSTM and d.zoned_c:
+            add_rows(n, H, <floating *>d.dzc, H, <floating *>d.dc)
 
 
 cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
@@ -893,9 +1198,28 @@ cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
     cdef floating *hprev = <floating *>d.hprev
     cdef floating *dgx = <floating *>d.dgx
     cdef floating *dgh = <floating *>d.dgh
+    cdef floating *c_new
     cdef floating one = 1, zero = 0
     for s in range(d.S):
         memcpy(hprev + d.step_row[s] * P, state_before(d, hs, s), d.active[s] * P * sizeof(floating))
+        if d.rmask != NULL:
+            # the recurrent product's input: h[s-1] * mask
+            mask_rows(d.active[s], P, <floating *>d.rmask, hprev + d.step_row[s] * P, False,
+                      hprev + d.step_row[s] * P)
+    if d.g_b_ih != NULL:
+        column_sums(d.N, GH, GH, dgx, <floating *>d.g_b_ih)
+        column_sums(d.N, GH, GH, dgh, <floating *>d.g_b_hh)
+    if d.layer_norm:
+        # the gains' gradients (dgh: of LN(W_hh h) g_hh, the LSTM's dgx), then dgx in place
+        # through LN(W_ih x) g_ih to the raw input product
+        column_dot_sums(d.N, GH, dgh, GH, <floating *>d.ln_xh_hh, GH, <floating *>d.g_hh_ln)
+        column_dot_sums(d.N, GH, dgx, GH, <floating *>d.ln_xh_ih, GH, <floating *>d.g_ih_ln)
+        if d.kind == LSTM:
+            c_new = <floating *>(d.c_tilde if d.c_tilde != NULL else d.c_buf)
+            layer_norm_cell_grads(d.N, H, <floating *>d.dcl, c_new, H, <floating *>d.ln_st_c,
+                                  <floating *>d.g_c_ln, <floating *>d.g_bc_ln)
+        layer_norm_backward_rows(N, GH, dgx, GH, <floating *>d.w_ih_ln, <floating *>d.ln_xh_ih,
+                                 <floating *>d.ln_st_ih, dgx, GH)
     # dW_ih = dgates_x.T @ x    (GH, I) = (GH, N) x (N, I)
     gemm(True, False, GH, I, N, one, dgx, GH, <floating *>d.x, <int>d.ldx, zero, <floating *>d.g_w_ih, I)
     if d.kind == GRU and not d.reset_after:
@@ -905,11 +1229,8 @@ cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
         gemm(True, False, H, H, N, one, dgx + 2 * H, GH, <floating *>d.kept, H, zero,
              <floating *>d.g_w_hh + 2 * H * H, H)
     else:
-        # dW_hh = dgates_h.T @ h_prev    (GH, P) = (GH, N) x (N, P)
-        gemm(True, False, GH, P, N, one, dgh, GH, hprev, P, zero, <floating *>d.g_w_hh, P)
-    if d.g_b_ih != NULL:
-        column_sums(d.N, GH, GH, dgx, <floating *>d.g_b_ih)
-        column_sums(d.N, GH, GH, dgh, <floating *>d.g_b_hh)
+        # dW_hh = dgr.T @ h_prev    (GH, P) = (GH, N) x (N, P): dgr the raw product's gradient
+        gemm(True, False, GH, P, N, one, <floating *>d.dgr, GH, hprev, P, zero, <floating *>d.g_w_hh, P)
     if d.kind == LSTM and d.w_hr != NULL:
         # dW_hr = dh.T @ m    (P, H) = (P, N) x (N, H)
         gemm(True, False, P, H, N, one, <floating *>d.dhtot, P, <floating *>d.m_buf, H, zero,
@@ -993,7 +1314,7 @@ _PLAN = (
     ("c_buf",        "real",  "lstm",                       _at(&_probe.c_buf)),
     ("m_buf",        "real",  "proj",                       _at(&_probe.m_buf)),
     ("kept",         "real",  "gru",                        _at(&_probe.kept)),
-    ("hh",           "real",  "gru_after",                  _at(&_probe.hh)),
+    ("hh",           "real",  "gru_after|ln_lstm",          _at(&_probe.hh)),
     ("dy",           "real",  "backward",                   _at(&_probe.dy)),
     ("dy_offset",    "size",  "backward",                   _at(&_probe.dy_offset)),
     ("ldy",          "size",  "backward",                   _at(&_probe.ldy)),
@@ -1021,16 +1342,44 @@ _PLAN = (
     ("dx",           "real",  "backward",                   _at(&_probe.dx)),
     ("ldx_out",      "size",  "backward",                   _at(&_probe.ldx_out)),
     ("dx_accumulate", "flag", "backward",                   _at(&_probe.dx_accumulate)),
+    ("layer_norm",   "flag",  "always",                     _at(&_probe.layer_norm)),
+    ("zoned_h",      "flag",  "always",                     _at(&_probe.zoned_h)),
+    ("zoned_c",      "flag",  "always",                     _at(&_probe.zoned_c)),
+    ("zoneout",      "real",  "zoned",                      _at(&_probe.zoneout)),
+    ("zmask_h",      "real",  "optional",                   _at(&_probe.zmask_h)),
+    ("zmask_c",      "real",  "optional",                   _at(&_probe.zmask_c)),
+    ("rmask",        "real",  "optional",                   _at(&_probe.rmask)),
+    ("hm",           "real",  "dropout",                    _at(&_probe.hm)),
+    ("c_tilde",      "real",  "kept_c",                     _at(&_probe.c_tilde)),
+    ("w_ih_ln",      "real",  "layer_norm",                 _at(&_probe.w_ih_ln)),
+    ("w_hh_ln",      "real",  "layer_norm",                 _at(&_probe.w_hh_ln)),
+    ("w_c_ln",       "real",  "ln_lstm",                    _at(&_probe.w_c_ln)),
+    ("b_c_ln",       "real",  "ln_lstm",                    _at(&_probe.b_c_ln)),
+    ("ln_xh_ih",     "real",  "ln_training",                _at(&_probe.ln_xh_ih)),
+    ("ln_xh_hh",     "real",  "ln_training",                _at(&_probe.ln_xh_hh)),
+    ("ln_st_ih",     "real",  "ln_training",                _at(&_probe.ln_st_ih)),
+    ("ln_st_hh",     "real",  "ln_training",                _at(&_probe.ln_st_hh)),
+    ("ln_st_c",      "real",  "ln_lstm_training",           _at(&_probe.ln_st_c)),
+    ("dz",           "real",  "backward zoned",             _at(&_probe.dz)),
+    ("dzc",          "real",  "backward kept_c",            _at(&_probe.dzc)),
+    ("dr",           "real",  "backward dropout",           _at(&_probe.dr)),
+    ("dgr",          "real",  "backward",                   _at(&_probe.dgr)),
+    ("dcl",          "real",  "backward ln_lstm",           _at(&_probe.dcl)),
+    ("g_ih_ln",      "real",  "backward layer_norm",        _at(&_probe.g_ih_ln)),
+    ("g_hh_ln",      "real",  "backward layer_norm",        _at(&_probe.g_hh_ln)),
+    ("g_c_ln",       "real",  "backward ln_lstm",           _at(&_probe.g_c_ln)),
+    ("g_bc_ln",      "real",  "backward ln_lstm",           _at(&_probe.g_bc_ln)),
 )
 PLAN_SCHEMA = tuple(entry[:3] for entry in _PLAN)
 
 # the conditions a field may be required on, bit k of `_conditions` for _CONDITIONS[k]
 _CONDITIONS = ("always", "rnn", "jordan", "lstm", "gru", "gru_after", "gru_before", "proj", "peephole",
-               "peephole_f", "bias", "out_bias", "projected")
+               "peephole_f", "bias", "out_bias", "projected", "layer_norm", "ln_lstm", "ln_training",
+               "ln_lstm_training", "zoned", "kept_c", "dropout")
 
 
 cdef unsigned int _conditions(const Direction *d) noexcept:
-    cdef bint gru = d.kind == GRU, peephole = d.w_ci != NULL
+    cdef bint gru = d.kind == GRU, peephole = d.w_ci != NULL, ln = d.layer_norm != 0
     return (1                                                 # always
             | (d.kind == RNN) << 1
             | (d.kind == JORDAN) << 2
@@ -1043,7 +1392,14 @@ cdef unsigned int _conditions(const Direction *d) noexcept:
             | (peephole and d.coupled == 0) << 9             # peephole_f: with a forget gate
             | (d.bias_x != NULL) << 10                       # bias
             | (d.b_ho != NULL) << 11                         # out_bias: Jordan's output bias
-            | (not input_in_steps(d)) << 12)                 # projected: the steps read xp
+            | (not input_in_steps(d)) << 12                  # projected: the steps read xp
+            | (ln != 0) << 13                                # layer_norm
+            | (ln and d.kind == LSTM) << 14                  # ln_lstm
+            | (ln and d.training != 0) << 15                 # ln_training: keeps what backward reads
+            | (ln and d.kind == LSTM and d.training != 0) << 16   # ln_lstm_training
+            | (d.zoned_h != 0 or d.zoned_c != 0) << 17       # zoned
+            | (d.kind == LSTM and d.zoned_c != 0 and d.training != 0) << 18   # kept_c: c~ apart
+            | (d.rmask != NULL) << 19)                       # dropout: the recurrent product's mask
 
 
 cdef enum FieldKind:
@@ -1492,6 +1848,21 @@ cdef void _slice_rows(const Direction *src, Direction *dst, int lo, int hi, cons
     dst.dypre = _rows_at(src.dypre, lo, src.O, value)
     dst.hprev = _rows_at(src.hprev, lo, src.P, value)
     dst.dx = _rows_at(src.dx, lo, src.ldx_out, value)
+    dst.zmask_h = _rows_at(src.zmask_h, lo, src.P, value)
+    dst.zmask_c = _rows_at(src.zmask_c, lo, src.H, value)
+    dst.rmask = _rows_at(src.rmask, lo, src.P, value)
+    dst.hm = _rows_at(src.hm, lo, src.P, value)
+    dst.c_tilde = _rows_at(src.c_tilde, lo, src.H, value)
+    dst.ln_xh_ih = _rows_at(src.ln_xh_ih, lo, src.GH, value)
+    dst.ln_xh_hh = _rows_at(src.ln_xh_hh, lo, src.GH, value)
+    dst.ln_st_ih = _rows_at(src.ln_st_ih, lo, 2, value)
+    dst.ln_st_hh = _rows_at(src.ln_st_hh, lo, 2, value)
+    dst.ln_st_c = _rows_at(src.ln_st_c, lo, 2, value)
+    dst.dz = _rows_at(src.dz, lo, src.P, value)
+    dst.dzc = _rows_at(src.dzc, lo, src.H, value)
+    dst.dr = _rows_at(src.dr, lo, src.P, value)
+    dst.dgr = _rows_at(src.dgr, lo, src.GH, value)
+    dst.dcl = _rows_at(src.dcl, lo, src.H, value)
 
 
 cdef void _slice_projection(const Direction *src, Direction *dst, Py_ssize_t first, Py_ssize_t last,
@@ -1660,8 +2031,8 @@ cdef void stream_steps(Direction *layers, int count, Py_ssize_t T, const floatin
             input_projection(d, tag)
             forward_steps(d, tag)
             d.h0, d.hs = d.hs, d.h0
-            if d.kind == RNN:
-                d.xp = d.hs             # Elman's projection and state share a buffer
+            if d.kind == RNN and d.xp == d.h0:
+                d.xp = d.hs             # Elman's projection and state share a buffer (but with zoneout)
             elif d.kind == LSTM:
                 d.c0, d.c_buf = d.c_buf, d.c0
         memcpy(out + t * B * P, layers[count - 1].h0, B * P * sizeof(floating))

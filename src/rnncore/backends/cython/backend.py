@@ -86,10 +86,16 @@ def _fixed(spec, training, is_double):
     only ever copied: a short call (one step of decoding) would otherwise spend
     microseconds setting them."""
     H, G = spec.hidden_size, spec.num_gates
-    return _recurrent.Plan(is_double, kind=_KINDS[spec.kind], act=_ACTIVATIONS[spec.nonlinearity],
+    plan = _recurrent.Plan(is_double, kind=_KINDS[spec.kind], act=_ACTIVATIONS[spec.nonlinearity],
                            out_act=_ACTIVATIONS[spec.output_activation], coupled=int(spec.coupled_input_forget),
                            reset_after=int(spec.reset_after), training=int(training),
-                           H=H, GH=G * H, P=spec.out_size, O=spec.output_size, I=spec.input_size)
+                           H=H, GH=G * H, P=spec.out_size, O=spec.output_size, I=spec.input_size,
+                           layer_norm=int(spec.layer_norm), zoned_h=0, zoned_c=0)
+    if spec.zoneout:
+        # zoneout's expectation (a call without masks): h_t = p h_{t-1} + (1 - p) h~_t
+        plan.zoneout = np.array([spec.zoneout_h, spec.zoneout_c], np.float64 if is_double else np.float32)
+        plan.zoned_h, plan.zoned_c = int(spec.zoneout_h > 0), int(spec.zoneout_c > 0)
+    return plan
 
 
 # Each parameter's field in a plan, and its gradient's (None: the parameter enters through
@@ -97,11 +103,21 @@ def _fixed(spec, training, is_double):
 _SLOTS = (("weight_ih", "w_ih", "g_w_ih"), ("weight_hh", "w_hh", "g_w_hh"), ("bias_ih", None, "g_b_ih"),
           ("bias_hh", None, "g_b_hh"), ("weight_hr", "w_hr", "g_w_hr"), ("weight_ci", "w_ci", "g_ci"),
           ("weight_cf", "w_cf", "g_cf"), ("weight_co", "w_co", "g_co"), ("weight_ho", "w_ho", "g_w_ho"),
-          ("bias_ho", "b_ho", "g_b_ho"))
+          ("bias_ho", "b_ho", "g_b_ho"), ("weight_ih_ln", "w_ih_ln", "g_ih_ln"),
+          ("weight_hh_ln", "w_hh_ln", "g_hh_ln"), ("weight_c_ln", "w_c_ln", "g_c_ln"),
+          ("bias_c_ln", "b_c_ln", "g_bc_ln"))
 _PARAMETER_SLOTS = tuple((name, slot) for name, slot, _ in _SLOTS if slot is not None)
 
 
-def _plan(spec, p, x, state, slots, reverse, training, dtype):
+def _slot_mask(mask, slots, reverse, dtype):
+    """A (T, B, width) mask indexed by time index, as slot rows (N, width), like x."""
+    if slots.packed:
+        return np.ascontiguousarray(mask[slots.schedule.packed(reverse)], dtype)
+    T, B, width = mask.shape
+    return np.ascontiguousarray(mask, dtype).reshape(T * B, width)
+
+
+def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None):
     T, B, I = x.shape
     H = spec.hidden_size
     N = slots.N
@@ -109,6 +125,17 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
     is_double = dtype == np.float64
     plan = _fixed(spec, bool(training), is_double).copy()
     GH, P, O = plan.GH, plan.P, plan.O
+    masks = masks or {}
+    if "zoneout_h" in masks:
+        plan.zmask_h, plan.zoned_h = _slot_mask(masks["zoneout_h"], slots, reverse, dtype), 1
+    if "zoneout_c" in masks:
+        plan.zmask_c, plan.zoned_c = _slot_mask(masks["zoneout_c"], slots, reverse, dtype), 1
+    if plan.zoneout is None and (plan.zoned_h or plan.zoned_c):
+        plan.zoneout = np.zeros(2, dtype)
+    if "recurrent" in masks:
+        plan.rmask = schedule.sort(np.asarray(masks["recurrent"], dtype), copy=True)
+        plan.hm = np.empty((B, P), dtype)
+    whole = bool(masks) or spec.layer_norm
     p = {name: np.ascontiguousarray(value) for name, value in p.items()}
     plan.step_row, plan.last_rows = slots.rows(reverse)
     plan.B, plan.ring_rows, plan.S, plan.N, plan.active, plan.params = B, B, slots.S, N, slots.active, p
@@ -133,10 +160,16 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
     # Elman: the input projection, pre-activation and state are one buffer, updated in place;
     # where inference runs by blocks of units and each step makes its own input product
     # (`_recurrent.input_layout`), there is no (N, GH) array
-    if spec.kind == "rnn":
+    if spec.kind == "rnn" and not plan.zoned_h:
         plan.xp = plan.hs
-    elif not _layout(spec, training, B)[1]:
+    elif not _layout(spec, training, B, whole)[1]:
         plan.xp = np.empty((N, GH), dtype)
+    if spec.layer_norm and training:
+        # what the backward pass reads of each slot row's layer norms
+        plan.ln_xh_ih, plan.ln_xh_hh = np.empty((N, GH), dtype), np.empty((N, GH), dtype)
+        plan.ln_st_ih, plan.ln_st_hh = np.empty((N, 2), dtype), np.empty((N, 2), dtype)
+        if spec.kind == "lstm":
+            plan.ln_st_c = np.empty((N, 2), dtype)
     # inference reads the initial state where it lies; training keeps it for the
     # backward pass, so it takes its own copy, as it does of x
     plan.h0 = schedule.sort(state[0], copy=training)
@@ -144,6 +177,11 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype):
     if spec.kind == "lstm":
         plan.c0 = schedule.sort(state[1], copy=training)
         plan.c_buf = np.empty((N, H) if training else (2, B, H), dtype)
+        if training and plan.zoned_c:
+            # the cell's own new c, apart from the blended one it carries
+            plan.c_tilde = np.empty((N, H), dtype)
+        if spec.layer_norm:
+            plan.hh = np.empty((B, GH), dtype)
         if spec.proj_size:
             plan.m_buf = np.empty(per_step, dtype)
     elif spec.kind == "gru":
@@ -212,18 +250,20 @@ def _row_slices(spec, slots, directions, num_threads, backward):
 
 
 @functools.lru_cache(maxsize=1024)
-def _layout(spec, training, B):
+def _layout(spec, training, B, whole=False):
     """(blocked, input in steps): how the compiled time loop runs a direction of this
-    spec over B rows (`_recurrent.step_layout`)."""
+    spec over B rows (`_recurrent.step_layout`); `whole`: the call has masks, or the
+    spec layer norm (then each step runs whole rows)."""
     return _recurrent.step_layout(spec.kind, bool(spec.reset_after), bool(training), B,
-                                  spec.num_gates * spec.hidden_size, spec.input_size, spec.out_size)
+                                  spec.num_gates * spec.hidden_size, spec.input_size, spec.out_size,
+                                  bool(whole) or spec.layer_norm)
 
 
-def _unit_threads(spec, slots, directions, num_threads, training, is_double):
+def _unit_threads(spec, slots, directions, num_threads, training, is_double, masked=False):
     """How many threads split inference's time loop by hidden units (1: none)."""
     if training or directions != 1 or num_threads < 2 or slots.B >= UNIT_SPLIT_BELOW_ROWS * num_threads:
         return 1
-    if spec.proj_size or not _layout(spec, training, slots.B)[0]:
+    if spec.proj_size or not _layout(spec, training, slots.B, masked)[0]:
         return 1
     step_work = slots.B * spec.num_gates * spec.hidden_size * spec.out_size
     threads = min(num_threads, _recurrent.unit_blocks_of(spec.hidden_size, is_double),
@@ -243,15 +283,16 @@ def _projection_ranges(slots, directions, num_threads):
 # threads), writing y's columns and dx in place, so the layer's assembly stays here
 # rather than in `contract.forward_directions`.
 
-def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads):
+def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads, masks=None):
     """(y, states_n, ctx): see `rnncore.backends.contract.Backend`."""
     T, B, _ = x.shape
     dtype = x.dtype
     slots = _slots(T, B, lengths)
-    plans = [_plan(spec, p, x, s, slots, rev, training, dtype)
-             for p, s, rev in zip(params, states, reverse)]
+    masks = masks or [None] * len(params)
+    plans = [_plan(spec, p, x, s, slots, rev, training, dtype, m)
+             for p, s, rev, m in zip(params, states, reverse, masks)]
     D = len(plans)
-    units = _unit_threads(spec, slots, D, num_threads, training, dtype == np.float64)
+    units = _unit_threads(spec, slots, D, num_threads, training, dtype == np.float64, any(masks))
     _recurrent.forward_all(plans, num_threads, None if units > 1 else _row_slices(spec, slots, D, num_threads, False),
                            _projection_ranges(slots, D, num_threads), units)
 
@@ -303,6 +344,17 @@ def layer_backward(ctx, dy, dstates_n, num_threads):
             plan.dx, plan.ldx_out, plan.dx_accumulate = dx, I, int(d > 0)
         plan.dgx = np.empty((N, GH), dtype)
         plan.dgh = np.empty((N, GH), dtype) if spec.kind == "gru" and spec.reset_after else plan.dgx
+        # the gradient of the raw recurrent product: layer norm's own, else dgh's
+        plan.dgr = np.empty((N, GH), dtype) if spec.layer_norm else plan.dgh
+        if plan.zoned_h or plan.zoned_c:
+            plan.dz = np.empty((B, P), dtype)
+            if spec.kind == "lstm" and plan.zoned_c:
+                plan.dzc = np.empty((B, H), dtype)
+        if plan.rmask is not None:
+            # scratch of this call's own: a context may be back-propagated from two threads
+            plan.dr, plan.hm = np.empty((B, P), dtype), np.empty((B, P), dtype)
+        if spec.layer_norm and spec.kind == "lstm":
+            plan.dcl = np.empty((N, H), dtype)
         plan.dh = schedule.sort(dstate[0])
         if spec.kind == "lstm":
             plan.dc = schedule.sort(dstate[1])
