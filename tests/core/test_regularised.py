@@ -368,3 +368,49 @@ def test_the_dropout_options_export_as_the_plain_inference_graph():
     # float32 against ONNX Runtime's own kernels: a few ulps per step
     np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_h, h_n, rtol=1e-5, atol=1e-6)
+
+
+# -- every backend against the reference, through the layer --------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
+@pytest.mark.parametrize("cls, kwargs", OPTIONS, ids=OPTION_IDS)
+def test_every_backend_gives_the_reference_through_the_layer(cls, kwargs, backend, dtype):
+    """Two layers, bidirectional, lengths, initial states; the same seed draws the same
+    masks on every backend, so a training pass (outputs, states, every gradient) and an
+    evaluation call must agree with the NumPy reference's: float64 to 1e-10 relative
+    (the backends sum in other orders), float32 to 1e-5 of each array's largest value (a
+    few ulps per step, which layer norm's backward divides by a row's deviation)."""
+    rtol = 1e-10 if dtype == np.float64 else 1e-5
+    lengths = np.array([T, 2, 4])
+    results = []
+    for name in ("numpy", backend):
+        layer = layer_of(cls, kwargs, name, dtype=dtype, num_layers=2, bidirectional=True, seed=9)
+        x, states = data(layer, dtype=dtype)
+        y, finals = call(layer, x, states, lengths=lengths)
+        dx, dstates = back(layer, np.cos(y), [np.sin(f) for f in finals])
+        layer.eval()
+        results.append([y, *finals, dx, *dstates, *layer.grads.values(), call(layer, x, states, lengths=lengths)[0]])
+    for got, expected in zip(results[1], results[0]):
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * scale if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
+@pytest.mark.parametrize("cls, kwargs", OPTIONS + [(rc.LSTM, dict(coupled_input_forget=True, proj_size=2)),
+                                                   (rc.GRU, dict(reset_after=False)), (rc.RNN, {})],
+                         ids=OPTION_IDS + ["LSTM-cifg-proj", "GRU-cho", "RNN"])
+def test_every_backend_traces_its_own_forward_as_the_reference_does(cls, kwargs, backend):
+    """Each backend reads its trace from its own forward; the values are the
+    reference's to 1e-10 in float64, with lengths and both directions."""
+    lengths = np.array([T, 2, 4])
+    traces = []
+    for name in ("numpy", backend):
+        layer = layer_of(cls, kwargs, name, num_layers=2, bidirectional=True, seed=9)
+        x, states = data(layer)
+        traces.append(layer.trace(x, tuple(states) if cls is rc.LSTM else states[0], lengths=lengths))
+    assert list(traces[1]) == list(traces[0])
+    for key in traces[0]:
+        assert sorted(traces[1][key]) == sorted(traces[0][key])
+        for name, expected in traces[0][key].items():
+            np.testing.assert_allclose(traces[1][key][name], expected, rtol=1e-10, atol=1e-13, err_msg=f"{key} {name}")

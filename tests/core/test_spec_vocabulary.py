@@ -210,3 +210,14 @@ def test_gate_orders_round_trip(variant, orders):
 def test_keras_keeps_its_public_gate_names():
     assert rc.keras.reorder_gates is _gates.reorder_gates
     assert rc.keras.KERAS_GATES is _gates.KERAS_GATES
+
+
+def test_every_copy_of_the_layer_norm_epsilon_is_the_spec_s():
+    from rnncore.backends.reference import cells
+    from rnncore.core.spec import LAYER_NORM_EPS
+    assert cells.LAYER_NORM_EPS == LAYER_NORM_EPS
+    defined = re.findall(r"#define\s+RC_LAYER_NORM_EPS\s+(\S+)", "\n".join(p.read_text() for p in C_SOURCES))
+    assert [float(value) for value in defined] == [LAYER_NORM_EPS]
+    if "numba" in rc.backends():
+        from rnncore.backends.numba import kernels
+        assert kernels.LAYER_NORM_EPS == LAYER_NORM_EPS

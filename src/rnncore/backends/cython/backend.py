@@ -400,3 +400,36 @@ def open_stream(specs, params, batch, dtype, num_threads):
         x = np.zeros((1, batch, spec.input_size), dtype)
         plans.append(_plan(spec, p, x, state, slots, False, False, dtype))
     return _recurrent.StepStack(plans)
+
+
+def layer_trace(spec, params, x, states, lengths, reverse, num_threads):
+    """The gates of the deterministic forward (see `contract.Backend`'s `layer_trace`),
+    read from the slot rows a training-mode forward keeps for its backward pass: the
+    gate activations of each step, the carried c (LSTM) or h (Elman)."""
+    T, B, _ = x.shape
+    _, _, ctx = layer_forward(spec, params, x, states, lengths, True, reverse, num_threads)
+    slots, H = ctx["slots"], spec.hidden_size
+    traces = []
+    for d, plan in enumerate(ctx["plans"]):
+        if spec.kind == "lstm":
+            gates = plan.xp.reshape(-1, spec.num_gates, H)
+            named = dict(zip(spec.gates, np.moveaxis(gates, 1, 0)))
+            if spec.coupled_input_forget:
+                named["f"] = 1 - named["i"]
+            named = {name: named[name] for name in "ifgo"}
+            named["c"] = plan.c_buf
+        elif spec.kind == "gru":
+            named = dict(zip("rzn", np.moveaxis(plan.xp.reshape(-1, 3, H), 1, 0)))
+        else:
+            named = {"h": plan.hs}
+        out = {}
+        for name, rows in named.items():
+            if slots.packed:
+                traced = np.zeros((T, B, rows.shape[1]), rows.dtype)
+                time, batch = slots.schedule.packed(reverse[d])
+                traced[time, batch] = rows
+            else:
+                traced = np.ascontiguousarray(rows).reshape(T, B, -1).copy()
+            out[name] = traced
+        traces.append(out)
+    return traces
