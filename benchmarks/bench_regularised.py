@@ -162,7 +162,7 @@ def main():
     from rnncore.backends.cython import _probe
     import torch
     torch.set_num_threads(1)
-    peak = _probe.fma_peak("float32")
+    peak = _probe.fma_peak("float32") * 1e9   # the probe reports GFLOP/s
     rows, peers = [], []
     with threadpool_limits(1):
         for case_name in args.cases:

@@ -25,7 +25,7 @@ TEXT = Path(rc.__file__).with_name("data") / "poems.txt"
 STREAMS = 16
 CHUNK = 32
 HIDDEN = 256
-REGULARISED = dict(weight_dropout=0.3, zoneout=0.1)
+REGULARISED = dict(weight_dropout=0.4, zoneout=0.2)
 
 
 def bits_per_char(model, tokens):
