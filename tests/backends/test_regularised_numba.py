@@ -16,6 +16,7 @@ import pytest
 import rnncore as rc
 from conftest import assert_close
 from rnncore.backends.reference import backend as reference
+from rnncore.core import regularise
 from rnncore.core.spec import CellSpec
 
 pytestmark = pytest.mark.skipif("numba" not in rc.backends(), reason="numba is not installed here")
@@ -97,15 +98,7 @@ def _params(spec, rng, dtype):
 
 def _masks(spec, rng, T, B, dtype):
     """A direction's masks as a training call draws them."""
-    masks = {}
-    if spec.zoneout_h:
-        masks["zoneout_h"] = (rng.random((T, B, spec.out_size)) < spec.zoneout_h).astype(dtype)
-    if spec.zoneout_c:
-        masks["zoneout_c"] = (rng.random((T, B, spec.hidden_size)) < spec.zoneout_c).astype(dtype)
-    if spec.recurrent_dropout:
-        keep = 1 - spec.recurrent_dropout
-        masks["recurrent"] = ((rng.random((B, spec.out_size)) < keep) / keep).astype(dtype)
-    return masks
+    return regularise.draw(rng, spec, T, B, dtype, 1)[0][0]
 
 
 class Problem:

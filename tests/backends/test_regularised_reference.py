@@ -20,6 +20,7 @@ import pytest
 
 from rnncore.backends.reference import backend as reference
 from rnncore.backends.reference import cells
+from rnncore.core import regularise
 from rnncore.core import spec as core_spec
 from rnncore.core.spec import CellSpec
 from cases import finite_difference, random_backend_case
@@ -74,17 +75,9 @@ COMBINATIONS = [(variant, options) for variant in VARIANTS
 
 
 def draw_masks(spec, T, B, rng, dtype=np.float64):
-    """One direction's masks as a training caller draws them: zoneout Bernoulli(p) per
-    step and unit, recurrent dropout one inverted mask per sequence."""
-    masks = {}
-    if spec.zoneout_h:
-        masks["zoneout_h"] = (rng.random((T, B, spec.out_size)) < spec.zoneout_h).astype(dtype)
-    if spec.zoneout_c:
-        masks["zoneout_c"] = (rng.random((T, B, spec.hidden_size)) < spec.zoneout_c).astype(dtype)
-    if spec.recurrent_dropout:
-        keep = 1 - spec.recurrent_dropout
-        masks["recurrent"] = ((rng.random((B, spec.out_size)) < keep) / keep).astype(dtype)
-    return masks
+    """One direction's masks as a training layer draws them (`regularise.draw`): zoneout
+    Bernoulli(p) per step and unit, recurrent dropout one inverted mask per sequence."""
+    return regularise.draw(rng, spec, T, B, dtype, 1)[0][0]
 
 
 def forward(spec, params, x, states, lengths=None, reverse=BOTH, masks=None, training=True):
