@@ -414,3 +414,38 @@ def test_every_backend_traces_its_own_forward_as_the_reference_does(cls, kwargs,
         assert sorted(traces[1][key]) == sorted(traces[0][key])
         for name, expected in traces[0][key].items():
             np.testing.assert_allclose(traces[1][key][name], expected, rtol=1e-10, atol=1e-13, err_msg=f"{key} {name}")
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
+@pytest.mark.parametrize("cls, kwargs", [(rc.LSTM, dict(layer_norm=True, zoneout=(0.2, 0.1), recurrent_dropout=0.2)),
+                                         (rc.GRU, dict(layer_norm=True, zoneout=0.2, weight_dropout=0.3))])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_options_give_the_same_bits_for_any_thread_count_and_calling_thread(cls, kwargs, backend, bidirectional):
+    """A batch of 64 rows splits into row slices (per direction: 2 and 3 slices at 2 and 3
+    threads in one direction, 2 at 4 threads in two); a training pass and an evaluation
+    call give the bits of one thread, from the main thread and from a worker."""
+    import threading
+    x = np.random.default_rng(0).standard_normal((T, 64, I))
+    saved = rc.get_num_threads()
+
+    def run(threads):
+        rc.set_num_threads(threads)
+        layer = cls(I, 32, seed=2, backend=backend, dtype=np.float64, bidirectional=bidirectional, **kwargs)
+        y, finals = call(layer, x)
+        dx, dstates = back(layer, np.cos(y))
+        layer.eval()
+        return [y, *finals, dx, *dstates, *layer.grads.values(), call(layer, x)[0]]
+
+    try:
+        expected = run(1)
+        for threads in ((4,) if bidirectional else (2, 3)):
+            got = run(threads)
+            box = []
+            worker = threading.Thread(target=lambda: box.append(run(threads)))
+            worker.start()
+            worker.join()
+            for result in (got, box[0]):
+                for a, b in zip(result, expected):
+                    np.testing.assert_array_equal(a, b)
+    finally:
+        rc.set_num_threads(saved)
