@@ -33,9 +33,10 @@ def spy(monkeypatch, backend):
         return through
 
     def backend_call(entry, name):
-        def called(*args):
+        def called(*args, **kwargs):
+            # the thread count is the last positional argument; masks come by keyword
             record.calls.append(dict(name=name, door=record.door, threads=args[-1], args=args))
-            return entry(*args)
+            return entry(*args, **kwargs)
         return called
 
     monkeypatch.setattr(registry, "_selected", backend)  # for rnncore.torch, which runs on the selected one

@@ -159,9 +159,8 @@ def run_layer(spec, params, x, states, lengths, training, reverse, backend=None,
     `run_layer_backward` (None unless training). `masks`: the regularised cells' random
     masks per direction (`contract.MASKS`), None for their deterministic form."""
     module = registry.resolve(backend)
-    extra = () if masks is None else (masks,)
     y, states_n, inner = module.layer_forward(spec, params, x, states, lengths, training, reverse,
-                                              registry.get_num_threads(), *extra)
+                                              registry.get_num_threads(), masks=masks)
     return y, states_n, (_Context(module, inner, spec, x.shape[:2], x.dtype) if training else None)
 
 
