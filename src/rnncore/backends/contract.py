@@ -14,6 +14,7 @@ loops is written here once:
 This module imports numpy only: a `CellSpec` arrives as an argument and is read through
 its attributes (kind, hidden_size, bias, reset_after, param_shapes()).
 """
+import math
 import threading
 from typing import Protocol, runtime_checkable
 
@@ -48,7 +49,8 @@ class Backend(Protocol):
     any `num_threads`, and for any number of concurrent callers.
     """
 
-    def layer_forward(self, spec, params, x, states, lengths, training, reverse, num_threads, masks=None):
+    def layer_forward(self, spec, params, x, states, lengths, training, reverse, num_threads, masks=None,
+                      memory="full"):
         """Run the layer: returns (y, states_n, ctx).
 
         spec : CellSpec, the cell kind and variant (frozen, hashable: a backend may key
@@ -71,6 +73,7 @@ class Backend(Protocol):
             h_t = p h_{t-1} + (1 - p) h~_t with p = spec.zoneout_h (c: spec.zoneout_c),
             no recurrent dropout. Weight dropout never reaches a backend: the caller
             passes W_hh * M / (1 - p) as weight_hh.
+        memory : "full" or "lean" (see `MEMORY`); read in training only.
 
         y : (T, B, D * out), direction d in columns d * out : (d + 1) * out, zero past a
             sequence's end. The caller's: ctx holds no reference to it.
@@ -131,6 +134,37 @@ MASKS = {
     # (h_{t-1} itself everywhere else: GRU's z * h_{t-1}, the carried state)
     "recurrent": "dropout of the state entering the recurrent product",
 }
+
+
+# How much of a training forward its ctx keeps (`Backend.layer_forward`'s `memory`):
+# "full", every loop step's caches; "lean", only the state at the start of each of
+# `lean_segments`' segments (and what does not grow with T), the backward recomputing
+# each segment's training forward from its state, last segment first, and
+# back-propagating through it at once. The two give the same y, final states and
+# backward results, bit for bit.
+MEMORY = ("full", "lean")
+
+# A backend that sums a gradient over the steps by products over many steps at a time
+# (a weight's dG.T @ x, a bias's column sums) takes the loop steps GRADIENT_CHUNK at a
+# time from the last chunk to the first, adding each chunk's product into the gradient:
+# a lean backward, whose segments are whole chunks, then adds the same terms in the same
+# order as the full one.
+GRADIENT_CHUNK = 64
+
+
+def lean_segments(steps):
+    """The segments (s0, s1) of loop steps a lean call keeps one state for, in loop
+    order: about sqrt(steps) steps each (a multiple of GRADIENT_CHUNK), the last taking
+    what remains."""
+    stride = GRADIENT_CHUNK * max(1, round(math.sqrt(steps) / GRADIENT_CHUNK))
+    return [(s0, min(s0 + stride, steps)) for s0 in range(0, steps, stride)]
+
+
+def gradient_chunks(first, last):
+    """The chunks (c0, c1) of the loop steps [first, last) in the order their gradient
+    products are added, last first: whole GRADIENT_CHUNKs counted from step 0."""
+    bounds = list(range(first, last, GRADIENT_CHUNK)) + [last]
+    return list(zip(bounds[:-1], bounds[1:]))[::-1]
 
 
 # -- the length schedule ---------------------------------------------------------------

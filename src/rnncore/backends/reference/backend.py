@@ -41,76 +41,112 @@ def step_masks(spec, masks, time, batch):
     return [Masks(masks.get("recurrent"), w_h, w_c) for w_h, w_c in zip(zone_h, zone_c)]
 
 
-def direction_forward(spec, p, x, state0, lengths=None, reverse=False, training=True, masks=None):
+def direction_forward(spec, p, x, state0, lengths=None, reverse=False, training=True, masks=None, memory="full"):
     """Run one direction. x (T, B, I); state0 tuple of (B, n); masks None or {name:
     array} (`contract.MASKS`). Returns y (T, B, out), the final state tuple and, when
-    training, the context for `direction_backward`."""
+    training, the context for `direction_backward`: every step's cache, or with memory
+    "lean" the state at the start of each of `contract.lean_segments`."""
     T, B, _ = x.shape
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-    time = contract.time_index(T, lengths, reverse)   # (T, B): the time index of loop step t
-    valid = contract.running(T, lengths)               # (T, B): loop step t is inside the sequence
-    batch = np.arange(B)
-    step, _ = STEPS[spec.kind]
-    step_regularisers = step_masks(spec, masks or {}, time, batch)
-
-    # x_proj_t = W_ih x_t + b_ih, one time index at a time as the equation reads (and as
-    # a stream computes it, so that stepping gives the call's bits), in loop-step order;
-    # with layer norm W_ih x_t alone, normalised in the step before b_ih is added
-    bias_x = None if spec.layer_norm else p.get("bias_ih")
-    x_proj = np.stack([linear(x_t, p["weight_ih"], bias_x) for x_t in x])[time, batch]
+    ctx = dict(spec=spec, p=p, x=x, time=contract.time_index(T, lengths, reverse),   # (T, B): the time index of loop step t
+               valid=contract.running(T, lengths),                                    # (T, B): loop step t is inside the sequence
+               masks=step_masks(spec, masks or {}, contract.time_index(T, lengths, reverse), np.arange(B)))
     y = np.zeros((T, B, spec.out_size), dtype=x.dtype)
     state = tuple(s.copy() for s in state0)
+    lean = training and memory == "lean"
+    segments = contract.lean_segments(T) if lean else [(0, T)]
+    checkpoints, caches = [], []
+    for first, last in segments:
+        checkpoints.append(state)
+        state, segment_caches = _run_steps(ctx, first, last, state, y)
+        if training and not lean:
+            caches = segment_caches
+    if lean:
+        ctx.update(segments=segments, checkpoints=checkpoints)
+    else:
+        ctx["caches"] = caches
+    return y, state, (ctx if training else None)
+
+
+def _input_projection(ctx, first, last):
+    """x_proj_t = W_ih x_t + b_ih of the loop steps [first, last), (last - first, B, GH):
+    one time index at a time as the equation reads (and as a stream computes it, so that
+    stepping gives the call's bits), then taken in loop-step order. With layer norm
+    W_ih x_t alone, normalised in the step before b_ih is added."""
+    spec, p, x = ctx["spec"], ctx["p"], ctx["x"]
+    time, batch = ctx["time"][first:last], np.arange(x.shape[1])
+    bias_x = None if spec.layer_norm else p.get("bias_ih")
+    visited = np.unique(time)
+    by_time = np.stack([linear(x[t], p["weight_ih"], bias_x) for t in visited])
+    return by_time[np.searchsorted(visited, time), batch]
+
+
+def _run_steps(ctx, first, last, state, y=None):
+    """The loop steps [first, last) from `state`: the state after them and each step's
+    cache; with y, the steps' outputs written into it."""
+    spec, p = ctx["spec"], ctx["p"]
+    time, valid, regularisers = ctx["time"], ctx["valid"], ctx["masks"]
+    batch = np.arange(time.shape[1])
+    step, _ = STEPS[spec.kind]
+    x_proj = _input_projection(ctx, first, last)
     caches = []
-    for t in range(T):
-        new_state, cache = step(spec, p, x_proj[t], state, step_regularisers[t])
+    for t in range(first, last):
+        new_state, cache = step(spec, p, x_proj[t - first], state, regularisers[t])
         keep = valid[t][:, None]
         state = tuple(np.where(keep, new, old) for new, old in zip(new_state, state))
-        y[time[t], batch] = np.where(keep, new_state[0], 0)
+        if y is not None:
+            y[time[t], batch] = np.where(keep, new_state[0], 0)
         caches.append(cache)
-    ctx = None
-    if training:
-        ctx = dict(spec=spec, p=p, x=x, time=time, valid=valid, caches=caches, masks=step_regularisers)
-    return y, state, ctx
+    return state, caches
 
 
 def direction_backward(ctx, dy, dstate_n):
     """BPTT through one direction. Returns dx, the gradient of the initial state and
-    the parameter gradients (a new dict, the keys of the parameters)."""
+    the parameter gradients (a new dict, the keys of the parameters). Every gradient is
+    added into step by step, last step first, so that a lean context (each segment's
+    caches recomputed from its state as the backward reaches it) adds the same terms in
+    the same order as a full one."""
     spec, p, x, time, valid = ctx["spec"], ctx["p"], ctx["x"], ctx["time"], ctx["valid"]
     T, B, I = x.shape
     batch = np.arange(B)
     _, step_back = STEPS[spec.kind]
     grads = contract.new_gradients(spec, x.dtype)
     dy = dy[time, batch]
+    dx = np.empty_like(x)
     dstate = tuple(d.copy() for d in dstate_n)
-    dx_proj = np.empty((T, B, p["weight_ih"].shape[0]), dtype=x.dtype)
-    for t in reversed(range(T)):
-        keep = valid[t][:, None]
-        d_new = [np.where(keep, d, 0) for d in dstate]
-        d_new[0] = d_new[0] + np.where(keep, dy[t], 0)
-        d_prev, dx_proj[t] = step_back(spec, p, ctx["caches"][t], d_new, grads, ctx["masks"][t])
-        # past a sequence's end the state was carried unchanged: so is its gradient
-        dstate = tuple(np.where(keep, dp, d) for dp, d in zip(d_prev, dstate))
-    in_time_order = np.empty_like(dx_proj)
-    in_time_order[time, batch] = dx_proj
-    dx_proj = in_time_order.reshape(T * B, -1)
-    x_rows = x.reshape(T * B, I)
-    grads["weight_ih"] += dx_proj.T @ x_rows
-    if spec.bias and not spec.layer_norm:
-        # with layer norm, dx_proj is the gradient of W_ih x_t, before the normalisation
-        # and b_ih, whose gradient the steps have added
-        grads["bias_ih"] += dx_proj.sum(axis=0)
-    dx = dx_proj @ p["weight_ih"]
-    return dx.reshape(T, B, I), dstate, grads
+    if "caches" in ctx:
+        segments = [(0, T, ctx["caches"])]
+    else:
+        segments = [(first, last, None) for first, last in ctx["segments"]]
+    for index in reversed(range(len(segments))):
+        first, last, caches = segments[index]
+        if caches is None:
+            _, caches = _run_steps(ctx, first, last, ctx["checkpoints"][index])
+        for t in reversed(range(first, last)):
+            keep = valid[t][:, None]
+            d_new = [np.where(keep, d, 0) for d in dstate]
+            d_new[0] = d_new[0] + np.where(keep, dy[t], 0)
+            d_prev, dx_proj = step_back(spec, p, caches[t - first], d_new, grads, ctx["masks"][t])
+            # past a sequence's end the state was carried unchanged: so is its gradient
+            dstate = tuple(np.where(keep, dp, d) for dp, d in zip(d_prev, dstate))
+            x_t = x[time[t], batch]
+            grads["weight_ih"] += dx_proj.T @ x_t
+            if spec.bias and not spec.layer_norm:
+                # with layer norm, dx_proj is the gradient of W_ih x_t, before the
+                # normalisation and b_ih, whose gradient the step has added
+                grads["bias_ih"] += dx_proj.sum(axis=0)
+            dx[time[t], batch] = dx_proj @ p["weight_ih"]
+    return dx, dstate, grads
 
 
 # -- the contract: one or two directions ------------------------------------------------
 
-def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads=1, masks=None):
+def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads=1, masks=None, memory="full"):
     """(y, states_n, ctx): see `rnncore.backends.contract.Backend`; runs on one thread."""
     def run(p_and_masks, state0, rev):
         p, masks_d = p_and_masks
-        return direction_forward(spec, p, x, state0, lengths, reverse=rev, training=training, masks=masks_d)
+        return direction_forward(spec, p, x, state0, lengths, reverse=rev, training=training, masks=masks_d,
+                                 memory=memory)
     masks = [None] * len(params) if masks is None else masks
     return contract.forward_directions(run, list(zip(params, masks)), states, reverse, training)
 
