@@ -248,6 +248,7 @@ cdef struct Direction:
     void *g_b_ho
     void *dx                       # slot rows of dL/dx, ldx_out apart
     Py_ssize_t ldx_out
+    Py_ssize_t grad_chunk          # the steps of one chunk of the weight gradients' products
     int dx_accumulate
     # the regularised cells (a field is NULL or 0 where the spec has not its option)
     void *zoneout                  # (2,) the probabilities (p_h, p_c) of the expectation
@@ -1191,59 +1192,78 @@ cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
 
 
 cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
-    """The products over all steps at once, after the time loop."""
-    cdef int H = d.H, GH = d.GH, P = d.P, O = d.O, I = d.input_size, N = <int>d.N
-    cdef Py_ssize_t s
-    cdef floating *hs = <floating *>d.hs
-    cdef floating *hprev = <floating *>d.hprev
-    cdef floating *dgx = <floating *>d.dgx
-    cdef floating *dgh = <floating *>d.dgh
-    cdef floating *c_new
-    cdef floating one = 1, zero = 0
+    """The products over the steps, after the time loop: chunk by chunk of grad_chunk
+    steps (counted from the plan's first step), last chunk first, each added into the
+    gradients, so that a lean backward, whose segments start at whole chunks, adds the
+    same terms in the same order (`contract.GRADIENT_CHUNK`)."""
+    cdef Py_ssize_t s, c0, c1, lo, hi, a, b
+    cdef Py_ssize_t chunks = (d.S + d.grad_chunk - 1) // d.grad_chunk
+    cdef Py_ssize_t k
     for s in range(d.S):
-        memcpy(hprev + d.step_row[s] * P, state_before(d, hs, s), d.active[s] * P * sizeof(floating))
+        memcpy(<floating *>d.hprev + d.step_row[s] * d.P, state_before(d, <floating *>d.hs, s),
+               d.active[s] * d.P * sizeof(floating))
         if d.rmask != NULL:
             # the recurrent product's input: h[s-1] * mask
-            mask_rows(d.active[s], P, <floating *>d.rmask, hprev + d.step_row[s] * P, False,
-                      hprev + d.step_row[s] * P)
+            mask_rows(d.active[s], d.P, <floating *>d.rmask, <floating *>d.hprev + d.step_row[s] * d.P, False,
+                      <floating *>d.hprev + d.step_row[s] * d.P)
+    for k in range(chunks - 1, -1, -1):
+        c0 = k * d.grad_chunk
+        c1 = min(c0 + d.grad_chunk, <Py_ssize_t>d.S)
+        # a chunk's steps are one block of slot rows, in either direction
+        a, b = d.step_row[c0], d.step_row[c1 - 1]
+        lo = min(a, b)
+        hi = max(a + d.active[c0], b + d.active[c1 - 1])
+        chunk_gradients(d, lo, hi, tag)
+
+
+cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *tag) noexcept nogil:
+    """The weight gradients' products over the slot rows [lo, hi), added in."""
+    cdef int H = d.H, GH = d.GH, P = d.P, O = d.O, I = d.input_size, N = <int>(hi - lo)
+    cdef floating *hprev = <floating *>d.hprev + lo * P
+    cdef floating *dgx = <floating *>d.dgx + lo * GH
+    cdef floating *dgh = <floating *>d.dgh + lo * GH
+    cdef floating *dgr = <floating *>d.dgr + lo * GH
+    cdef floating *x = <floating *>d.x + lo * d.ldx
+    cdef floating *c_new
+    cdef floating one = 1, zero = 0
     if d.g_b_ih != NULL:
-        column_sums(d.N, GH, GH, dgx, <floating *>d.g_b_ih)
-        column_sums(d.N, GH, GH, dgh, <floating *>d.g_b_hh)
+        column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih)
+        column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh)
     if d.layer_norm:
         # the gains' gradients (dgh: of LN(W_hh h) g_hh, the LSTM's dgx), then dgx in place
         # through LN(W_ih x) g_ih to the raw input product
-        column_dot_sums(d.N, GH, dgh, GH, <floating *>d.ln_xh_hh, GH, <floating *>d.g_hh_ln)
-        column_dot_sums(d.N, GH, dgx, GH, <floating *>d.ln_xh_ih, GH, <floating *>d.g_ih_ln)
+        column_dot_sums(N, GH, dgh, GH, <floating *>d.ln_xh_hh + lo * GH, GH, <floating *>d.g_hh_ln)
+        column_dot_sums(N, GH, dgx, GH, <floating *>d.ln_xh_ih + lo * GH, GH, <floating *>d.g_ih_ln)
         if d.kind == LSTM:
             c_new = <floating *>(d.c_tilde if d.c_tilde != NULL else d.c_buf)
-            layer_norm_cell_grads(d.N, H, <floating *>d.dcl, c_new, H, <floating *>d.ln_st_c,
-                                  <floating *>d.g_c_ln, <floating *>d.g_bc_ln)
-        layer_norm_backward_rows(N, GH, dgx, GH, <floating *>d.w_ih_ln, <floating *>d.ln_xh_ih,
-                                 <floating *>d.ln_st_ih, dgx, GH)
-    # dW_ih = dgates_x.T @ x    (GH, I) = (GH, N) x (N, I)
-    gemm(True, False, GH, I, N, one, dgx, GH, <floating *>d.x, <int>d.ldx, zero, <floating *>d.g_w_ih, I)
+            layer_norm_cell_grads(N, H, <floating *>d.dcl + lo * H, c_new + lo * H, H,
+                                  <floating *>d.ln_st_c + lo * 2, <floating *>d.g_c_ln, <floating *>d.g_bc_ln)
+        layer_norm_backward_rows(N, GH, dgx, GH, <floating *>d.w_ih_ln, <floating *>d.ln_xh_ih + lo * GH,
+                                 <floating *>d.ln_st_ih + lo * 2, dgx, GH)
+    # dW_ih += dgates_x.T @ x    (GH, I) = (GH, N) x (N, I)
+    gemm(True, False, GH, I, N, one, dgx, GH, x, <int>d.ldx, one, <floating *>d.g_w_ih, I)
     if d.kind == GRU and not d.reset_after:
-        # dW_hh[:2H] = da_rz.T @ h_prev    (2H, H) = (2H, N) x (N, H)
-        gemm(True, False, 2 * H, H, N, one, dgx, GH, hprev, H, zero, <floating *>d.g_w_hh, H)
-        # dW_hh[2H:] = da_n.T @ (r * h_prev)    (H, H) = (H, N) x (N, H)
-        gemm(True, False, H, H, N, one, dgx + 2 * H, GH, <floating *>d.kept, H, zero,
+        # dW_hh[:2H] += da_rz.T @ h_prev    (2H, H) = (2H, N) x (N, H)
+        gemm(True, False, 2 * H, H, N, one, dgx, GH, hprev, H, one, <floating *>d.g_w_hh, H)
+        # dW_hh[2H:] += da_n.T @ (r * h_prev)    (H, H) = (H, N) x (N, H)
+        gemm(True, False, H, H, N, one, dgx + 2 * H, GH, <floating *>d.kept + lo * H, H, one,
              <floating *>d.g_w_hh + 2 * H * H, H)
     else:
-        # dW_hh = dgr.T @ h_prev    (GH, P) = (GH, N) x (N, P): dgr the raw product's gradient
-        gemm(True, False, GH, P, N, one, <floating *>d.dgr, GH, hprev, P, zero, <floating *>d.g_w_hh, P)
+        # dW_hh += dgr.T @ h_prev    (GH, P) = (GH, N) x (N, P): dgr the raw product's gradient
+        gemm(True, False, GH, P, N, one, dgr, GH, hprev, P, one, <floating *>d.g_w_hh, P)
     if d.kind == LSTM and d.w_hr != NULL:
-        # dW_hr = dh.T @ m    (P, H) = (P, N) x (N, H)
-        gemm(True, False, P, H, N, one, <floating *>d.dhtot, P, <floating *>d.m_buf, H, zero,
+        # dW_hr += dh.T @ m    (P, H) = (P, N) x (N, H)
+        gemm(True, False, P, H, N, one, <floating *>d.dhtot + lo * P, P, <floating *>d.m_buf + lo * H, H, one,
              <floating *>d.g_w_hr, H)
     if d.kind == JORDAN:
-        # dW_ho = dypre.T @ h    (O, H) = (O, N) x (N, H)
-        gemm(True, False, O, H, N, one, <floating *>d.dypre, O, <floating *>d.xp, H, zero,
+        # dW_ho += dypre.T @ h    (O, H) = (O, N) x (N, H)
+        gemm(True, False, O, H, N, one, <floating *>d.dypre + lo * O, O, <floating *>d.xp + lo * H, H, one,
              <floating *>d.g_w_ho, H)
         if d.g_b_ho != NULL:
-            column_sums(d.N, O, O, <floating *>d.dypre, <floating *>d.g_b_ho)
+            column_sums(N, O, O, <floating *>d.dypre + lo * O, <floating *>d.g_b_ho)
     # dx = dgates_x @ w_ih    (N, I) = (N, GH) x (GH, I)
     gemm(False, False, N, I, GH, one, dgx, GH, <floating *>d.w_ih, I,
-         one if d.dx_accumulate else zero, <floating *>d.dx, <int>d.ldx_out)
+         one if d.dx_accumulate else zero, <floating *>d.dx + lo * d.ldx_out, <int>d.ldx_out)
 
 
 # -- the plan: the one description of what backend.py hands over ---------------------------
@@ -1341,6 +1361,7 @@ _PLAN = (
     ("g_b_ho",       "real",  "backward out_bias",          _at(&_probe.g_b_ho)),
     ("dx",           "real",  "backward",                   _at(&_probe.dx)),
     ("ldx_out",      "size",  "backward",                   _at(&_probe.ldx_out)),
+    ("grad_chunk",   "size",  "backward",                   _at(&_probe.grad_chunk)),
     ("dx_accumulate", "flag", "backward",                   _at(&_probe.dx_accumulate)),
     ("layer_norm",   "flag",  "always",                     _at(&_probe.layer_norm)),
     ("zoned_h",      "flag",  "always",                     _at(&_probe.zoned_h)),

@@ -117,14 +117,17 @@ def _slot_mask(mask, slots, reverse, dtype):
     return np.ascontiguousarray(mask, dtype).reshape(T * B, width)
 
 
-def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None):
+def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None, rows=None):
+    """One direction's plan over the call's slots: its weights and masks, x's slot rows,
+    the initial state, and the buffers of `rows` slot rows (None: every one; 0: none,
+    for a lean call, whose segments get theirs from `_forward_rows`)."""
     T, B, I = x.shape
     H = spec.hidden_size
     N = slots.N
     schedule = slots.schedule
     is_double = dtype == np.float64
     plan = _fixed(spec, bool(training), is_double).copy()
-    GH, P, O = plan.GH, plan.P, plan.O
+    GH, P = plan.GH, plan.P
     masks = masks or {}
     if "zoneout_h" in masks:
         plan.zmask_h, plan.zoned_h = _slot_mask(masks["zoneout_h"], slots, reverse, dtype), 1
@@ -145,50 +148,64 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None):
     # (`_recurrent.pack_weights`): every step reads them
     plan.w_ih_p = np.empty(_recurrent.packed_input_size(spec.kind, GH, H, spec.input_size, is_double), dtype)
     plan.w_hh_p = np.empty(_recurrent.packed_recurrent_size(
-        spec.kind, H, GH, P, O, bool(spec.reset_after), is_double), dtype)
+        spec.kind, H, GH, P, plan.O, bool(spec.reset_after), is_double), dtype)
     if plan.w_hr is not None:
         plan.w_hr_p = np.empty(_recurrent.packed_size(P, H, is_double), dtype)
     if plan.w_ho is not None:
-        plan.w_ho_p = np.empty(_recurrent.packed_size(O, H, is_double), dtype)
+        plan.w_ho_p = np.empty(_recurrent.packed_size(plan.O, H, is_double), dtype)
     plan.bias_x, plan.b_hn = contract.fold_bias(spec, p)
     if slots.packed:
         plan.x = x[schedule.packed(reverse)]
     else:
         plan.x = x.reshape(T * B, I)
     plan.ldx = I
-    plan.hs = np.empty((N, P), dtype)
+    # inference reads the initial state where it lies; training keeps it for the
+    # backward pass, so it takes its own copy, as it does of x
+    plan.h0 = schedule.sort(state[0], copy=training)
+    if spec.kind == "lstm":
+        plan.c0 = schedule.sort(state[1], copy=training)
+        if spec.layer_norm:
+            plan.hh = np.empty((B, GH), dtype)
+    elif spec.kind == "gru" and spec.reset_after:
+        plan.hh = np.empty((B, GH), dtype)
+    buffers = _forward_rows(spec, plan, N if rows is None else rows, training, whole, dtype)
+    for field, buffer in buffers.items():
+        setattr(plan, field, buffer)
+    return plan
+
+
+def _forward_rows(spec, plan, rows, training, whole, dtype):
+    """{field: array}: the forward's buffers of a plan, over `rows` slot rows (none when
+    0), or of B rows where inference keeps only the running step's."""
+    if not rows:
+        return {}
+    B, H, GH, P = plan.B, spec.hidden_size, plan.GH, plan.P
+    hs = np.empty((rows, P), dtype)
+    buffers = dict(hs=hs)
     # Elman: the input projection, pre-activation and state are one buffer, updated in place;
     # where inference runs by blocks of units and each step makes its own input product
     # (`_recurrent.input_layout`), there is no (N, GH) array
     if spec.kind == "rnn" and not plan.zoned_h:
-        plan.xp = plan.hs
+        buffers["xp"] = hs
     elif not _layout(spec, training, B, whole)[1]:
-        plan.xp = np.empty((N, GH), dtype)
+        buffers["xp"] = np.empty((rows, GH), dtype)
     if spec.layer_norm and training:
         # what the backward pass reads of each slot row's layer norms
-        plan.ln_xh_ih, plan.ln_xh_hh = np.empty((N, GH), dtype), np.empty((N, GH), dtype)
-        plan.ln_st_ih, plan.ln_st_hh = np.empty((N, 2), dtype), np.empty((N, 2), dtype)
+        buffers.update(ln_xh_ih=np.empty((rows, GH), dtype), ln_xh_hh=np.empty((rows, GH), dtype),
+                       ln_st_ih=np.empty((rows, 2), dtype), ln_st_hh=np.empty((rows, 2), dtype))
         if spec.kind == "lstm":
-            plan.ln_st_c = np.empty((N, 2), dtype)
-    # inference reads the initial state where it lies; training keeps it for the
-    # backward pass, so it takes its own copy, as it does of x
-    plan.h0 = schedule.sort(state[0], copy=training)
-    per_step = (N, H) if training else (B, H)
+            buffers["ln_st_c"] = np.empty((rows, 2), dtype)
+    per_step = (rows, H) if training else (B, H)
     if spec.kind == "lstm":
-        plan.c0 = schedule.sort(state[1], copy=training)
-        plan.c_buf = np.empty((N, H) if training else (2, B, H), dtype)
+        buffers["c_buf"] = np.empty((rows, H) if training else (2, B, H), dtype)
         if training and plan.zoned_c:
             # the cell's own new c, apart from the blended one it carries
-            plan.c_tilde = np.empty((N, H), dtype)
-        if spec.layer_norm:
-            plan.hh = np.empty((B, GH), dtype)
+            buffers["c_tilde"] = np.empty((rows, H), dtype)
         if spec.proj_size:
-            plan.m_buf = np.empty(per_step, dtype)
+            buffers["m_buf"] = np.empty(per_step, dtype)
     elif spec.kind == "gru":
-        plan.kept = np.empty(per_step, dtype)
-        if spec.reset_after:
-            plan.hh = np.empty((B, GH), dtype)
-    return plan
+        buffers["kept"] = np.empty(per_step, dtype)
+    return buffers
 
 
 def _final_states(spec, plan, slots):
@@ -271,30 +288,32 @@ def _unit_threads(spec, slots, directions, num_threads, training, is_double, mas
     return max(int(threads), 1)
 
 
-def _projection_ranges(slots, directions, num_threads):
-    """The slot-row bounds the input projection splits at, or None for one range."""
-    count = min(num_threads // directions, slots.N // MIN_PROJECTION_ROWS)
+def _projection_ranges(N, directions, num_threads):
+    """The bounds the input projection of N slot rows splits at, or None for one range."""
+    count = min(num_threads // directions, N // MIN_PROJECTION_ROWS)
     if count < 2:
         return None
-    return tuple(int(b) for b in np.linspace(0, slots.N, count + 1).round())
+    return tuple(int(b) for b in np.linspace(0, N, count + 1).round())
 
 
 # The directions run together in `_recurrent`'s compiled stages (side by side with two
 # threads), writing y's columns and dx in place, so the layer's assembly stays here
 # rather than in `contract.forward_directions`.
 
-def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads, masks=None):
+def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads, masks=None, memory="full"):
     """(y, states_n, ctx): see `rnncore.backends.contract.Backend`."""
     T, B, _ = x.shape
     dtype = x.dtype
     slots = _slots(T, B, lengths)
     masks = masks or [None] * len(params)
+    if training and memory == "lean":
+        return _lean_forward(spec, params, x, states, slots, tuple(reverse), num_threads, masks)
     plans = [_plan(spec, p, x, s, slots, rev, training, dtype, m)
              for p, s, rev, m in zip(params, states, reverse, masks)]
     D = len(plans)
     units = _unit_threads(spec, slots, D, num_threads, training, dtype == np.float64, any(masks))
     _recurrent.forward_all(plans, num_threads, None if units > 1 else _row_slices(spec, slots, D, num_threads, False),
-                           _projection_ranges(slots, D, num_threads), units)
+                           _projection_ranges(slots.N, D, num_threads), units)
 
     P = spec.out_size
     if D == 1 and not slots.packed and not training:
@@ -304,12 +323,7 @@ def layer_forward(spec, params, x, states, lengths, training, reverse, num_threa
         return y, [_final_states(spec, plans[0], slots)], None
     y = (np.zeros if slots.packed else np.empty)((T, B, D * P), dtype)
     for d, plan in enumerate(plans):
-        if slots.packed:
-            time, batch = slots.schedule.packed(reverse[d])
-            y[time, batch, d * P:(d + 1) * P] = plan.hs
-        else:
-            # a reverse direction's slots are already in time order
-            y[:, :, d * P:(d + 1) * P] = plan.hs.reshape(T, B, P)
+        _write_output(y, plan.hs, slots, reverse[d], d, P, 0, slots.N)
     states_n = [_final_states(spec, plan, slots) for plan in plans]
     ctx = None
     if training:
@@ -317,67 +331,92 @@ def layer_forward(spec, params, x, states, lengths, training, reverse, num_threa
     return y, states_n, ctx
 
 
-def layer_backward(ctx, dy, dstates_n, num_threads):
-    """(dx, dstates0, grads): see `rnncore.backends.contract.Backend`."""
-    spec, plans, slots = ctx["spec"], ctx["plans"], ctx["slots"]
-    schedule = slots.schedule
-    T, B, I = ctx["x_shape"]
-    dtype = ctx["dtype"]
+def _write_output(y, hs, slots, reverse, d, P, lo, hi):
+    """Direction d's outputs of the slot rows [lo, hi) (hs, their states) into y's columns."""
+    if slots.packed:
+        time, batch = slots.schedule.packed(reverse)
+        y[time[lo:hi], batch[lo:hi], d * P:(d + 1) * P] = hs
+    else:
+        # a reverse direction's slots are already in time order
+        T, B, _ = y.shape
+        y.reshape(T * B, -1)[lo:hi, d * P:(d + 1) * P] = hs
+
+
+def _backward_fields(spec, plan, schedule, dstate, grads, dtype):
+    """Set what a plan's backward reads and writes that does not grow with the steps: the
+    carried state gradients (sorted copies, updated in place), the scratch rows, the
+    weights packed for the backward's products, the gradients' arrays."""
+    B, H, GH, P = plan.B, spec.hidden_size, plan.GH, plan.P
     is_double = dtype == np.float64
-    D, P, H, N = len(plans), spec.out_size, spec.hidden_size, slots.N
-    dx = np.empty((T, B, I), dtype) if not slots.packed else np.zeros((T, B, I), dtype)
-    grads = []
-    # the saved plans are only read: each call's buffers go into a plan of its own, so
-    # that a context may be back-propagated through again, or from two threads at once
-    plans = [plan.copy() for plan in plans]
+    if plan.zoned_h or plan.zoned_c:
+        plan.dz = np.empty((B, P), dtype)
+        if spec.kind == "lstm" and plan.zoned_c:
+            plan.dzc = np.empty((B, H), dtype)
+    if plan.rmask is not None:
+        # scratch of this call's own: a context may be back-propagated from two threads
+        plan.dr, plan.hm = np.empty((B, P), dtype), np.empty((B, P), dtype)
+    plan.dh = schedule.sort(dstate[0])
+    if spec.kind == "lstm":
+        plan.dc = schedule.sort(dstate[1])
+    if (spec.kind == "lstm" and spec.proj_size) or (spec.kind == "gru" and not spec.reset_after):
+        plan.dm = np.empty((B, H), dtype)
+    # the weights as the backward's products take them, packed once per call
+    plan.w_hh_bp = np.empty(_recurrent.packed_backward_size(
+        spec.kind, H, GH, P, spec.output_size, bool(spec.reset_after), is_double), dtype)
+    if plan.w_hr is not None:
+        plan.w_hr_bp = np.empty(_recurrent.packed_size(H, P, is_double), dtype)
+    if plan.w_ho is not None:
+        plan.w_ho_bp = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
+    for name, _, field in _SLOTS:
+        setattr(plan, field, grads.get(name))
+    plan.grad_chunk = contract.GRADIENT_CHUNK
+
+
+def _backward_rows(spec, plan, rows, dtype):
+    """{field: array}: the backward's buffers over `rows` slot rows."""
+    H, GH, P = spec.hidden_size, plan.GH, plan.P
+    dgx = np.empty((rows, GH), dtype)
+    dgh = np.empty((rows, GH), dtype) if spec.kind == "gru" and spec.reset_after else dgx
+    # the gradient of the raw recurrent product: layer norm's own, else dgh's
+    buffers = dict(dgx=dgx, dgh=dgh, dgr=np.empty((rows, GH), dtype) if spec.layer_norm else dgh,
+                   hprev=np.empty((rows, P), dtype))
+    if spec.layer_norm and spec.kind == "lstm":
+        buffers["dcl"] = np.empty((rows, H), dtype)
+    if spec.kind == "lstm" and spec.proj_size:
+        buffers["dhtot"] = np.empty((rows, P), dtype)
+    if spec.kind == "jordan":
+        buffers["dypre"] = np.empty((rows, P), dtype)
+    return buffers
+
+
+def _backward_plans(ctx, dy, dstates_n, dx):
+    """The plans of one backward call, copies of the saved ones (which are only read: a
+    context may be back-propagated through again, or from two threads at once), with
+    their backward fields and dy's and dx's slot rows (packed: gathered, and dx's
+    scattered by the caller); and the new gradients per direction."""
+    spec, slots = ctx["spec"], ctx["slots"]
+    dtype, P, N, I = ctx["dtype"], spec.out_size, slots.N, ctx["x_shape"][2]
+    D = len(ctx["plans"])
+    plans, grads = [plan.copy() for plan in ctx["plans"]], []
     for d, (plan, dstate) in enumerate(zip(plans, dstates_n)):
-        GH = plan.GH
         g = contract.new_gradients(spec, dtype)
         grads.append(g)
+        _backward_fields(spec, plan, slots.schedule, dstate, g, dtype)
         if slots.packed:
-            time, batch = schedule.packed(ctx["reverse"][d])
+            time, batch = slots.schedule.packed(ctx["reverse"][d])
             plan.dy = np.ascontiguousarray(dy[time, batch, d * P:(d + 1) * P])
             plan.dy_offset, plan.ldy = 0, P
             plan.dx, plan.ldx_out, plan.dx_accumulate = np.empty((N, I), dtype), I, 0
         else:
             plan.dy, plan.dy_offset, plan.ldy = dy, d * P, D * P
             plan.dx, plan.ldx_out, plan.dx_accumulate = dx, I, int(d > 0)
-        plan.dgx = np.empty((N, GH), dtype)
-        plan.dgh = np.empty((N, GH), dtype) if spec.kind == "gru" and spec.reset_after else plan.dgx
-        # the gradient of the raw recurrent product: layer norm's own, else dgh's
-        plan.dgr = np.empty((N, GH), dtype) if spec.layer_norm else plan.dgh
-        if plan.zoned_h or plan.zoned_c:
-            plan.dz = np.empty((B, P), dtype)
-            if spec.kind == "lstm" and plan.zoned_c:
-                plan.dzc = np.empty((B, H), dtype)
-        if plan.rmask is not None:
-            # scratch of this call's own: a context may be back-propagated from two threads
-            plan.dr, plan.hm = np.empty((B, P), dtype), np.empty((B, P), dtype)
-        if spec.layer_norm and spec.kind == "lstm":
-            plan.dcl = np.empty((N, H), dtype)
-        plan.dh = schedule.sort(dstate[0])
-        if spec.kind == "lstm":
-            plan.dc = schedule.sort(dstate[1])
-        if (spec.kind == "lstm" and spec.proj_size) or (spec.kind == "gru" and not spec.reset_after):
-            plan.dm = np.empty((B, H), dtype)
-        if spec.kind == "lstm" and spec.proj_size:
-            plan.dhtot = np.empty((N, P), dtype)
-        if spec.kind == "jordan":
-            plan.dypre = np.empty((N, P), dtype)
-        plan.hprev = np.empty((N, P), dtype)
-        # the weights as the backward's products take them, packed once per call
-        plan.w_hh_bp = np.empty(_recurrent.packed_backward_size(
-            spec.kind, H, GH, P, spec.output_size, bool(spec.reset_after), is_double), dtype)
-        if plan.w_hr is not None:
-            plan.w_hr_bp = np.empty(_recurrent.packed_size(H, P, is_double), dtype)
-        if plan.w_ho is not None:
-            plan.w_ho_bp = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
-        for name, _, field in _SLOTS:
-            setattr(plan, field, g.get(name))
+    return plans, grads
 
-    _recurrent.backward_all(plans, num_threads, _row_slices(spec, slots, D, num_threads, True))
-    _recurrent.weight_gradients_all(plans)
 
+def _backward_results(ctx, plans, dx):
+    """dx (packed: the plans' slot rows scattered in) and the initial states' gradients."""
+    spec, slots = ctx["spec"], ctx["slots"]
+    schedule = slots.schedule
     dstates0 = []
     for d, plan in enumerate(plans):
         if slots.packed:
@@ -386,7 +425,141 @@ def layer_backward(ctx, dy, dstates_n, num_threads):
         if spec.kind == "lstm":
             ds.append(schedule.unsort(plan.dc))
         dstates0.append(tuple(ds))
-    return dx, dstates0, grads
+    return dstates0
+
+
+def layer_backward(ctx, dy, dstates_n, num_threads):
+    """(dx, dstates0, grads): see `rnncore.backends.contract.Backend`."""
+    spec, slots = ctx["spec"], ctx["slots"]
+    T, B, I = ctx["x_shape"]
+    dx = (np.zeros if slots.packed else np.empty)((T, B, I), ctx["dtype"])
+    plans, grads = _backward_plans(ctx, dy, dstates_n, dx)
+    if "lean" in ctx:
+        _lean_backward(ctx, plans, dy, dx, num_threads)
+    else:
+        for plan in plans:
+            for field, buffer in _backward_rows(spec, plan, slots.N, ctx["dtype"]).items():
+                setattr(plan, field, buffer)
+        _recurrent.backward_all(plans, num_threads, _row_slices(spec, slots, len(plans), num_threads, True))
+        _recurrent.weight_gradients_all(plans)
+    return dx, _backward_results(ctx, plans, dx), grads
+
+
+# -- memory-lean BPTT (contract.MEMORY) ----------------------------------------------------
+#
+# A lean call runs the time loop one segment of `contract.lean_segments` at a time, each
+# segment a plan over its own block of slot rows (`_segment`): x's, the masks', dy's and
+# dx's slot rows are views of the call's, and the buffers that grow with the steps are
+# the longest segment's, reused. The forward keeps the state each segment starts from;
+# the backward reruns each segment's forward from it, last segment first, then its
+# backward and its share of the weight gradients, which the chunking of
+# `_recurrent.weight_gradients` adds in the full path's order.
+
+def _segment_rows(slots, reverse, first, last):
+    """(lo, hi, step_row): the block of slot rows of the loop steps [first, last), and
+    each step's first row in it."""
+    step_row, _ = slots.rows(reverse)
+    a, b = int(step_row[first]), int(step_row[last - 1])
+    lo = min(a, b)
+    hi = max(a + int(slots.active[first]), b + int(slots.active[last - 1]))
+    return lo, hi, np.ascontiguousarray(step_row[first:last] - lo)
+
+
+def _longest_segment(slots, segments):
+    """The most slot rows a segment has (the same in either direction)."""
+    blocks = [_segment_rows(slots, False, first, last)[:2] for first, last in segments]
+    return max(hi - lo for lo, hi in blocks)
+
+
+def _segment(spec, plan, buffers, slots, reverse, first, last, state):
+    """A plan of the loop steps [first, last) of `plan`'s direction from `state` (sorted
+    state tuple), over views of `buffers` ({field: array} of the longest segment's rows):
+    (segment plan, lo, hi)."""
+    lo, hi, step_row = _segment_rows(slots, reverse, first, last)
+    seg = plan.copy()
+    seg.S, seg.N, seg.step_row = last - first, hi - lo, step_row
+    seg.active = np.ascontiguousarray(slots.active[first:last])
+    seg.x = plan.x[lo:hi]
+    for field in ("zmask_h", "zmask_c"):
+        mask = getattr(plan, field)
+        if mask is not None:
+            setattr(seg, field, mask[lo:hi])
+    for field, buffer in buffers.items():
+        setattr(seg, field, buffer[:hi - lo])
+    seg.h0 = state[0]
+    if spec.kind == "lstm":
+        seg.c0 = state[1]
+    return seg, lo, hi
+
+
+def _state_after(spec, seg, slots, first, last, state):
+    """The sorted state tuple after a segment's forward: each row running at its first
+    step takes its value at its own last step in it; the others keep `state`'s."""
+    n = int(slots.active[first])
+    ends = np.minimum(slots.schedule.lengths[:n], last) - 1 - first
+    rows = seg.step_row[ends] + np.arange(n)
+    after = [state[0].copy()]
+    after[0][:n] = seg.hs[rows]
+    if spec.kind == "lstm":
+        after.append(state[1].copy())
+        after[1][:n] = seg.c_buf[rows]
+    return tuple(after)
+
+
+def _segment_threads(N, D, num_threads):
+    # a segment runs its rows unsplit (the row slices follow the whole call's schedule),
+    # its input projection split by slot rows
+    return _projection_ranges(N, D, num_threads)
+
+
+def _lean_forward(spec, params, x, states, slots, reverse, num_threads, masks):
+    T, B, _ = x.shape
+    dtype, P, D = x.dtype, spec.out_size, len(params)
+    whole = any(masks) or spec.layer_norm
+    plans = [_plan(spec, p, x, s, slots, rev, True, dtype, m, rows=0)
+             for p, s, rev, m in zip(params, states, reverse, masks)]
+    segments = contract.lean_segments(slots.S)
+    rows = _longest_segment(slots, segments)
+    buffers = [_forward_rows(spec, plan, rows, True, whole, dtype) for plan in plans]
+    y = (np.zeros if slots.packed else np.empty)((T, B, D * P), dtype)
+    current = [(plan.h0, plan.c0) if spec.kind == "lstm" else (plan.h0,) for plan in plans]
+    checkpoints = [[] for _ in plans]
+    for first, last in segments:
+        segs = []
+        for d, plan in enumerate(plans):
+            checkpoints[d].append(current[d])
+            segs.append(_segment(spec, plan, buffers[d], slots, reverse[d], first, last, current[d]))
+        _recurrent.forward_all([seg for seg, _, _ in segs], num_threads, None,
+                               _segment_threads(segs[0][0].N, D, num_threads), 1)
+        for d, (seg, lo, hi) in enumerate(segs):
+            _write_output(y, seg.hs, slots, reverse[d], d, P, lo, hi)
+            current[d] = _state_after(spec, seg, slots, first, last, current[d])
+    states_n = [tuple(slots.schedule.unsort(s) for s in state) for state in current]
+    ctx = dict(spec=spec, plans=plans, slots=slots, reverse=reverse, x_shape=x.shape, dtype=dtype,
+               lean=dict(segments=segments, checkpoints=checkpoints, rows=rows, whole=whole))
+    return y, states_n, ctx
+
+
+def _lean_backward(ctx, plans, dy, dx, num_threads):
+    # one direction after the other, as the full path's weight gradients run: the second
+    # direction's dx product adds into the first's finished rows
+    spec, slots, reverse, dtype = ctx["spec"], ctx["slots"], ctx["reverse"], ctx["dtype"]
+    lean = ctx["lean"]
+    T, B, _ = ctx["x_shape"]
+    for d, plan in enumerate(plans):
+        buffers = dict(_forward_rows(spec, plan, lean["rows"], True, lean["whole"], dtype),
+                       **_backward_rows(spec, plan, lean["rows"], dtype))
+        for index in reversed(range(len(lean["segments"]))):
+            first, last = lean["segments"][index]
+            seg, lo, hi = _segment(spec, plan, buffers, slots, reverse[d], first, last, lean["checkpoints"][d][index])
+            if slots.packed:
+                seg.dy, seg.dx = plan.dy[lo:hi], plan.dx[lo:hi]
+            else:
+                seg.dy = dy.reshape(T * B, -1)[lo:hi]
+                seg.dx = dx.reshape(T * B, -1)[lo:hi]
+            _recurrent.forward_all([seg], num_threads, None, _segment_threads(seg.N, 1, num_threads), 1)
+            _recurrent.backward_all([seg], num_threads, None)
+            _recurrent.weight_gradients_all([seg])
 
 
 def open_stream(specs, params, batch, dtype, num_threads):
