@@ -148,7 +148,7 @@ class _Context:
 
 # -- the door: every call of a backend goes through these two ---------------------------
 
-def run_layer(spec, params, x, states, lengths, training, reverse, backend=None, masks=None):
+def run_layer(spec, params, x, states, lengths, training, reverse, backend=None, masks=None, memory="full"):
     """One layer of `spec`, one or two directions, through a backend: the layers, the cells
     and the functions below all reach the backends here, and nowhere else. The arrays
     are trusted, as `validate.sequence_call` returns them: x C-contiguous (T, B, I),
@@ -157,11 +157,18 @@ def run_layer(spec, params, x, states, lengths, training, reverse, backend=None,
     the current selection) and the thread count are resolved here, once per call, and
     passed down. Returns y (T, B, D*W), the final states per direction, and a context for
     `run_layer_backward` (None unless training). `masks`: the regularised cells' random
-    masks per direction (`contract.MASKS`), None for their deterministic form."""
+    masks per direction (`contract.MASKS`), None for their deterministic form. `memory`:
+    what a training call keeps for its backward (`contract.MEMORY`), checked by the
+    caller."""
     module = registry.resolve(backend)
     y, states_n, inner = module.layer_forward(spec, params, x, states, lengths, training, reverse,
-                                              registry.get_num_threads(), masks=masks)
+                                              registry.get_num_threads(), masks=masks, memory=memory)
     return y, states_n, (_Context(module, inner, spec, x.shape[:2], x.dtype) if training else None)
+
+
+def check_memory(memory):
+    """`memory` if it is one of `contract.MEMORY`, else the ValueError naming it."""
+    return validate.choice("memory", memory, contract.MEMORY)
 
 
 def trace_layer(spec, params, x, states, lengths, reverse, backend=None):

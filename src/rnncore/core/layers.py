@@ -140,24 +140,26 @@ class _Recurrent(Module):
 
     # -- forward and backward through the stack ----------------------------------------
 
-    def _forward(self, x, states, lengths, check_finite):
+    def _forward(self, x, states, lengths, check_finite, memory="full"):
+        functional.check_memory(memory)
         x, states, lengths, batched, _ = validate.sequence_call(self._form, x, states, lengths, check_finite,
                                                                 self.training)
         dropout_mask = self._dropout_mask if self.training and self.dropout > 0 else None
         y, finals, saved = self._stack_forward(x, states, lengths, self.training, dropout_mask,
-                                               draw_masks=self.training)
+                                               draw_masks=self.training, memory=memory)
         self._saved = dict(saved, batched=batched) if saved is not None else None
         finals = [f if batched else f[:, 0, :] for f in finals]
         return self._output(y, batched), finals
 
-    def _stack_forward(self, x, states, lengths, keep_context, dropout_mask=None, draw_masks=False):
+    def _stack_forward(self, x, states, lengths, keep_context, dropout_mask=None, draw_masks=False, memory="full"):
         """The stack over C-contiguous time-major x (T, B, I) and C-contiguous states
         [(D*L, B, n)], as `validate.sequence_call` returns them: y (T, B, W), the final
         states, and what `_stack_backward` needs (None unless keep_context).
         `dropout_mask(shape)`, when given, draws the inverted-dropout mask of each layer's
         output but the last; `draw_masks` draws the regularised cells' masks (training
-        mode), else they take their deterministic form. It stores nothing on the layer,
-        so calls may interleave."""
+        mode), else they take their deterministic form; `memory` is what each layer's
+        context keeps (`contract.MEMORY`). It stores nothing on the layer, so calls may
+        interleave."""
         T, B, _ = x.shape
         D = self.num_directions
         reverse = (False, True)[:D]
@@ -172,7 +174,7 @@ class _Recurrent(Module):
                 cell_masks, dropped = regularise.draw(self._rng, spec, T, B, self.dtype, D)
                 params = regularise.dropped_weights(params, dropped)
             y, states_n, ctx = functional.run_layer(spec, params, layer_input, states_k, lengths, keep_context,
-                                                    reverse, self._backend_name, cell_masks)
+                                                    reverse, self._backend_name, cell_masks, memory)
             for r, state in zip(rows, states_n):
                 for final, value in zip(finals, state):
                     final[r] = value
@@ -251,7 +253,7 @@ class _OneState(_Recurrent):
     """Calling and backward of the layers whose state is h alone (RNN, GRU)."""
 
     def __call__(self, x: ArrayLike, h0: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None,
-                 check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 check_finite: bool = True, memory: str = "full") -> tuple[np.ndarray, np.ndarray]:
         """Run the layer over a sequence: ``y, h_n = layer(x, h0=None, lengths=None)``.
 
         Parameters
@@ -265,6 +267,12 @@ class _OneState(_Recurrent):
             leave the state alone.
         check_finite : bool, default True
             Whether to refuse NaN and infinity in x and h0.
+        memory : {"full", "lean"}, default "full"
+            What a training-mode call keeps for `backward`: every step's activations, or
+            ("lean") the state every k steps (k about sqrt(T), a multiple of 64), the
+            backward recomputing each stretch of k steps from its state: memory for T/k
+            + k steps instead of T, for about one more forward pass, and the same
+            gradients bit for bit. No effect in eval mode.
 
         Returns
         -------
@@ -278,7 +286,7 @@ class _OneState(_Recurrent):
         ValueError, TypeError
             A wrong shape, dtype, length or non-finite value, before any compute.
         """
-        y, (h_n,) = self._forward(x, (h0,), lengths, check_finite)
+        y, (h_n,) = self._forward(x, (h0,), lengths, check_finite, memory)
         return y, h_n
 
     forward = __call__
@@ -498,7 +506,7 @@ class LSTM(_Recurrent):
         self.coupled_input_forget = bool(coupled_input_forget)
 
     def __call__(self, x: ArrayLike, hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
-                 lengths: Optional[ArrayLike] = None, check_finite: bool = True,
+                 lengths: Optional[ArrayLike] = None, check_finite: bool = True, memory: str = "full",
                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Run the LSTM over a sequence: ``y, (h_n, c_n) = lstm(x, hx=None, lengths=None)``.
 
@@ -513,6 +521,8 @@ class LSTM(_Recurrent):
             Each sequence's length; later steps give y = 0 and leave the state alone.
         check_finite : bool, default True
             Whether to refuse NaN and infinity in x and hx.
+        memory : {"full", "lean"}, default "full"
+            As `RNN.__call__`'s.
 
         Returns
         -------
@@ -524,7 +534,7 @@ class LSTM(_Recurrent):
         ValueError, TypeError
             A wrong shape, dtype, length or non-finite value, before any compute.
         """
-        y, (h_n, c_n) = self._forward(x, validate.pair("hx", hx), lengths, check_finite)
+        y, (h_n, c_n) = self._forward(x, validate.pair("hx", hx), lengths, check_finite, memory)
         return y, (h_n, c_n)
 
     forward = __call__
@@ -637,10 +647,10 @@ class JordanRNN(_Recurrent):
         self.output_activation = output_activation
 
     def __call__(self, x: ArrayLike, y0: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None,
-                 check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 check_finite: bool = True, memory: str = "full") -> tuple[np.ndarray, np.ndarray]:
         """Run the layer: ``y, y_n = jordan(x, y0=None, lengths=None)``, y (T, B, O) (or as
         x is laid out), y0 and y_n (1, B, O) (y0 None: zeros); otherwise as `RNN.__call__`."""
-        y, (y_n,) = self._forward(x, (y0,), lengths, check_finite)
+        y, (y_n,) = self._forward(x, (y0,), lengths, check_finite, memory)
         return y, y_n
 
     forward = __call__
