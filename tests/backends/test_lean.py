@@ -111,3 +111,16 @@ def test_lean_at_the_edges_of_segments_and_chunks(backend, T):
         full = _run(backend, spec, params, x, states, lengths, reverse, masks, dy, dstates, "full")
         lean = _run(backend, spec, params, x, states, lengths, reverse, masks, dy, dstates, "lean")
         _assert_same(full, lean)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lean_context_back_propagates_twice_alike(backend):
+    # the backward only reads a lean context (the last segment's kept caches included)
+    spec = SPECS["gru_ln_zone_drop"]
+    params, x, states, lengths, masks, dy, dstates = _case(spec, 150, 4, 2, np.float32, 5, True)
+    module = registry.resolve(backend)
+    _, _, ctx = module.layer_forward(spec, params, x, states, lengths, True, (False, True), THREADS, masks=masks,
+                                     memory="lean")
+    first = module.layer_backward(ctx, dy, dstates, THREADS)
+    second = module.layer_backward(ctx, dy, dstates, THREADS)
+    _assert_same((first[0], [], *first), (second[0], [], *second))

@@ -138,9 +138,9 @@ MASKS = {
 
 # How much of a training forward its ctx keeps (`Backend.layer_forward`'s `memory`):
 # "full", every loop step's caches; "lean", only the state at the start of each of
-# `lean_segments`' segments (and what does not grow with T), the backward recomputing
-# each segment's training forward from its state, last segment first, and
-# back-propagating through it at once. The two give the same y, final states and
+# `lean_segments`' segments, the last segment's caches and what does not grow with T,
+# the backward recomputing each other segment's training forward from its state as it
+# reaches it (last segment first) and back-propagating through it at once. The two give the same y, final states and
 # backward results, bit for bit.
 MEMORY = ("full", "lean")
 

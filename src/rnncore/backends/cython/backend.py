@@ -535,8 +535,9 @@ def _lean_forward(spec, params, x, states, slots, reverse, num_threads, masks):
             _write_output(y, seg.hs, slots, reverse[d], d, P, lo, hi)
             current[d] = _state_after(spec, seg, slots, first, last, current[d])
     states_n = [tuple(slots.schedule.unsort(s) for s in state) for state in current]
+    # the last segment's buffers hold its forward: its backward, the first, reads them
     ctx = dict(spec=spec, plans=plans, slots=slots, reverse=reverse, x_shape=x.shape, dtype=dtype,
-               lean=dict(segments=segments, checkpoints=checkpoints, rows=rows, whole=whole))
+               lean=dict(segments=segments, checkpoints=checkpoints, rows=rows, whole=whole, last=buffers))
     return y, states_n, ctx
 
 
@@ -546,18 +547,30 @@ def _lean_backward(ctx, plans, dy, dx, num_threads):
     spec, slots, reverse, dtype = ctx["spec"], ctx["slots"], ctx["reverse"], ctx["dtype"]
     lean = ctx["lean"]
     T, B, _ = ctx["x_shape"]
+    last = len(lean["segments"]) - 1
     for d, plan in enumerate(plans):
-        buffers = dict(_forward_rows(spec, plan, lean["rows"], True, lean["whole"], dtype),
-                       **_backward_rows(spec, plan, lean["rows"], dtype))
+        grads_rows = _backward_rows(spec, plan, lean["rows"], dtype)
+        # the forward's buffers, only read by the backward: the last segment's as the
+        # forward left them (the context's, shared with other backward calls), the
+        # others' recomputed into buffers of this call's own
+        recomputed = None
         for index in reversed(range(len(lean["segments"]))):
-            first, last = lean["segments"][index]
-            seg, lo, hi = _segment(spec, plan, buffers, slots, reverse[d], first, last, lean["checkpoints"][d][index])
+            first, last_step = lean["segments"][index]
+            if index == last:
+                forward_rows = lean["last"][d]
+            else:
+                if recomputed is None:
+                    recomputed = _forward_rows(spec, plan, lean["rows"], True, lean["whole"], dtype)
+                forward_rows = recomputed
+            seg, lo, hi = _segment(spec, plan, dict(forward_rows, **grads_rows), slots, reverse[d], first, last_step,
+                                   lean["checkpoints"][d][index])
             if slots.packed:
                 seg.dy, seg.dx = plan.dy[lo:hi], plan.dx[lo:hi]
             else:
                 seg.dy = dy.reshape(T * B, -1)[lo:hi]
                 seg.dx = dx.reshape(T * B, -1)[lo:hi]
-            _recurrent.forward_all([seg], num_threads, None, _segment_threads(seg.N, 1, num_threads), 1)
+            if index != last:
+                _recurrent.forward_all([seg], num_threads, None, _segment_threads(seg.N, 1, num_threads), 1)
             _recurrent.backward_all([seg], num_threads, None)
             _recurrent.weight_gradients_all([seg])
 

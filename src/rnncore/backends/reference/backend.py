@@ -45,7 +45,8 @@ def direction_forward(spec, p, x, state0, lengths=None, reverse=False, training=
     """Run one direction. x (T, B, I); state0 tuple of (B, n); masks None or {name:
     array} (`contract.MASKS`). Returns y (T, B, out), the final state tuple and, when
     training, the context for `direction_backward`: every step's cache, or with memory
-    "lean" the state at the start of each of `contract.lean_segments`."""
+    "lean" the state at the start of each of `contract.lean_segments` and the last
+    segment's caches."""
     T, B, _ = x.shape
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
     ctx = dict(spec=spec, p=p, x=x, time=contract.time_index(T, lengths, reverse),   # (T, B): the time index of loop step t
@@ -55,14 +56,13 @@ def direction_forward(spec, p, x, state0, lengths=None, reverse=False, training=
     state = tuple(s.copy() for s in state0)
     lean = training and memory == "lean"
     segments = contract.lean_segments(T) if lean else [(0, T)]
-    checkpoints, caches = [], []
+    checkpoints = []
     for first, last in segments:
         checkpoints.append(state)
-        state, segment_caches = _run_steps(ctx, first, last, state, y)
-        if training and not lean:
-            caches = segment_caches
+        state, caches = _run_steps(ctx, first, last, state, y)
     if lean:
-        ctx.update(segments=segments, checkpoints=checkpoints)
+        # the last segment's caches, which its backward (the first) reads as they are
+        ctx.update(segments=segments, checkpoints=checkpoints, last_caches=caches)
     else:
         ctx["caches"] = caches
     return y, state, (ctx if training else None)
@@ -117,7 +117,8 @@ def direction_backward(ctx, dy, dstate_n):
     if "caches" in ctx:
         segments = [(0, T, ctx["caches"])]
     else:
-        segments = [(first, last, None) for first, last in ctx["segments"]]
+        segments = [(first, last, None) for first, last in ctx["segments"][:-1]]
+        segments.append(ctx["segments"][-1] + (ctx["last_caches"],))
     for index in reversed(range(len(segments))):
         first, last, caches = segments[index]
         if caches is None:
