@@ -612,7 +612,7 @@ class Sequential:
         return list(states)
 
     def __call__(self, x: ArrayLike, states: Optional[list] = None, lengths: Optional[ArrayLike] = None,
-                 ) -> tuple[Any, list]:
+                 memory: str = "full") -> tuple[Any, list]:
         """``y, states = model(x, states=None, lengths=None)``.
 
         Parameters
@@ -624,6 +624,9 @@ class Sequential:
             or None for zeros); None: zeros for all.
         lengths : array_like of int, (B,), optional
             Passed to the recurrent layers and to LastStep.
+        memory : {"full", "lean"}, default "full"
+            Passed to the recurrent layers (`RNN.__call__`'s: "lean" keeps a state every
+            k steps for the backward, not every step's activations).
 
         Returns
         -------
@@ -637,11 +640,12 @@ class Sequential:
         ValueError, TypeError
             states of the wrong length, or what a module raises.
         """
+        functional.check_memory(memory)
         states = iter(self._state_list("states", states))
         finals = []
         for module in self.modules:
             if isinstance(module, _Recurrent):
-                x, final = module(x, next(states), lengths)
+                x, final = module(x, next(states), lengths, memory=memory)
                 finals.append(final)
             elif isinstance(module, LastStep):
                 x = module(x, lengths)

@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..core import functional as _functional
 from ..core import validate as _validate
 from ..core.docs import filled
 from .clip import clip_grad_norm_
@@ -32,15 +33,26 @@ _DOCS = {
     'max_norm': 'max_norm : float, optional\n        Clip the global gradient norm to this before the step; None: no clipping.',
     'loss_states': 'loss : float\n    states : list\n        The model\'s final states, to carry on.',
     'model_raises': 'What the model, loss or optimizer raise on a wrong input.',
+    'memory': 'memory : {"full", "lean"}, default "full"\n        "lean": passed to the model as ``memory="lean"`` (a Sequential\'s recurrent layers\n'
+              '        then keep a state every k steps for the backward rather than every step\'s\n'
+              '        activations, for the same gradients).',
     'model_example': '>>> import numpy as np, rnncore as rc\n'
                      '    >>> model = rc.Sequential(rc.GRU(1, 4, seed=0), rc.Linear(4, 1, seed=1))',
 }
 
 
+def _forward(model, memory, *args):
+    """model(*args), given memory="lean" when asked for (a model of one's own that never
+    is need not take it)."""
+    if _functional.check_memory(memory) == "full":
+        return model(*args)
+    return model(*args, memory=memory)
+
+
 @filled(_DOCS)
 def train_step(model: Any, loss_fn: Any, optimizer: Any, x: ArrayLike, target: ArrayLike, states: Optional[list] = None,
                lengths: Optional[ArrayLike] = None, max_norm: Optional[float] = None,
-               mask: Optional[ArrayLike] = None) -> tuple[float, list]:
+               mask: Optional[ArrayLike] = None, memory: str = "full") -> tuple[float, list]:
     """Zero the gradients, forward, loss, backward, clip the global gradient norm to
     `max_norm` (if given), and one optimizer step (if given; None leaves the gradients
     accumulated in the model). Returns (loss, final states).
@@ -58,6 +70,7 @@ def train_step(model: Any, loss_fn: Any, optimizer: Any, x: ArrayLike, target: A
     %(max_norm)s
     mask : array_like, optional
         Passed to loss_fn as its third argument (MSELoss's mask).
+    %(memory)s
 
     Returns
     -------
@@ -79,7 +92,7 @@ def train_step(model: Any, loss_fn: Any, optimizer: Any, x: ArrayLike, target: A
     """
     model.train()
     model.zero_grad()
-    y, finals = model(x, states, lengths)
+    y, finals = _forward(model, memory, x, states, lengths)
     loss = loss_fn(y, target) if mask is None else loss_fn(y, target, mask)
     model.backward(loss_fn.backward())
     if max_norm is not None:
@@ -91,7 +104,8 @@ def train_step(model: Any, loss_fn: Any, optimizer: Any, x: ArrayLike, target: A
 
 @filled(_DOCS)
 def truncated_bptt(model: Any, loss_fn: Any, optimizer: Any, x: np.ndarray, target: np.ndarray, chunk: int,
-                   states: Optional[list] = None, max_norm: Optional[float] = None) -> tuple[float, Any]:
+                   states: Optional[list] = None, max_norm: Optional[float] = None,
+                   memory: str = "full") -> tuple[float, Any]:
     """One pass over a long time-major series x (T, B, ...) with targets (T, B, ...) in
     chunks of `chunk` steps. Each chunk starts from the previous chunk's final state (the
     forward sees the whole history) but back-propagates within itself only, then steps
@@ -110,6 +124,7 @@ def truncated_bptt(model: Any, loss_fn: Any, optimizer: Any, x: np.ndarray, targ
         Steps per chunk, >= 1.
     %(states)s
     %(max_norm)s
+    %(memory)s
 
     Returns
     -------
@@ -131,6 +146,7 @@ def truncated_bptt(model: Any, loss_fn: Any, optimizer: Any, x: np.ndarray, targ
     (1, 1, 4)
     """
     chunk = _validate.positive_int("chunk", chunk)
+    _functional.check_memory(memory)
     T = len(x)
     if len(target) != T:
         raise ValueError(f"target: expected {T} steps (as x), got {len(target)}")
@@ -142,7 +158,7 @@ def truncated_bptt(model: Any, loss_fn: Any, optimizer: Any, x: np.ndarray, targ
         model.train()
         if optimizer is not None:
             model.zero_grad()
-        y, states = model(x[start:stop], states)
+        y, states = _forward(model, memory, x[start:stop], states)
         loss = loss_fn(y, target[start:stop])
         model.backward(loss_fn.backward())
         if max_norm is not None:
