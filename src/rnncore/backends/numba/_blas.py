@@ -44,15 +44,3 @@ def gemm(a, transpose_a, b, transpose_b, c, accumulate, scalars):
             scalars[0:].ctypes if not accumulate else scalars[1:].ctypes,
             c.ctypes, max(c.strides[0] // c.itemsize, cols, 1))
 
-
-@njit
-def column_sums(values, out):
-    """out[k] = sum over rows of values[:, k], accumulated in float64 in row order (the
-    same order for any thread count; float32 sums of T*B terms would lose digits)."""
-    acc = np.zeros(values.shape[1], np.float64)
-    for row in range(values.shape[0]):
-        for k in range(values.shape[1]):
-            acc[k] += values[row, k]
-    for k in range(values.shape[1]):
-        out[k] = acc[k]
-

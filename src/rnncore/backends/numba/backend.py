@@ -13,11 +13,13 @@ Importing it without numba installed raises ImportError, which marks the backend
 unavailable.
 """
 import contextlib
+import copy
 import logging
 import os
 import sys
 import threading
 import time
+from typing import Callable, NamedTuple
 
 import numba
 import numpy as np
@@ -260,6 +262,22 @@ def _folded_bias(spec, p, dtype):
     return bias_x, b_hn
 
 
+def _steps(buffers, steps):
+    """The first `steps` steps of buffers kept per step ({name: array}): views, a state
+    buffer (`_STATE_BUFFERS`, step t at t+1) one longer; per-row scratch, stand-ins and
+    None as they are (a stand-in's one slot serves any number of steps)."""
+    views = {}
+    for name, a in buffers.items():
+        if a is not None and a.ndim == 3:
+            a = a[:steps + 1] if name in _STATE_BUFFERS else a[:steps]
+        views[name] = a
+    return views
+
+
+# buffers with the initial value at 0 and step t's at t+1
+_STATE_BUFFERS = ("states", "cells")
+
+
 class _Regularisers:
     """One direction's arguments of the regularised cells, as the kernels take them
     (kernels.py, "the regularised cells' pieces"), in work order: the layer norm's gains
@@ -267,34 +285,67 @@ class _Regularisers:
     masks or the one row of p's of its expectation; the recurrent dropout's mask and the
     buffer of h_{t-1} * mask. An option that is off gets stand-ins of the same types, so
     every variant is one compiled signature; the layer norm's stand-ins have a row per
-    batch row, which the kernels write (and never read) without it."""
+    batch row, which the kernels write (and never read) without it.
 
-    def __init__(self, spec, p, masks, order, T, B, training, dtype):
+    Built without buffers; `with_buffers` gives a copy that has them, `segment` the
+    view of a stretch of loop steps."""
+
+    BUFFERS = ("c_cand", "dropped", "xhat_ih", "xhat_hh", "rstd", "chat")
+
+    def __init__(self, spec, p, masks, order, B, dtype):
         masks = masks or {}
-        S, H, GH = spec.out_size, spec.hidden_size, spec.num_gates * spec.hidden_size
+        self.spec, self.B, self.dtype = spec, B, dtype
+        S, H = spec.out_size, spec.hidden_size
         lstm = spec.kind == "lstm"
+        # the zoneout weights that are masks, one per step, which a segment slices
+        self.step_masks = tuple(name for name, key in (("zone_h", "zoneout_h"), ("zone_c", "zoneout_c"))
+                                if key in masks)
         self.zoneout_h, self.zone_h = self._zone(masks.get("zoneout_h"), spec.zoneout_h, S, order, dtype)
         self.zoneout_c, self.zone_c = self._zone(masks.get("zoneout_c"), spec.zoneout_c if lstm else 0.0, H, order,
                                                  dtype)
-        self.c_cand = _per_step(training, T, B, H, dtype) if self.zoneout_c else _dummy(dtype, 3)
         self.dropout = "recurrent" in masks
         self.rec_mask = order.schedule.sort(masks["recurrent"]) if self.dropout else _dummy(dtype, 2)
-        self.dropped = _per_step(training, T, B, S, dtype) if self.dropout else _dummy(dtype, 3)
         self.layer_norm = spec.layer_norm
         if self.layer_norm:
             self.g_ih, self.g_hh = p["weight_ih_ln"], p["weight_hh_ln"]
-            self.xhat_ih, self.xhat_hh = _per_step(training, T, B, GH, dtype), _per_step(training, T, B, GH, dtype)
-            self.rstd = _per_step(training, T, B, 3, dtype)
         else:
             self.g_ih = self.g_hh = _dummy(dtype, 1)
-            self.xhat_ih = self.xhat_hh = np.zeros((1, B, 1), dtype)
-            self.rstd = np.zeros((1, B, 3), dtype)
         if self.layer_norm and lstm:
             self.g_c, self.b_c = p["weight_c_ln"], p["bias_c_ln"]
-            self.chat = _per_step(training, T, B, H, dtype)
         else:
             self.g_c = self.b_c = _dummy(dtype, 1)
-            self.chat = np.zeros((1, B, 1), dtype)
+
+    def with_buffers(self, steps, training):
+        """A copy with buffers of its own for `steps` loop steps (in training; in
+        inference the running values only)."""
+        spec, B, dtype = self.spec, self.B, self.dtype
+        S, H, GH = spec.out_size, spec.hidden_size, spec.num_gates * spec.hidden_size
+        reg = copy.copy(self)
+        reg.c_cand = _per_step(training, steps, B, H, dtype) if self.zoneout_c else _dummy(dtype, 3)
+        reg.dropped = _per_step(training, steps, B, S, dtype) if self.dropout else _dummy(dtype, 3)
+        if self.layer_norm:
+            reg.xhat_ih, reg.xhat_hh = _per_step(training, steps, B, GH, dtype), _per_step(training, steps, B, GH,
+                                                                                           dtype)
+            reg.rstd = _per_step(training, steps, B, 3, dtype)
+        else:
+            reg.xhat_ih = reg.xhat_hh = np.zeros((1, B, 1), dtype)
+            reg.rstd = np.zeros((1, B, 3), dtype)
+        reg.chat = _per_step(training, steps, B, H, dtype) if self.layer_norm and spec.kind == "lstm" else \
+            np.zeros((1, B, 1), dtype)
+        return reg
+
+    def segment(self, first, last):
+        """The loop steps [first, last): the masks' steps, the first last - first slots
+        of the buffers."""
+        reg = copy.copy(self)
+        for name in self.step_masks:
+            setattr(reg, name, getattr(self, name)[first:last])
+        for name, view in _steps({name: getattr(self, name) for name in self.BUFFERS}, last - first).items():
+            setattr(reg, name, view)
+        return reg
+
+    def buffers(self):
+        return [getattr(self, name) for name in self.BUFFERS]
 
     @staticmethod
     def _zone(mask, p, width, order, dtype):
@@ -311,200 +362,350 @@ class _Regularisers:
         return self.dropout, self.rec_mask, self.dropped
 
 
+# -- the families ----------------------------------------------------------------------
+#
+# Each family runs its kernels over a stretch of loop steps through four functions:
+#
+#     buffers(spec, reg, steps, B, dtype, training) -> {name: array}
+#         what its forward keeps per step besides `states`, for `steps` steps;
+#     forward(spec, p, x, states, buf, active, reg, threads)
+#         the steps of x (L, B, I) from states[0] (and buf["cells"][0]), written into
+#         states (L+1, B, S) and the buffers;
+#     backward_buffers(spec, reg, steps, B, dtype) -> {name: array}
+#         what its backward writes per step, for `steps` steps, and its per-row scratch;
+#     carries(spec, reg, B, dtype) -> {name: array}
+#         what the backward adds into across the stretches: the gradients, their float64
+#         per-chunk sums, a state gradient besides `d_states`;
+#     backward(spec, p, x, states, buf, bwd, carry, active, reg, dy, d_states, dx, last, threads)
+#         back through the steps, last first: d_states (the gradients of the state after
+#         the last step) leave as those of states[0]; dx (L, B, I) written, the
+#         gradients added into carry; `last`: the stretch that starts at step 0, which
+#         rounds the float64 sums into the gradients;
+#
+# and `gradients(spec, carry)`, the grads of the contract. The full path runs one
+# stretch of every step; the lean path one per segment.
+
 # -- Elman and Jordan ------------------------------------------------------------------
 
-def _simple_forward(spec, p, x, state0, order, training, threads, reg):
-    T, B, _ = x.shape
-    H, S, dtype = spec.hidden_size, spec.out_size, x.dtype
-    jordan = spec.kind == "jordan"
+def _simple_buffers(spec, reg, steps, B, dtype, training):
+    H = spec.hidden_size
+    # Elman's hidden state is its output (hidden None: states[1:]), unless zoneout blends the two
+    separate = spec.kind == "jordan" or reg.zoneout_h
+    return dict(x_proj=np.empty((steps, B, H), dtype),
+                hidden=_per_step(training, steps, B, H, dtype) if separate else None)
+
+
+def _simple_weights(spec, p, dtype):
+    if spec.kind == "jordan":
+        return p["weight_ho"], p["bias_ho"] if spec.bias else np.zeros(spec.out_size, dtype)
+    return _dummy(dtype, 2), _dummy(dtype, 1)
+
+
+def _simple_forward(spec, p, x, states, buf, active, reg, threads):
+    dtype = x.dtype
     bias, _ = _folded_bias(spec, p, dtype)
-    x_proj = np.empty((T, B, H), dtype)
-    states = np.zeros((T + 1, B, S), dtype)
-    states[0] = state0[0]
-    if jordan:
-        hidden = _per_step(training, T, B, H, dtype)
-        w_ho = p["weight_ho"]
-        b_ho = p["bias_ho"] if spec.bias else np.zeros(S, dtype)
-    else:
-        # Elman's hidden state is its output, unless zoneout blends the two
-        hidden = _per_step(training, T, B, H, dtype) if reg.zoneout_h else states[1:]
-        w_ho, b_ho = _dummy(dtype, 2), _dummy(dtype, 1)
+    w_ho, b_ho = _simple_weights(spec, p, dtype)
+    hidden = states[1:] if buf["hidden"] is None else buf["hidden"]
     act, out_act = ACTIVATION_CODES[spec.nonlinearity], ACTIVATION_CODES[spec.output_activation]
-    chunk = rows_per_chunk(B)
     with _kernel_call(kernels.simple_forward, dtype, threads):
-        kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, order.active, chunk, act, out_act,
-                               jordan, x_proj, states, hidden, reg.zoneout_h, reg.zone_h, *reg.drop())
-    saved = dict(x=x, states=states, hidden=hidden, w_ho=w_ho, act=act, out_act=out_act, jordan=jordan, chunk=chunk)
-    return states, (order.final(states),), saved
+        kernels.simple_forward(x, p["weight_ih"], bias, p["weight_hh"], w_ho, b_ho, active, rows_per_chunk(x.shape[1]),
+                               act, out_act, spec.kind == "jordan", buf["x_proj"], states, hidden, reg.zoneout_h,
+                               reg.zone_h, *reg.drop())
 
 
-def _simple_backward(spec, p, s, reg, dy, d_states, order, threads):
-    x = s["x"]
-    T, B, I = x.shape
-    H, S, dtype = spec.hidden_size, spec.out_size, x.dtype
-    jordan = s["jordan"]
-    (d_state,) = d_states
-    d_pre = np.zeros((T, B, H), dtype)
-    d_out = np.zeros((T, B, S), dtype) if jordan else _dummy(dtype, 3)
-    d_hidden = np.empty((B, H), dtype) if jordan else _dummy(dtype, 2)
-    dx = np.empty((T, B, I), dtype)
+def _simple_backward_buffers(spec, reg, steps, B, dtype):
+    H, S = spec.hidden_size, spec.out_size
+    jordan = spec.kind == "jordan"
+    return dict(d_pre=np.zeros((steps, B, H), dtype),
+                d_out=np.zeros((steps, B, S), dtype) if jordan else _dummy(dtype, 3),
+                d_hidden=np.empty((B, H), dtype) if jordan else _dummy(dtype, 2))
+
+
+def _simple_carries(spec, reg, B, dtype):
     g = contract.new_gradients(spec, dtype)
     g.setdefault("weight_ho", _dummy(dtype, 2))
-    bias_grad = np.empty(H, dtype)
-    bias_ho_grad = np.empty(S, dtype)
+    return dict(g=g, bias_sums=np.zeros(spec.hidden_size), bias_ho_sums=np.zeros(spec.out_size),
+                bias=np.zeros(spec.hidden_size, dtype), bias_ho=np.zeros(spec.out_size, dtype))
+
+
+def _simple_backward(spec, p, x, states, buf, bwd, carry, active, reg, dy, d_states, dx, last, threads):
+    dtype = x.dtype
+    g = carry["g"]
+    w_ho, _ = _simple_weights(spec, p, dtype)
+    hidden = states[1:] if buf["hidden"] is None else buf["hidden"]
+    act, out_act = ACTIVATION_CODES[spec.nonlinearity], ACTIVATION_CODES[spec.output_activation]
     with _kernel_call(kernels.simple_backward, dtype, threads):
-        kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], s["w_ho"], order.active, s["chunk"], s["act"],
-                                s["out_act"], jordan, s["states"], s["hidden"], reg.zoneout_h, reg.zone_h, *reg.drop(),
-                                dy, d_state, d_pre, d_out, d_hidden, dx, g["weight_ih"], g["weight_hh"],
-                                g["weight_ho"], bias_grad, bias_ho_grad)
-    return dx, (d_state,), contract.gradients(spec, dict(g, bias_ih=bias_grad, bias_hh=bias_grad, bias_ho=bias_ho_grad))
+        kernels.simple_backward(x, p["weight_ih"], p["weight_hh"], w_ho, active, rows_per_chunk(x.shape[1]), act,
+                                out_act, spec.kind == "jordan", states, hidden, reg.zoneout_h, reg.zone_h, *reg.drop(),
+                                dy, d_states[0], bwd["d_pre"], bwd["d_out"], bwd["d_hidden"], carry["bias_sums"],
+                                carry["bias_ho_sums"], last, dx, g["weight_ih"], g["weight_hh"], g["weight_ho"],
+                                carry["bias"], carry["bias_ho"])
+
+
+def _simple_gradients(spec, carry):
+    bias, bias_ho = carry["bias"], carry["bias_ho"]
+    return contract.gradients(spec, dict(carry["g"], bias_ih=bias, bias_hh=bias, bias_ho=bias_ho))
 
 
 # -- LSTM ----------------------------------------------------------------------------
 
-def _lstm_forward(spec, p, x, state0, order, training, threads, reg):
-    T, B, _ = x.shape
-    H, S, G, dtype = spec.hidden_size, spec.out_size, spec.num_gates, x.dtype
-    projected, peephole, coupled = bool(spec.proj_size), spec.peephole, spec.coupled_input_forget
-    bias, _ = _folded_bias(spec, p, dtype)
-    x_proj = np.empty((T, B, G * H), dtype)
-    states = np.zeros((T + 1, B, S), dtype)
-    states[0] = state0[0]
+def _lstm_buffers(spec, reg, steps, B, dtype, training):
+    H, G = spec.hidden_size, spec.num_gates
     # inference: c_{t-1} and c_t in two alternating slots (see kernels._lstm_forward_rows)
-    cells = np.zeros((T + 1, B, H), dtype) if training else np.empty((2, B, H), dtype)
-    cells[0] = state0[1]
-    m = _per_step(training, T, B, H, dtype) if projected else _dummy(dtype, 3)
-    w_hr = p["weight_hr"] if projected else _dummy(dtype, 2)
-    w_ci = p["weight_ci"] if peephole else _dummy(dtype, 1)
-    w_cf = p["weight_cf"] if peephole and not coupled else _dummy(dtype, 1)
-    w_co = p["weight_co"] if peephole else _dummy(dtype, 1)
-    hh = np.empty((B, G * H), dtype) if reg.layer_norm else _dummy(dtype, 2)
-    chunk = rows_per_chunk(B)
+    return dict(x_proj=np.empty((steps, B, G * H), dtype),
+                cells=np.zeros((steps + 1, B, H), dtype) if training else np.empty((2, B, H), dtype),
+                m=_per_step(training, steps, B, H, dtype) if spec.proj_size else _dummy(dtype, 3),
+                hh=np.empty((B, G * H), dtype) if reg.layer_norm else _dummy(dtype, 2))
+
+
+def _lstm_weights(spec, p, dtype):
+    """(w_hr, w_ci, w_cf, w_co), stand-ins where the variant has none."""
+    peephole = spec.peephole
+    return (p["weight_hr"] if spec.proj_size else _dummy(dtype, 2),
+            p["weight_ci"] if peephole else _dummy(dtype, 1),
+            p["weight_cf"] if peephole and not spec.coupled_input_forget else _dummy(dtype, 1),
+            p["weight_co"] if peephole else _dummy(dtype, 1))
+
+
+def _lstm_forward(spec, p, x, states, buf, active, reg, threads):
+    dtype = x.dtype
+    bias, _ = _folded_bias(spec, p, dtype)
     with _kernel_call(kernels.lstm_forward, dtype, threads):
-        kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], w_hr, w_ci, w_cf, w_co, order.active, chunk,
-                             peephole, coupled, projected, x_proj, states, cells, m, *reg.norm()[:3], reg.g_c, reg.b_c,
-                             reg.xhat_ih, reg.xhat_hh, reg.chat, reg.rstd, hh, reg.zoneout_h, reg.zone_h,
-                             reg.zoneout_c, reg.zone_c, reg.c_cand, *reg.drop())
-    saved = dict(x=x, x_proj=x_proj, states=states, cells=cells, m=m, w_hr=w_hr, w_ci=w_ci, w_cf=w_cf, w_co=w_co,
-                 chunk=chunk)
-    return states, (order.final(states), order.final(cells)), saved
+        kernels.lstm_forward(x, p["weight_ih"], bias, p["weight_hh"], *_lstm_weights(spec, p, dtype), active,
+                             rows_per_chunk(x.shape[1]), spec.peephole, spec.coupled_input_forget,
+                             bool(spec.proj_size), buf["x_proj"], states, buf["cells"], buf["m"], *reg.norm()[:3],
+                             reg.g_c, reg.b_c, reg.xhat_ih, reg.xhat_hh, reg.chat, reg.rstd, buf["hh"], reg.zoneout_h,
+                             reg.zone_h, reg.zoneout_c, reg.zone_c, reg.c_cand, *reg.drop())
 
 
-def _lstm_backward(spec, p, s, reg, dy, d_states, order, threads):
-    x = s["x"]
-    T, B, I = x.shape
-    H, S, G, dtype = spec.hidden_size, spec.out_size, spec.num_gates, x.dtype
-    projected, peephole, coupled = bool(spec.proj_size), spec.peephole, spec.coupled_input_forget
-    d_state, d_cell = d_states
-    chunk = s["chunk"]
-    chunks = -(-B // chunk)
-    d_gates = np.zeros((T, B, G * H), dtype)
-    d_hh = np.zeros((T, B, G * H), dtype) if reg.layer_norm else _dummy(dtype, 3)
-    d_h = np.zeros((T, B, S), dtype) if projected else _dummy(dtype, 3)
-    d_m = np.empty((B, H), dtype) if projected else _dummy(dtype, 2)
-    # per chunk, in float64: the peepholes' and LN(c)'s sums (H wide), the bias's and
-    # the gains' with layer norm (G*H wide)
-    vector_sums = np.zeros((chunks, 5, H), np.float64)
-    gate_sums = np.zeros((chunks, 3, G * H if reg.layer_norm else 1), np.float64)
-    dx = np.empty((T, B, I), dtype)
+def _lstm_backward_buffers(spec, reg, steps, B, dtype):
+    H, S, G = spec.hidden_size, spec.out_size, spec.num_gates
+    projected = bool(spec.proj_size)
+    return dict(d_gates=np.zeros((steps, B, G * H), dtype),
+                d_hh=np.zeros((steps, B, G * H), dtype) if reg.layer_norm else _dummy(dtype, 3),
+                d_h=np.zeros((steps, B, S), dtype) if projected else _dummy(dtype, 3),
+                d_m=np.empty((B, H), dtype) if projected else _dummy(dtype, 2))
+
+
+def _lstm_carries(spec, reg, B, dtype):
+    H, GH = spec.hidden_size, spec.num_gates * spec.hidden_size
+    chunks = -(-B // rows_per_chunk(B))
     g = contract.new_gradients(spec, dtype)
     g.setdefault("weight_hr", _dummy(dtype, 2))
-    bias_grad = np.empty(G * H, dtype)
-    vector_grads = np.empty((5, H), dtype)
-    gain_grads = np.empty((2, G * H), dtype) if reg.layer_norm else _dummy(dtype, 2)
+    # per chunk, in float64: the peepholes' and LN(c)'s sums (H wide), the bias's and
+    # the gains' with layer norm (G*H wide); the bias's column sums without
+    return dict(g=g, vector_sums=np.zeros((chunks, 5, H)),
+                gate_sums=np.zeros((chunks, 3, GH if reg.layer_norm else 1)), bias_sums=np.zeros(GH),
+                bias=np.zeros(GH, dtype), vectors=np.zeros((5, H), dtype),
+                gains=np.zeros((2, GH), dtype) if reg.layer_norm else _dummy(dtype, 2))
+
+
+def _lstm_backward(spec, p, x, states, buf, bwd, carry, active, reg, dy, d_states, dx, last, threads):
+    dtype = x.dtype
+    g = carry["g"]
+    d_state, d_cell = d_states
     with _kernel_call(kernels.lstm_backward, dtype, threads):
-        kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], s["w_hr"], s["w_ci"], s["w_cf"], s["w_co"],
-                              order.active, chunk, peephole, coupled, projected, s["x_proj"], s["states"], s["cells"],
-                              s["m"], *reg.norm()[:3], reg.g_c, reg.b_c, reg.xhat_ih, reg.xhat_hh, reg.chat, reg.rstd,
-                              reg.zoneout_h, reg.zone_h, reg.zoneout_c, reg.zone_c, reg.c_cand, *reg.drop(), dy,
-                              d_state, d_cell, d_gates, d_hh, d_h, d_m, vector_sums, gate_sums, dx, g["weight_ih"],
-                              g["weight_hh"], g["weight_hr"], bias_grad, vector_grads, gain_grads)
-    g.update(bias_ih=bias_grad, bias_hh=bias_grad, weight_ci=vector_grads[0], weight_cf=vector_grads[1],
-             weight_co=vector_grads[2], weight_c_ln=vector_grads[3], bias_c_ln=vector_grads[4],
-             weight_ih_ln=gain_grads[0], weight_hh_ln=gain_grads[-1])
-    return dx, (d_state, d_cell), contract.gradients(spec, g)
+        kernels.lstm_backward(x, p["weight_ih"], p["weight_hh"], *_lstm_weights(spec, p, dtype), active,
+                              rows_per_chunk(x.shape[1]), spec.peephole, spec.coupled_input_forget,
+                              bool(spec.proj_size), buf["x_proj"], states, buf["cells"], buf["m"], *reg.norm()[:3],
+                              reg.g_c, reg.b_c, reg.xhat_ih, reg.xhat_hh, reg.chat, reg.rstd, reg.zoneout_h,
+                              reg.zone_h, reg.zoneout_c, reg.zone_c, reg.c_cand, *reg.drop(), dy, d_state, d_cell,
+                              bwd["d_gates"], bwd["d_hh"], bwd["d_h"], bwd["d_m"], carry["vector_sums"],
+                              carry["gate_sums"], carry["bias_sums"], last, dx, g["weight_ih"], g["weight_hh"],
+                              g["weight_hr"], carry["bias"], carry["vectors"], carry["gains"])
+
+
+def _lstm_gradients(spec, carry):
+    vectors, gains, bias = carry["vectors"], carry["gains"], carry["bias"]
+    return contract.gradients(spec, dict(carry["g"], bias_ih=bias, bias_hh=bias, weight_ci=vectors[0],
+                                         weight_cf=vectors[1], weight_co=vectors[2], weight_c_ln=vectors[3],
+                                         bias_c_ln=vectors[4], weight_ih_ln=gains[0], weight_hh_ln=gains[-1]))
 
 
 # -- GRU -------------------------------------------------------------------------------
 
-def _gru_forward(spec, p, x, state0, order, training, threads, reg):
-    T, B, _ = x.shape
-    H, dtype = spec.hidden_size, x.dtype
-    reset_after = spec.reset_after
+def _gru_buffers(spec, reg, steps, B, dtype, training):
+    H = spec.hidden_size
+    return dict(x_proj=np.empty((steps, B, 3 * H), dtype), aux=_per_step(training, steps, B, H, dtype),
+                hh=np.empty((B, 3 * H), dtype) if spec.reset_after else _dummy(dtype, 2))
+
+
+def _gru_forward(spec, p, x, states, buf, active, reg, threads):
+    dtype = x.dtype
     bias, b_hn = _folded_bias(spec, p, dtype)
-    x_proj = np.empty((T, B, 3 * H), dtype)
-    states = np.zeros((T + 1, B, H), dtype)
-    states[0] = state0[0]
-    aux = _per_step(training, T, B, H, dtype)
-    hh = np.empty((B, 3 * H), dtype) if reset_after else _dummy(dtype, 2)
-    chunk = rows_per_chunk(B)
     with _kernel_call(kernels.gru_forward, dtype, threads):
-        kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, order.active, chunk, reset_after, x_proj,
-                            states, aux, hh, *reg.norm(), reg.zoneout_h, reg.zone_h, *reg.drop())
-    saved = dict(x=x, x_proj=x_proj, states=states, aux=aux, chunk=chunk)
-    return states, (order.final(states),), saved
+        kernels.gru_forward(x, p["weight_ih"], bias, p["weight_hh"], b_hn, active, rows_per_chunk(x.shape[1]),
+                            spec.reset_after, buf["x_proj"], states, buf["aux"], buf["hh"], *reg.norm(),
+                            reg.zoneout_h, reg.zone_h, *reg.drop())
 
 
-def _gru_backward(spec, p, s, reg, dy, d_states, order, threads):
-    x = s["x"]
-    T, B, I = x.shape
-    H, dtype = spec.hidden_size, x.dtype
+def _gru_backward_buffers(spec, reg, steps, B, dtype):
+    H = spec.hidden_size
     reset_after = spec.reset_after
-    (d_state,) = d_states
-    d_direct = np.zeros((B, H), dtype)
-    d_x_proj = np.zeros((T, B, 3 * H), dtype)
-    d_hh = np.zeros((T, B, 3 * H), dtype) if reset_after else _dummy(dtype, 3)
-    d_rh = _dummy(dtype, 2) if reset_after else np.empty((B, H), dtype)
-    # per chunk, in float64, with layer norm: the sums of the biases' and the gains' gradients
-    gate_sums = np.zeros((-(-B // s["chunk"]), 4, 3 * H if reg.layer_norm else 1), np.float64)
-    dx = np.empty((T, B, I), dtype)
-    g = contract.new_gradients(spec, dtype)
-    bias_ih_grad, bias_hh_grad = np.empty(3 * H, dtype), np.empty(3 * H, dtype)
-    gain_grads = np.empty((2, 3 * H), dtype) if reg.layer_norm else _dummy(dtype, 2)
+    return dict(d_x_proj=np.zeros((steps, B, 3 * H), dtype),
+                d_hh=np.zeros((steps, B, 3 * H), dtype) if reset_after else _dummy(dtype, 3),
+                d_rh=_dummy(dtype, 2) if reset_after else np.empty((B, H), dtype))
+
+
+def _gru_carries(spec, reg, B, dtype):
+    H = spec.hidden_size
+    # the direct path's share of the state gradient (z * h_{t-1}) waits here for the step before
+    return dict(g=contract.new_gradients(spec, dtype), d_direct=np.zeros((B, H), dtype),
+                # per chunk, in float64, with layer norm: the sums of the biases' and the gains' gradients
+                gate_sums=np.zeros((-(-B // rows_per_chunk(B)), 4, 3 * H if reg.layer_norm else 1)),
+                bias_sums=np.zeros((2, 3 * H)), bias_ih=np.zeros(3 * H, dtype), bias_hh=np.zeros(3 * H, dtype),
+                gains=np.zeros((2, 3 * H), dtype) if reg.layer_norm else _dummy(dtype, 2))
+
+
+def _gru_backward(spec, p, x, states, buf, bwd, carry, active, reg, dy, d_states, dx, last, threads):
+    dtype = x.dtype
+    g = carry["g"]
     with _kernel_call(kernels.gru_backward, dtype, threads):
-        kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], order.active, s["chunk"], reset_after, s["x_proj"],
-                             s["states"], s["aux"], *reg.norm(), reg.zoneout_h, reg.zone_h, *reg.drop(), dy, d_state,
-                             d_direct, d_x_proj, d_hh, d_rh, gate_sums, dx, g["weight_ih"], g["weight_hh"],
-                             bias_ih_grad, bias_hh_grad, gain_grads)
-    g.update(bias_ih=bias_ih_grad, bias_hh=bias_hh_grad, weight_ih_ln=gain_grads[0], weight_hh_ln=gain_grads[-1])
-    return dx, (d_state,), contract.gradients(spec, g)
+        kernels.gru_backward(x, p["weight_ih"], p["weight_hh"], active, rows_per_chunk(x.shape[1]), spec.reset_after,
+                             buf["x_proj"], states, buf["aux"], *reg.norm(), reg.zoneout_h, reg.zone_h, *reg.drop(),
+                             dy, d_states[0], carry["d_direct"], bwd["d_x_proj"], bwd["d_hh"], bwd["d_rh"],
+                             carry["gate_sums"], carry["bias_sums"], last, dx, g["weight_ih"], g["weight_hh"],
+                             carry["bias_ih"], carry["bias_hh"], carry["gains"])
+
+
+def _gru_gradients(spec, carry):
+    gains = carry["gains"]
+    return contract.gradients(spec, dict(carry["g"], bias_ih=carry["bias_ih"], bias_hh=carry["bias_hh"],
+                                         weight_ih_ln=gains[0], weight_hh_ln=gains[-1]))
+
+
+class _Family(NamedTuple):
+    """A family's functions (see "the families" above) and the names of its buffers
+    that carry a state besides `states` (each sequence's final value is returned)."""
+    buffers: Callable
+    forward: Callable
+    backward_buffers: Callable
+    carries: Callable
+    backward: Callable
+    gradients: Callable
+    carried: tuple
 
 
 _FAMILIES = {
-    "rnn": (_simple_forward, _simple_backward),
-    "jordan": (_simple_forward, _simple_backward),
-    "lstm": (_lstm_forward, _lstm_backward),
-    "gru": (_gru_forward, _gru_backward),
+    "rnn": _Family(_simple_buffers, _simple_forward, _simple_backward_buffers, _simple_carries, _simple_backward,
+                   _simple_gradients, ()),
+    "lstm": _Family(_lstm_buffers, _lstm_forward, _lstm_backward_buffers, _lstm_carries, _lstm_backward,
+                    _lstm_gradients, ("cells",)),
+    "gru": _Family(_gru_buffers, _gru_forward, _gru_backward_buffers, _gru_carries, _gru_backward, _gru_gradients,
+                   ()),
 }
+_FAMILIES["jordan"] = _FAMILIES["rnn"]
+
+
+# -- one direction, full or lean -------------------------------------------------------
+
+def _direction_forward(spec, p, x, state0, order, reg, training, memory, threads):
+    """(states, finals, saved) of one direction in work order: states (T+1, B, S), whose
+    states[1:] is y; saved, what the backward needs. Lean: the segments' forwards one
+    after the other in buffers of one segment, saving the state at each segment's
+    start."""
+    family = _FAMILIES[spec.kind]
+    T, B, _ = x.shape
+    schedule = order.schedule
+    states = np.zeros((T + 1, B, spec.out_size), x.dtype)
+    states[0] = state0[0]
+    lean = training and memory == "lean"
+    segments = contract.lean_segments(T) if lean else [(0, T)]
+    steps = segments[0][1] - segments[0][0]
+    reg_steps = reg.with_buffers(steps, training)
+    buf = family.buffers(spec, reg, steps, B, x.dtype, training)
+    carried = [buf[name] for name in family.carried]
+    for held, value in zip(carried, state0[1:]):
+        held[0] = value
+    if not lean:
+        family.forward(spec, p, x, states, buf, order.active, reg_steps, threads)
+        finals = [order.final(states)] + [order.final(held) for held in carried]
+        return states, finals, dict(x=x, states=states, buf=buf, reg=reg_steps)
+    finals = [np.empty((B, held.shape[2]), x.dtype) for held in carried]
+    checkpoints, length = [], 0
+    for first, last in segments:
+        for held in carried:
+            held[0] = held[length]
+        checkpoints.append((states[first].copy(),) + tuple(held[0].copy() for held in carried))
+        length = last - first
+        family.forward(spec, p, x[first:last], states[first:last + 1], _steps(buf, length),
+                       order.active[first:last], reg_steps.segment(first, last), threads)
+        for final, held in zip(finals, carried):
+            # the rows whose last step is in this segment
+            rows = np.flatnonzero((schedule.lengths > first) & (schedule.lengths <= last))
+            final[rows] = held[schedule.lengths[rows] - first, rows]
+    finals = [order.final(states)] + [schedule.unsort(final) for final in finals]
+    return states, finals, dict(x=x, segments=segments, checkpoints=checkpoints, reg=reg)
+
+
+def _direction_backward_work(spec, p, saved, order, dy, d_states, threads):
+    """(dx, d_states0, grads) of one direction in work order. Lean: each segment's
+    forward recomputed from its saved state into buffers of one segment, last segment
+    first, and back-propagated at once, the state gradients and the gradient sums
+    carried from one segment into the one before."""
+    family = _FAMILIES[spec.kind]
+    x = saved["x"]
+    T, B, _ = x.shape
+    dtype = x.dtype
+    dx = np.empty_like(x)
+    if "segments" not in saved:
+        reg = saved["reg"]
+        carry = family.carries(spec, reg, B, dtype)
+        family.backward(spec, p, x, saved["states"], saved["buf"], family.backward_buffers(spec, reg, T, B, dtype),
+                        carry, order.active, reg, dy, d_states, dx, True, threads)
+        return dx, d_states, family.gradients(spec, carry)
+    segments, checkpoints = saved["segments"], saved["checkpoints"]
+    steps = segments[0][1] - segments[0][0]
+    reg = saved["reg"].with_buffers(steps, True)
+    buf = family.buffers(spec, reg, steps, B, dtype, True)
+    bwd = family.backward_buffers(spec, reg, steps, B, dtype)
+    states = np.zeros((steps + 1, B, spec.out_size), dtype)
+    carry = family.carries(spec, reg, B, dtype)
+    for (first, last), checkpoint in reversed(list(zip(segments, checkpoints))):
+        length = last - first
+        seg_reg, seg_buf, seg_bwd = reg.segment(first, last), _steps(buf, length), _steps(bwd, length)
+        seg_states = states[:length + 1]
+        if order.active[last - 1] < B:
+            # rows that end here: the full path's buffers hold zeros at their steps past the end
+            # (they enter the weight-gradient products); these hold an earlier segment's values
+            for a in [seg_states, *seg_buf.values(), *seg_bwd.values(), *seg_reg.buffers()]:
+                if a is not None:
+                    a.fill(0)
+        seg_states[0] = checkpoint[0]
+        for name, value in zip(family.carried, checkpoint[1:]):
+            seg_buf[name][0] = value
+        family.forward(spec, p, x[first:last], seg_states, seg_buf, order.active[first:last], seg_reg, threads)
+        family.backward(spec, p, x[first:last], seg_states, seg_buf, seg_bwd, carry, order.active[first:last],
+                        seg_reg, dy[first:last], d_states, dx[first:last], first == 0, threads)
+    return dx, d_states, family.gradients(spec, carry)
 
 
 # -- the contract ----------------------------------------------------------------------
 
-def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads, masks=None):
+def layer_forward(spec, params, x, states, lengths, training, reverse, num_threads, masks=None, memory="full"):
     """(y, states_n, ctx): see `rnncore.backends.contract.Backend`."""
-    forward, _ = _FAMILIES[spec.kind]
     T, B, _ = x.shape
     schedule = contract.schedule(T, B, lengths)
     direction_masks = iter(masks if masks is not None else [None] * len(params))
+    lean = training and memory == "lean"
 
     def run(p, state0, rev):
         order = _WorkOrder(schedule, rev)
         p = {name: _writable(value) for name, value in p.items()}
-        reg = _Regularisers(spec, p, next(direction_masks), order, T, B, training, x.dtype)
-        states_seq, finals, saved = forward(spec, p, order.gather(x), [schedule.sort(s) for s in state0], order,
-                                            training, num_threads, reg)
-        # training keeps states_seq for the backward: a caller's in-place edit of y must not reach it
-        y = order.scatter(states_seq[1:], copy=training)
-        return y, finals, dict(spec=spec, params=p, order=order, saved=saved, reg=reg)
+        reg = _Regularisers(spec, p, next(direction_masks), order, B, x.dtype)
+        states_seq, finals, saved = _direction_forward(spec, p, order.gather(x), [schedule.sort(s) for s in state0],
+                                                       order, reg, training, memory, num_threads)
+        # a full ctx keeps states_seq for the backward: a caller's in-place edit of y must not reach it
+        y = order.scatter(states_seq[1:], copy=training and not lean)
+        return y, tuple(finals), dict(spec=spec, params=p, order=order, saved=saved)
     return contract.forward_directions(run, params, states, reverse, training)
 
 
 def _direction_backward(ctx, dy, d_states_n, num_threads):
     spec, order = ctx["spec"], ctx["order"]
-    _, backward = _FAMILIES[spec.kind]
     d_states = [order.schedule.sort(s) for s in d_states_n]
-    dx_work, d_states0, g = backward(spec, ctx["params"], ctx["saved"], ctx["reg"], order.gather(dy), d_states, order,
-                                     num_threads)
+    dx_work, d_states0, g = _direction_backward_work(spec, ctx["params"], ctx["saved"], order, order.gather(dy),
+                                                     d_states, num_threads)
     return order.scatter(dx_work), tuple(order.schedule.unsort(s) for s in d_states0), g
 
 
@@ -528,19 +729,20 @@ def layer_trace(spec, params, x, states, lengths, reverse, num_threads):
 
 def _direction_trace(spec, ctx):
     order, saved = ctx["order"], ctx["saved"]
+    buf = saved["buf"]
     schedule = order.schedule
     if spec.kind == "rnn":
         work = {"h": saved["states"][1:]}
     elif spec.kind == "jordan":
-        work = {"h": saved["hidden"]}
+        work = {"h": buf["hidden"]}
     else:
         # the kernels overwrite each running step's input projection with its gates
-        work = dict(zip(spec.gates, np.split(saved["x_proj"], spec.num_gates, axis=2)))
+        work = dict(zip(spec.gates, np.split(buf["x_proj"], spec.num_gates, axis=2)))
         if spec.kind == "lstm":
             if spec.coupled_input_forget:
                 work["f"] = 1 - work["i"]
             work = {name: work[name] for name in "ifgo"}
-            work["c"] = saved["cells"][1:]
+            work["c"] = buf["cells"][1:]
     # a row's buffers past its end hold what the kernels never overwrote
     running = (np.arange(schedule.T)[:, None] < schedule.lengths[None, :])[:, :, None]
     return {name: order.scatter(np.where(running, values, 0)) for name, values in work.items()}

@@ -32,7 +32,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from ._blas import column_sums, gemm
+from ._blas import gemm
 
 # activation codes (backend.ACTIVATION_CODES maps names to these), numbered as the
 # compiled backend and core/spec.py number them (tests/test_spec_vocabulary.py checks)
@@ -369,14 +369,67 @@ def _project_input(x, w_ih, bias, x_proj, scalars):
         gemm(x[t], False, w_ih, True, x_proj[t], True, scalars)
 
 
+# -- the gradient products, shared by every backward entry ------------------------------
+# A weight's gradient d.T @ operand and a bias's column sums run over the steps
+# GRADIENT_CHUNK at a time, the last chunk first, each chunk's product added into the
+# gradient (the bias's sums in float64, rounded once at the end): a memory-lean backward
+# runs them segment by segment, its segments whole chunks, and so adds the same terms in
+# the same order as one call over every step.
+
+GRADIENT_CHUNK = 64  # contract.GRADIENT_CHUNK (tests/backends/test_lean_numba.py checks)
+
+
+@njit
+def _chunk_rows(c, steps, rows):
+    """The rows [lo, hi) of gradient chunk c of `steps` steps of `rows` rows each."""
+    return c * GRADIENT_CHUNK * rows, min(steps, (c + 1) * GRADIENT_CHUNK) * rows
+
+
+@njit(**_ROWS)
+def _weight_gradient(d, operand, rows, grad, scalars):
+    """grad += d.T @ operand, d (steps * rows, n) and operand (steps * rows, m) the steps'
+    rows one step after the other, a product per chunk, the last chunk first."""
+    steps = d.shape[0] // rows
+    for c in range((steps - 1) // GRADIENT_CHUNK, -1, -1):
+        lo, hi = _chunk_rows(c, steps, rows)
+        # grad += d_c.T @ operand_c    (n, m) += (n, GRADIENT_CHUNK * rows) x (GRADIENT_CHUNK * rows, m)
+        gemm(d[lo:hi], True, operand[lo:hi], False, grad, True, scalars)
+
+
+@njit(**_ROWS)
+def _bias_sums(d, rows, sums):
+    """sums += the column sums of d (steps * rows, n), in float64, chunk by chunk as
+    `_weight_gradient` takes them, each chunk's rows in order (the same order for any
+    thread count; float32 sums of T*B terms would lose digits)."""
+    steps = d.shape[0] // rows
+    for c in range((steps - 1) // GRADIENT_CHUNK, -1, -1):
+        lo, hi = _chunk_rows(c, steps, rows)
+        for row in range(lo, hi):
+            values = d[row]
+            for k in range(sums.shape[0]):
+                sums[k] += values[k]
+
+
+@njit(**_ROWS)
+def _round_into(sums, out):
+    """out = the float64 sums in out's dtype."""
+    for k in range(out.shape[0]):
+        out[k] = sums[k]
+
+
 @njit(**_ROWS)
 def _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, scalars):
     T, B, I = x.shape
     d_rows = d_x_proj.reshape(T * B, d_x_proj.shape[2])
-    # dW_ih = d_x_proj.T @ x    (G*H, I) = (G*H, T*B) x (T*B, I)
-    gemm(d_rows, True, x.reshape(T * B, I), False, grad_w_ih, False, scalars)
-    # dx = d_x_proj @ W_ih    (T*B, I) = (T*B, G*H) x (G*H, I)
-    gemm(d_rows, False, w_ih, False, dx.reshape(T * B, I), False, scalars)
+    x_rows, dx_rows = x.reshape(T * B, I), dx.reshape(T * B, I)
+    # dW_ih += d_x_proj.T @ x    (G*H, I) += (G*H, T*B) x (T*B, I)
+    _weight_gradient(d_rows, x_rows, B, grad_w_ih, scalars)
+    # a row's product does not depend on its neighbours, but the chunks keep the shapes
+    # of a segment's calls, whatever BLAS does with the edges of a block
+    for c in range((T - 1) // GRADIENT_CHUNK, -1, -1):
+        lo, hi = _chunk_rows(c, T, B)
+        # dx = d_x_proj @ W_ih    (rows, I) = (rows, G*H) x (G*H, I)
+        gemm(d_rows[lo:hi], False, w_ih, False, dx_rows[lo:hi], False, scalars)
 
 
 @njit(**_ROWS)
@@ -623,8 +676,8 @@ def _simple_backward_rows(lo, hi, active, dy, states, hidden, w_hh, w_ho, act, o
 
 @njit(**_ENTRY)
 def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, states, hidden, zoneout, zone,
-                    dropout, rec_mask, dropped, dy, d_state, d_pre, d_out, d_hidden, dx, grad_w_ih, grad_w_hh,
-                    grad_w_ho, grad_b, grad_b_ho):
+                    dropout, rec_mask, dropped, dy, d_state, d_pre, d_out, d_hidden, bias_sums, bias_ho_sums, last,
+                    dx, grad_w_ih, grad_w_hh, grad_w_ho, grad_b, grad_b_ho):
     T, B, _ = x.shape
     if (B + chunk - 1) // chunk == 1:
         # one chunk: run it on the calling thread, not on a woken worker
@@ -638,16 +691,19 @@ def simple_backward(x, w_ih, w_hh, w_ho, active, chunk, act, out_act, jordan, st
     scalars = _scalars_like(x)
     _input_gradients(d_pre, x, w_ih, dx, grad_w_ih, scalars)
     H = d_pre.shape[2]
-    column_sums(d_pre.reshape(T * B, H), grad_b)
-    # dW_hh = d_pre.T @ s_{t-1}    (H, S) = (H, T*B) x (T*B, S)    (s_{t-1} * mask with dropout)
-    gemm(d_pre.reshape(T * B, H), True, _recurrent_operand(states, dropped, dropout), False, grad_w_hh, False,
-         scalars)
+    d_rows = d_pre.reshape(T * B, H)
+    _bias_sums(d_rows, B, bias_sums)
+    # dW_hh += d_pre.T @ s_{t-1}    (H, S) += (H, T*B) x (T*B, S)    (s_{t-1} * mask with dropout)
+    _weight_gradient(d_rows, _recurrent_operand(states, dropped, dropout), B, grad_w_hh, scalars)
     if jordan:
         S = states.shape[2]
         d_out_rows = d_out.reshape(T * B, S)
-        # dW_ho = d_out.T @ h    (O, H) = (O, T*B) x (T*B, H)
-        gemm(d_out_rows, True, hidden.reshape(T * B, H), False, grad_w_ho, False, scalars)
-        column_sums(d_out_rows, grad_b_ho)
+        # dW_ho += d_out.T @ h    (O, H) += (O, T*B) x (T*B, H)
+        _weight_gradient(d_out_rows, hidden.reshape(T * B, H), B, grad_w_ho, scalars)
+        _bias_sums(d_out_rows, B, bias_ho_sums)
+    if last:
+        _round_into(bias_sums, grad_b)
+        _round_into(bias_ho_sums, grad_b_ho)
 
 
 # -- LSTM ------------------------------------------------------------------------------
@@ -919,7 +975,8 @@ def _lstm_backward_rows(lo, hi, active, dy, gates_seq, cells, w_hh, w_hr, w_ci, 
 def lstm_backward(x, w_ih, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole, coupled, projected, x_proj,
                   states, cells, m, layer_norm, g_ih, g_hh, g_c, b_c, xhat_ih, xhat_hh, chat, rstd, zoneout_h, zone_h,
                   zoneout_c, zone_c, c_cand, dropout, rec_mask, dropped, dy, d_state, d_cell, d_gates, d_hh, d_h, d_m,
-                  vector_sums, gate_sums, dx, grad_w_ih, grad_w_hh, grad_w_hr, grad_b, grad_vectors, grad_gains):
+                  vector_sums, gate_sums, bias_sums, last, dx, grad_w_ih, grad_w_hh, grad_w_hr, grad_b, grad_vectors,
+                  grad_gains):
     T, B, _ = x.shape
     if (B + chunk - 1) // chunk == 1:
         # one chunk: run it on the calling thread, not on a woken worker
@@ -936,21 +993,24 @@ def lstm_backward(x, w_ih, w_hh, w_hr, w_ci, w_cf, w_co, active, chunk, peephole
                                 d_state, d_cell, vector_sums[c], gate_sums[c])
     scalars = _scalars_like(x)
     S, GH, H = states.shape[2], d_gates.shape[2], cells.shape[2]
+    if not layer_norm:
+        # with layer norm the bias gradient came per chunk, before d_gates became the projection's
+        _bias_sums(d_gates.reshape(T * B, GH), B, bias_sums)
+    _input_gradients(d_gates, x, w_ih, dx, grad_w_ih, scalars)
+    rec = d_hh if layer_norm else d_gates
+    # dW_hh += d_gates.T @ h_{t-1}    (G*H, S) += (G*H, T*B) x (T*B, S)    (h_{t-1} * mask with dropout)
+    _weight_gradient(rec.reshape(T * B, GH), _recurrent_operand(states, dropped, dropout), B, grad_w_hh, scalars)
+    if projected:
+        # dW_hr += dh.T @ m    (P, H) += (P, T*B) x (T*B, H)
+        _weight_gradient(d_h.reshape(T * B, S), m.reshape(T * B, H), B, grad_w_hr, scalars)
+    if not last:
+        return
     if layer_norm:
-        # the bias gradient came per chunk, before d_gates became the projection's
         _chunk_totals(gate_sums, 0, grad_b)
         _chunk_totals(gate_sums, 1, grad_gains[0])
         _chunk_totals(gate_sums, 2, grad_gains[1])
     else:
-        column_sums(d_gates.reshape(T * B, GH), grad_b)
-    _input_gradients(d_gates, x, w_ih, dx, grad_w_ih, scalars)
-    rec = d_hh if layer_norm else d_gates
-    # dW_hh = d_gates.T @ h_{t-1}    (G*H, S) = (G*H, T*B) x (T*B, S)    (h_{t-1} * mask with dropout)
-    gemm(rec.reshape(T * B, GH), True, _recurrent_operand(states, dropped, dropout), False, grad_w_hh, False,
-         scalars)
-    if projected:
-        # dW_hr = dh.T @ m    (P, H) = (P, T*B) x (T*B, H)
-        gemm(d_h.reshape(T * B, S), True, m.reshape(T * B, H), False, grad_w_hr, False, scalars)
+        _round_into(bias_sums, grad_b)
     # per-chunk peephole and LN(c) sums, added in chunk order
     for row in range(grad_vectors.shape[0]):
         _chunk_totals(vector_sums, row, grad_vectors[row])
@@ -1141,7 +1201,7 @@ def _gru_backward_rows(lo, hi, active, dy, gates_seq, states, aux, w_hh, reset_a
 @njit(**_ENTRY)
 def gru_backward(x, w_ih, w_hh, active, chunk, reset_after, x_proj, states, aux, layer_norm, g_ih, g_hh, xhat_ih,
                  xhat_hh, rstd, zoneout, zone, dropout, rec_mask, dropped, dy, d_state, d_direct, d_x_proj, d_hh,
-                 d_rh, gate_sums, dx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_gains):
+                 d_rh, gate_sums, bias_sums, last, dx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_gains):
     T, B, _ = x.shape
     if (B + chunk - 1) // chunk == 1:
         # one chunk: run it on the calling thread, not on a woken worker
@@ -1154,32 +1214,39 @@ def gru_backward(x, w_ih, w_hh, active, chunk, reset_after, x_proj, states, aux,
             _gru_backward_rows(lo, hi, active, dy, x_proj, states, aux, w_hh, reset_after, layer_norm, g_ih, g_hh,
                                xhat_ih, xhat_hh, rstd, zoneout, zone, dropout, rec_mask, dropped, d_x_proj, d_hh,
                                d_rh, d_state, d_direct, gate_sums[c], _scalars_like(x))
+    scalars = _scalars_like(x)
+    H = states.shape[2]
+    d_rows = d_x_proj.reshape(T * B, 3 * H)
+    if not layer_norm:
+        # with layer norm the biases' gradients came per chunk, before the LN backs rewrote d_x_proj and d_hh
+        _bias_sums(d_rows, B, bias_sums[0])
+    _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, scalars)
+    h_in = _recurrent_operand(states, dropped, dropout)
+    if reset_after:
+        d_rec = d_hh.reshape(T * B, 3 * H)
+        # dW_hh += d_hh.T @ h_{t-1}    (3H, H) += (3H, T*B) x (T*B, H)    (h_{t-1} * mask with dropout)
+        _weight_gradient(d_rec, h_in, B, grad_w_hh, scalars)
+        if not layer_norm:
+            _bias_sums(d_rec, B, bias_sums[1])
+    else:
+        # dW_hh[:2H] += [da_r, da_z].T @ h_{t-1}    (2H, H) += (2H, T*B) x (T*B, H)
+        _weight_gradient(d_rows[:, :2 * H], h_in, B, grad_w_hh[:2 * H], scalars)
+        # dW_hh[2H:] += da_n.T @ (r * h_{t-1})    (H, H) += (H, T*B) x (T*B, H)
+        _weight_gradient(d_rows[:, 2 * H:], aux.reshape(T * B, H), B, grad_w_hh[2 * H:], scalars)
+    if not last:
+        return
     # the initial state's gradient: the recurrent and the direct path of step 0
     for b in range(B):
         for k in range(d_state.shape[1]):
             d_state[b, k] += d_direct[b, k]
-    scalars = _scalars_like(x)
-    H = states.shape[2]
-    d_rows = d_x_proj.reshape(T * B, 3 * H)
     if layer_norm:
-        # the biases' gradients came per chunk, before the LN backs rewrote d_x_proj and d_hh
         _chunk_totals(gate_sums, 0, grad_b_ih)
         _chunk_totals(gate_sums, 1, grad_b_hh)
         _chunk_totals(gate_sums, 2, grad_gains[0])
         _chunk_totals(gate_sums, 3, grad_gains[1])
     else:
-        column_sums(d_rows, grad_b_ih)
-    _input_gradients(d_x_proj, x, w_ih, dx, grad_w_ih, scalars)
-    h_in = _recurrent_operand(states, dropped, dropout)
-    if reset_after:
-        d_rec = d_hh.reshape(T * B, 3 * H)
-        # dW_hh = d_hh.T @ h_{t-1}    (3H, H) = (3H, T*B) x (T*B, H)    (h_{t-1} * mask with dropout)
-        gemm(d_rec, True, h_in, False, grad_w_hh, False, scalars)
-        if not layer_norm:
-            column_sums(d_rec, grad_b_hh)
-    else:
-        # dW_hh[:2H] = [da_r, da_z].T @ h_{t-1}    (2H, H) = (2H, T*B) x (T*B, H)
-        gemm(d_rows[:, :2 * H], True, h_in, False, grad_w_hh[:2 * H], False, scalars)
-        # dW_hh[2H:] = da_n.T @ (r * h_{t-1})    (H, H) = (H, T*B) x (T*B, H)
-        gemm(d_rows[:, 2 * H:], True, aux.reshape(T * B, H), False, grad_w_hh[2 * H:], False, scalars)
-        grad_b_hh[:] = grad_b_ih  # b_hn sits beside x_n: every bias sees the same gradient
+        _round_into(bias_sums[0], grad_b_ih)
+        if reset_after:
+            _round_into(bias_sums[1], grad_b_hh)
+        else:
+            grad_b_hh[:] = grad_b_ih  # b_hn sits beside x_n: every bias sees the same gradient
