@@ -11,8 +11,8 @@ nothing extra, and a long T about one more forward (a third of a step's products
 Part 2, memory: the peak numpy allocation (tracemalloc) of one training step of an
 LSTM at T=20000, B=16, I=H=256, float32, in either mode, and the step's time (the two
 modes alternated, the median of --long-rounds each). "Activations" is the peak less
-what both modes hold alike: x's copy, y and its copy, dy and dx. Target: the lean
-step's activations at most 15% of the full step's.
+the step's results, y and dx, which both modes hold alike (x and dy are allocated
+before). Target: the lean step's activations at most 15% of the full step's.
 
     python benchmarks/bench_lean.py
     python benchmarks/bench_lean.py --rounds 3 --cases c2 --no-long
@@ -51,7 +51,8 @@ def training_step(cls, case, memory):
 
 
 def peak_step(case, memory):
-    """(peak bytes, seconds) of one LSTM training step, from a fresh layer."""
+    """(peak bytes, bytes of y and dx, seconds) of one LSTM training step, from a fresh
+    layer; y is held through the backward, as a training loop holds it."""
     T, B, I, H = case
     layer = rc.LSTM(I, H, seed=0)
     x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
@@ -59,10 +60,10 @@ def peak_step(case, memory):
     tracemalloc.start()
     try:
         start = time.perf_counter()
-        layer(x, memory=memory)
-        layer.backward(dy)
+        y, _ = layer(x, memory=memory)
+        dx, _ = layer.backward(dy)
         seconds = time.perf_counter() - start
-        return tracemalloc.get_traced_memory()[1], seconds
+        return tracemalloc.get_traced_memory()[1], y.nbytes + dx.nbytes, seconds
     finally:
         tracemalloc.stop()
 
@@ -87,18 +88,15 @@ def main():
                                  lean_ms=times["lean"] * 1e3, ratio=times["lean"] / times["full"]))
                 print(case_name, cell, round(times["lean"] / times["full"], 3), flush=True)
         if not args.no_long:
-            T, B, I, H = LONG
-            # what both modes hold alike: x's copy, y and the copy training keeps, dy, dx
-            shared = 4 * (2 * T * B * I + 3 * T * B * H)
             samples = {"full": [], "lean": []}
             for _ in range(args.long_rounds):
                 for memory in samples:
                     samples[memory].append(peak_step(LONG, memory))
                     print("long", memory, samples[memory][-1], flush=True)
             for memory, found in samples.items():
-                peak = max(p for p, _ in found)
-                long_rows.append(dict(memory=memory, shape=LONG, peak_bytes=peak, activation_bytes=peak - shared,
-                                      seconds=statistics.median(s for _, s in found)))
+                peak, results = max(p for p, _, _ in found), found[0][1]
+                long_rows.append(dict(memory=memory, shape=LONG, peak_bytes=peak, activation_bytes=peak - results,
+                                      seconds=statistics.median(s for _, _, s in found)))
     meta = dict(machine=platform.processor() or platform.machine(), rounds=args.rounds, rnncore=rc.__version__,
                 backend=rc.get_backend())
     os.makedirs(RESULTS, exist_ok=True)
