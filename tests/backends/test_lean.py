@@ -124,3 +124,21 @@ def test_a_lean_context_back_propagates_twice_alike(backend):
     first = module.layer_backward(ctx, dy, dstates, THREADS)
     second = module.layer_backward(ctx, dy, dstates, THREADS)
     _assert_same((first[0], [], *first), (second[0], [], *second))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["lstm", "gru_ln_zone_drop", "lstm_peephole"])
+def test_lean_gives_the_bits_of_one_thread_at_any_thread_count(backend, name):
+    # a batch that the threads split in row slices (each slice's rows running for fewer
+    # and fewer steps with lengths), over segments whose slices differ
+    spec = replace(SPECS[name], input_size=16, hidden_size=96)
+    params, x, states, lengths, masks, dy, dstates = _case(spec, 140, 40, 2, np.float32, 9, True)
+    module = registry.resolve(backend)
+    reverse = (False, True)
+    results = []
+    for threads, memory in ((1, "full"), (1, "lean"), (2, "lean"), (4, "lean")):
+        y, states_n, ctx = module.layer_forward(spec, params, x, states, lengths, True, reverse, threads, masks=masks,
+                                                memory=memory)
+        results.append((y, states_n, *module.layer_backward(ctx, dy, dstates, threads)))
+    for other in results[1:]:
+        _assert_same(results[0], other)

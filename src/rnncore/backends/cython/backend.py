@@ -506,10 +506,19 @@ def _state_after(spec, seg, slots, first, last, state):
     return tuple(after)
 
 
-def _segment_threads(N, D, num_threads):
-    # a segment runs its rows unsplit (the row slices follow the whole call's schedule),
-    # its input projection split by slot rows
-    return _projection_ranges(N, D, num_threads)
+def _segment_slices(slices, first, last):
+    """The whole call's row slices (`_row_slices`) over the loop steps [first, last):
+    each slice's running rows at those steps, the slices with none dropped (None: one
+    slice of every row)."""
+    if slices is None:
+        return None
+    kept = []
+    for lo, hi, active, _ in slices:
+        own = np.ascontiguousarray(active[first:last])
+        steps = int(np.count_nonzero(own))
+        if steps:
+            kept.append((lo, hi, own, steps))
+    return tuple(kept) if len(kept) > 1 else None
 
 
 def _lean_forward(spec, params, x, states, slots, reverse, num_threads, masks):
@@ -520,6 +529,7 @@ def _lean_forward(spec, params, x, states, slots, reverse, num_threads, masks):
              for p, s, rev, m in zip(params, states, reverse, masks)]
     segments = contract.lean_segments(slots.S)
     rows = _longest_segment(slots, segments)
+    slices = _row_slices(spec, slots, D, num_threads, False)
     buffers = [_forward_rows(spec, plan, rows, True, whole, dtype) for plan in plans]
     y = (np.zeros if slots.packed else np.empty)((T, B, D * P), dtype)
     current = [(plan.h0, plan.c0) if spec.kind == "lstm" else (plan.h0,) for plan in plans]
@@ -529,8 +539,8 @@ def _lean_forward(spec, params, x, states, slots, reverse, num_threads, masks):
         for d, plan in enumerate(plans):
             checkpoints[d].append(current[d])
             segs.append(_segment(spec, plan, buffers[d], slots, reverse[d], first, last, current[d]))
-        _recurrent.forward_all([seg for seg, _, _ in segs], num_threads, None,
-                               _segment_threads(segs[0][0].N, D, num_threads), 1)
+        _recurrent.forward_all([seg for seg, _, _ in segs], num_threads, _segment_slices(slices, first, last),
+                               _projection_ranges(segs[0][0].N, D, num_threads), 1)
         for d, (seg, lo, hi) in enumerate(segs):
             _write_output(y, seg.hs, slots, reverse[d], d, P, lo, hi)
             current[d] = _state_after(spec, seg, slots, first, last, current[d])
@@ -548,6 +558,8 @@ def _lean_backward(ctx, plans, dy, dx, num_threads):
     lean = ctx["lean"]
     T, B, _ = ctx["x_shape"]
     last = len(lean["segments"]) - 1
+    forward_slices = _row_slices(spec, slots, 1, num_threads, False)
+    backward_slices = _row_slices(spec, slots, 1, num_threads, True)
     for d, plan in enumerate(plans):
         grads_rows = _backward_rows(spec, plan, lean["rows"], dtype)
         # the forward's buffers, only read by the backward: the last segment's as the
@@ -570,8 +582,9 @@ def _lean_backward(ctx, plans, dy, dx, num_threads):
                 seg.dy = dy.reshape(T * B, -1)[lo:hi]
                 seg.dx = dx.reshape(T * B, -1)[lo:hi]
             if index != last:
-                _recurrent.forward_all([seg], num_threads, None, _segment_threads(seg.N, 1, num_threads), 1)
-            _recurrent.backward_all([seg], num_threads, None)
+                _recurrent.forward_all([seg], num_threads, _segment_slices(forward_slices, first, last_step),
+                                       _projection_ranges(seg.N, 1, num_threads), 1)
+            _recurrent.backward_all([seg], num_threads, _segment_slices(backward_slices, first, last_step))
             _recurrent.weight_gradients_all([seg])
 
 
