@@ -628,14 +628,32 @@ def _direction_forward(spec, p, x, state0, order, reg, training, memory, threads
             held[0] = held[length]
         checkpoints.append((states[first].copy(),) + tuple(held[0].copy() for held in carried))
         length = last - first
-        family.forward(spec, p, x[first:last], states[first:last + 1], _steps(buf, length),
-                       order.active[first:last], reg_steps.segment(first, last), threads)
+        seg_buf, seg_reg = _steps(buf, length), reg_steps.segment(first, last)
+        if last == T and order.active[last - 1] < B:
+            # the last segment's buffers are its backward's: zeros past each row's end, as
+            # the full path's (the other segments' the backward recomputes)
+            _clear([*seg_buf.values(), *seg_reg.buffers()], family.carried, seg_buf)
+        family.forward(spec, p, x[first:last], states[first:last + 1], seg_buf, order.active[first:last], seg_reg,
+                       threads)
         for final, held in zip(finals, carried):
             # the rows whose last step is in this segment
             rows = np.flatnonzero((schedule.lengths > first) & (schedule.lengths <= last))
             final[rows] = held[schedule.lengths[rows] - first, rows]
     finals = [order.final(states)] + [schedule.unsort(final) for final in finals]
-    return states, finals, dict(x=x, segments=segments, checkpoints=checkpoints, reg=reg)
+    # the last segment's forward, which its backward (the first) reads as it is; its
+    # states a copy (states[1:] is the caller's y)
+    kept = dict(buf=seg_buf, reg=seg_reg, states=states[segments[-1][0]:].copy())
+    return states, finals, dict(x=x, segments=segments, checkpoints=checkpoints, reg=reg, last=kept)
+
+
+def _clear(buffers, carried, seg_buf):
+    """Zero the per-step buffers, the carried ones' slot 0 (the segment's start) kept."""
+    starts = [seg_buf[name][0].copy() for name in carried]
+    for a in buffers:
+        if a is not None:
+            a.fill(0)
+    for name, start in zip(carried, starts):
+        seg_buf[name][0] = start
 
 
 def _direction_backward_work(spec, p, saved, order, dy, d_states, threads):
@@ -663,18 +681,25 @@ def _direction_backward_work(spec, p, saved, order, dy, d_states, threads):
     carry = family.carries(spec, reg, B, dtype)
     for (first, last), checkpoint in reversed(list(zip(segments, checkpoints))):
         length = last - first
-        seg_reg, seg_buf, seg_bwd = reg.segment(first, last), _steps(buf, length), _steps(bwd, length)
-        seg_states = states[:length + 1]
+        seg_bwd = _steps(bwd, length)
+        if last == T:
+            kept = saved["last"]
+            seg_reg, seg_buf, seg_states = kept["reg"], kept["buf"], kept["states"]
+        else:
+            seg_reg, seg_buf, seg_states = reg.segment(first, last), _steps(buf, length), states[:length + 1]
         if order.active[last - 1] < B:
             # rows that end here: the full path's buffers hold zeros at their steps past the end
             # (they enter the weight-gradient products); these hold an earlier segment's values
-            for a in [seg_states, *seg_buf.values(), *seg_bwd.values(), *seg_reg.buffers()]:
+            scratch = [*seg_bwd.values()] if last == T else [seg_states, *seg_buf.values(), *seg_bwd.values(),
+                                                              *seg_reg.buffers()]
+            for a in scratch:
                 if a is not None:
                     a.fill(0)
-        seg_states[0] = checkpoint[0]
-        for name, value in zip(family.carried, checkpoint[1:]):
-            seg_buf[name][0] = value
-        family.forward(spec, p, x[first:last], seg_states, seg_buf, order.active[first:last], seg_reg, threads)
+        if last != T:
+            seg_states[0] = checkpoint[0]
+            for name, value in zip(family.carried, checkpoint[1:]):
+                seg_buf[name][0] = value
+            family.forward(spec, p, x[first:last], seg_states, seg_buf, order.active[first:last], seg_reg, threads)
         family.backward(spec, p, x[first:last], seg_states, seg_buf, seg_bwd, carry, order.active[first:last],
                         seg_reg, dy[first:last], d_states, dx[first:last], first == 0, threads)
     return dx, d_states, family.gradients(spec, carry)
