@@ -377,4 +377,37 @@ def blas_section():
     return _section
 
 
+# -- freed memory kept for the next call -------------------------------------------------
+#
+# A training call allocates its per-step buffers afresh, megabytes each, and frees them
+# when its context goes. glibc's malloc gives such blocks back to the kernel (as mmaps,
+# and by trimming the heap once more than a few megabytes lie free at its top), so every
+# call faulted its pages in again: at small sizes, a third of a training step. At import
+# the thresholds are raised, so that blocks up to MMAP_THRESHOLD come from the heap and it
+# is trimmed only past TRIM_THRESHOLD free: the next call reuses the pages. Nothing
+# changes where the user tunes malloc (MALLOC_* variables, glibc.malloc tunables), or
+# with RNNCORE_KEEP_FREED_MEMORY=0.
+MMAP_THRESHOLD = 32 * 2**20   # glibc's own ceiling for its adaptive threshold
+TRIM_THRESHOLD = 64 * 2**20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # malloc.h's mallopt parameters
+
+
+def keep_freed_memory(environ=os.environ):
+    """Raise glibc malloc's mmap and trim thresholds, as above; True when done (glibc,
+    and neither the user's malloc settings nor RNNCORE_KEEP_FREED_MEMORY=0)."""
+    if environ.get("RNNCORE_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    if any(name.startswith("MALLOC_") for name in environ) or "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, ValueError, TypeError):  # not Linux, not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 _init_threads_from_env()
+keep_freed_memory()
