@@ -20,8 +20,6 @@ before). Target: the lean step's activations at most 15% of the full step's.
 Writes benchmarks/results/lean.json and lean.md.
 """
 import argparse
-import json
-import os
 import platform
 import statistics
 import time
@@ -31,7 +29,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import rnncore as rc
-from bench_regularised import RESULTS, interleaved
+from bench_regularised import interleaved, write_results
 
 CASES = {"c2": (100, 16, 32, 64), "c3": (50, 64, 128, 256), "c5": (200, 8, 16, 128), "long": (2000, 16, 256, 256)}
 CELLS = {"lstm": rc.LSTM, "gru": rc.GRU}
@@ -99,11 +97,7 @@ def main():
                                       seconds=statistics.median(s for _, _, s in found)))
     meta = dict(machine=platform.processor() or platform.machine(), rounds=args.rounds, rnncore=rc.__version__,
                 backend=rc.get_backend())
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "lean.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows, long=long_rows), f, indent=1)
-    with open(os.path.join(RESULTS, "lean.md"), "w") as f:
-        f.write(markdown(rows, long_rows, meta))
+    write_results("lean", dict(meta=meta, rows=rows, long=long_rows), markdown(rows, long_rows, meta))
 
 
 def markdown(rows, long_rows, meta):

@@ -203,11 +203,16 @@ def main():
                                        for p in peers if p["case"] == case_name], flush=True)
     meta = dict(peak_gflops=peak / 1e9, machine=platform.processor() or platform.machine(), rounds=args.rounds,
                 rnncore=rc.__version__, torch=torch.__version__)
+    write_results("regularised", dict(meta=meta, rows=rows, peers=peers), markdown(rows, peers, meta))
+
+
+def write_results(stem, data, text):
+    """benchmarks/results/<stem>.json (data) and <stem>.md (text)."""
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "regularised.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows, peers=peers), f, indent=1)
-    with open(os.path.join(RESULTS, "regularised.md"), "w") as f:
-        f.write(markdown(rows, peers, meta))
+    with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+        f.write(text)
 
 
 def markdown(rows, peers, meta):
