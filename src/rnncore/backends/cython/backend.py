@@ -6,7 +6,9 @@ and lays it out as slot rows (`_Slots`: which rows each step uses; with lengths,
 step after step, so finished sequences cost nothing), gathers what the slots need,
 allocates every buffer once, and hands one plan per direction (a `_recurrent.Plan`,
 each field checked as it is set) to the compiled stages: the input projection, the time
-loop, and (backward) the products over all steps. Importing it fails with ImportError when the extension was not compiled, so
+loop, and (backward) the products over the steps, chunk by chunk. A lean call
+(`contract.MEMORY`) runs the same stages segment by segment over plans of a block of
+slot rows each (see "memory-lean BPTT" below). Importing it fails with ImportError when the extension was not compiled, so
 the registry falls back to another backend.
 """
 

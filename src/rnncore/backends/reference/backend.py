@@ -49,9 +49,9 @@ def direction_forward(spec, p, x, state0, lengths=None, reverse=False, training=
     segment's caches."""
     T, B, _ = x.shape
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-    ctx = dict(spec=spec, p=p, x=x, time=contract.time_index(T, lengths, reverse),   # (T, B): the time index of loop step t
-               valid=contract.running(T, lengths),                                    # (T, B): loop step t is inside the sequence
-               masks=step_masks(spec, masks or {}, contract.time_index(T, lengths, reverse), np.arange(B)))
+    time = contract.time_index(T, lengths, reverse)   # (T, B): the time index of loop step t
+    valid = contract.running(T, lengths)               # (T, B): loop step t is inside the sequence
+    ctx = dict(spec=spec, p=p, x=x, time=time, valid=valid, masks=step_masks(spec, masks or {}, time, np.arange(B)))
     y = np.zeros((T, B, spec.out_size), dtype=x.dtype)
     state = tuple(s.copy() for s in state0)
     lean = training and memory == "lean"
