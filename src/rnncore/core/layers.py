@@ -269,10 +269,11 @@ class _OneState(_Recurrent):
             Whether to refuse NaN and infinity in x and h0.
         memory : {"full", "lean"}, default "full"
             What a training-mode call keeps for `backward`: every step's activations, or
-            ("lean") the state every k steps (k about sqrt(T), a multiple of 64), the
-            backward recomputing each stretch of k steps from its state: memory for T/k
-            + k steps instead of T, for about one more forward pass, and the same
-            gradients bit for bit. No effect in eval mode.
+            ("lean") the state every k steps (k about sqrt(T), a multiple of 64) and the
+            last stretch's activations, the backward recomputing each earlier stretch
+            from its state: T/k states and a few stretches' activations instead of T
+            steps', for about one more forward pass, and the same gradients bit for
+            bit. No effect in eval mode.
 
         Returns
         -------
