@@ -37,7 +37,7 @@
  * default build stays portable while the cell loops, dominated by exp and division,
  * run on 8 floats at a time where they can. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define RC_KERNEL static __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define RC_KERNEL static __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define RC_KERNEL static
 #endif

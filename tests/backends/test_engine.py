@@ -55,14 +55,37 @@ def test_packed_product_rows_do_not_depend_on_the_batch(isa):
     are the same alone as among 40 rows (so active rows shrinking with lengths, or a
     batch split between threads, change nothing)."""
     rng = np.random.default_rng(5)
-    a = rng.standard_normal((40, 65)).astype(np.float32)
-    w = rng.standard_normal((129, 65)).astype(np.float32)
-    full = np.zeros((40, 129), np.float32)
-    _recurrent.packed_gemm(a, w, full, False)
-    for i in range(40):
-        alone = np.zeros((1, 129), np.float32)
-        _recurrent.packed_gemm(a[i:i + 1].copy(), w, alone, False)
-        np.testing.assert_array_equal(alone[0], full[i])
+    # n = 129: four whole panels and a partial one at the narrowest; 300: nine and more
+    # (one or two rows run several panels side by side, see rc_packed_wide)
+    for n, dtype in ((129, np.float32), (300, np.float32), (300, np.float64)):
+        a = rng.standard_normal((40, 65)).astype(dtype)
+        w = rng.standard_normal((n, 65)).astype(dtype)
+        c0 = rng.standard_normal((40, n)).astype(dtype)
+        for accumulate in (False, True):
+            full = c0.copy()
+            _recurrent.packed_gemm(a, w, full, accumulate)
+            for rows in (1, 2, 3):
+                for i in range(0, 40 - rows + 1, 3):
+                    alone = c0[i:i + rows].copy()
+                    _recurrent.packed_gemm(a[i:i + rows].copy(), w, alone, accumulate)
+                    np.testing.assert_array_equal(alone, full[i:i + rows], err_msg=f"n={n} rows={rows} at {i}")
+
+
+def test_packed_pair_rows_do_not_depend_on_the_batch(isa):
+    """The same for the two products of a step summed in one pass (x and h against
+    W_ih and W_hh, from a bias row), one and two rows against 40."""
+    rng = np.random.default_rng(6)
+    for n in (64, 260):
+        a, a2 = rng.standard_normal((40, 9)).astype(np.float32), rng.standard_normal((40, 33)).astype(np.float32)
+        w, w2 = rng.standard_normal((n, 9)).astype(np.float32), rng.standard_normal((n, 33)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        full = np.zeros((40, n), np.float32)
+        _recurrent.packed_gemm_pair(a, w, a2, w2, full, bias)
+        for rows in (1, 2):
+            for i in range(0, 40 - rows + 1, 5):
+                alone = np.zeros((rows, n), np.float32)
+                _recurrent.packed_gemm_pair(a[i:i + rows].copy(), w, a2[i:i + rows].copy(), w2, alone, bias)
+                np.testing.assert_array_equal(alone, full[i:i + rows], err_msg=f"n={n} rows={rows} at {i}")
 
 
 def test_packed_product_refuses_mismatched_shapes():
