@@ -366,9 +366,18 @@ def test_other_dtypes_fall_back_to_torch(dtype):
         assert torch.equal(got["grads"][name], g)
 
 
-def test_large_float32_lstm_keeps_torchs_onednn_path():
-    """From ONEDNN_LSTM_MIN_HIDDEN on, torch's oneDNN LSTM is the faster: torch's numbers.
-    float64, projections and packed input still take rnncore's kernels."""
+@pytest.fixture
+def flushed_denormals():
+    if not torch.set_flush_denormal(True):
+        pytest.skip("torch cannot flush subnormal numbers on this CPU")
+    yield
+    torch.set_flush_denormal(False)
+
+
+def test_large_float32_lstm_keeps_torchs_onednn_path(flushed_denormals):
+    """From ONEDNN_LSTM_MIN_HIDDEN on, with subnormals flushed, torch's oneDNN LSTM is the
+    faster: torch's numbers. float64, projections and packed input still take rnncore's
+    kernels."""
     hidden = rct.ONEDNN_LSTM_MIN_HIDDEN
     torch.manual_seed(0)
     module = torch.nn.LSTM(INPUT, hidden)
@@ -382,6 +391,24 @@ def test_large_float32_lstm_keeps_torchs_onednn_path():
     assert through_kernels(run(ours, x, LENGTHS, None))
     assert through_kernels(run(ours.double(), x.double(), None, None))
     assert through_kernels(run(rct.LSTM(INPUT, hidden, proj_size=2), x, None, None))
+
+
+def test_large_float32_lstm_takes_the_kernels_where_subnormals_are_kept():
+    """Without flushing (torch's default), oneDNN's backward runs 10-17x slower on the
+    subnormal values training makes: the kernels (which flush them inside) serve it."""
+    torch.set_flush_denormal(False)
+    hidden = rct.ONEDNN_LSTM_MIN_HIDDEN
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(INPUT, hidden)
+    ours = rct.LSTM(INPUT, hidden)
+    ours.load_state_dict(module.state_dict())
+    x, _, _ = make_inputs(module, torch.float32, "tensor", False)
+    got = run(ours, x, None, None)
+    assert through_kernels(got)
+    want = run(module, x, None, None)
+    assert_close(got["y"].numpy(), want["y"].numpy(), dtype=np.float32, what="y")
+    for name, g in want["grads"].items():
+        assert_close(got["grads"][name].numpy(), g.numpy(), dtype=np.float32, what=name)
 
 
 def test_mixed_dtypes_fall_back_to_torchs_error():

@@ -12,8 +12,9 @@ weights, the input and the initial states where they lie when the layout allows
 (contiguous, time-major), and return their results as tensors over rnncore's arrays.
 
 A float32 LSTM of hidden_size >= ONEDNN_LSTM_MIN_HIDDEN (128) without projection, on an
-unpacked input, runs torch's own forward where torch has oneDNN enabled: oneDNN's fused
-LSTM is the faster one there. What the kernels do not serve runs torch's own forward
+unpacked input, runs torch's own forward where torch has oneDNN enabled and the calling
+thread flushes subnormal numbers (torch.set_flush_denormal(True)): oneDNN's fused LSTM
+is the faster one there, but only then (its backward slows 10-17x on subnormal values). What the kernels do not serve runs torch's own forward
 too, unchanged: other devices and dtypes, tensor subclasses, mixed dtypes, autocast,
 scripting, tracing and compiling, torch.func transforms and forward-mode AD (the ways to
 a second derivative that show at forward time), and whatever torch would refuse (torch
@@ -27,6 +28,8 @@ the same torch.manual_seed the masks, and the numbers, are torch's.
 Threads: the kernels and BLAS use torch.get_num_threads() unless rnncore's own count
 was set (rc.set_num_threads or RNNCORE_NUM_THREADS).
 """
+import sys
+
 import numpy as np
 import torch
 from torch import nn
@@ -42,7 +45,12 @@ _PLAIN_TYPES = (torch.Tensor, nn.Parameter)
 # torch runs a float32 LSTM without projection on unpacked input through oneDNN's fused
 # kernels, which from this hidden size on are faster than rnncore's: a training step at
 # one thread, B = 16, measured torch / rnncore 1.4x at H = 32, 1.0x at H = 64, 0.75-0.87x
-# at H = 128, 0.62-0.64x at H = 256 (2-core AMD EPYC). There torch keeps its own forward.
+# at H = 128, 0.62-0.64x at H = 256 (2-core AMD EPYC). There torch keeps its own forward,
+# provided subnormal numbers are flushed: oneDNN's backward takes them at full cost, and
+# a training loop's small gradients make them. At (T, B, I, H) = (200, 16, 16, 128) on a
+# Xeon (AVX-512), a torch training step took 145-275 ms as they arose, 13-19 ms with
+# torch.set_flush_denormal(True), and 17.7 ms on rnncore's kernels, which flush them
+# inside (rc_denormals_off).
 ONEDNN_LSTM_MIN_HIDDEN = 128
 
 
@@ -61,10 +69,17 @@ def _served(tensor, dtype):
             and tensor.layout == torch.strided and not tensor.is_nested)
 
 
+def _denormals_flushed(smallest=sys.float_info.min, two=2.0):
+    """Whether this thread flushes subnormal results to zero (torch.set_flush_denormal's
+    setting): half the smallest normal double is then 0. The operands are arguments, so
+    the division runs now, under the thread's floating-point settings."""
+    return smallest / two == 0.0
+
+
 def _onednn_lstm(module, dtype, packed):
     """Whether torch would run this LSTM call on oneDNN at a size where that is faster."""
     return (dtype == torch.float32 and not packed and not module.proj_size
-            and module.hidden_size >= ONEDNN_LSTM_MIN_HIDDEN
+            and module.hidden_size >= ONEDNN_LSTM_MIN_HIDDEN and _denormals_flushed()
             and torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled())
 
 
