@@ -111,6 +111,14 @@ _SLOTS = (("weight_ih", "w_ih", "g_w_ih"), ("weight_hh", "w_hh", "g_w_hh"), ("bi
 _PARAMETER_SLOTS = tuple((name, slot) for name, slot, _ in _SLOTS if slot is not None)
 
 
+@functools.lru_cache(maxsize=256)
+def _parameter_slots(spec):
+    """The (name, field) pairs of _PARAMETER_SLOTS that `spec` has: the others stay None,
+    as `_fixed`'s plan has them."""
+    names = spec.param_shapes()
+    return tuple((name, field) for name, field in _PARAMETER_SLOTS if name in names)
+
+
 def _slot_mask(mask, slots, reverse, dtype):
     """A (T, B, width) mask indexed by time index, as slot rows (N, width), like x."""
     if slots.packed:
@@ -144,7 +152,7 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None, rows=N
     p = {name: np.ascontiguousarray(value) for name, value in p.items()}
     plan.step_row, plan.last_rows = slots.rows(reverse)
     plan.B, plan.ring_rows, plan.S, plan.N, plan.active, plan.params = B, B, slots.S, N, slots.active, p
-    for name, field in _PARAMETER_SLOTS:
+    for name, field in _parameter_slots(spec):
         setattr(plan, field, p.get(name))
     # every product's weights, packed once per call into the micro-kernel's panels
     # (`_recurrent.pack_weights`): every step reads them
@@ -269,10 +277,11 @@ def _row_slices(spec, slots, directions, num_threads, backward):
 
 
 @functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1024)
 def _layout(spec, training, B, whole=False):
     """(blocked, input in steps): how the compiled time loop runs a direction of this
     spec over B rows (`_recurrent.step_layout`); `whole`: the call has masks, or the
-    spec layer norm (then each step runs whole rows)."""
+    spec layer norm (then each step runs whole rows). Cached: a short call asks it twice."""
     return _recurrent.step_layout(spec.kind, bool(spec.reset_after), bool(training), B,
                                   spec.num_gates * spec.hidden_size, spec.input_size, spec.out_size,
                                   bool(whole) or spec.layer_norm)
