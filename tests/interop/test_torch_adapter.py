@@ -374,35 +374,35 @@ def flushed_denormals():
     torch.set_flush_denormal(False)
 
 
+def large_lstm_pair():
+    """torch's LSTM of ONEDNN_LSTM_MIN_HIDDEN units, the adapter's with its weights, and x."""
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(INPUT, rct.ONEDNN_LSTM_MIN_HIDDEN)
+    ours = rct.LSTM(INPUT, rct.ONEDNN_LSTM_MIN_HIDDEN)
+    ours.load_state_dict(module.state_dict())
+    x, _, _ = make_inputs(module, torch.float32, "tensor", False)
+    return module, ours, x
+
+
 def test_large_float32_lstm_keeps_torchs_onednn_path(flushed_denormals):
     """From ONEDNN_LSTM_MIN_HIDDEN on, with subnormals flushed, torch's oneDNN LSTM is the
     faster: torch's numbers. float64, projections and packed input still take rnncore's
     kernels."""
-    hidden = rct.ONEDNN_LSTM_MIN_HIDDEN
-    torch.manual_seed(0)
-    module = torch.nn.LSTM(INPUT, hidden)
-    ours = rct.LSTM(INPUT, hidden)
-    ours.load_state_dict(module.state_dict())
-    x, _, _ = make_inputs(module, torch.float32, "tensor", False)
+    module, ours, x = large_lstm_pair()
     got, want = run(ours, x, None, None), run(module, x, None, None)
     assert not through_kernels(got) and torch.equal(got["y"], want["y"])
     with torch.backends.mkldnn.flags(enabled=False):
         assert through_kernels(run(ours, x, None, None))
     assert through_kernels(run(ours, x, LENGTHS, None))
     assert through_kernels(run(ours.double(), x.double(), None, None))
-    assert through_kernels(run(rct.LSTM(INPUT, hidden, proj_size=2), x, None, None))
+    assert through_kernels(run(rct.LSTM(INPUT, rct.ONEDNN_LSTM_MIN_HIDDEN, proj_size=2), x, None, None))
 
 
 def test_large_float32_lstm_takes_the_kernels_where_subnormals_are_kept():
     """Without flushing (torch's default), oneDNN's backward runs 10-17x slower on the
     subnormal values training makes: the kernels (which flush them inside) serve it."""
     torch.set_flush_denormal(False)
-    hidden = rct.ONEDNN_LSTM_MIN_HIDDEN
-    torch.manual_seed(0)
-    module = torch.nn.LSTM(INPUT, hidden)
-    ours = rct.LSTM(INPUT, hidden)
-    ours.load_state_dict(module.state_dict())
-    x, _, _ = make_inputs(module, torch.float32, "tensor", False)
+    module, ours, x = large_lstm_pair()
     got = run(ours, x, None, None)
     assert through_kernels(got)
     want = run(module, x, None, None)
