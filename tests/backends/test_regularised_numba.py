@@ -185,9 +185,14 @@ def test_one_forward_direction_without_lengths(case):
 @pytest.mark.parametrize("case", EVERYTHING + ["lstm cifg + ln", "gru no bias + ln"])
 def test_float32_follows_float64(case, masked):
     problem = Problem(CASES[case], masked=masked)
+    # a layer norm over H = 4 units divides by the standard deviation of four values,
+    # which some draws make small, and float32's rounding grows by its inverse: on this
+    # problem's masked draw the LSTM with projection and layer norm runs 1.7e-5 from its
+    # float64 here and 1.4e-5 on the cython backend; other seeds give 1e-6 to 7e-6
+    rtol = 3e-5 if problem.spec.layer_norm else 1e-5
     for (name, got), (_, want) in zip(_flatten(problem.run(np.float32)), _flatten(problem.run(np.float64))):
         assert got.dtype == np.float32, name
-        assert_close(got, want, rtol=1e-5, what=name)
+        assert_close(got, want, rtol=rtol, what=name)
 
 
 @pytest.mark.parametrize("case", EVERYTHING)

@@ -14,13 +14,13 @@ from threadpoolctl import threadpool_limits
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def run_example(name):
+def run_example(name, quick=True):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     # the models are tiny: BLAS threads only add overhead, and on a loaded machine a lot of it
     with threadpool_limits(limits=1, user_api="blas"):
-        return module.main(quick=True, seed=0, out=lambda *args: None)
+        return module.main(quick=quick, seed=0, out=lambda *args: None)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -67,8 +67,11 @@ def test_bidirectional_imputation_beats_regression_and_interpolation():
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_zoneout_and_weight_dropout_hold_off_an_oversized_models_overfitting():
-    # short mode: the plain LSTM's best held-out ~2.98 bits at epoch 18, ~3.23 by epoch 25
-    # (its training loss 0.92: memorised); regularised ~2.92, still falling at epoch 25
-    result = run_example("regularised_char_model")
-    assert result["metric"] < result["baseline"] - 0.03
-    assert result["regularised_last"] < result["plain_last"] - 0.2
+    # the example's own 40 epochs, not its quick 25: the plain LSTM's best held-out 2.979 bits
+    # at epoch 18, 3.955 by the end (its training loss 0.10: memorised); regularised
+    # 2.870 at epoch 38, 2.936 at the end. Seeds 1-3 gave best-epoch gaps of 0.085, 0.125
+    # and 0.027 and end gaps of 0.5-1.0; at 25 epochs the regularised model is still
+    # falling and its best-epoch gap changes sign with the seed
+    result = run_example("regularised_char_model", quick=False)
+    assert result["metric"] < result["baseline"] - 0.05
+    assert result["regularised_last"] < result["plain_last"] - 0.5

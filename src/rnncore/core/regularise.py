@@ -9,6 +9,7 @@ evaluation form are part of the cell and need nothing here; the zoneout and recu
 masks go to the backends (`contract.MASKS`); weight dropout is applied here, to the
 W_hh the backend sees, and to its gradient on the way back.
 """
+import math
 import numbers
 
 import numpy as np
@@ -73,10 +74,23 @@ def random(spec):
     return spec.zoneout or spec.recurrent_dropout > 0 or spec.weight_dropout > 0
 
 
+def _below(rng, shape, p):
+    """A boolean array of `shape`, each value True with probability p: 32 random bits a
+    value against p's 32-bit threshold (exact to 2**-32), two values from each 64-bit
+    draw of the generator. The draws are most of what a training call's masks cost, and
+    `rng.random` spends a 64-bit draw on each value."""
+    if p >= 1.0:
+        return np.ones(shape, bool)
+    count = math.prod(shape)
+    # little-endian halves on every platform, so a seed gives the same masks everywhere
+    bits = rng.bit_generator.random_raw((count + 1) // 2).astype("<u8", copy=False).view("<u4")
+    return bits[:count].reshape(shape) < np.uint32(min(round(p * 2.0 ** 32), 2 ** 32 - 1))
+
+
 def _kept(rng, shape, p, dtype):
     """An inverted-dropout mask: 1 / (1 - p) with probability 1 - p, else 0."""
     keep = 1.0 - p
-    return ((rng.random(shape) < keep) / keep).astype(dtype)
+    return _below(rng, shape, keep).astype(dtype) * np.asarray(1.0 / keep, dtype)
 
 
 def draw(rng, spec, T, B, dtype, directions):
@@ -91,9 +105,9 @@ def draw(rng, spec, T, B, dtype, directions):
         if spec.recurrent_dropout:
             drawn["recurrent"] = _kept(rng, (B, out), spec.recurrent_dropout, dtype)
         if spec.zoneout_h:
-            drawn["zoneout_h"] = (rng.random((T, B, out)) < spec.zoneout_h).astype(dtype)
+            drawn["zoneout_h"] = _below(rng, (T, B, out), spec.zoneout_h).astype(dtype)
         if spec.kind == "lstm" and spec.zoneout_c:
-            drawn["zoneout_c"] = (rng.random((T, B, H)) < spec.zoneout_c).astype(dtype)
+            drawn["zoneout_c"] = _below(rng, (T, B, H), spec.zoneout_c).astype(dtype)
         masks.append(drawn)
     return masks, weight_masks
 
