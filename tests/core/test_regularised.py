@@ -449,3 +449,26 @@ def test_the_options_give_the_same_bits_for_any_thread_count_and_calling_thread(
                     np.testing.assert_array_equal(a, b)
     finally:
         rc.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("p", [0.0, 1e-3, 0.1, 0.5, 0.9, 1.0])
+def test_masks_keep_their_probability_and_their_edges(p):
+    # 32 bits a value against p's threshold: over 10**6 values the rate is p within
+    # five standard deviations of a binomial; p = 0 and p = 1 are exact; an odd count
+    # uses half of the last 64-bit draw
+    n = 10 ** 6 + 1
+    values = regularise._below(np.random.default_rng(7), (n,), p)
+    assert values.dtype == bool and values.shape == (n,)
+    sd = (p * (1 - p) / n) ** 0.5
+    assert abs(values.mean() - p) <= 5 * sd + 1e-12
+    kept = regularise._kept(np.random.default_rng(7), (n,), p if p < 1 else 0.5, np.float32)
+    assert kept.dtype == np.float32
+    assert set(np.unique(kept)) <= {0.0, np.float32(1 / (1 - (p if p < 1 else 0.5)))}
+
+
+def test_masks_are_two_values_from_each_draw_of_the_generator():
+    # the stream a seed gives: the low then the high half of each 64-bit draw
+    raw = np.random.default_rng(3).bit_generator.random_raw(3)
+    halves = np.array([[int(r) & 0xFFFFFFFF, int(r) >> 32] for r in raw], np.uint64).ravel()[:5]
+    threshold = round(0.3 * 2 ** 32)
+    np.testing.assert_array_equal(regularise._below(np.random.default_rng(3), (5,), 0.3), halves < threshold)
