@@ -1,8 +1,8 @@
 """Declares the compiled extensions; everything else is in pyproject.toml.
 
-Each `src/rnncore/backends/cython/*.pyx` becomes an extension module that reaches BLAS through
-scipy.linalg.cython_blas and includes the C element-wise kernels of `csrc/`; `_probe` (the
-benchmarks' FMA-peak loop) is one of them.
+Each `src/rnncore/backends/cython/*.pyx` becomes an extension module that includes the C
+kernels of `csrc/` (the products and the cells; no BLAS); `_probe` (the benchmarks' FMA-peak
+loop) is one of them.
 
 The extension is optional: where Cython or the C compiler fails, the package installs
 without it (one message says so) and runs on numba or the NumPy reference. OpenMP is

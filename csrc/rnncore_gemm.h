@@ -100,6 +100,11 @@ static size_t rc_packed_size(size_t n, size_t k, size_t value_bytes)
     return (n + nr - 1) / nr * nr * k;
 }
 
+/* the steps (slot rows) of a weight gradient's product packed and multiplied at a time
+ * (rc_gradient_product): a panel of them, RC_GRADIENT_KC two-vector rows, fills 32 KB
+ * in float32 AVX-512, within every L1 we run on */
+#define RC_GRADIENT_KC 512
+
 /* the hidden units of one block of rc_pack_weight_groups in a cell's time step: 256
  * bytes of each gate, a multiple of every instance's panel (the cell's update then runs
  * over rows of 64 floats, long enough for its vector loop; one panel's 16 were not) */
@@ -112,6 +117,25 @@ static int rc_gate_block_units(size_t value_bytes)
 static size_t rc_packed_groups_size(size_t groups, size_t n, size_t k, size_t value_bytes)
 {
     return groups * rc_packed_size(n / groups, k, value_bytes);
+}
+
+/* rc_packed_gemm_at copies a block of A's rows before its product where C's rows are
+ * wider than this many bytes (two of the widest panels: the copy is then read at
+ * least twice, or more often on narrower instances) */
+#define RC_GRADIENT_PACK_A_BYTES (2 * RC_GEMM_MAX_PANEL_BYTES)
+
+/* values of rc_gradient_product's scratch for products of at most m rows of C, n
+ * columns and k steps, either way round: C transposed (when the product runs as C^T),
+ * the panels of up to RC_GRADIENT_KC steps, then, for rows wider than
+ * RC_GRADIENT_PACK_A_BYTES, a block of A's rows. Sized to the call: a scratch larger
+ * than it needs is fresh memory whose first touch of each page faults, at every call. */
+static size_t rc_gradient_scratch_size(size_t m, size_t n, size_t k, size_t value_bytes)
+{
+    const size_t steps = k < RC_GRADIENT_KC ? k : RC_GRADIENT_KC, wide = m > n ? m : n;
+    size_t block = RC_BLOCK_BYTES / value_bytes + 8 * steps;
+    if (block > (wide + 8) * steps)
+        block = (wide + 8) * steps;
+    return m * n + rc_packed_size(wide, steps, value_bytes) + (wide * value_bytes > RC_GRADIENT_PACK_A_BYTES ? block : 0);
 }
 
 #ifndef RC_CONCAT

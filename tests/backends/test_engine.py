@@ -88,6 +88,57 @@ def test_packed_pair_rows_do_not_depend_on_the_batch(isa):
                 np.testing.assert_array_equal(alone, full[i:i + rows], err_msg=f"n={n} rows={rows} at {i}")
 
 
+# the weight gradients' product (rc_gradient_product): steps k across the blocks of
+# RC_GRADIENT_KC = 512; C's rows m and columns n on both sides of every panel and tile
+# edge, either way round (narrow n runs as C^T), and past RC_GRADIENT_PACK_A_BYTES (64
+# floats, 32 doubles: A's rows copied first)
+_GRADIENT_SHAPES = [(1, 1, 1), (7, 3, 5), (64, 128, 8), (64, 8, 128), (33, 129, 17), (300, 33, 65),
+                    (513, 40, 100), (1100, 17, 70), (520, 256, 64), (700, 96, 300)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradient_product_matches_numpy(isa, dtype):
+    """c += a.T @ b (a weight gradient over a chunk of steps) against the float64 product."""
+    rng = np.random.default_rng(isa + 10)
+    for k, m, n in _GRADIENT_SHAPES:
+        a = rng.standard_normal((k, m)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        c = rng.standard_normal((m, n)).astype(dtype)
+        want = c.astype(np.float64) + a.T.astype(np.float64) @ b.astype(np.float64)
+        _recurrent.gradient_gemm(a, b, c)
+        # a sum of k products: the error grows with k, the scale with sqrt(k)
+        assert_close(c, want, rtol=(1e-13 if dtype == np.float64 else 3e-6) * np.sqrt(k),
+                     what=f"{np.dtype(dtype).name} k={k} m={m} n={n}")
+
+
+def test_gradient_product_bits_follow_only_the_order_of_the_steps(isa):
+    """Each element adds the steps in order onto C: a product cut into two at any step
+    (a lean backward's segments, the chunks of contract.GRADIENT_CHUNK) gives the bits
+    of the whole, and so does the product run the other way round (C^T += b.T @ a)."""
+    rng = np.random.default_rng(isa + 20)
+    for k, m, n in _GRADIENT_SHAPES[2:]:
+        for dtype in (np.float32, np.float64):
+            a = rng.standard_normal((k, m)).astype(dtype)
+            b = rng.standard_normal((k, n)).astype(dtype)
+            c0 = rng.standard_normal((m, n)).astype(dtype)
+            whole = c0.copy()
+            _recurrent.gradient_gemm(a, b, whole)
+            for cut in sorted({1, k // 3, k - 1}):
+                parts = c0.copy()
+                _recurrent.gradient_gemm(a[:cut].copy(), b[:cut].copy(), parts)
+                _recurrent.gradient_gemm(a[cut:].copy(), b[cut:].copy(), parts)
+                np.testing.assert_array_equal(parts, whole, err_msg=f"k={k} m={m} n={n} cut at {cut}")
+            turned = np.ascontiguousarray(c0.T)
+            _recurrent.gradient_gemm(b, a, turned)
+            np.testing.assert_array_equal(turned.T, whole, err_msg=f"k={k} m={m} n={n} turned round")
+
+
+def test_gradient_product_refuses_mismatched_shapes():
+    a, b, c = np.zeros((3, 4), np.float32), np.zeros((2, 5), np.float32), np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="gradient_gemm: expected a"):
+        _recurrent.gradient_gemm(a, b, c)
+
+
 def test_packed_product_refuses_mismatched_shapes():
     a, w, c = np.zeros((3, 4), np.float32), np.zeros((5, 3), np.float32), np.zeros((3, 5), np.float32)
     with pytest.raises(ValueError, match="packed_gemm: expected a"):

@@ -223,7 +223,8 @@ def _init_threads_from_env():
 
 # -- BLAS at one thread inside the kernels ---------------------------------------------
 #
-# The compiled backends call the BLAS behind scipy.linalg.cython_blas. Its thread count
+# The numba backend calls the BLAS behind scipy.linalg.cython_blas (the cython kernels
+# call none, but hold the section too, so the protocol is one for both). Its thread count
 # is set through the library's own functions: threadpoolctl lets only the first thread
 # that set an OpenBLAS limit change it again, so a limit set from any other thread did
 # nothing. Per library: the names of its getter and setter, and whether the setting

@@ -21,7 +21,6 @@ from libc.math cimport isfinite
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm
 
 cnp.import_array()
 
@@ -63,6 +62,11 @@ cdef extern from "rnncore_gemm.h" nogil:
     void rc_packed_gemm_d(int m, int n, int k, const double *A, size_t lda, const double *packed,
                           int accumulate, double *C, size_t ldc)
     size_t rc_packed_groups_size(size_t groups, size_t n, size_t k, size_t value_bytes)
+    size_t rc_gradient_scratch_size(size_t m, size_t n, size_t k, size_t value_bytes)
+    void rc_gradient_product_f(int m, int n, int k, const float *A, size_t lda, const float *B, size_t ldb,
+                               float *C, size_t ldc, float *scratch)
+    void rc_gradient_product_d(int m, int n, int k, const double *A, size_t lda, const double *B, size_t ldb,
+                               double *C, size_t ldc, double *scratch)
     int rc_gemm_vector_bytes(int isa)
     int rc_gate_block_units(size_t value_bytes)
     void rc_pack_weight_groups_f(int groups, int units, int n, int k, const float *W, size_t stride_n,
@@ -213,6 +217,8 @@ cdef struct Direction:
     void *w_hh_bp                  # backward: W_hh packed for dh = dgates @ W_hh (see pack_backward)
     void *w_hr_bp                  # W_hr for dm = dh @ W_hr, W_ho for dh = dypre @ W_ho
     void *w_ho_bp
+    void *w_ih_bp                  # W_ih for dx = dgates_x @ W_ih
+    void *g_pack                   # scratch of the weight gradients' products (gradient_product)
     # forward
     void *x                        # slot rows of the input, ldx apart
     Py_ssize_t ldx
@@ -506,6 +512,17 @@ cdef inline void pack_weight_groups(int groups, int n, int k, const floating *w,
         rc_pack_weight_groups_d(groups, units, n, k, w, k, 1, packed)
 
 
+cdef inline void gradient_product(int m, int n, int k, const floating *a, int lda, const floating *b, int ldb,
+                                  floating *c, int ldc, floating *scratch) noexcept nogil:
+    """c (m, n) += a.T @ b, a (k, m) and b (k, n) running along the steps (a weight
+    gradient over a chunk of slot rows), on the micro-kernel (rc_gradient_product): each
+    element adds the k terms in order, the same bits for any thread count."""
+    if floating is float:
+        rc_gradient_product_f(m, n, k, a, lda, b, ldb, c, ldc, scratch)
+    else:
+        rc_gradient_product_d(m, n, k, a, lda, b, ldb, c, ldc, scratch)
+
+
 cdef inline Py_ssize_t packed_values(int n, int k, floating *tag) noexcept nogil:
     return rc_packed_size(n, k, sizeof(floating))
 
@@ -649,11 +666,18 @@ cdef void pack_backward(Direction *d, floating *tag) noexcept nogil:
         pack_weight_nn(H, d.P, <floating *>d.w_hr, H, <floating *>d.w_hr_bp)
     if d.w_ho_bp != NULL:
         pack_weight_nn(H, d.O, <floating *>d.w_ho, H, <floating *>d.w_ho_bp)
+    pack_weight_nn(d.input_size, d.GH, <floating *>d.w_ih, d.input_size, <floating *>d.w_ih_bp)
 
 
 def packed_size(int n, int k, bint is_double):
     """Values of a packed (n, k) weight: n output columns, k summed over."""
     return rc_packed_size(n, k, sizeof(double) if is_double else sizeof(float))
+
+
+def gradient_scratch_size(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint is_double):
+    """Values of the weight gradients' scratch (the plan's "g_pack") for products of at
+    most m rows, n columns and k slot rows (a chunk's)."""
+    return rc_gradient_scratch_size(m, n, k, sizeof(double) if is_double else sizeof(float))
 
 
 def packed_input_size(str kind, int GH, int H, int I, bint is_double):
@@ -705,6 +729,20 @@ def packed_gemm(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] c, bint
             pack_weight(n, k, &w[0, 0], &packed[0])
         if m and n:
             packed_product(m, n, k, a_data, k, &packed[0], accumulate, &c[0, 0], n)
+
+
+def gradient_gemm(floating[:, ::1] a, floating[:, ::1] b, floating[:, ::1] c):
+    """c += a.T @ b through gradient_product (for the tests): a (k, m), b (k, n), c (m, n),
+    C-contiguous arrays of one float type."""
+    cdef int k = a.shape[0], m = a.shape[1], n = b.shape[1]
+    if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError(f"gradient_gemm: expected a (k, m), b (k, n), c (m, n), got "
+                         f"({a.shape[0]}, {a.shape[1]}), ({b.shape[0]}, {b.shape[1]}), ({c.shape[0]}, {c.shape[1]})")
+    cdef floating[::1] scratch = np.zeros(max(1, rc_gradient_scratch_size(m, n, k, sizeof(floating))),
+                                          np.float64 if floating is double else np.float32)
+    with nogil:
+        if m and n and k:
+            gradient_product(m, n, k, &a[0, 0], m, &b[0, 0], n, &c[0, 0], n, &scratch[0])
 
 
 def packed_gemm_pair(floating[:, ::1] a, floating[:, ::1] w, floating[:, ::1] a2, floating[:, ::1] w2,
@@ -1225,7 +1263,7 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
     cdef floating *dgr = <floating *>d.dgr + lo * GH
     cdef floating *x = <floating *>d.x + lo * d.ldx
     cdef floating *c_new
-    cdef floating one = 1, zero = 0
+    cdef floating *pack = <floating *>d.g_pack
     if d.g_b_ih != NULL:
         column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih)
         column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh)
@@ -1241,29 +1279,29 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
         layer_norm_backward_rows(N, GH, dgx, GH, <floating *>d.w_ih_ln, <floating *>d.ln_xh_ih + lo * GH,
                                  <floating *>d.ln_st_ih + lo * 2, dgx, GH)
     # dW_ih += dgates_x.T @ x    (GH, I) = (GH, N) x (N, I)
-    gemm(True, False, GH, I, N, one, dgx, GH, x, <int>d.ldx, one, <floating *>d.g_w_ih, I)
+    gradient_product(GH, I, N, dgx, GH, x, <int>d.ldx, <floating *>d.g_w_ih, I, pack)
     if d.kind == GRU and not d.reset_after:
         # dW_hh[:2H] += da_rz.T @ h_prev    (2H, H) = (2H, N) x (N, H)
-        gemm(True, False, 2 * H, H, N, one, dgx, GH, hprev, H, one, <floating *>d.g_w_hh, H)
+        gradient_product(2 * H, H, N, dgx, GH, hprev, H, <floating *>d.g_w_hh, H, pack)
         # dW_hh[2H:] += da_n.T @ (r * h_prev)    (H, H) = (H, N) x (N, H)
-        gemm(True, False, H, H, N, one, dgx + 2 * H, GH, <floating *>d.kept + lo * H, H, one,
-             <floating *>d.g_w_hh + 2 * H * H, H)
+        gradient_product(H, H, N, dgx + 2 * H, GH, <floating *>d.kept + lo * H, H, <floating *>d.g_w_hh + 2 * H * H,
+                         H, pack)
     else:
         # dW_hh += dgr.T @ h_prev    (GH, P) = (GH, N) x (N, P): dgr the raw product's gradient
-        gemm(True, False, GH, P, N, one, dgr, GH, hprev, P, one, <floating *>d.g_w_hh, P)
+        gradient_product(GH, P, N, dgr, GH, hprev, P, <floating *>d.g_w_hh, P, pack)
     if d.kind == LSTM and d.w_hr != NULL:
         # dW_hr += dh.T @ m    (P, H) = (P, N) x (N, H)
-        gemm(True, False, P, H, N, one, <floating *>d.dhtot + lo * P, P, <floating *>d.m_buf + lo * H, H, one,
-             <floating *>d.g_w_hr, H)
+        gradient_product(P, H, N, <floating *>d.dhtot + lo * P, P, <floating *>d.m_buf + lo * H, H,
+                         <floating *>d.g_w_hr, H, pack)
     if d.kind == JORDAN:
         # dW_ho += dypre.T @ h    (O, H) = (O, N) x (N, H)
-        gemm(True, False, O, H, N, one, <floating *>d.dypre + lo * O, O, <floating *>d.xp + lo * H, H, one,
-             <floating *>d.g_w_ho, H)
+        gradient_product(O, H, N, <floating *>d.dypre + lo * O, O, <floating *>d.xp + lo * H, H,
+                         <floating *>d.g_w_ho, H, pack)
         if d.g_b_ho != NULL:
             column_sums(N, O, O, <floating *>d.dypre + lo * O, <floating *>d.g_b_ho)
-    # dx = dgates_x @ w_ih    (N, I) = (N, GH) x (GH, I)
-    gemm(False, False, N, I, GH, one, dgx, GH, <floating *>d.w_ih, I,
-         one if d.dx_accumulate else zero, <floating *>d.dx + lo * d.ldx_out, <int>d.ldx_out)
+    # dx (+)= dgates_x @ w_ih    (N, I) = (N, GH) x (GH, I)
+    packed_product(N, I, GH, dgx, GH, <floating *>d.w_ih_bp, d.dx_accumulate, <floating *>d.dx + lo * d.ldx_out,
+                   <int>d.ldx_out)
 
 
 # -- the plan: the one description of what backend.py hands over ---------------------------
@@ -1347,6 +1385,8 @@ _PLAN = (
     ("dypre",        "real",  "backward jordan",            _at(&_probe.dypre)),
     ("hprev",        "real",  "backward",                   _at(&_probe.hprev)),
     ("w_hh_bp",      "real",  "backward",                   _at(&_probe.w_hh_bp)),
+    ("w_ih_bp",      "real",  "backward",                   _at(&_probe.w_ih_bp)),
+    ("g_pack",       "real",  "backward",                   _at(&_probe.g_pack)),
     ("w_hr_bp",      "real",  "backward proj",              _at(&_probe.w_hr_bp)),
     ("w_ho_bp",      "real",  "backward jordan",            _at(&_probe.w_ho_bp)),
     ("g_w_ih",       "real",  "backward",                   _at(&_probe.g_w_ih)),
@@ -1438,7 +1478,7 @@ cdef struct Field:
     unsigned int any_of            # required when one of these conditions holds; 0: optional
     bint backward                  # ... and only for the backward stages
 
-DEF MAX_FIELDS = 96
+DEF MAX_FIELDS = 128
 cdef Field _fields[MAX_FIELDS]
 cdef Py_ssize_t _field_count = 0
 cdef dict _FIELD_INDEX = {}        # name: its index in _fields

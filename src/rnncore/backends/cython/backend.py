@@ -378,6 +378,10 @@ def _backward_fields(spec, plan, schedule, dstate, grads, dtype):
         plan.w_hr_bp = np.empty(_recurrent.packed_size(H, P, is_double), dtype)
     if plan.w_ho is not None:
         plan.w_ho_bp = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
+    plan.w_ih_bp = np.empty(_recurrent.packed_size(spec.input_size, GH, is_double), dtype)
+    # the weight gradients' products pack their second operand (x, h, ...) into this
+    plan.g_pack = np.empty(_recurrent.gradient_scratch_size(max(GH, P, spec.output_size), max(spec.input_size, P, H),
+                                                            contract.GRADIENT_CHUNK * B, is_double), dtype)
     for name, _, field in _SLOTS:
         setattr(plan, field, grads.get(name))
     plan.grad_chunk = contract.GRADIENT_CHUNK
