@@ -300,10 +300,11 @@ def test_the_block_layouts_all_occur_in_the_tests():
 @pytest.mark.parametrize("spec", _SPECS, ids=_SPEC_IDS)
 def test_row_slices_give_the_bits_of_one_thread(spec, dtype, directions, lengths, monkeypatch):
     """Any split of the rows into slices (1 to 4 threads, each running the whole time loop
-    on its rows; the input projection in row ranges): the bits of one thread, forward
-    and backward, and the reference's numbers. The size thresholds are lowered so that
-    these small shapes split."""
+    on its rows; the input projection in row ranges; the weight gradients' products by
+    rows of the gradients): the bits of one thread, forward and backward, and the
+    reference's numbers. The size thresholds are lowered so that these small shapes split."""
     monkeypatch.setattr(cython_backend, "MIN_SLICE_WORK", 1)
+    monkeypatch.setattr(cython_backend, "MIN_GRADIENT_WORK", 1)
     monkeypatch.setattr(cython_backend, "MIN_SLICE_ROWS", 2)
     monkeypatch.setattr(cython_backend, "MIN_PROJECTION_ROWS", 8)
     B = 11
@@ -317,6 +318,7 @@ def test_row_slices_give_the_bits_of_one_thread(spec, dtype, directions, lengths
         if threads > 1:
             assert cython_backend._row_slices(spec, cython_backend._slots(6, B, lengths), directions, threads,
                                               False) is not None or threads < 2 * directions
+        assert cython_backend._gradient_threads(spec, cython_backend._slots(6, B, lengths), threads) == threads
         y, sn, ctx = cython_backend.layer_forward(spec, params, x, states, lengths, True, reverse, threads)
         dx, ds0, grads = cython_backend.layer_backward(ctx, dy, dsn, threads)
         y_inf, sn_inf, _ = cython_backend.layer_forward(spec, params, x, states, lengths, False, reverse, threads)

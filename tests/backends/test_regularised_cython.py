@@ -258,9 +258,11 @@ def _flat(result):
 @pytest.mark.parametrize("spec", [s for s in _EDGE_SPECS if s.hidden_size == 33] + [
     CellSpec("lstm", 4, 9, layer_norm=True, zoneout_h=0.1, zoneout_c=0.2, coupled_input_forget=True)], ids=_spec_id)
 def test_threads_give_the_bits_of_one(spec, dtype, monkeypatch):
-    """Row slices over 2 and 3 threads, forward and backward, with lengths: the bits of
-    one thread (every per-row store and mask moves with its slice)."""
+    """Row slices over 2 and 4 threads, forward and backward (the weight gradients and the
+    layer norm's sums split between the threads too), with lengths: the bits of one
+    thread (every per-row store and mask moves with its slice)."""
     monkeypatch.setattr(cython_backend, "MIN_SLICE_WORK", 1)
+    monkeypatch.setattr(cython_backend, "MIN_GRADIENT_WORK", 1)
     monkeypatch.setattr(cython_backend, "MIN_SLICE_ROWS", 2)
     monkeypatch.setattr(cython_backend, "MIN_PROJECTION_ROWS", 8)
     lengths = np.array([6, 2, 5, 1, 6, 3, 4, 6, 2, 1, 5])

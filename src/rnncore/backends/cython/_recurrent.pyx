@@ -1229,21 +1229,43 @@ cdef void backward_steps(Direction *d, floating *tag) noexcept nogil:
             add_rows(n, H, <floating *>d.dzc, H, <floating *>d.dc)
 
 
-cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
+cdef inline void team_share(Py_ssize_t total, int align, int member, int team, Py_ssize_t *lo,
+                            Py_ssize_t *hi) noexcept nogil:
+    """[lo, hi): team member `member`'s share of `total` items, cut at multiples of `align`
+    (whole register tiles), the last share taking the rest."""
+    cdef Py_ssize_t blocks = (total + align - 1) // align
+    lo[0] = min(total, blocks * member // team * align)
+    hi[0] = min(total, blocks * (member + 1) // team * align)
+
+
+cdef inline Py_ssize_t gradient_scratch(Direction *d, floating *tag) noexcept nogil:
+    """Values of one team member's share of the plan's g_pack (backend.py sizes it alike)."""
+    return rc_gradient_scratch_size(max(d.GH, max(d.P, d.O)), max(d.input_size, max(d.P, d.H)),
+                                    d.grad_chunk * d.B, sizeof(floating))
+
+
+cdef void weight_gradients(Direction *d, floating *tag, int member, int team) noexcept nogil:
     """The products over the steps, after the time loop: chunk by chunk of grad_chunk
     steps (counted from the plan's first step), last chunk first, each added into the
     gradients, so that a lean backward, whose segments start at whole chunks, adds the
-    same terms in the same order (`contract.GRADIENT_CHUNK`)."""
+    same terms in the same order (`contract.GRADIENT_CHUNK`). Run by a team of `team`
+    threads (this one is `member`; one: the whole), each adds its own rows of every
+    product and its own columns of every column sum, chunk after chunk: each element
+    sums in the same order whatever the team."""
     cdef Py_ssize_t s, c0, c1, lo, hi, a, b
     cdef Py_ssize_t chunks = (d.S + d.grad_chunk - 1) // d.grad_chunk
     cdef Py_ssize_t k
-    for s in range(d.S):
+    s = member
+    while s < d.S:      # the team's steps round-robin (a range's step must be a constant)
         memcpy(<floating *>d.hprev + d.step_row[s] * d.P, state_before(d, <floating *>d.hs, s),
                d.active[s] * d.P * sizeof(floating))
         if d.rmask != NULL:
             # the recurrent product's input: h[s-1] * mask
             mask_rows(d.active[s], d.P, <floating *>d.rmask, <floating *>d.hprev + d.step_row[s] * d.P, False,
                       <floating *>d.hprev + d.step_row[s] * d.P)
+        s += team
+    if team > 1:
+        rc_team_barrier()       # every member reads every step's h_prev
     for k in range(chunks - 1, -1, -1):
         c0 = k * d.grad_chunk
         c1 = min(c0 + d.grad_chunk, <Py_ssize_t>d.S)
@@ -1251,11 +1273,31 @@ cdef void weight_gradients(Direction *d, floating *tag) noexcept nogil:
         a, b = d.step_row[c0], d.step_row[c1 - 1]
         lo = min(a, b)
         hi = max(a + d.active[c0], b + d.active[c1 - 1])
-        chunk_gradients(d, lo, hi, tag)
+        chunk_gradients(d, lo, hi, tag, member, team)
 
 
-cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *tag) noexcept nogil:
-    """The weight gradients' products over the slot rows [lo, hi), added in."""
+cdef inline void share_product(int m, int n, int k, const floating *a, int lda, const floating *b, int ldb,
+                               floating *c, int ldc, floating *scratch, int member, int team) noexcept nogil:
+    """This member's rows of gradient_product (c (m, n) += a.T @ b)."""
+    cdef Py_ssize_t r0, r1
+    team_share(m, 8, member, team, &r0, &r1)
+    if r1 > r0:
+        gradient_product(<int>(r1 - r0), n, k, a + r0, lda, b, ldb, c + r0 * ldc, ldc, scratch)
+
+
+cdef inline void share_column_sums(Py_ssize_t rows, int width, Py_ssize_t ld, const floating *m, floating *sums,
+                                   int member, int team) noexcept nogil:
+    """This member's columns of column_sums."""
+    cdef Py_ssize_t j0, j1
+    team_share(width, 16, member, team, &j0, &j1)
+    if j1 > j0:
+        column_sums(rows, <int>(j1 - j0), ld, m + j0, sums + j0)
+
+
+cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *tag, int member,
+                          int team) noexcept nogil:
+    """The weight gradients' products over the slot rows [lo, hi), added in: this team
+    member's share (see weight_gradients)."""
     cdef int H = d.H, GH = d.GH, P = d.P, O = d.O, I = d.input_size, N = <int>(hi - lo)
     cdef floating *hprev = <floating *>d.hprev + lo * P
     cdef floating *dgx = <floating *>d.dgx + lo * GH
@@ -1263,45 +1305,59 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
     cdef floating *dgr = <floating *>d.dgr + lo * GH
     cdef floating *x = <floating *>d.x + lo * d.ldx
     cdef floating *c_new
-    cdef floating *pack = <floating *>d.g_pack
+    cdef floating *pack = <floating *>d.g_pack + member * gradient_scratch(d, tag)
+    cdef Py_ssize_t j0, j1, r0, r1
     if d.g_b_ih != NULL:
-        column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih)
-        column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh)
+        share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, member, team)
+        share_column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh, member, team)
     if d.layer_norm:
         # the gains' gradients (dgh: of LN(W_hh h) g_hh, the LSTM's dgx), then dgx in place
         # through LN(W_ih x) g_ih to the raw input product
-        column_dot_sums(N, GH, dgh, GH, <floating *>d.ln_xh_hh + lo * GH, GH, <floating *>d.g_hh_ln)
-        column_dot_sums(N, GH, dgx, GH, <floating *>d.ln_xh_ih + lo * GH, GH, <floating *>d.g_ih_ln)
-        if d.kind == LSTM:
+        team_share(GH, 16, member, team, &j0, &j1)
+        if j1 > j0:
+            column_dot_sums(N, <int>(j1 - j0), dgh + j0, GH, <floating *>d.ln_xh_hh + lo * GH + j0, GH,
+                            <floating *>d.g_hh_ln + j0)
+            column_dot_sums(N, <int>(j1 - j0), dgx + j0, GH, <floating *>d.ln_xh_ih + lo * GH + j0, GH,
+                            <floating *>d.g_ih_ln + j0)
+        if d.kind == LSTM and member == 0:
             c_new = <floating *>(d.c_tilde if d.c_tilde != NULL else d.c_buf)
             layer_norm_cell_grads(N, H, <floating *>d.dcl + lo * H, c_new + lo * H, H,
                                   <floating *>d.ln_st_c + lo * 2, <floating *>d.g_c_ln, <floating *>d.g_bc_ln)
-        layer_norm_backward_rows(N, GH, dgx, GH, <floating *>d.w_ih_ln, <floating *>d.ln_xh_ih + lo * GH,
-                                 <floating *>d.ln_st_ih + lo * 2, dgx, GH)
+        if team > 1:
+            rc_team_barrier()   # the sums above read dgx as it was
+        team_share(N, 8, member, team, &r0, &r1)
+        if r1 > r0:
+            layer_norm_backward_rows(<int>(r1 - r0), GH, dgx + r0 * GH, GH, <floating *>d.w_ih_ln,
+                                     <floating *>d.ln_xh_ih + (lo + r0) * GH, <floating *>d.ln_st_ih + (lo + r0) * 2,
+                                     dgx + r0 * GH, GH)
+        if team > 1:
+            rc_team_barrier()   # the products below read every row of the new dgx
     # dW_ih += dgates_x.T @ x    (GH, I) = (GH, N) x (N, I)
-    gradient_product(GH, I, N, dgx, GH, x, <int>d.ldx, <floating *>d.g_w_ih, I, pack)
+    share_product(GH, I, N, dgx, GH, x, <int>d.ldx, <floating *>d.g_w_ih, I, pack, member, team)
     if d.kind == GRU and not d.reset_after:
         # dW_hh[:2H] += da_rz.T @ h_prev    (2H, H) = (2H, N) x (N, H)
-        gradient_product(2 * H, H, N, dgx, GH, hprev, H, <floating *>d.g_w_hh, H, pack)
+        share_product(2 * H, H, N, dgx, GH, hprev, H, <floating *>d.g_w_hh, H, pack, member, team)
         # dW_hh[2H:] += da_n.T @ (r * h_prev)    (H, H) = (H, N) x (N, H)
-        gradient_product(H, H, N, dgx + 2 * H, GH, <floating *>d.kept + lo * H, H, <floating *>d.g_w_hh + 2 * H * H,
-                         H, pack)
+        share_product(H, H, N, dgx + 2 * H, GH, <floating *>d.kept + lo * H, H, <floating *>d.g_w_hh + 2 * H * H,
+                      H, pack, member, team)
     else:
         # dW_hh += dgr.T @ h_prev    (GH, P) = (GH, N) x (N, P): dgr the raw product's gradient
-        gradient_product(GH, P, N, dgr, GH, hprev, P, <floating *>d.g_w_hh, P, pack)
+        share_product(GH, P, N, dgr, GH, hprev, P, <floating *>d.g_w_hh, P, pack, member, team)
     if d.kind == LSTM and d.w_hr != NULL:
         # dW_hr += dh.T @ m    (P, H) = (P, N) x (N, H)
-        gradient_product(P, H, N, <floating *>d.dhtot + lo * P, P, <floating *>d.m_buf + lo * H, H,
-                         <floating *>d.g_w_hr, H, pack)
+        share_product(P, H, N, <floating *>d.dhtot + lo * P, P, <floating *>d.m_buf + lo * H, H,
+                      <floating *>d.g_w_hr, H, pack, member, team)
     if d.kind == JORDAN:
         # dW_ho += dypre.T @ h    (O, H) = (O, N) x (N, H)
-        gradient_product(O, H, N, <floating *>d.dypre + lo * O, O, <floating *>d.xp + lo * H, H,
-                         <floating *>d.g_w_ho, H, pack)
+        share_product(O, H, N, <floating *>d.dypre + lo * O, O, <floating *>d.xp + lo * H, H,
+                      <floating *>d.g_w_ho, H, pack, member, team)
         if d.g_b_ho != NULL:
-            column_sums(N, O, O, <floating *>d.dypre + lo * O, <floating *>d.g_b_ho)
-    # dx (+)= dgates_x @ w_ih    (N, I) = (N, GH) x (GH, I)
-    packed_product(N, I, GH, dgx, GH, <floating *>d.w_ih_bp, d.dx_accumulate, <floating *>d.dx + lo * d.ldx_out,
-                   <int>d.ldx_out)
+            share_column_sums(N, O, O, <floating *>d.dypre + lo * O, <floating *>d.g_b_ho, member, team)
+    # dx (+)= dgates_x @ w_ih    (N, I) = (N, GH) x (GH, I), this member's rows
+    team_share(N, 8, member, team, &r0, &r1)
+    if r1 > r0:
+        packed_product(<int>(r1 - r0), I, GH, dgx + r0 * GH, GH, <floating *>d.w_ih_bp, d.dx_accumulate,
+                       <floating *>d.dx + (lo + r0) * d.ldx_out, <int>d.ldx_out)
 
 
 # -- the plan: the one description of what backend.py hands over ---------------------------
@@ -1720,7 +1776,7 @@ cdef void _run_typed(Direction *d, int stage, floating *tag) noexcept nogil:
     elif stage == BACKWARD_STEPS:
         backward_steps(d, tag)
     else:
-        weight_gradients(d, tag)
+        weight_gradients(d, tag, 0, 1)
 
 
 # -- threads -----------------------------------------------------------------------------
@@ -1935,6 +1991,16 @@ cdef void _slice_projection(const Direction *src, Direction *dst, Py_ssize_t fir
     dst.xp = _rows_at(src.xp, first, src.GH, value)
 
 
+cdef void _run_gradient_share(Direction *d, bint is_double) noexcept nogil:
+    """The calling team member's share of the weight gradients."""
+    cdef unsigned int control = rc_denormals_off()
+    if is_double:
+        weight_gradients(d, <double *>NULL, rc_team_member(), rc_team_size())
+    else:
+        weight_gradients(d, <float *>NULL, rc_team_member(), rc_team_size())
+    rc_denormals_restore(control)
+
+
 cdef void _run_unit_slice(Direction *d, bint is_double) noexcept nogil:
     """The calling team member's share of forward_unit_slice."""
     cdef unsigned int control = rc_denormals_off()
@@ -1952,15 +2018,15 @@ def _run(list plans, int first, int last, int num_threads, tuple slices=None, tu
     loop, shared by the directions (None: one, all rows); `projection`: the slot-row
     bounds the input projection splits at (None: one range). The slices and directions
     run side by side on up to num_threads threads; the weight gradients run one
-    direction after the other, and the second direction may accumulate into the first
-    one's dx."""
+    direction after the other (the second direction may accumulate into the first one's
+    dx), each on a team of num_threads splitting its products' rows."""
     cdef Direction directions[2]
     cdef int count = len(plans), i, j, stage, n_slices, n_ranges, items
     cdef int own[MAX_BLAS_LIBS]
     cdef bint is_double
     cdef size_t value
     cdef Direction *work = NULL
-    cdef int threads, units
+    cdef int threads, units, gradient_threads
     cdef cnp.ndarray active
     if not 1 <= count <= 2:
         raise ValueError(f"plans: expected one plan per direction, 1 or 2, got {count}")
@@ -2007,6 +2073,7 @@ def _run(list plans, int first, int last, int num_threads, tuple slices=None, tu
                     work[i] = directions[i]
                 items = count
             threads = min(num_threads, items) if stage != WEIGHT_GRADIENTS and not _team_lost else 1
+            gradient_threads = num_threads if stage == WEIGHT_GRADIENTS and not _team_lost else 1
             units = 1
             if stage == FORWARD_STEPS and unit_threads > 1 and not _team_lost:
                 if count != 1 or n_slices != 1 or slices[0][2] is not None or not unit_split(&directions[0]):
@@ -2022,6 +2089,12 @@ def _run(list plans, int first, int last, int num_threads, tuple slices=None, tu
                 if units > 1:
                     with parallel(num_threads=units):
                         _run_unit_slice(&work[0], is_double)
+                elif stage == WEIGHT_GRADIENTS and gradient_threads > 1:
+                    # one direction after the other (the second may add into the first's dx),
+                    # each by a team
+                    for i in range(count):
+                        with parallel(num_threads=gradient_threads):
+                            _run_gradient_share(&work[i], is_double)
                 elif threads > 1:
                     for i in prange(items, num_threads=threads, schedule="static", chunksize=1):
                         _run_one(&work[i], stage, is_double)
@@ -2051,8 +2124,10 @@ def backward_all(list plans, int num_threads, tuple slices=None):
     _run(plans, BACKWARD_STEPS, BACKWARD_STEPS, num_threads, slices)
 
 
-def weight_gradients_all(list plans):
-    _run(plans, WEIGHT_GRADIENTS, WEIGHT_GRADIENTS, 1)
+def weight_gradients_all(list plans, int num_threads=1):
+    """The weight gradients of each direction's plan, on a team of num_threads (each plan's
+    g_pack holds num_threads members' scratch: gradient_scratch_size times that)."""
+    _run(plans, WEIGHT_GRADIENTS, WEIGHT_GRADIENTS, num_threads)
 
 
 def activation(str name, floating[::1] values):

@@ -31,6 +31,10 @@ MIN_SLICE_ROWS = 4
 MIN_SLICE_WORK = 200_000
 # the input projection's slot rows are split likewise, into ranges of at least this many
 MIN_PROJECTION_ROWS = 64
+# the weight gradients split each product's rows between threads where each thread's
+# share is at least this many multiply-adds (a team starts and meets at barriers, a few
+# microseconds)
+MIN_GRADIENT_WORK = 1_000_000
 # Inference of a small batch splits each step's hidden units instead (see
 # `_recurrent.forward_unit_slice`), when a row slice would hold fewer than this many
 # rows (a register tile's: fewer leave its multiply-adds idle)...
@@ -353,7 +357,14 @@ def _write_output(y, hs, slots, reverse, d, P, lo, hi):
         y.reshape(T * B, -1)[lo:hi, d * P:(d + 1) * P] = hs
 
 
-def _backward_fields(spec, plan, schedule, dstate, grads, dtype):
+def _gradient_threads(spec, slots, num_threads):
+    """The team of the weight gradients' products (1: one thread)."""
+    G, H, P = spec.num_gates, spec.hidden_size, spec.out_size
+    work = slots.N * G * H * (spec.input_size + P + spec.input_size)
+    return int(max(1, min(num_threads, work // MIN_GRADIENT_WORK)))
+
+
+def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_threads):
     """Set what a plan's backward reads and writes that does not grow with the steps: the
     carried state gradients (sorted copies, updated in place), the scratch rows, the
     weights packed for the backward's products, the gradients' arrays."""
@@ -379,9 +390,10 @@ def _backward_fields(spec, plan, schedule, dstate, grads, dtype):
     if plan.w_ho is not None:
         plan.w_ho_bp = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
     plan.w_ih_bp = np.empty(_recurrent.packed_size(spec.input_size, GH, is_double), dtype)
-    # the weight gradients' products pack their second operand (x, h, ...) into this
-    plan.g_pack = np.empty(_recurrent.gradient_scratch_size(max(GH, P, spec.output_size), max(spec.input_size, P, H),
-                                                            contract.GRADIENT_CHUNK * B, is_double), dtype)
+    # the weight gradients' products pack their operands into this, a share per thread
+    share = _recurrent.gradient_scratch_size(max(GH, P, spec.output_size), max(spec.input_size, P, H),
+                                             contract.GRADIENT_CHUNK * B, is_double)
+    plan.g_pack = np.empty(share * gradient_threads, dtype)
     for name, _, field in _SLOTS:
         setattr(plan, field, grads.get(name))
     plan.grad_chunk = contract.GRADIENT_CHUNK
@@ -404,7 +416,7 @@ def _backward_rows(spec, plan, rows, dtype):
     return buffers
 
 
-def _backward_plans(ctx, dy, dstates_n, dx):
+def _backward_plans(ctx, dy, dstates_n, dx, gradient_threads):
     """The plans of one backward call, copies of the saved ones (which are only read: a
     context may be back-propagated through again, or from two threads at once), with
     their backward fields and dy's and dx's slot rows (packed: gathered, and dx's
@@ -416,7 +428,7 @@ def _backward_plans(ctx, dy, dstates_n, dx):
     for d, (plan, dstate) in enumerate(zip(plans, dstates_n)):
         g = contract.new_gradients(spec, dtype)
         grads.append(g)
-        _backward_fields(spec, plan, slots.schedule, dstate, g, dtype)
+        _backward_fields(spec, plan, slots.schedule, dstate, g, dtype, gradient_threads)
         if slots.packed:
             time, batch = slots.schedule.packed(ctx["reverse"][d])
             plan.dy = np.ascontiguousarray(dy[time, batch, d * P:(d + 1) * P])
@@ -448,15 +460,16 @@ def layer_backward(ctx, dy, dstates_n, num_threads):
     spec, slots = ctx["spec"], ctx["slots"]
     T, B, I = ctx["x_shape"]
     dx = (np.zeros if slots.packed else np.empty)((T, B, I), ctx["dtype"])
-    plans, grads = _backward_plans(ctx, dy, dstates_n, dx)
+    gradient_threads = _gradient_threads(spec, slots, num_threads)
+    plans, grads = _backward_plans(ctx, dy, dstates_n, dx, gradient_threads)
     if "lean" in ctx:
-        _lean_backward(ctx, plans, dy, dx, num_threads)
+        _lean_backward(ctx, plans, dy, dx, num_threads, gradient_threads)
     else:
         for plan in plans:
             for field, buffer in _backward_rows(spec, plan, slots.N, ctx["dtype"]).items():
                 setattr(plan, field, buffer)
         _recurrent.backward_all(plans, num_threads, _row_slices(spec, slots, len(plans), num_threads, True))
-        _recurrent.weight_gradients_all(plans)
+        _recurrent.weight_gradients_all(plans, gradient_threads)
     return dx, _backward_results(ctx, plans, dx), grads
 
 
@@ -566,7 +579,7 @@ def _lean_forward(spec, params, x, states, slots, reverse, num_threads, masks):
     return y, states_n, ctx
 
 
-def _lean_backward(ctx, plans, dy, dx, num_threads):
+def _lean_backward(ctx, plans, dy, dx, num_threads, gradient_threads):
     # one direction after the other, as the full path's weight gradients run: the second
     # direction's dx product adds into the first's finished rows
     spec, slots, reverse, dtype = ctx["spec"], ctx["slots"], ctx["reverse"], ctx["dtype"]
@@ -600,7 +613,7 @@ def _lean_backward(ctx, plans, dy, dx, num_threads):
                 _recurrent.forward_all([seg], num_threads, _segment_slices(forward_slices, first, last_step),
                                        _projection_ranges(seg.N, 1, num_threads), 1)
             _recurrent.backward_all([seg], num_threads, _segment_slices(backward_slices, first, last_step))
-            _recurrent.weight_gradients_all([seg])
+            _recurrent.weight_gradients_all([seg], gradient_threads)
 
 
 def open_stream(specs, params, batch, dtype, num_threads):
