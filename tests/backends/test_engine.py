@@ -383,6 +383,19 @@ def test_unit_slices_give_the_bits_of_one_thread(spec, dtype, lengths, monkeypat
     assert_close(results[-1][0], y_ref, what="y")
 
 
+def test_weight_gradients_take_a_team_only_where_each_share_repays_it():
+    """A million multiply-adds a thread at least: the (100,1,8,32) LSTM's gradients stay
+    on one thread, the (50,64,128,256) LSTM's take every thread offered."""
+    small, large = CellSpec("lstm", 8, 32), CellSpec("lstm", 128, 256)
+    assert cython_backend._gradient_threads(small, cython_backend._slots(100, 1, None), 4) == 1
+    assert cython_backend._gradient_threads(large, cython_backend._slots(50, 64, None), 1) == 1
+    assert cython_backend._gradient_threads(large, cython_backend._slots(50, 64, None), 4) == 4
+    # with lengths only the steps run count: 113 slot rows of 256 x 96 multiply-adds
+    medium, lengths = CellSpec("lstm", 16, 64), np.array([1] * 63 + [50])
+    assert cython_backend._gradient_threads(medium, cython_backend._slots(50, 64, None), 16) == 16
+    assert cython_backend._gradient_threads(medium, cython_backend._slots(50, 64, lengths), 16) == 2
+
+
 def test_unit_slices_only_where_they_apply():
     """Training, two directions, an LSTM projection, the reset-before GRU, Elman, a batch
     that row slices serve, or a step too small to repay its barrier: no split by units;
