@@ -674,10 +674,18 @@ def packed_size(int n, int k, bint is_double):
     return rc_packed_size(n, k, sizeof(double) if is_double else sizeof(float))
 
 
-def gradient_scratch_size(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bint is_double):
-    """Values of the weight gradients' scratch (the plan's "g_pack") for products of at
-    most m rows, n columns and k slot rows (a chunk's)."""
-    return rc_gradient_scratch_size(m, n, k, sizeof(double) if is_double else sizeof(float))
+cdef inline Py_ssize_t layer_gradient_scratch(Py_ssize_t GH, Py_ssize_t P, Py_ssize_t O, Py_ssize_t I,
+                                              Py_ssize_t H, Py_ssize_t chunk_rows, size_t value) noexcept nogil:
+    """Values of one thread's weight-gradient scratch for a layer's products: C at most
+    max(GH, P, O) rows and max(I, P, H) columns, over chunks of at most chunk_rows slot
+    rows. The one sizing of a plan's "g_pack", which holds a share per thread."""
+    return rc_gradient_scratch_size(max(GH, max(P, O)), max(I, max(P, H)), chunk_rows, value)
+
+
+def gradient_scratch_size(Py_ssize_t GH, Py_ssize_t P, Py_ssize_t O, Py_ssize_t I, Py_ssize_t H,
+                          Py_ssize_t chunk_rows, bint is_double):
+    """Values of one thread's share of the plan's "g_pack" (layer_gradient_scratch)."""
+    return layer_gradient_scratch(GH, P, O, I, H, chunk_rows, sizeof(double) if is_double else sizeof(float))
 
 
 def packed_input_size(str kind, int GH, int H, int I, bint is_double):
@@ -1238,12 +1246,6 @@ cdef inline void team_share(Py_ssize_t total, int align, int member, int team, P
     hi[0] = min(total, blocks * (member + 1) // team * align)
 
 
-cdef inline Py_ssize_t gradient_scratch(Direction *d, floating *tag) noexcept nogil:
-    """Values of one team member's share of the plan's g_pack (backend.py sizes it alike)."""
-    return rc_gradient_scratch_size(max(d.GH, max(d.P, d.O)), max(d.input_size, max(d.P, d.H)),
-                                    d.grad_chunk * d.B, sizeof(floating))
-
-
 cdef void weight_gradients(Direction *d, floating *tag, int member, int team) noexcept nogil:
     """The products over the steps, after the time loop: chunk by chunk of grad_chunk
     steps (counted from the plan's first step), last chunk first, each added into the
@@ -1305,7 +1307,8 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
     cdef floating *dgr = <floating *>d.dgr + lo * GH
     cdef floating *x = <floating *>d.x + lo * d.ldx
     cdef floating *c_new
-    cdef floating *pack = <floating *>d.g_pack + member * gradient_scratch(d, tag)
+    cdef floating *pack = <floating *>d.g_pack + member * layer_gradient_scratch(
+        GH, P, O, I, H, d.grad_chunk * d.B, sizeof(floating))
     cdef Py_ssize_t j0, j1, r0, r1
     if d.g_b_ih != NULL:
         share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, member, team)

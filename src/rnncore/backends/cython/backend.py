@@ -391,7 +391,7 @@ def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_thread
         plan.w_ho_bp = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
     plan.w_ih_bp = np.empty(_recurrent.packed_size(spec.input_size, GH, is_double), dtype)
     # the weight gradients' products pack their operands into this, a share per thread
-    share = _recurrent.gradient_scratch_size(max(GH, P, spec.output_size), max(spec.input_size, P, H),
+    share = _recurrent.gradient_scratch_size(GH, P, spec.output_size, spec.input_size, H,
                                              contract.GRADIENT_CHUNK * B, is_double)
     plan.g_pack = np.empty(share * gradient_threads, dtype)
     for name, _, field in _SLOTS:
