@@ -228,3 +228,33 @@ def test_every_backend_returns_new_arrays_of_the_contract(name):
     for g_first, g_again in zip(first[2], again[2]):
         for key in g_first:
             np.testing.assert_array_equal(g_first[key], g_again[key], err_msg=key)
+
+
+@pytest.mark.parametrize("memory", ["full", "lean"])
+@pytest.mark.parametrize("lengths", [None, np.array([7, 2, 5], dtype=np.int64)], ids=["uniform", "ragged"])
+@pytest.mark.parametrize("variant", VARIANT_IDS + ["gru_layer_norm"])
+@pytest.mark.parametrize("name", rc.backends())
+def test_a_backward_without_input_grad_makes_no_dx_and_the_same_bits(name, variant, lengths, memory):
+    """input_grad=False (a model's first layer, whose input needs no gradient): dx is
+    None, and the initial states' and parameters' gradients are those of the backward
+    that makes dx, bit for bit; the compiled backend leaves out W_ih's packing and the
+    dx product, which the other gradients do not read."""
+    module = registry.resolve(name)
+    spec = (CellSpec("gru", 3, 4, layer_norm=True) if variant == "gru_layer_norm" else _spec(variant))
+    D = 1 if spec.kind == "jordan" else 2
+    rng = np.random.default_rng(5)
+    params = [_params(spec, seed) for seed in range(D)]
+    x = rng.standard_normal((7, 3, 3))
+    states = [tuple(rng.standard_normal((3, w)) for w in spec.state_sizes) for _ in range(D)]
+    y, states_n, ctx = module.layer_forward(spec, params, x, states, lengths, True, (False, True)[:D], 1,
+                                            memory=memory)
+    dy = rng.standard_normal(y.shape)
+    dstates_n = [tuple(rng.standard_normal(s.shape) for s in state) for state in states_n]
+    dx, dstates0, grads = module.layer_backward(ctx, dy, dstates_n, 1)
+    none, dstates0_alone, grads_alone = module.layer_backward(ctx, dy, dstates_n, 1, input_grad=False)
+    assert dx is not None and none is None
+    for d in range(D):
+        for a, b in zip(dstates0[d], dstates0_alone[d]):
+            np.testing.assert_array_equal(a, b)
+        for key in grads[d]:
+            np.testing.assert_array_equal(grads[d][key], grads_alone[d][key], err_msg=key)

@@ -145,9 +145,9 @@ def test_a_context_remembers_its_backend(monkeypatch):
     reference = registry.resolve("numpy")
     entry, calls = reference.layer_backward, []
 
-    def recorded(*args):
+    def recorded(*args, **kwargs):
         calls.append(args)
-        return entry(*args)
+        return entry(*args, **kwargs)
 
     monkeypatch.setattr(reference, "layer_backward", recorded)
     monkeypatch.setattr(registry, "_selected", "numpy")

@@ -106,12 +106,13 @@ def make_inputs(module, dtype, form, with_states, seed=1):
     return x, (LENGTHS if form == "packed" else None), (states if with_states else None)
 
 
-def run(module, x, lengths, states, seed=2, enforce_sorted=False):
+def run(module, x, lengths, states, seed=2, enforce_sorted=False, x_grad=True):
     """Forward and backward with fixed random upstream gradients through y and every
     final state; returns y (packed data for packed input), the finals, the gradients of
-    x and of the states, the parameter gradients by name, and y's grad_fn."""
+    x (None unless `x_grad`) and of the states, the parameter gradients by name, and y's
+    grad_fn."""
     module.zero_grad()
-    x = x.clone().requires_grad_(True)
+    x = x.clone().requires_grad_(x_grad)
     states = None if states is None else [s.clone().requires_grad_(True) for s in states]
     inp = x if lengths is None else pack_padded_sequence(x, torch.tensor(lengths), batch_first=module.batch_first,
                                                          enforce_sorted=enforce_sorted)
@@ -183,6 +184,23 @@ def test_every_backend(backend, monkeypatch):
     module, ours = make_pair("lstm", num_layers=2, bidirectional=True)
     x, lengths, states = make_inputs(module, torch.float64, "packed", True)
     assert_same(run(ours, x, lengths, states), run(module, x, lengths, states), torch.float64)
+
+
+@pytest.mark.parametrize("kind, num_layers, bidirectional, batch_first, form, with_states, bias",
+                         [CASES[k] for k in (1, 7, 11, 13)], ids=[CASE_IDS[k] for k in (1, 7, 11, 13)])
+def test_an_input_without_requires_grad_gets_the_same_gradients(kind, num_layers, bidirectional, batch_first, form,
+                                                                with_states, bias):
+    """x needs no gradient (a model's first layer): the kernels leave out the first
+    layer's dx product, and every other gradient is the bits of the call that makes dx."""
+    _, ours = make_pair(kind, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+                        bias=bias)
+    x, lengths, states = make_inputs(ours, torch.float64, form, with_states)
+    alone, full = run(ours, x, lengths, states, x_grad=False), run(ours, x, lengths, states)
+    assert through_kernels(alone) and alone["dx"] is None and full["dx"] is not None
+    for a, b in zip(alone["dstates"] or [], full["dstates"] or []):
+        assert torch.equal(a, b)
+    for name, grad in full["grads"].items():
+        assert torch.equal(alone["grads"][name], grad), name
 
 
 def test_packed_sorted():

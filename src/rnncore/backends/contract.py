@@ -86,7 +86,7 @@ class Backend(Protocol):
             of a single one.
         """
 
-    def layer_backward(self, ctx, dy, dstates_n, num_threads):
+    def layer_backward(self, ctx, dy, dstates_n, num_threads, input_grad=True):
         """Back-propagate through a training-mode forward: returns (dx, dstates0, grads).
 
         ctx : the forward's ctx, unchanged by this call.
@@ -94,8 +94,11 @@ class Backend(Protocol):
         dstates_n : list over directions of tuples like `states`: the gradients w.r.t.
             the final states.
         num_threads : int >= 1, see the class.
+        input_grad : bool; False: no dx is wanted (the input of a model's first layer),
+            and a backend may leave out its product.
 
-        dx : (T, B, I), summed over the directions, a new array.
+        dx : (T, B, I), summed over the directions, a new array; None where not
+            `input_grad`.
         dstates0 : list over directions of tuples, the gradients w.r.t. the initial
             states, new (B, n) arrays.
         grads : list over directions of {name: array}: new arrays, none shared with
@@ -297,18 +300,18 @@ def forward_directions(run, params, states, reverse, training):
     return y, [r[1] for r in results], ctx
 
 
-def backward_directions(run, ctx, dy, dstates_n):
+def backward_directions(run, ctx, dy, dstates_n, input_grad=True):
     """A layer's backward, direction by direction, assembled as `Backend.layer_backward`
     returns it. `run(ctx_d, dy_d, dstate_n)` back-propagates one direction and returns
-    (dx_d, dstate0, grads_d), dx_d a new (T, B, I) array; dx is their sum, in direction
-    order."""
+    (dx_d, dstate0, grads_d), dx_d a new (T, B, I) array or None; dx is their sum, in
+    direction order, or None where not `input_grad`."""
     width = dy.shape[2] // len(ctx)
     dx, dstates0, grads = None, [], []
     for d, (ctx_d, dstate_n) in enumerate(zip(ctx, dstates_n)):
         dx_d, dstate0, grads_d = run(ctx_d, dy[:, :, d * width:(d + 1) * width], dstate_n)
-        if dx is None:
+        if input_grad and dx is None:
             dx = dx_d
-        else:
+        elif input_grad:
             dx += dx_d
         dstates0.append(dstate0)
         grads.append(grads_d)

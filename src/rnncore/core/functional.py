@@ -193,11 +193,13 @@ def open_stream(specs, params, batch, dtype, backend=None):
     return contract.StepStack(module.layer_forward, specs, params, batch, dtype, registry.get_num_threads())
 
 
-def run_layer_backward(ctx, dy, dstates):
+def run_layer_backward(ctx, dy, dstates, input_grad=True):
     """Back through a `run_layer`, on the backend that ran it, at the thread count of now:
-    dy C-contiguous (T, B, D*W) and dstates as `run_layer`'s states. Returns dx, the
-    initial states' gradients per direction and the parameter gradients per direction."""
-    return ctx.backend.layer_backward(ctx.inner, dy, dstates, registry.get_num_threads())
+    dy C-contiguous (T, B, D*W) and dstates as `run_layer`'s states. Returns dx (None
+    unless `input_grad`), the initial states' gradients per direction and the parameter
+    gradients per direction."""
+    return ctx.backend.layer_backward(ctx.inner, dy, dstates, registry.get_num_threads(),
+                                      input_grad=input_grad)
 
 
 def _forward(spec, params, x, given, lengths, reverse, training, check_finite, backend, state_names):

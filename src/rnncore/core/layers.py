@@ -226,17 +226,18 @@ class _Recurrent(Module):
         dx = dy[:, 0, :] if not batched else (dy.transpose(1, 0, 2) if self.batch_first else dy)
         return dx, [d if batched else d[:, 0, :] for d in dstates0]
 
-    def _stack_backward(self, saved, dy, dstates):
+    def _stack_backward(self, saved, dy, dstates, input_grad=True):
         """Back through a `_stack_forward`, from C-contiguous time-major dy (T, B, W) and
-        C-contiguous dstates [(D*L, B, n)]: dx (T, B, I), the initial states' gradients,
-        and the parameter gradients as {name: array}, added nowhere."""
+        C-contiguous dstates [(D*L, B, n)]: dx (T, B, I) (None unless `input_grad`: the
+        first layer then skips its product), the initial states' gradients, and the
+        parameter gradients as {name: array}, added nowhere."""
         D = self.num_directions
         dstates0 = [np.empty_like(s) for s in dstates]
         new_grads = {}
         for k in reversed(range(self.num_layers)):
             rows = range(k * D, (k + 1) * D)
             dstates_k = [tuple(s[r] for s in dstates) for r in rows]
-            dx, ds0, grads = functional.run_layer_backward(saved["contexts"][k], dy, dstates_k)
+            dx, ds0, grads = functional.run_layer_backward(saved["contexts"][k], dy, dstates_k, input_grad or k > 0)
             regularise.weight_gradients(grads, saved["weight_masks"][k])
             for r, state in zip(rows, ds0):
                 for d0, value in zip(dstates0, state):
@@ -245,7 +246,7 @@ class _Recurrent(Module):
                 new_grads.update((_param_name(base, k, d), value) for base, value in g.items())
             if k > 0 and saved["masks"][k - 1] is not None:
                 dx = dx * saved["masks"][k - 1]
-            dy = np.ascontiguousarray(dx)
+            dy = dx if dx is None else np.ascontiguousarray(dx)
         return dy, dstates0, new_grads
 
 

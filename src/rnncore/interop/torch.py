@@ -264,7 +264,7 @@ class _Call:
         dy = np.zeros((T, B, W), dtype) if dy is None else self._to_kernels(dy, W)
         dfinals = self._states_to_kernels(dfinals, dtype)
         _follow_torch_threads()
-        dx, dstates0, grads = core._stack_backward(saved, dy, dfinals)
+        dx, dstates0, grads = core._stack_backward(saved, dy, dfinals, input_grad=needed[0])
         grads = dict(grads)
         n = len(self.states)
         dstates0 = [d if need else None for d, need in zip(self._states_from_kernels(dstates0), needed[1:1 + n])]

@@ -252,7 +252,7 @@ cdef struct Direction:
     void *g_co
     void *g_w_ho
     void *g_b_ho
-    void *dx                       # slot rows of dL/dx, ldx_out apart
+    void *dx                       # slot rows of dL/dx, ldx_out apart; NULL: no dx
     Py_ssize_t ldx_out
     Py_ssize_t grad_chunk          # the steps of one chunk of the weight gradients' products
     int dx_accumulate
@@ -666,7 +666,8 @@ cdef void pack_backward(Direction *d, floating *tag) noexcept nogil:
         pack_weight_nn(H, d.P, <floating *>d.w_hr, H, <floating *>d.w_hr_bp)
     if d.w_ho_bp != NULL:
         pack_weight_nn(H, d.O, <floating *>d.w_ho, H, <floating *>d.w_ho_bp)
-    pack_weight_nn(d.input_size, d.GH, <floating *>d.w_ih, d.input_size, <floating *>d.w_ih_bp)
+    if d.dx != NULL:
+        pack_weight_nn(d.input_size, d.GH, <floating *>d.w_ih, d.input_size, <floating *>d.w_ih_bp)
 
 
 def packed_size(int n, int k, bint is_double):
@@ -1356,7 +1357,10 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
                       <floating *>d.g_w_ho, H, pack, member, team)
         if d.g_b_ho != NULL:
             share_column_sums(N, O, O, <floating *>d.dypre + lo * O, <floating *>d.g_b_ho, member, team)
-    # dx (+)= dgates_x @ w_ih    (N, I) = (N, GH) x (GH, I), this member's rows
+    # dx (+)= dgates_x @ w_ih    (N, I) = (N, GH) x (GH, I), this member's rows; no dx
+    # asked for (the first layer of a model whose input needs none), no product
+    if d.dx == NULL:
+        return
     team_share(N, 8, member, team, &r0, &r1)
     if r1 > r0:
         packed_product(<int>(r1 - r0), I, GH, dgx + r0 * GH, GH, <floating *>d.w_ih_bp, d.dx_accumulate,
@@ -1444,7 +1448,7 @@ _PLAN = (
     ("dypre",        "real",  "backward jordan",            _at(&_probe.dypre)),
     ("hprev",        "real",  "backward",                   _at(&_probe.hprev)),
     ("w_hh_bp",      "real",  "backward",                   _at(&_probe.w_hh_bp)),
-    ("w_ih_bp",      "real",  "backward",                   _at(&_probe.w_ih_bp)),
+    ("w_ih_bp",      "real",  "backward input_grad",        _at(&_probe.w_ih_bp)),
     ("g_pack",       "real",  "backward",                   _at(&_probe.g_pack)),
     ("w_hr_bp",      "real",  "backward proj",              _at(&_probe.w_hr_bp)),
     ("w_ho_bp",      "real",  "backward jordan",            _at(&_probe.w_ho_bp)),
@@ -1458,7 +1462,7 @@ _PLAN = (
     ("g_co",         "real",  "backward peephole",          _at(&_probe.g_co)),
     ("g_w_ho",       "real",  "backward jordan",            _at(&_probe.g_w_ho)),
     ("g_b_ho",       "real",  "backward out_bias",          _at(&_probe.g_b_ho)),
-    ("dx",           "real",  "backward",                   _at(&_probe.dx)),
+    ("dx",           "real",  "optional",                   _at(&_probe.dx)),
     ("ldx_out",      "size",  "backward",                   _at(&_probe.ldx_out)),
     ("grad_chunk",   "size",  "backward",                   _at(&_probe.grad_chunk)),
     ("dx_accumulate", "flag", "backward",                   _at(&_probe.dx_accumulate)),
@@ -1495,7 +1499,7 @@ PLAN_SCHEMA = tuple(entry[:3] for entry in _PLAN)
 # the conditions a field may be required on, bit k of `_conditions` for _CONDITIONS[k]
 _CONDITIONS = ("always", "rnn", "jordan", "lstm", "gru", "gru_after", "gru_before", "proj", "peephole",
                "peephole_f", "bias", "out_bias", "projected", "layer_norm", "ln_lstm", "ln_training",
-               "ln_lstm_training", "zoned", "kept_c", "dropout")
+               "ln_lstm_training", "zoned", "kept_c", "dropout", "input_grad")
 
 
 cdef unsigned int _conditions(const Direction *d) noexcept:
@@ -1519,7 +1523,8 @@ cdef unsigned int _conditions(const Direction *d) noexcept:
             | (ln and d.kind == LSTM and d.training != 0) << 16   # ln_lstm_training
             | (d.zoned_h != 0 or d.zoned_c != 0) << 17       # zoned
             | (d.kind == LSTM and d.zoned_c != 0 and d.training != 0) << 18   # kept_c: c~ apart
-            | (d.rmask != NULL) << 19)                       # dropout: the recurrent product's mask
+            | (d.rmask != NULL) << 19                        # dropout: the recurrent product's mask
+            | (d.dx != NULL) << 20)                          # input_grad: the backward makes dx
 
 
 cdef enum FieldKind:

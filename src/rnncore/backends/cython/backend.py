@@ -364,10 +364,11 @@ def _gradient_threads(spec, slots, num_threads):
     return int(max(1, min(num_threads, work // MIN_GRADIENT_WORK)))
 
 
-def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_threads):
+def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_threads, input_grad):
     """Set what a plan's backward reads and writes that does not grow with the steps: the
     carried state gradients (sorted copies, updated in place), the scratch rows, the
-    weights packed for the backward's products, the gradients' arrays."""
+    weights packed for the backward's products (W_ih only for an `input_grad`), the
+    gradients' arrays."""
     B, H, GH, P = plan.B, spec.hidden_size, plan.GH, plan.P
     is_double = dtype == np.float64
     if plan.zoned_h or plan.zoned_c:
@@ -389,7 +390,8 @@ def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_thread
         plan.w_hr_bp = np.empty(_recurrent.packed_size(H, P, is_double), dtype)
     if plan.w_ho is not None:
         plan.w_ho_bp = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
-    plan.w_ih_bp = np.empty(_recurrent.packed_size(spec.input_size, GH, is_double), dtype)
+    if input_grad:
+        plan.w_ih_bp = np.empty(_recurrent.packed_size(spec.input_size, GH, is_double), dtype)
     # the weight gradients' products pack their operands into this, a share per thread
     share = _recurrent.gradient_scratch_size(GH, P, spec.output_size, spec.input_size, H,
                                              contract.GRADIENT_CHUNK * B, is_double)
@@ -420,7 +422,8 @@ def _backward_plans(ctx, dy, dstates_n, dx, gradient_threads):
     """The plans of one backward call, copies of the saved ones (which are only read: a
     context may be back-propagated through again, or from two threads at once), with
     their backward fields and dy's and dx's slot rows (packed: gathered, and dx's
-    scattered by the caller); and the new gradients per direction."""
+    scattered by the caller; dx None: the plans make none); and the new gradients per
+    direction."""
     spec, slots = ctx["spec"], ctx["slots"]
     dtype, P, N, I = ctx["dtype"], spec.out_size, slots.N, ctx["x_shape"][2]
     D = len(ctx["plans"])
@@ -428,12 +431,12 @@ def _backward_plans(ctx, dy, dstates_n, dx, gradient_threads):
     for d, (plan, dstate) in enumerate(zip(plans, dstates_n)):
         g = contract.new_gradients(spec, dtype)
         grads.append(g)
-        _backward_fields(spec, plan, slots.schedule, dstate, g, dtype, gradient_threads)
+        _backward_fields(spec, plan, slots.schedule, dstate, g, dtype, gradient_threads, dx is not None)
         if slots.packed:
             time, batch = slots.schedule.packed(ctx["reverse"][d])
             plan.dy = np.ascontiguousarray(dy[time, batch, d * P:(d + 1) * P])
             plan.dy_offset, plan.ldy = 0, P
-            plan.dx, plan.ldx_out, plan.dx_accumulate = np.empty((N, I), dtype), I, 0
+            plan.dx, plan.ldx_out, plan.dx_accumulate = None if dx is None else np.empty((N, I), dtype), I, 0
         else:
             plan.dy, plan.dy_offset, plan.ldy = dy, d * P, D * P
             plan.dx, plan.ldx_out, plan.dx_accumulate = dx, I, int(d > 0)
@@ -446,7 +449,7 @@ def _backward_results(ctx, plans, dx):
     schedule = slots.schedule
     dstates0 = []
     for d, plan in enumerate(plans):
-        if slots.packed:
+        if slots.packed and dx is not None:
             dx[schedule.packed(ctx["reverse"][d])] += plan.dx
         ds = [schedule.unsort(plan.dh)]
         if spec.kind == "lstm":
@@ -455,11 +458,11 @@ def _backward_results(ctx, plans, dx):
     return dstates0
 
 
-def layer_backward(ctx, dy, dstates_n, num_threads):
+def layer_backward(ctx, dy, dstates_n, num_threads, input_grad=True):
     """(dx, dstates0, grads): see `rnncore.backends.contract.Backend`."""
     spec, slots = ctx["spec"], ctx["slots"]
     T, B, I = ctx["x_shape"]
-    dx = (np.zeros if slots.packed else np.empty)((T, B, I), ctx["dtype"])
+    dx = (np.zeros if slots.packed else np.empty)((T, B, I), ctx["dtype"]) if input_grad else None
     gradient_threads = _gradient_threads(spec, slots, num_threads)
     plans, grads = _backward_plans(ctx, dy, dstates_n, dx, gradient_threads)
     if "lean" in ctx:
@@ -605,10 +608,10 @@ def _lean_backward(ctx, plans, dy, dx, num_threads, gradient_threads):
             seg, lo, hi = _segment(spec, plan, dict(forward_rows, **grads_rows), slots, reverse[d], first, last_step,
                                    lean["checkpoints"][d][index])
             if slots.packed:
-                seg.dy, seg.dx = plan.dy[lo:hi], plan.dx[lo:hi]
+                seg.dy, seg.dx = plan.dy[lo:hi], None if dx is None else plan.dx[lo:hi]
             else:
                 seg.dy = dy.reshape(T * B, -1)[lo:hi]
-                seg.dx = dx.reshape(T * B, -1)[lo:hi]
+                seg.dx = None if dx is None else dx.reshape(T * B, -1)[lo:hi]
             if index != last:
                 _recurrent.forward_all([seg], num_threads, _segment_slices(forward_slices, first, last_step),
                                        _projection_ranges(seg.N, 1, num_threads), 1)

@@ -734,11 +734,13 @@ def _direction_backward(ctx, dy, d_states_n, num_threads):
     return order.scatter(dx_work), tuple(order.schedule.unsort(s) for s in d_states0), g
 
 
-def layer_backward(ctx, dy, dstates_n, num_threads):
-    """(dx, dstates0, grads): see `rnncore.backends.contract.Backend`."""
+def layer_backward(ctx, dy, dstates_n, num_threads, input_grad=True):
+    """(dx, dstates0, grads): see `rnncore.backends.contract.Backend`. The kernels make
+    dx in the same loop as the state gradients, so without `input_grad` it is made and
+    dropped."""
     def run(ctx_d, dy_d, d_states_n):
         return _direction_backward(ctx_d, dy_d, d_states_n, num_threads)
-    return contract.backward_directions(run, ctx, dy, dstates_n)
+    return contract.backward_directions(run, ctx, dy, dstates_n, input_grad)
 
 
 def layer_trace(spec, params, x, states, lengths, reverse, num_threads):

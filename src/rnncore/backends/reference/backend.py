@@ -100,9 +100,10 @@ def _run_steps(ctx, first, last, state, y=None):
     return state, caches
 
 
-def direction_backward(ctx, dy, dstate_n):
-    """BPTT through one direction. Returns dx, the gradient of the initial state and
-    the parameter gradients (a new dict, the keys of the parameters). Every gradient is
+def direction_backward(ctx, dy, dstate_n, input_grad=True):
+    """BPTT through one direction. Returns dx (None unless `input_grad`), the gradient
+    of the initial state and the parameter gradients (a new dict, the keys of the
+    parameters). Every gradient is
     added into step by step, last step first, so that a lean context (each segment's
     caches recomputed from its state as the backward reaches it) adds the same terms in
     the same order as a full one."""
@@ -112,7 +113,7 @@ def direction_backward(ctx, dy, dstate_n):
     _, step_back = STEPS[spec.kind]
     grads = contract.new_gradients(spec, x.dtype)
     dy = dy[time, batch]
-    dx = np.empty_like(x)
+    dx = np.empty_like(x) if input_grad else None
     dstate = tuple(d.copy() for d in dstate_n)
     if "caches" in ctx:
         segments = [(0, T, ctx["caches"])]
@@ -136,7 +137,8 @@ def direction_backward(ctx, dy, dstate_n):
                 # with layer norm, dx_proj is the gradient of W_ih x_t, before the
                 # normalisation and b_ih, whose gradient the step has added
                 grads["bias_ih"] += dx_proj.sum(axis=0)
-            dx[time[t], batch] = dx_proj @ p["weight_ih"]
+            if input_grad:
+                dx[time[t], batch] = dx_proj @ p["weight_ih"]
     return dx, dstate, grads
 
 
@@ -152,9 +154,11 @@ def layer_forward(spec, params, x, states, lengths, training, reverse, num_threa
     return contract.forward_directions(run, list(zip(params, masks)), states, reverse, training)
 
 
-def layer_backward(ctx, dy, dstates_n, num_threads=1):
+def layer_backward(ctx, dy, dstates_n, num_threads=1, input_grad=True):
     """(dx, dstates0, grads): see `rnncore.backends.contract.Backend`; runs on one thread."""
-    return contract.backward_directions(direction_backward, ctx, dy, dstates_n)
+    def run(ctx_d, dy_d, dstate_n):
+        return direction_backward(ctx_d, dy_d, dstate_n, input_grad)
+    return contract.backward_directions(run, ctx, dy, dstates_n, input_grad)
 
 
 def direction_trace(spec, p, x, state0, lengths=None, reverse=False):
