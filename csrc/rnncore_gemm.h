@@ -124,6 +124,15 @@ static size_t rc_packed_groups_size(size_t groups, size_t n, size_t k, size_t va
  * least twice, or more often on narrower instances) */
 #define RC_GRADIENT_PACK_A_BYTES (2 * RC_GEMM_MAX_PANEL_BYTES)
 
+/* `values` rounded up to whole 64-byte lines: the scratch's panels then start on a line
+ * where the scratch does (a vector read that spans two lines costs two), and so does the
+ * share of each thread, whose scratches lie end to end */
+static size_t rc_line_values(size_t values, size_t value_bytes)
+{
+    const size_t line = 64 / value_bytes;
+    return (values + line - 1) / line * line;
+}
+
 /* values of rc_gradient_product's scratch for products of at most m rows of C, n
  * columns and k steps, either way round: C transposed (when the product runs as C^T),
  * the panels of up to RC_GRADIENT_KC steps, then, for rows wider than
@@ -135,7 +144,8 @@ static size_t rc_gradient_scratch_size(size_t m, size_t n, size_t k, size_t valu
     size_t block = RC_BLOCK_BYTES / value_bytes + 8 * steps;
     if (block > (wide + 8) * steps)
         block = (wide + 8) * steps;
-    return m * n + rc_packed_size(wide, steps, value_bytes) + (wide * value_bytes > RC_GRADIENT_PACK_A_BYTES ? block : 0);
+    return rc_line_values(m * n, value_bytes) + rc_packed_size(wide, steps, value_bytes) +
+           rc_line_values(wide * value_bytes > RC_GRADIENT_PACK_A_BYTES ? block : 0, value_bytes);
 }
 
 #ifndef RC_CONCAT

@@ -79,6 +79,20 @@ class _Slots:
         return self._rows[key]
 
 
+# the micro-kernel reads its panels a whole vector (64 bytes on AVX-512) at a time; NumPy
+# places a large array 16 or 32 bytes past a cache line, and then every such read spans
+# two lines
+_PANEL_ALIGN = 64
+
+
+def _panels(size, dtype):
+    """An uninitialised array of `size` values whose first lies on a 64-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(size + _PANEL_ALIGN // itemsize, dtype)
+    skip = (-raw.ctypes.data % _PANEL_ALIGN) // itemsize
+    return raw[skip:skip + size]
+
+
 def _slots(T, B, lengths):
     """The slots of a call: a schedule without lengths is reused across calls (step-by-step
     decoding), and its slots with it. Two threads racing to fill `rows` compute equal
@@ -160,13 +174,13 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None, rows=N
         setattr(plan, field, p.get(name))
     # every product's weights, packed once per call into the micro-kernel's panels
     # (`_recurrent.pack_weights`): every step reads them
-    plan.w_ih_p = np.empty(_recurrent.packed_input_size(spec.kind, GH, H, spec.input_size, is_double), dtype)
-    plan.w_hh_p = np.empty(_recurrent.packed_recurrent_size(
+    plan.w_ih_p = _panels(_recurrent.packed_input_size(spec.kind, GH, H, spec.input_size, is_double), dtype)
+    plan.w_hh_p = _panels(_recurrent.packed_recurrent_size(
         spec.kind, H, GH, P, plan.O, bool(spec.reset_after), is_double), dtype)
     if plan.w_hr is not None:
-        plan.w_hr_p = np.empty(_recurrent.packed_size(P, H, is_double), dtype)
+        plan.w_hr_p = _panels(_recurrent.packed_size(P, H, is_double), dtype)
     if plan.w_ho is not None:
-        plan.w_ho_p = np.empty(_recurrent.packed_size(plan.O, H, is_double), dtype)
+        plan.w_ho_p = _panels(_recurrent.packed_size(plan.O, H, is_double), dtype)
     plan.bias_x, plan.b_hn = contract.fold_bias(spec, p)
     if slots.packed:
         plan.x = x[schedule.packed(reverse)]
@@ -384,18 +398,18 @@ def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_thread
     if (spec.kind == "lstm" and spec.proj_size) or (spec.kind == "gru" and not spec.reset_after):
         plan.dm = np.empty((B, H), dtype)
     # the weights as the backward's products take them, packed once per call
-    plan.w_hh_bp = np.empty(_recurrent.packed_backward_size(
+    plan.w_hh_bp = _panels(_recurrent.packed_backward_size(
         spec.kind, H, GH, P, spec.output_size, bool(spec.reset_after), is_double), dtype)
     if plan.w_hr is not None:
-        plan.w_hr_bp = np.empty(_recurrent.packed_size(H, P, is_double), dtype)
+        plan.w_hr_bp = _panels(_recurrent.packed_size(H, P, is_double), dtype)
     if plan.w_ho is not None:
-        plan.w_ho_bp = np.empty(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
+        plan.w_ho_bp = _panels(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
     if input_grad:
-        plan.w_ih_bp = np.empty(_recurrent.packed_size(spec.input_size, GH, is_double), dtype)
+        plan.w_ih_bp = _panels(_recurrent.packed_size(spec.input_size, GH, is_double), dtype)
     # the weight gradients' products pack their operands into this, a share per thread
     share = _recurrent.gradient_scratch_size(GH, P, spec.output_size, spec.input_size, H,
                                              contract.GRADIENT_CHUNK * B, is_double)
-    plan.g_pack = np.empty(share * gradient_threads, dtype)
+    plan.g_pack = _panels(share * gradient_threads, dtype)
     for name, _, field in _SLOTS:
         setattr(plan, field, grads.get(name))
     plan.grad_chunk = contract.GRADIENT_CHUNK
