@@ -426,9 +426,9 @@ def test_packed_weights_and_gradient_scratch_start_on_cache_lines(dtype):
     lines. Every packed buffer of a plan starts on a line, and one thread's share of the
     gradient scratch is whole lines, so that every share of g_pack starts on one too."""
     line = 64 // np.dtype(dtype).itemsize
-    for size in (1, 7, line, 1000, 300001):
-        buffer = cython_backend._panels(size, dtype)
-        assert buffer.shape == (size,) and buffer.dtype == dtype and buffer.ctypes.data % 64 == 0
+    for size in (1, 7, line, 1000, 300001, (3, 5), (1000, 33)):
+        buffer = cython_backend._on_lines(size, dtype)
+        assert buffer.shape == np.empty(size).shape and buffer.dtype == dtype and buffer.ctypes.data % 64 == 0
     spec = CellSpec("lstm", 5, 33, proj_size=7)
     params, x, states, _ = _random_case(spec, 3, 5, 1, dtype, 1)
     plan = cython_backend._plan(spec, params[0], x, states[0], cython_backend._slots(3, 5, None), False, True,

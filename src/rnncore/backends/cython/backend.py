@@ -79,18 +79,19 @@ class _Slots:
         return self._rows[key]
 
 
-# the micro-kernel reads its panels a whole vector (64 bytes on AVX-512) at a time; NumPy
-# places a large array 16 or 32 bytes past a cache line, and then every such read spans
-# two lines
-_PANEL_ALIGN = 64
+# the kernels read and write whole vectors (64 bytes on AVX-512): a panel or a row of C
+# placed off a 64-byte line (NumPy puts a large array 16 or 32 bytes past one) makes
+# every such access span two lines
+_LINE = 64
 
 
-def _panels(size, dtype):
-    """An uninitialised array of `size` values whose first lies on a 64-byte boundary."""
-    itemsize = np.dtype(dtype).itemsize
-    raw = np.empty(size + _PANEL_ALIGN // itemsize, dtype)
-    skip = (-raw.ctypes.data % _PANEL_ALIGN) // itemsize
-    return raw[skip:skip + size]
+def _on_lines(shape, dtype):
+    """An uninitialised array of `shape` whose first value starts a 64-byte line."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    raw = np.empty(size + _LINE // dtype.itemsize, dtype)
+    skip = (-raw.ctypes.data % _LINE) // dtype.itemsize
+    return raw[skip:skip + size].reshape(shape)
 
 
 def _slots(T, B, lengths):
@@ -165,7 +166,7 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None, rows=N
         plan.zoneout = np.zeros(2, dtype)
     if "recurrent" in masks:
         plan.rmask = schedule.sort(np.asarray(masks["recurrent"], dtype), copy=True)
-        plan.hm = np.empty((B, P), dtype)
+        plan.hm = _on_lines((B, P), dtype)
     whole = bool(masks) or spec.layer_norm
     p = {name: np.ascontiguousarray(value) for name, value in p.items()}
     plan.step_row, plan.last_rows = slots.rows(reverse)
@@ -174,13 +175,13 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None, rows=N
         setattr(plan, field, p.get(name))
     # every product's weights, packed once per call into the micro-kernel's panels
     # (`_recurrent.pack_weights`): every step reads them
-    plan.w_ih_p = _panels(_recurrent.packed_input_size(spec.kind, GH, H, spec.input_size, is_double), dtype)
-    plan.w_hh_p = _panels(_recurrent.packed_recurrent_size(
+    plan.w_ih_p = _on_lines(_recurrent.packed_input_size(spec.kind, GH, H, spec.input_size, is_double), dtype)
+    plan.w_hh_p = _on_lines(_recurrent.packed_recurrent_size(
         spec.kind, H, GH, P, plan.O, bool(spec.reset_after), is_double), dtype)
     if plan.w_hr is not None:
-        plan.w_hr_p = _panels(_recurrent.packed_size(P, H, is_double), dtype)
+        plan.w_hr_p = _on_lines(_recurrent.packed_size(P, H, is_double), dtype)
     if plan.w_ho is not None:
-        plan.w_ho_p = _panels(_recurrent.packed_size(plan.O, H, is_double), dtype)
+        plan.w_ho_p = _on_lines(_recurrent.packed_size(plan.O, H, is_double), dtype)
     plan.bias_x, plan.b_hn = contract.fold_bias(spec, p)
     if slots.packed:
         plan.x = x[schedule.packed(reverse)]
@@ -193,9 +194,9 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None, rows=N
     if spec.kind == "lstm":
         plan.c0 = schedule.sort(state[1], copy=training)
         if spec.layer_norm:
-            plan.hh = np.empty((B, GH), dtype)
+            plan.hh = _on_lines((B, GH), dtype)
     elif spec.kind == "gru" and spec.reset_after:
-        plan.hh = np.empty((B, GH), dtype)
+        plan.hh = _on_lines((B, GH), dtype)
     buffers = _forward_rows(spec, plan, N if rows is None else rows, training, whole, dtype)
     for field, buffer in buffers.items():
         setattr(plan, field, buffer)
@@ -208,7 +209,7 @@ def _forward_rows(spec, plan, rows, training, whole, dtype):
     if not rows:
         return {}
     B, H, GH, P = plan.B, spec.hidden_size, plan.GH, plan.P
-    hs = np.empty((rows, P), dtype)
+    hs = _on_lines((rows, P), dtype)
     buffers = dict(hs=hs)
     # Elman: the input projection, pre-activation and state are one buffer, updated in place;
     # where inference runs by blocks of units and each step makes its own input product
@@ -216,23 +217,23 @@ def _forward_rows(spec, plan, rows, training, whole, dtype):
     if spec.kind == "rnn" and not plan.zoned_h:
         buffers["xp"] = hs
     elif not _layout(spec, training, B, whole)[1]:
-        buffers["xp"] = np.empty((rows, GH), dtype)
+        buffers["xp"] = _on_lines((rows, GH), dtype)
     if spec.layer_norm and training:
         # what the backward pass reads of each slot row's layer norms
-        buffers.update(ln_xh_ih=np.empty((rows, GH), dtype), ln_xh_hh=np.empty((rows, GH), dtype),
-                       ln_st_ih=np.empty((rows, 2), dtype), ln_st_hh=np.empty((rows, 2), dtype))
+        buffers.update(ln_xh_ih=_on_lines((rows, GH), dtype), ln_xh_hh=_on_lines((rows, GH), dtype),
+                       ln_st_ih=_on_lines((rows, 2), dtype), ln_st_hh=_on_lines((rows, 2), dtype))
         if spec.kind == "lstm":
-            buffers["ln_st_c"] = np.empty((rows, 2), dtype)
+            buffers["ln_st_c"] = _on_lines((rows, 2), dtype)
     per_step = (rows, H) if training else (B, H)
     if spec.kind == "lstm":
-        buffers["c_buf"] = np.empty((rows, H) if training else (2, B, H), dtype)
+        buffers["c_buf"] = _on_lines((rows, H) if training else (2, B, H), dtype)
         if training and plan.zoned_c:
             # the cell's own new c, apart from the blended one it carries
-            buffers["c_tilde"] = np.empty((rows, H), dtype)
+            buffers["c_tilde"] = _on_lines((rows, H), dtype)
         if spec.proj_size:
-            buffers["m_buf"] = np.empty(per_step, dtype)
+            buffers["m_buf"] = _on_lines(per_step, dtype)
     elif spec.kind == "gru":
-        buffers["kept"] = np.empty(per_step, dtype)
+        buffers["kept"] = _on_lines(per_step, dtype)
     return buffers
 
 
@@ -386,30 +387,30 @@ def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_thread
     B, H, GH, P = plan.B, spec.hidden_size, plan.GH, plan.P
     is_double = dtype == np.float64
     if plan.zoned_h or plan.zoned_c:
-        plan.dz = np.empty((B, P), dtype)
+        plan.dz = _on_lines((B, P), dtype)
         if spec.kind == "lstm" and plan.zoned_c:
-            plan.dzc = np.empty((B, H), dtype)
+            plan.dzc = _on_lines((B, H), dtype)
     if plan.rmask is not None:
         # scratch of this call's own: a context may be back-propagated from two threads
-        plan.dr, plan.hm = np.empty((B, P), dtype), np.empty((B, P), dtype)
+        plan.dr, plan.hm = _on_lines((B, P), dtype), _on_lines((B, P), dtype)
     plan.dh = schedule.sort(dstate[0])
     if spec.kind == "lstm":
         plan.dc = schedule.sort(dstate[1])
     if (spec.kind == "lstm" and spec.proj_size) or (spec.kind == "gru" and not spec.reset_after):
-        plan.dm = np.empty((B, H), dtype)
+        plan.dm = _on_lines((B, H), dtype)
     # the weights as the backward's products take them, packed once per call
-    plan.w_hh_bp = _panels(_recurrent.packed_backward_size(
+    plan.w_hh_bp = _on_lines(_recurrent.packed_backward_size(
         spec.kind, H, GH, P, spec.output_size, bool(spec.reset_after), is_double), dtype)
     if plan.w_hr is not None:
-        plan.w_hr_bp = _panels(_recurrent.packed_size(H, P, is_double), dtype)
+        plan.w_hr_bp = _on_lines(_recurrent.packed_size(H, P, is_double), dtype)
     if plan.w_ho is not None:
-        plan.w_ho_bp = _panels(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
+        plan.w_ho_bp = _on_lines(_recurrent.packed_size(H, spec.output_size, is_double), dtype)
     if input_grad:
-        plan.w_ih_bp = _panels(_recurrent.packed_size(spec.input_size, GH, is_double), dtype)
+        plan.w_ih_bp = _on_lines(_recurrent.packed_size(spec.input_size, GH, is_double), dtype)
     # the weight gradients' products pack their operands into this, a share per thread
     share = _recurrent.gradient_scratch_size(GH, P, spec.output_size, spec.input_size, H,
                                              contract.GRADIENT_CHUNK * B, is_double)
-    plan.g_pack = _panels(share * gradient_threads, dtype)
+    plan.g_pack = _on_lines(share * gradient_threads, dtype)
     for name, _, field in _SLOTS:
         setattr(plan, field, grads.get(name))
     plan.grad_chunk = contract.GRADIENT_CHUNK
@@ -418,17 +419,17 @@ def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_thread
 def _backward_rows(spec, plan, rows, dtype):
     """{field: array}: the backward's buffers over `rows` slot rows."""
     H, GH, P = spec.hidden_size, plan.GH, plan.P
-    dgx = np.empty((rows, GH), dtype)
-    dgh = np.empty((rows, GH), dtype) if spec.kind == "gru" and spec.reset_after else dgx
+    dgx = _on_lines((rows, GH), dtype)
+    dgh = _on_lines((rows, GH), dtype) if spec.kind == "gru" and spec.reset_after else dgx
     # the gradient of the raw recurrent product: layer norm's own, else dgh's
-    buffers = dict(dgx=dgx, dgh=dgh, dgr=np.empty((rows, GH), dtype) if spec.layer_norm else dgh,
-                   hprev=np.empty((rows, P), dtype))
+    buffers = dict(dgx=dgx, dgh=dgh, dgr=_on_lines((rows, GH), dtype) if spec.layer_norm else dgh,
+                   hprev=_on_lines((rows, P), dtype))
     if spec.layer_norm and spec.kind == "lstm":
-        buffers["dcl"] = np.empty((rows, H), dtype)
+        buffers["dcl"] = _on_lines((rows, H), dtype)
     if spec.kind == "lstm" and spec.proj_size:
-        buffers["dhtot"] = np.empty((rows, P), dtype)
+        buffers["dhtot"] = _on_lines((rows, P), dtype)
     if spec.kind == "jordan":
-        buffers["dypre"] = np.empty((rows, P), dtype)
+        buffers["dypre"] = _on_lines((rows, P), dtype)
     return buffers
 
 
