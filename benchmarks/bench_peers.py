@@ -22,9 +22,10 @@ single-core FMA peak that rnncore's probe measures in the same process (the best
 measurement before and after the cases) times the thread count.
 
 The machine is shared and drifts (turbo, neighbours): the peers are interleaved in
-rounds, each round a short block of calls per peer, medians over all of them; after
-threaded work there is a pause, so that spinning worker threads do not slow the next
-peer. Each thread count runs in its own process, pinned to that many CPUs (where the OS
+rounds, each round a short block of calls per peer after one untimed call (the first
+call of a block pays for cold caches and sleeping threads), medians over all of them;
+after threaded work there is a pause, so that spinning worker threads do not slow the
+next peer. Each thread count runs in its own process, pinned to that many CPUs (where the OS
 allows), so that every library, XLA included, sees the same cores; each is also told the
 count (torch.set_num_threads, ORT intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS,
 rnncore.set_num_threads, threadpoolctl for BLAS).
@@ -293,6 +294,11 @@ def time_peers(peers, threads, rounds):
             samples[(name, mode)] = []
     for _ in range(rounds):
         for key, (fn, calls) in blocks.items():
+            # one call untimed first: the first after another peer's block (and after the
+            # pause) pays for cold caches, sleeping workers and, on a virtual machine
+            # that reclaims idle memory, pages faulted in again (seen: 20 ms for a 1 ms
+            # call after 0.15 s idle), which no steady loop of calls pays
+            fn()
             for _ in range(calls):
                 t0 = time.perf_counter()
                 fn()
@@ -630,7 +636,7 @@ def main():
                         choices=CASE_NAMES + [BIDIRECTIONAL])
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of interleaved blocks; a block is up to 5 calls of one peer (about "
-                             f"{BLOCK_SECONDS} s): the first call after another peer can be slow (cold caches)")
+                             f"{BLOCK_SECONDS} s), after one untimed call (the first after another peer is slow: cold caches)")
     parser.add_argument("--backends", nargs="+", default=None,
                         help="rnncore backends, the first is the one measured (default: the chosen one and the "
                              "NumPy reference; add numba to see it, it compiles for minutes the first time)")

@@ -124,6 +124,12 @@ static size_t rc_packed_groups_size(size_t groups, size_t n, size_t k, size_t va
  * least twice, or more often on narrower instances) */
 #define RC_GRADIENT_PACK_A_BYTES (2 * RC_GEMM_MAX_PANEL_BYTES)
 
+/* the steps ahead of its copy that rc_packed_gemm_at asks for a block of dG: a chunk's
+ * dG (megabytes) comes from memory, and the prefetchers do not run ahead of reads that
+ * jump a row of 4 H values at each step (16: 1.2x the product at m = 1024, n = 256;
+ * 8 and 32 within a few percent of it) */
+#define RC_A_AHEAD 16
+
 /* `values` rounded up to whole 64-byte lines: the scratch's panels then start on a line
  * where the scratch does (a vector read that spans two lines costs two), and so does the
  * share of each thread, whose scratches lie end to end */
