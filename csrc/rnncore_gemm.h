@@ -130,12 +130,15 @@ static size_t rc_packed_groups_size(size_t groups, size_t n, size_t k, size_t va
  * 8 and 32 within a few percent of it) */
 #define RC_A_AHEAD 16
 
-/* `values` rounded up to whole 64-byte lines: the scratch's panels then start on a line
+/* a cache line, the unit of the scratch's alignment and of rc_packed_gemm_at's prefetch */
+#define RC_LINE_BYTES 64
+
+/* `values` rounded up to whole cache lines: the scratch's panels then start on a line
  * where the scratch does (a vector read that spans two lines costs two), and so does the
  * share of each thread, whose scratches lie end to end */
 static size_t rc_line_values(size_t values, size_t value_bytes)
 {
-    const size_t line = 64 / value_bytes;
+    const size_t line = RC_LINE_BYTES / value_bytes;
     return (values + line - 1) / line * line;
 }
 

@@ -423,8 +423,9 @@ def test_unit_slices_only_where_they_apply():
 def test_packed_weights_and_gradient_scratch_start_on_cache_lines(dtype):
     """The micro-kernel reads its panels a vector at a time; a panel placed off a 64-byte
     line (NumPy puts large arrays 16 or 32 bytes past one) makes every such read span two
-    lines. Every packed buffer of a plan starts on a line, and one thread's share of the
-    gradient scratch is whole lines, so that every share of g_pack starts on one too."""
+    lines. Every packed buffer and row buffer of a plan starts on a line, and one thread's
+    share of the gradient scratch is whole lines, so that every share of g_pack starts on
+    one too."""
     line = 64 // np.dtype(dtype).itemsize
     for size in (1, 7, line, 1000, 300001, (3, 5), (1000, 33)):
         buffer = cython_backend._on_lines(size, dtype)
@@ -433,7 +434,7 @@ def test_packed_weights_and_gradient_scratch_start_on_cache_lines(dtype):
     params, x, states, _ = _random_case(spec, 3, 5, 1, dtype, 1)
     plan = cython_backend._plan(spec, params[0], x, states[0], cython_backend._slots(3, 5, None), False, True,
                                 dtype)
-    for field in ("w_ih_p", "w_hh_p", "w_hr_p"):
+    for field in ("w_ih_p", "w_hh_p", "w_hr_p", "hs", "xp", "c_buf", "m_buf"):
         assert getattr(plan, field).ctypes.data % 64 == 0, field
     for shape in ((132, 7, 33, 5, 33, 320), (3, 1, 1, 1, 1, 1), (1024, 256, 256, 128, 256, 4096)):
         assert _recurrent.gradient_scratch_size(*shape, dtype == np.float64) % line == 0, shape
