@@ -440,6 +440,39 @@ def test_packed_weights_and_gradient_scratch_start_on_cache_lines(dtype):
         assert _recurrent.gradient_scratch_size(*shape, dtype == np.float64) % line == 0, shape
 
 
+
+def test_on_lines_refuses_other_dtypes_and_bad_shapes():
+    """The plan's buffers are float32 or float64; anything else is a caller's error, told
+    before any allocation."""
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got int32"):
+        cython_backend._on_lines(4, np.int32)
+    with pytest.raises(ValueError, match="shape: expected sizes >= 0"):
+        cython_backend._on_lines((3, -1), np.float32)
+    with pytest.raises(ValueError, match="shape: expected 1 to 3 sizes"):
+        cython_backend._on_lines((1, 2, 3, 4), np.float32)
+    view = cython_backend._on_lines((2, 3), np.dtype(np.float64))
+    view[...] = 1.5
+    assert view.flags.c_contiguous and view.flags.writeable and view.sum() == 9.0
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_non_contiguous_parameters_give_the_contiguous_results(kind):
+    """A layer's own parameters are C-contiguous, and a plan takes them as they lie; the
+    torch adapter's views of weights a user replaced by a transposed tensor are not, and
+    are copied first: bitwise the same results either way, training and eval."""
+    spec = CellSpec(kind, 5, 7)
+    params, x, states, _ = _random_case(spec, 4, 3, 1, np.float64, 2)
+    strided = [{name: np.asfortranarray(value) if value.ndim == 2 else value[::-1].copy()[::-1]
+                for name, value in p.items()} for p in params]
+    assert not strided[0]["weight_hh"].flags.c_contiguous
+    for training in (False, True):
+        y, finals, _ = cython_backend.layer_forward(spec, params, x, states, None, training, (False,), 1)
+        y2, finals2, _ = cython_backend.layer_forward(spec, strided, x, states, None, training, (False,), 1)
+        np.testing.assert_array_equal(y, y2)
+        for a, b in zip(_flatten(finals), _flatten(finals2)):
+            np.testing.assert_array_equal(a, b)
+
+
 def _flatten(value):
     if isinstance(value, dict):
         for key in sorted(value):

@@ -10,8 +10,9 @@ functional and the interchange formats read these facts from here. The backends 
 import core, so each keeps its own copy of the codes; tests/test_spec_vocabulary.py holds
 every copy (Python, Cython, C and numba) to the ones below.
 """
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 KINDS = ("rnn", "lstm", "gru", "jordan")
 KIND_NAMES = {"rnn": "Elman RNN", "lstm": "LSTM", "gru": "GRU", "jordan": "Jordan RNN"}
@@ -91,23 +92,37 @@ class CellSpec:
     recurrent_dropout: float = 0.0  # dropout of h_{t-1} where it enters the recurrent product
     weight_dropout: float = 0.0    # DropConnect on W_hh; applied by the caller, backends see W_hh * M
 
-    @property
+    # A spec keys the backends' caches of plans and layouts, several lookups a call: its
+    # hash (the generated one hashes all sixteen fields each time) and the facts derived
+    # from its fields are computed once per spec. The hash depends on the process's
+    # string hashing, so a pickle leaves it out.
+    def __hash__(self):
+        value = self.__dict__.get("_hash")
+        if value is None:
+            value = hash(astuple(self))
+            object.__setattr__(self, "_hash", value)
+        return value
+
+    def __getstate__(self):
+        return {name: value for name, value in self.__dict__.items() if name != "_hash"}
+
+    @functools.cached_property
     def zoneout(self):
         """Whether either state is zoned out."""
         return self.zoneout_h > 0 or self.zoneout_c > 0
 
-    @property
+    @functools.cached_property
     def gates(self):
         """The letters of the gate blocks, in the order the weights' rows hold them."""
         if self.kind == "lstm" and self.coupled_input_forget:
             return COUPLED_LSTM_GATES
         return GATES[self.kind]
 
-    @property
+    @functools.cached_property
     def num_gates(self):
         return len(self.gates)
 
-    @property
+    @functools.cached_property
     def out_size(self):
         """Width of the output y_t, which is also the fed-back state."""
         if self.kind == "jordan":
@@ -116,7 +131,7 @@ class CellSpec:
             return self.proj_size
         return self.hidden_size
 
-    @property
+    @functools.cached_property
     def state_sizes(self):
         """Widths of the carried state: (h,) or, for LSTM, (h, c)."""
         if self.kind == "lstm":

@@ -263,10 +263,12 @@ def flag(name: str, value: Any) -> bool:
 
 
 def choice(name, value, options):
-    # compared by type first: `in` would compare an array elementwise and raise numpy's error
-    if not any(type(value) is type(option) and value == option for option in options):
-        raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
-    return value
+    # compared by type first: `in` would compare an array elementwise and raise numpy's
+    # error (a plain loop: a generator costs a short call a microsecond)
+    for option in options:
+        if type(value) is type(option) and value == option:
+            return value
+    raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
 
 
 def real(name: str, value: Any, minimum: Optional[float] = None, finite: bool = True) -> float:

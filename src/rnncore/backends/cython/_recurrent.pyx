@@ -670,6 +670,65 @@ cdef void pack_backward(Direction *d, floating *tag) noexcept nogil:
         pack_weight_nn(d.input_size, d.GH, <floating *>d.w_ih, d.input_size, <floating *>d.w_ih_bp)
 
 
+cdef extern from "rnncore_gemm.h":
+    enum: RC_LINE_BYTES
+
+
+def on_lines(object shape, object dtype):
+    """An uninitialised C-contiguous float32 or float64 array of `shape` (a size, or a
+    tuple of up to three sizes) whose first value starts a cache line (RC_LINE_BYTES).
+    The kernels read and write whole vectors: a panel or a row placed off a line (NumPy
+    puts a large array 16 or 32 bytes past one) makes every such access span two lines.
+    The view over a slightly larger array is made here, at a fraction of what slicing
+    and reshaping in Python cost: a plan makes a dozen, and a short call (one step of
+    decoding) is all overhead."""
+    cdef cnp.npy_intp dims[3]
+    cdef cnp.npy_intp size = 1
+    cdef cnp.npy_intp extra
+    cdef int nd, k, typenum
+    cdef size_t itemsize, skip
+    cdef char *data
+    cdef cnp.ndarray raw, view
+    if dtype is np.float32 or dtype is np.float64:
+        typenum = cnp.NPY_FLOAT64 if dtype is np.float64 else cnp.NPY_FLOAT32
+    else:
+        dtype = np.dtype(dtype)
+        if dtype != np.float32 and dtype != np.float64:
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        typenum = cnp.NPY_FLOAT64 if dtype == np.float64 else cnp.NPY_FLOAT32
+    itemsize = sizeof(double) if typenum == cnp.NPY_FLOAT64 else sizeof(float)
+    if isinstance(shape, tuple):
+        nd = len(<tuple>shape)
+        if not 1 <= nd <= 3:
+            raise ValueError(f"shape: expected 1 to 3 sizes, got {shape!r}")
+        for k in range(nd):
+            dims[k] = PyNumber_Index((<tuple>shape)[k])
+    else:
+        nd, dims[0] = 1, PyNumber_Index(shape)
+    for k in range(nd):
+        if dims[k] < 0:
+            raise ValueError(f"shape: expected sizes >= 0, got {shape!r}")
+        size *= dims[k]
+    extra = RC_LINE_BYTES // itemsize
+    raw = cnp.PyArray_EMPTY(1, [size + extra], typenum, 0)
+    data = <char *>cnp.PyArray_DATA(raw)
+    skip = (RC_LINE_BYTES - <size_t>data % RC_LINE_BYTES) % RC_LINE_BYTES
+    view = cnp.PyArray_SimpleNewFromData(nd, dims, typenum, data + skip)
+    cnp.set_array_base(view, raw)
+    return view
+
+
+def contiguous_values(dict arrays):
+    """`arrays` ({name: array}) itself when every value is a C-contiguous ndarray, as a
+    layer's own parameters are; else a new dict with C-contiguous copies of the others
+    (a torch adapter's views of weights a user transposed). A short call is all
+    overhead, and asking NumPy for each array costs it a microsecond."""
+    for value in arrays.values():
+        if not (cnp.PyArray_Check(value) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value)):
+            return {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+    return arrays
+
+
 def packed_size(int n, int k, bint is_double):
     """Values of a packed (n, k) weight: n output columns, k summed over."""
     return rc_packed_size(n, k, sizeof(double) if is_double else sizeof(float))

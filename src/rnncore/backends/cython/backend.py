@@ -13,7 +13,6 @@ the registry falls back to another backend.
 """
 
 import functools
-import math
 
 import numpy as np
 
@@ -80,22 +79,8 @@ class _Slots:
         return self._rows[key]
 
 
-# the kernels read and write whole vectors (64 bytes on AVX-512): a panel or a row of C
-# placed off a 64-byte line (NumPy puts a large array 16 or 32 bytes past one) makes
-# every such access span two lines
-_LINE = 64
-
-
-def _on_lines(shape, dtype):
-    """An uninitialised array of `shape` (a size or a tuple) whose first value starts a
-    64-byte line. (A plan makes a dozen: math.prod and the array interface, not np.prod
-    and .ctypes, keep each near np.empty's cost.)"""
-    itemsize = np.dtype(dtype).itemsize
-    size = shape if isinstance(shape, int) else math.prod(shape)
-    raw = np.empty(size + _LINE // itemsize, dtype)
-    skip = (-raw.__array_interface__["data"][0] % _LINE) // itemsize
-    view = raw[skip:skip + size]
-    return view if isinstance(shape, int) else view.reshape(shape)
+# every buffer of a plan starts on a cache line (see `_recurrent.on_lines`)
+_on_lines = _recurrent.on_lines
 
 
 def _slots(T, B, lengths):
@@ -172,7 +157,7 @@ def _plan(spec, p, x, state, slots, reverse, training, dtype, masks=None, rows=N
         plan.rmask = schedule.sort(np.asarray(masks["recurrent"], dtype), copy=True)
         plan.hm = _on_lines((B, P), dtype)
     whole = bool(masks) or spec.layer_norm
-    p = {name: np.ascontiguousarray(value) for name, value in p.items()}
+    p = _recurrent.contiguous_values(p)
     plan.step_row, plan.last_rows = slots.rows(reverse)
     plan.B, plan.ring_rows, plan.S, plan.N, plan.active, plan.params = B, B, slots.S, N, slots.active, p
     for name, field in _parameter_slots(spec):
