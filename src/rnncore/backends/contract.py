@@ -14,6 +14,7 @@ loops is written here once:
 This module imports numpy only: a `CellSpec` arrives as an argument and is read through
 its attributes (kind, hidden_size, bias, reset_after, param_shapes()).
 """
+import functools
 import math
 import threading
 from typing import Protocol, runtime_checkable
@@ -386,9 +387,16 @@ class StepStack:
 
 # -- gradient naming and bias folding ------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
+def _parameter_shapes(spec):
+    """spec.param_shapes() as a tuple of (name, shape), built once per spec: a short
+    call's backward would otherwise spend microseconds on the dict."""
+    return tuple(spec.param_shapes().items())
+
+
 def new_gradients(spec, dtype):
     """Zeroed gradient arrays of one direction, keyed by the spec's parameter names."""
-    return {name: np.zeros(shape, dtype) for name, shape in spec.param_shapes().items()}
+    return {name: np.zeros(shape, dtype) for name, shape in _parameter_shapes(spec)}
 
 
 def gradients(spec, computed):

@@ -98,6 +98,15 @@ class _Recurrent(Module):
                             for d in range(self.num_directions)]
         return cache[layer]
 
+    def _direction_names(self, layer):
+        """[{base name: full name}] per direction of one layer, as `_direction_params`
+        builds them once: a backward names every gradient it returns."""
+        cache = self.__dict__.setdefault("_names_by_layer", {})
+        if layer not in cache:
+            cache[layer] = [{base: _param_name(base, layer, d) for base in self.specs[layer].param_shapes()}
+                            for d in range(self.num_directions)]
+        return cache[layer]
+
     def _output(self, y, batched):
         if not batched:
             return y[:, 0, :]
@@ -242,8 +251,8 @@ class _Recurrent(Module):
             for r, state in zip(rows, ds0):
                 for d0, value in zip(dstates0, state):
                     d0[r] = value
-            for d, g in enumerate(grads):
-                new_grads.update((_param_name(base, k, d), value) for base, value in g.items())
+            for names, g in zip(self._direction_names(k), grads):
+                new_grads.update((names[base], value) for base, value in g.items())
             if k > 0 and saved["masks"][k - 1] is not None:
                 dx = dx * saved["masks"][k - 1]
             dy = dx if dx is None else np.ascontiguousarray(dx)

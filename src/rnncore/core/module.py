@@ -356,6 +356,7 @@ class Module(ConfigRepr):
         state["_saved"] = None
         # caches derived from the configuration, rebuilt on first use by the copy
         state.pop("_by_layer", None)
+        state.pop("_names_by_layer", None)
         state.pop("_form_cache", None)
         return state
 

@@ -127,6 +127,13 @@ def _parameter_slots(spec):
     return tuple((name, field) for name, field in _PARAMETER_SLOTS if name in names)
 
 
+@functools.lru_cache(maxsize=256)
+def _gradient_slots(spec):
+    """The (name, gradient field) pairs of _SLOTS that `spec` has."""
+    names = spec.param_shapes()
+    return tuple((name, field) for name, _, field in _SLOTS if name in names)
+
+
 def _slot_mask(mask, slots, reverse, dtype):
     """A (T, B, width) mask indexed by time index, as slot rows (N, width), like x."""
     if slots.packed:
@@ -400,8 +407,9 @@ def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_thread
     share = _recurrent.gradient_scratch_size(GH, P, spec.output_size, spec.input_size, H,
                                              contract.GRADIENT_CHUNK * B, is_double)
     plan.g_pack = _on_lines(share * gradient_threads, dtype)
-    for name, _, field in _SLOTS:
-        setattr(plan, field, grads.get(name))
+    # the gradients the spec has (the forward plan it copies left the others None)
+    for name, field in _gradient_slots(spec):
+        setattr(plan, field, grads[name])
     plan.grad_chunk = contract.GRADIENT_CHUNK
 
 
