@@ -91,8 +91,8 @@ cdef extern from "rnncore_cells.h" nogil:
     void rc_activation_grad_rows_d(size_t count, int act, const double *out, double *grad)
     void rc_add_rows_f(int n, int width, const float *src, size_t ld_src, float *dst)
     void rc_add_rows_d(int n, int width, const double *src, size_t ld_src, double *dst)
-    void rc_column_sums_f(size_t rows, int width, size_t ld, const float *m, float *sums)
-    void rc_column_sums_d(size_t rows, int width, size_t ld, const double *m, double *sums)
+    void rc_column_sums_f(size_t rows, int width, size_t ld, const float *m, float *sums, float *twin)
+    void rc_column_sums_d(size_t rows, int width, size_t ld, const double *m, double *sums, double *twin)
     void rc_lstm_forward_f(int n, int H, int coupled, const float *w_ci, const float *w_cf,
                            const float *w_co, float *gates, size_t ld_gates, size_t gate_stride,
                            const float *c_prev, float *c, float *m, size_t ld_state)
@@ -308,11 +308,12 @@ cdef inline void add_rows(int n, int width, const floating *src, size_t ld_src, 
         rc_add_rows_d(n, width, src, ld_src, dst)
 
 
-cdef inline void column_sums(size_t rows, int width, size_t ld, const floating *m, floating *sums) noexcept nogil:
+cdef inline void column_sums(size_t rows, int width, size_t ld, const floating *m, floating *sums,
+                             floating *twin) noexcept nogil:
     if floating is float:
-        rc_column_sums_f(rows, width, ld, m, sums)
+        rc_column_sums_f(rows, width, ld, m, sums, twin)
     else:
-        rc_column_sums_d(rows, width, ld, m, sums)
+        rc_column_sums_d(rows, width, ld, m, sums, twin)
 
 
 cdef inline void lstm_forward(int n, int H, int coupled, const floating *w_ci, const floating *w_cf,
@@ -1348,12 +1349,12 @@ cdef inline void share_product(int m, int n, int k, const floating *a, int lda, 
 
 
 cdef inline void share_column_sums(Py_ssize_t rows, int width, Py_ssize_t ld, const floating *m, floating *sums,
-                                   int member, int team) noexcept nogil:
-    """This member's columns of column_sums."""
+                                   floating *twin, int member, int team) noexcept nogil:
+    """This member's columns of column_sums (twin: NULL, or a second sums array)."""
     cdef Py_ssize_t j0, j1
     team_share(width, 16, member, team, &j0, &j1)
     if j1 > j0:
-        column_sums(rows, <int>(j1 - j0), ld, m + j0, sums + j0)
+        column_sums(rows, <int>(j1 - j0), ld, m + j0, sums + j0, NULL if twin == NULL else twin + j0)
 
 
 cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *tag, int member,
@@ -1371,8 +1372,12 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
         GH, P, O, I, H, d.grad_chunk * d.B, sizeof(floating))
     cdef Py_ssize_t j0, j1, r0, r1
     if d.g_b_ih != NULL:
-        share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, member, team)
-        share_column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh, member, team)
+        if dgh == dgx:
+            # one gradient for both biases (they add to the same gates): dG read once
+            share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, <floating *>d.g_b_hh, member, team)
+        else:
+            share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, NULL, member, team)
+            share_column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh, NULL, member, team)
     if d.layer_norm:
         # the gains' gradients (dgh: of LN(W_hh h) g_hh, the LSTM's dgx), then dgx in place
         # through LN(W_ih x) g_ih to the raw input product
@@ -1415,7 +1420,7 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
         share_product(O, H, N, <floating *>d.dypre + lo * O, O, <floating *>d.xp + lo * H, H,
                       <floating *>d.g_w_ho, H, pack, member, team)
         if d.g_b_ho != NULL:
-            share_column_sums(N, O, O, <floating *>d.dypre + lo * O, <floating *>d.g_b_ho, member, team)
+            share_column_sums(N, O, O, <floating *>d.dypre + lo * O, <floating *>d.g_b_ho, NULL, member, team)
     # dx (+)= dgates_x @ w_ih    (N, I) = (N, GH) x (GH, I), this member's rows; no dx
     # asked for (the first layer of a model whose input needs none), no product
     if d.dx == NULL:
