@@ -450,6 +450,11 @@ def test_on_lines_refuses_other_dtypes_and_bad_shapes():
         cython_backend._on_lines((3, -1), np.float32)
     with pytest.raises(ValueError, match="shape: expected 1 to 3 sizes"):
         cython_backend._on_lines((1, 2, 3, 4), np.float32)
+    # sizes whose product wraps around 64 bits: refused, not a view over a small block
+    with pytest.raises(MemoryError, match="more values than an array can index"):
+        cython_backend._on_lines((2**32, 2**32), np.float32)
+    with pytest.raises(MemoryError, match="more values than an array can index"):
+        cython_backend._on_lines((2**62, 3), np.float64)
     view = cython_backend._on_lines((2, 3), np.dtype(np.float64))
     view[...] = 1.5
     assert view.flags.c_contiguous and view.flags.writeable and view.sum() == 9.0

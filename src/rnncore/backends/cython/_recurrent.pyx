@@ -16,6 +16,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from cpython.number cimport PyNumber_Index
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.object cimport PyObject, PyObject_GenericGetAttr
 from libc.math cimport isfinite
 from libc.stdlib cimport calloc, free
@@ -706,11 +707,14 @@ def on_lines(object shape, object dtype):
             dims[k] = PyNumber_Index((<tuple>shape)[k])
     else:
         nd, dims[0] = 1, PyNumber_Index(shape)
+    extra = RC_LINE_BYTES // itemsize
     for k in range(nd):
         if dims[k] < 0:
             raise ValueError(f"shape: expected sizes >= 0, got {shape!r}")
+        # a product that wrapped around would describe more memory than is allocated
+        if dims[k] and size > (PY_SSIZE_T_MAX - extra) // dims[k]:
+            raise MemoryError(f"shape: {shape!r} holds more values than an array can index")
         size *= dims[k]
-    extra = RC_LINE_BYTES // itemsize
     raw = cnp.PyArray_EMPTY(1, [size + extra], typenum, 0)
     data = <char *>cnp.PyArray_DATA(raw)
     skip = (RC_LINE_BYTES - <size_t>data % RC_LINE_BYTES) % RC_LINE_BYTES
