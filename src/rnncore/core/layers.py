@@ -87,24 +87,24 @@ class _Recurrent(Module):
             grad_names, unbatched=True, rows=self.num_directions * self.num_layers, dtype=self.dtype,
             source="the layer's dtype")
 
-    def _direction_params(self, layer):
-        """[{base name: live array}] per direction of one layer of the stack. Built once:
-        the arrays are never replaced (loading copies into them), and a short call
-        (one step of decoding) would spend microseconds formatting names."""
-        cache = self.__dict__.setdefault("_by_layer", {})
-        if layer not in cache:
-            cache[layer] = [{base: self._params[_param_name(base, layer, d)]
-                             for base in self.specs[layer].param_shapes()}
-                            for d in range(self.num_directions)]
-        return cache[layer]
-
     def _direction_names(self, layer):
-        """[{base name: full name}] per direction of one layer, as `_direction_params`
-        builds them once: a backward names every gradient it returns."""
+        """[{base name: full name}] per direction of one layer of the stack, formatted
+        once: a short call (one step of decoding) would spend microseconds on them, in
+        its forward (`_direction_params`) and in its backward, which names every
+        gradient it returns."""
         cache = self.__dict__.setdefault("_names_by_layer", {})
         if layer not in cache:
             cache[layer] = [{base: _param_name(base, layer, d) for base in self.specs[layer].param_shapes()}
                             for d in range(self.num_directions)]
+        return cache[layer]
+
+    def _direction_params(self, layer):
+        """[{base name: live array}] per direction of one layer of the stack. Built once:
+        the arrays are never replaced (loading copies into them)."""
+        cache = self.__dict__.setdefault("_by_layer", {})
+        if layer not in cache:
+            cache[layer] = [{base: self._params[name] for base, name in names.items()}
+                            for names in self._direction_names(layer)]
         return cache[layer]
 
     def _output(self, y, batched):

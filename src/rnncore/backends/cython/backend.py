@@ -116,22 +116,20 @@ _SLOTS = (("weight_ih", "w_ih", "g_w_ih"), ("weight_hh", "w_hh", "g_w_hh"), ("bi
           ("bias_ho", "b_ho", "g_b_ho"), ("weight_ih_ln", "w_ih_ln", "g_ih_ln"),
           ("weight_hh_ln", "w_hh_ln", "g_hh_ln"), ("weight_c_ln", "w_c_ln", "g_c_ln"),
           ("bias_c_ln", "b_c_ln", "g_bc_ln"))
-_PARAMETER_SLOTS = tuple((name, slot) for name, slot, _ in _SLOTS if slot is not None)
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_slots(spec):
+    """The (name, field, gradient field) entries of _SLOTS whose parameter `spec` has;
+    the other fields stay None, as `_fixed`'s plan has them."""
+    names = spec.param_shapes()
+    return tuple(entry for entry in _SLOTS if entry[0] in names)
 
 
 @functools.lru_cache(maxsize=256)
 def _parameter_slots(spec):
-    """The (name, field) pairs of _PARAMETER_SLOTS that `spec` has: the others stay None,
-    as `_fixed`'s plan has them."""
-    names = spec.param_shapes()
-    return tuple((name, field) for name, field in _PARAMETER_SLOTS if name in names)
-
-
-@functools.lru_cache(maxsize=256)
-def _gradient_slots(spec):
-    """The (name, gradient field) pairs of _SLOTS that `spec` has."""
-    names = spec.param_shapes()
-    return tuple((name, field) for name, _, field in _SLOTS if name in names)
+    """The (name, field) pairs of `_spec_slots` whose parameter a plan reads itself."""
+    return tuple((name, field) for name, field, _ in _spec_slots(spec) if field is not None)
 
 
 def _slot_mask(mask, slots, reverse, dtype):
@@ -408,7 +406,7 @@ def _backward_fields(spec, plan, schedule, dstate, grads, dtype, gradient_thread
                                              contract.GRADIENT_CHUNK * B, is_double)
     plan.g_pack = _on_lines(share * gradient_threads, dtype)
     # the gradients the spec has (the forward plan it copies left the others None)
-    for name, field in _gradient_slots(spec):
+    for name, _, field in _spec_slots(spec):
         setattr(plan, field, grads[name])
     plan.grad_chunk = contract.GRADIENT_CHUNK
 
