@@ -1379,6 +1379,12 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
         if dgh == dgx:
             # one gradient for both biases (they add to the same gates): dG read once
             share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, <floating *>d.g_b_hh, member, team)
+        elif d.kind == GRU:
+            # reset after: dgx and dgh hold the same r and z blocks (rc_gru_backward_after),
+            # read once for both biases; their n blocks differ by the factor r
+            share_column_sums(N, 2 * H, GH, dgx, <floating *>d.g_b_ih, <floating *>d.g_b_hh, member, team)
+            share_column_sums(N, H, GH, dgx + 2 * H, <floating *>d.g_b_ih + 2 * H, NULL, member, team)
+            share_column_sums(N, H, GH, dgh + 2 * H, <floating *>d.g_b_hh + 2 * H, NULL, member, team)
         else:
             share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, NULL, member, team)
             share_column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh, NULL, member, team)
