@@ -146,10 +146,12 @@ cdef extern from "rnncore_cells.h" nogil:
                                        const float *xhat, const float *stats, float *dsrc, size_t ld_dsrc)
     void rc_layer_norm_backward_rows_d(int n, int width, const double *dout, size_t ld_dout, const double *gain,
                                        const double *xhat, const double *stats, double *dsrc, size_t ld_dsrc)
-    void rc_column_dot_sums_f(size_t rows, int width, const float *a, size_t ld_a, const float *b, size_t ld_b,
-                              float *sums)
-    void rc_column_dot_sums_d(size_t rows, int width, const double *a, size_t ld_a, const double *b,
-                              size_t ld_b, double *sums)
+    void rc_layer_norm_sums_f(size_t rows, int width, const float *dx, const float *xhat_x, const float *dh,
+                              const float *xhat_h, size_t ld, float *bias_x, float *gain_x, float *bias_h,
+                              float *gain_h)
+    void rc_layer_norm_sums_d(size_t rows, int width, const double *dx, const double *xhat_x, const double *dh,
+                              const double *xhat_h, size_t ld, double *bias_x, double *gain_x, double *bias_h,
+                              double *gain_h)
     void rc_zoneout_rows_f(int n, int width, const float *mask, size_t ld_mask, float p, const float *prev,
                            size_t ld_prev, const float *src, size_t ld_src, float *dst, size_t ld_dst)
     void rc_zoneout_rows_d(int n, int width, const double *mask, size_t ld_mask, double p, const double *prev,
@@ -421,12 +423,15 @@ cdef inline void layer_norm_backward_rows(int n, int width, const floating *dout
         rc_layer_norm_backward_rows_d(n, width, dout, ld_dout, gain, xhat, stats, dsrc, ld_dsrc)
 
 
-cdef inline void column_dot_sums(size_t rows, int width, const floating *a, size_t ld_a, const floating *b,
-                                 size_t ld_b, floating *sums) noexcept nogil:
+cdef inline void layer_norm_sums(size_t rows, int width, const floating *dx, const floating *xhat_x,
+                                 const floating *dh, const floating *xhat_h, size_t ld, floating *bias_x,
+                                 floating *gain_x, floating *bias_h, floating *gain_h) noexcept nogil:
+    """bias_x += dx, gain_x += dx xhat_x, bias_h += dh, gain_h += dh xhat_h over the rows, in
+    one read of each (see rc_layer_norm_sums)."""
     if floating is float:
-        rc_column_dot_sums_f(rows, width, a, ld_a, b, ld_b, sums)
+        rc_layer_norm_sums_f(rows, width, dx, xhat_x, dh, xhat_h, ld, bias_x, gain_x, bias_h, gain_h)
     else:
-        rc_column_dot_sums_d(rows, width, a, ld_a, b, ld_b, sums)
+        rc_layer_norm_sums_d(rows, width, dx, xhat_x, dh, xhat_h, ld, bias_x, gain_x, bias_h, gain_h)
 
 
 cdef inline void zoneout_rows(int n, int width, const floating *mask, size_t ld_mask, floating p,
@@ -1375,28 +1380,16 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
     cdef floating *pack = <floating *>d.g_pack + member * layer_gradient_scratch(
         GH, P, O, I, H, d.grad_chunk * d.B, sizeof(floating))
     cdef Py_ssize_t j0, j1, r0, r1
-    if d.g_b_ih != NULL:
-        if dgh == dgx:
-            # one gradient for both biases (they add to the same gates): dG read once
-            share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, <floating *>d.g_b_hh, member, team)
-        elif d.kind == GRU:
-            # reset after: dgx and dgh hold the same r and z blocks (rc_gru_backward_after),
-            # read once for both biases; their n blocks differ by the factor r
-            share_column_sums(N, 2 * H, GH, dgx, <floating *>d.g_b_ih, <floating *>d.g_b_hh, member, team)
-            share_column_sums(N, H, GH, dgx + 2 * H, <floating *>d.g_b_ih + 2 * H, NULL, member, team)
-            share_column_sums(N, H, GH, dgh + 2 * H, <floating *>d.g_b_hh + 2 * H, NULL, member, team)
-        else:
-            share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, NULL, member, team)
-            share_column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh, NULL, member, team)
     if d.layer_norm:
-        # the gains' gradients (dgh: of LN(W_hh h) g_hh, the LSTM's dgx), then dgx in place
-        # through LN(W_ih x) g_ih to the raw input product
+        # the biases' and the gains' gradients (dgh: of LN(W_hh h) g_hh, the LSTM's dgx) in
+        # one read of dG and the kept xhat, then dgx in place through LN(W_ih x) g_ih to the
+        # raw input product
         team_share(GH, 16, member, team, &j0, &j1)
         if j1 > j0:
-            column_dot_sums(N, <int>(j1 - j0), dgh + j0, GH, <floating *>d.ln_xh_hh + lo * GH + j0, GH,
-                            <floating *>d.g_hh_ln + j0)
-            column_dot_sums(N, <int>(j1 - j0), dgx + j0, GH, <floating *>d.ln_xh_ih + lo * GH + j0, GH,
-                            <floating *>d.g_ih_ln + j0)
+            layer_norm_sums(N, <int>(j1 - j0), dgx + j0, <floating *>d.ln_xh_ih + lo * GH + j0, dgh + j0,
+                            <floating *>d.ln_xh_hh + lo * GH + j0, GH,
+                            NULL if d.g_b_ih == NULL else <floating *>d.g_b_ih + j0, <floating *>d.g_ih_ln + j0,
+                            NULL if d.g_b_ih == NULL else <floating *>d.g_b_hh + j0, <floating *>d.g_hh_ln + j0)
         if d.kind == LSTM and member == 0:
             c_new = <floating *>(d.c_tilde if d.c_tilde != NULL else d.c_buf)
             layer_norm_cell_grads(N, H, <floating *>d.dcl + lo * H, c_new + lo * H, H,
@@ -1410,6 +1403,19 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
                                      dgx + r0 * GH, GH)
         if team > 1:
             rc_team_barrier()   # the products below read every row of the new dgx
+    elif d.g_b_ih != NULL:
+        if dgh == dgx:
+            # one gradient for both biases (they add to the same gates): dG read once
+            share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, <floating *>d.g_b_hh, member, team)
+        elif d.kind == GRU:
+            # reset after: dgx and dgh hold the same r and z blocks (rc_gru_backward_after),
+            # read once for both biases; their n blocks differ by the factor r
+            share_column_sums(N, 2 * H, GH, dgx, <floating *>d.g_b_ih, <floating *>d.g_b_hh, member, team)
+            share_column_sums(N, H, GH, dgx + 2 * H, <floating *>d.g_b_ih + 2 * H, NULL, member, team)
+            share_column_sums(N, H, GH, dgh + 2 * H, <floating *>d.g_b_hh + 2 * H, NULL, member, team)
+        else:
+            share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, NULL, member, team)
+            share_column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh, NULL, member, team)
     # dW_ih += dgates_x.T @ x    (GH, I) = (GH, N) x (N, I)
     share_product(GH, I, N, dgx, GH, x, <int>d.ldx, <floating *>d.g_w_ih, I, pack, member, team)
     if d.kind == GRU and not d.reset_after:
