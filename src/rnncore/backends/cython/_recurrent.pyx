@@ -1407,15 +1407,13 @@ cdef void chunk_gradients(Direction *d, Py_ssize_t lo, Py_ssize_t hi, floating *
         if dgh == dgx:
             # one gradient for both biases (they add to the same gates): dG read once
             share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, <floating *>d.g_b_hh, member, team)
-        elif d.kind == GRU:
-            # reset after: dgx and dgh hold the same r and z blocks (rc_gru_backward_after),
-            # read once for both biases; their n blocks differ by the factor r
+        else:
+            # the reset-after GRU, the one layer with a dgh of its own: its r and z blocks are
+            # dgx's (rc_gru_backward_after), read once for both biases; the n blocks differ
+            # by the factor r
             share_column_sums(N, 2 * H, GH, dgx, <floating *>d.g_b_ih, <floating *>d.g_b_hh, member, team)
             share_column_sums(N, H, GH, dgx + 2 * H, <floating *>d.g_b_ih + 2 * H, NULL, member, team)
             share_column_sums(N, H, GH, dgh + 2 * H, <floating *>d.g_b_hh + 2 * H, NULL, member, team)
-        else:
-            share_column_sums(N, GH, GH, dgx, <floating *>d.g_b_ih, NULL, member, team)
-            share_column_sums(N, GH, GH, dgh, <floating *>d.g_b_hh, NULL, member, team)
     # dW_ih += dgates_x.T @ x    (GH, I) = (GH, N) x (N, I)
     share_product(GH, I, N, dgx, GH, x, <int>d.ldx, <floating *>d.g_w_ih, I, pack, member, team)
     if d.kind == GRU and not d.reset_after:
