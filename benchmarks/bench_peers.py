@@ -280,6 +280,12 @@ def checked(peers, dtype, case, notes):
     return kept
 
 
+def block_calls(once):
+    """The timed calls of one peer's block (after its untimed one): about BLOCK_SECONDS of
+    calls that take `once` seconds each, 1 to 5."""
+    return max(1, min(5, int(BLOCK_SECONDS / max(once, 1e-6))))
+
+
 def time_peers(peers, threads, rounds):
     """{(name, mode): [seconds, ...]}: rounds of a short block of calls per peer, interleaved."""
     blocks, samples = {}, {}
@@ -290,7 +296,7 @@ def time_peers(peers, threads, rounds):
             t0 = time.perf_counter()
             fn()
             once = time.perf_counter() - t0
-            blocks[(name, mode)] = (fn, max(1, min(5, int(BLOCK_SECONDS / max(once, 1e-6)))))
+            blocks[(name, mode)] = (fn, block_calls(once))
             samples[(name, mode)] = []
     for _ in range(rounds):
         for key, (fn, calls) in blocks.items():

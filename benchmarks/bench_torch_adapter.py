@@ -29,7 +29,7 @@ import torch
 
 import rnncore as rc
 import rnncore.torch as rct
-from bench_peers import BLOCK_SECONDS, cpu_name, time_peers
+from bench_peers import block_calls, cpu_name, time_peers
 
 # name: (T, B, I, H); B is 16 throughout, a typical training batch
 CASES = {"c1": (100, 16, 8, 32), "c2": (100, 16, 32, 64), "c5": (200, 16, 16, 128), "c3": (50, 16, 128, 256)}
@@ -88,7 +88,7 @@ def time_case(cell, case, seconds, threads):
         t0 = time.perf_counter()
         step()
         once = time.perf_counter() - t0
-        per_round += once * (1 + max(1, min(5, int(BLOCK_SECONDS / max(once, 1e-6)))))
+        per_round += once * (1 + block_calls(once))
     rounds = max(5, int(seconds / per_round))
     samples = time_peers({name: (None, step) for name, step in steps.items()}, threads, rounds)
     times = {name: samples[(name, "train")] for name in steps}
